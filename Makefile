@@ -1,0 +1,41 @@
+# segunet: `make train` and `make test` set up .venv on first use.
+# GPU users: `make TORCH=torch train` (PyPI's Linux wheel of torch is the CUDA build).
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: help venv train test lint format clean
+
+help:
+	@echo "make train   set up .venv and train the quickstart U-Net on the embedded synthetic data"
+	@echo "make test    set up .venv, lint and run the test suite"
+	@echo "make lint    ruff check"
+	@echo "variables:   TORCH='<pip spec of torch>' (default $(TORCH)), ARGS='<hydra overrides>'"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/segunet train experiment=quickstart $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
