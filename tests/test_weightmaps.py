@@ -1,0 +1,153 @@
+"""Border weight maps (Ronneberger et al. 2015, Eq. 2) and touching-instance separation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from segunet.data.weightmaps import (
+    border_weight_map,
+    border_weight_map_direct,
+    separate_touching,
+)
+
+
+def blobs(shape: tuple[int, ...], n: int, radius: float, seed: int) -> np.ndarray:
+    """Random seeds grown to ``radius`` inside their Voronoi cells: close seeds give touching
+    blobs, distant ones isolated blobs."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int32)
+    seeds[tuple(rng.integers(0, s, n) for s in shape)] = np.arange(1, n + 1)
+    dist, nearest = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    return np.where(dist < radius, seeds[tuple(nearest)], 0)
+
+
+CASES = {
+    "2d touching": dict(instances=blobs((64, 64), 12, 7, seed=0)),
+    "2d distant": dict(instances=blobs((80, 80), 3, 3, seed=1)),
+    "2d separated": dict(instances=separate_touching(blobs((64, 48), 10, 8, seed=2))),
+    "2d near border": dict(instances=blobs((20, 90), 6, 4, seed=3)),
+    "3d": dict(instances=blobs((16, 24, 24), 8, 5, seed=4)),
+    "2d spacing": dict(instances=blobs((48, 64), 9, 6, seed=5), spacing=(1.0, 0.4)),
+    "3d spacing": dict(instances=blobs((12, 24, 20), 7, 5, seed=6), spacing=(2.5, 1.0, 0.8)),
+    "valid mask": dict(
+        instances=blobs((64, 64), 10, 7, seed=7),
+        valid=np.random.default_rng(7).random((64, 64)) < 0.5,
+    ),
+    "small w0 sigma": dict(instances=blobs((64, 64), 12, 6, seed=8), w0=3.0, sigma=2.0),
+    "large w0 sigma": dict(instances=blobs((64, 64), 12, 6, seed=9), w0=50.0, sigma=12.0),
+    "no class weights": dict(instances=blobs((64, 64), 12, 6, seed=10), class_weights=None),
+    "sparse labels": dict(instances=blobs((40, 40), 5, 6, seed=11) * 7),
+    "no instance": dict(instances=np.zeros((20, 30), np.int32)),
+    "one instance": dict(instances=blobs((40, 40), 1, 8, seed=12)),
+    "two instances": dict(instances=blobs((40, 40), 2, 8, seed=13)),
+    "all foreground": dict(instances=np.ones((10, 12), np.int64)),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_fast_equals_direct(case):
+    fast = border_weight_map(**case)
+    direct = border_weight_map_direct(**case)
+    assert fast.dtype == np.float32 and fast.shape == case["instances"].shape
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-4)
+
+
+def test_hand_computed_two_pixels_on_a_line():
+    # x:          0  1  2  3  4  5  6  7  8
+    # instance:   .  1  .  .  .  .  2  .  .
+    instances = np.zeros((1, 9), np.int32)
+    instances[0, 1], instances[0, 6] = 1, 2
+    w0, sigma = 10.0, 5.0
+
+    def border(d1, d2):
+        return w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+
+    # (d1, d2) at each pixel; None on the instances, which get no border term.
+    distances = [(1, 6), None, (1, 4), (2, 3), (3, 2), (4, 1), None, (1, 6), (2, 7)]
+    expected = [1 + (0 if d is None else border(*d)) for d in distances]
+    for weight_map in (border_weight_map, border_weight_map_direct):
+        w = weight_map(instances, w0, sigma, class_weights=None)
+        np.testing.assert_allclose(w[0], expected, rtol=1e-6)
+
+    # Twice the spacing along x doubles the distances; balancing: N / (2 N_c).
+    w = border_weight_map(instances, w0, sigma, spacing=(1.0, 2.0))
+    assert w[0, 3] == pytest.approx(9 / 14 + border(4, 6), rel=1e-6)
+    assert w[0, 1] == w[0, 6] == pytest.approx(9 / 4)
+
+
+def test_balanced_classes_get_equal_total_weight():
+    instances = blobs((50, 70), 9, 6, seed=20)
+    valid = np.random.default_rng(20).random(instances.shape) < 0.7
+    for mask in (None, valid):
+        w = border_weight_map(instances, w0=0.0, valid=mask)  # w0 = 0: only w_c is left
+        m = np.ones(instances.shape, bool) if mask is None else mask
+        fg, bg = w[(instances > 0) & m].sum(), w[(instances == 0) & m].sum()
+        assert fg == pytest.approx(bg, rel=1e-5)
+        assert fg + bg == pytest.approx(m.sum(), rel=1e-5)
+        assert np.all(w[~m] == 0)
+    # The border term adds to background pixels only.
+    w = border_weight_map(instances, valid=valid)
+    wc = border_weight_map(instances, w0=0.0, valid=valid)
+    assert np.all(w[instances > 0] == wc[instances > 0])
+    assert np.all(w[~valid] == 0) and np.all(w >= wc)
+
+
+def test_single_class_images_have_unit_weight():
+    assert np.all(border_weight_map(np.zeros((8, 8), np.int32)) == 1)
+    assert np.all(border_weight_map(np.full((4, 5, 6), 3, np.int32)) == 1)
+    # One instance: no second-nearest instance, so no border term.
+    one = blobs((30, 30), 1, 5, seed=0)
+    np.testing.assert_array_equal(border_weight_map(one), border_weight_map(one, w0=0))
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError):
+        border_weight_map(np.zeros((4, 4)))
+    with pytest.raises(ValueError):
+        border_weight_map(np.zeros((4, 4), int), spacing=(1.0,))
+    with pytest.raises(ValueError):
+        border_weight_map(np.zeros((4, 4), int), class_weights="median")
+
+
+def separate_touching_slow(instances: np.ndarray) -> np.ndarray:
+    out = instances.copy()
+    offsets = list(itertools.product((-1, 0, 1), repeat=instances.ndim))
+    for p in np.ndindex(instances.shape):
+        for off in offsets:
+            q = tuple(np.add(p, off))
+            if all(0 <= i < n for i, n in zip(q, instances.shape)) and instances[q] not in (
+                0,
+                instances[p],
+            ):
+                out[p] = 0
+    return out
+
+
+def test_separate_touching_by_hand():
+    a = np.zeros((10, 12), np.int32)
+    a[1:4, 1:4] = 1  # two squares side by side ...
+    a[1:4, 4:7] = 2
+    a[6:8, 1:3] = 3  # ... two touching at one corner only ...
+    a[8:10, 3:5] = 4
+    a[6:10, 9:12] = 5  # ... and one alone, in the image's corner
+    expected = a.copy()
+    expected[1:4, 3:5] = 0
+    expected[7, 2] = expected[8, 3] = 0
+    np.testing.assert_array_equal(separate_touching(a), expected)
+    np.testing.assert_array_equal(separate_touching(a), separate_touching_slow(a))
+
+
+@pytest.mark.parametrize("shape", [(24, 31), (7, 9, 11)])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.int64])
+def test_separate_touching_matches_pixel_loop(shape, dtype):
+    rng = np.random.default_rng(len(shape))
+    noisy = rng.integers(0, 5, shape) * (rng.random(shape) < 0.6)
+    for instances in (noisy, blobs(shape, 6, 4, seed=1)):
+        instances = instances.astype(dtype)
+        out = separate_touching(instances)
+        assert out.dtype == instances.dtype
+        np.testing.assert_array_equal(out, separate_touching_slow(instances))
