@@ -1,0 +1,112 @@
+"""Checkpoints that survive crashes and reload anywhere.
+
+Written atomically (temp file, fsync, rename) so a crash mid-write never leaves a truncated
+``last.pt``; stored as plain tensors and Python containers so ``torch.load(weights_only=True)``
+reads them; ``_orig_mod.`` (torch.compile) and ``module.`` (DDP) prefixes stripped so a
+state dict from a compiled or distributed run loads into a bare model.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segunet.errors import SegunetError
+
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes, in any nesting order (DDP around compile or the reverse)."""
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DDP and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors and ints only, so the checkpoint stays weights_only-loadable."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_rng()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename is only durable once the directory entry is on disk too.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder (then its ``checkpoints/last.pt``)."""
+    p = Path(path).expanduser()
+    candidates = [p, p / "checkpoints" / "last.pt", p / "last.pt"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise SegunetError(
+        f"no checkpoint at {p}: pass a .pt file or a run folder containing checkpoints/last.pt"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a segunet checkpoint safely (weights_only) with a clear error if unreadable."""
+    file = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle, zip and truncation errors all mean the same to a user
+        raise SegunetError(f"cannot read checkpoint {file}: {e.__class__.__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
+    return ckpt
