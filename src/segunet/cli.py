@@ -1,0 +1,107 @@
+"""The ``segunet`` command: ``segunet <command> [hydra overrides]``.
+
+Each command is a Hydra app; this module only dispatches and turns expected failures (bad
+config, bad data, missing files) into one line on stderr and a non-zero exit.
+``HYDRA_FULL_ERROR=1`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+USAGE = """usage: segunet <command> [overrides ...]
+
+commands:
+  train    train a model (Hydra overrides, e.g. model=attention_unet optim.lr=3e-4;
+           -m for multirun sweeps, --cfg job to print the composed config)
+
+examples:
+  segunet train experiment=quickstart
+  segunet train model=attention_unet trainer.max_steps=2000
+  segunet train -m model=unet,attention_unet
+"""
+
+
+def _one_line(e: BaseException) -> str:
+    """The most specific message in an exception chain, on one line."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(e, InstantiationException) and e.__cause__ is not None:
+        e = e.__cause__
+    # Hydra lists the available options on indented lines: keep them, on the same line.
+    text = str(e).replace("\n\t", ", ").replace(":,", ":")
+    text = " ".join(text.split())
+    if isinstance(e, (ValueError, TypeError)) and not text.startswith(type(e).__name__):
+        return text
+    return text or type(e).__name__
+
+
+@contextmanager
+def report_errors() -> Iterator[None]:
+    """Turn expected failures into ``segunet: error: <message>`` and exit status 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from segunet.errors import SegunetError
+
+    expected = (SegunetError, HydraException, OmegaConfBaseException, FileNotFoundError)
+    try:
+        yield
+    except expected as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"segunet: error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_overrides(overrides: list[str], config_name: str = "config") -> None:
+    """Compose the config once per override value before Hydra runs, so an unknown group
+    option or key fails as one line instead of Hydra's multi-line report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from segunet.config import config_dir
+
+    plain = [a for a in overrides if not a.startswith("-")]
+    with report_errors():
+        parsed = OverridesParser.create().parse_overrides(plain)
+        first = [o.input_line if not o.is_sweep_override() else None for o in parsed]
+        trials = [[o for o in first if o]]
+        for o in parsed:
+            if o.is_sweep_override():
+                key = o.get_key_element()
+                values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+                trials = [[*t, v] for t in trials for v in values]
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(str(config_dir()), version_base="1.3"):
+                for trial in trials[:16]:
+                    compose(config_name, overrides=trial)
+        finally:
+            GlobalHydra.instance().clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from segunet.train import main as app
+    else:
+        print(f"segunet: error: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if not any(a in rest for a in ("--help", "-h", "--hydra-help", "--info", "-i")):
+        check_overrides(rest)
+    # Hydra parses sys.argv itself; hand it the overrides under the command's name.
+    sys.argv = [f"segunet-{command}", *rest]
+    app()
+
+
+if __name__ == "__main__":
+    main()

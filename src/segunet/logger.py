@@ -1,0 +1,115 @@
+"""TensorBoard logging: scalars, a side-by-side picture of what the net sees and predicts,
+and hyperparameters with the final metrics.
+
+Everything is written by rank 0 only; other ranks get a logger whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LoggingConfig:
+    """The ``logging`` config group."""
+
+    tensorboard: bool = True
+    log_every: int = 20
+    image_every: int = 100
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from segunet.config import check_fields
+
+        check_fields(self, "logging")
+
+
+def _middle_slice(x: Tensor, spatial_dims: int) -> Tensor:
+    """A 2D view of a (.., *spatial) tensor: the middle slice along depth for volumes."""
+    return x[..., x.shape[-3] // 2, :, :] if spatial_dims == 3 else x
+
+
+def _centre_crop(x: Tensor, shape: Sequence[int]) -> Tensor:
+    starts = [(n - s) // 2 for n, s in zip(x.shape[-len(shape) :], shape)]
+    index = [slice(None)] * (x.ndim - len(shape))
+    index += [slice(a, a + s) for a, s in zip(starts, shape)]
+    return x[tuple(index)]
+
+
+def _to_unit(x: Tensor) -> Tensor:
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+
+
+def _resize_to(x: Tensor, shape: Sequence[int]) -> Tensor:
+    return torch.nn.functional.interpolate(x[None, None], size=tuple(shape), mode="nearest")[0, 0]
+
+
+def panel(
+    image: Tensor,
+    label: Tensor,
+    pred: Tensor,
+    weight: Tensor | None = None,
+    attention: Sequence[Tensor] = (),
+    num_classes: int = 2,
+    spatial_dims: int = 2,
+) -> np.ndarray:
+    """One sample as a row of greyscale panels, (1, H, W*k) in [0, 1]:
+    input (cropped to the output tile), label, prediction, weight map, attention maps.
+
+    ``image``: (C, *in); ``label``/``pred``/``weight``: (*out); ``attention``: (1, *skip) each.
+    """
+    out_shape = label.shape
+    tiles = [
+        _to_unit(_centre_crop(image[0].float(), out_shape)),
+        label.float() / max(num_classes - 1, 1),
+        pred.float() / max(num_classes - 1, 1),
+    ]
+    if weight is not None:
+        tiles.append(_to_unit(weight.float()))
+    tiles = [_middle_slice(t, spatial_dims) for t in tiles]
+    hw = tiles[0].shape
+    for a in attention:
+        tiles.append(_resize_to(_middle_slice(a[0].float(), spatial_dims), hw))
+    sep = torch.ones(hw[0], 2)  # a white line between panels
+    row = torch.cat([t for tile in tiles for t in (tile.cpu(), sep)][:-1], dim=1)
+    return row.clamp(0, 1).numpy()[None]
+
+
+class TensorBoardLogger:
+    """A thin wrapper over ``SummaryWriter`` that is a no-op when disabled."""
+
+    def __init__(self, log_dir: str | Path | None) -> None:
+        self.writer = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def image(self, tag: str, picture: np.ndarray, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, picture, step, dataformats="CHW")
+
+    def hparams(self, params: Mapping[str, object], metrics: Mapping[str, float]) -> None:
+        if self.writer is not None:
+            clean = {
+                k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in params.items()
+            }
+            self.writer.add_hparams(clean, dict(metrics), run_name=".")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

@@ -1,0 +1,457 @@
+"""Training: ``segunet train [overrides]`` (a Hydra app; also ``python -m segunet.train``).
+
+The loop is deliberately plain: ``fit`` draws batches, ``train_step`` does one optimiser step
+under whatever autocast context the precision asks for, ``validate`` runs the overlap-tile
+prediction over whole validation images, and checkpoints are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segunet.checkpoint import (
+    clean_state_dict,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+    unwrap,
+)
+from segunet.config import check_fields, config_dir
+from segunet.data.datasets import (
+    PatchDataset,
+    SegmentationData,
+    StepSampler,
+    iter_tiles,
+    to_tensors,
+)
+from segunet.errors import SegunetError
+from segunet.logger import LoggingConfig, TensorBoardLogger, panel
+from segunet.metrics import OverlapCounter
+
+
+@dataclass
+class TrainerConfig:
+    """The ``trainer`` config group."""
+
+    max_steps: int = 2000
+    batch_size: int = 4
+    val_every: int = 200
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = True  # CUDA only
+    num_workers: int = 0
+    grad_clip: float | None = None
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "trainer")
+        for key in ("max_steps", "batch_size", "val_every"):
+            if getattr(self, key) < 1:
+                raise SegunetError(f"trainer.{key}={getattr(self, key)} must be at least 1")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SegunetError(f"trainer.device={name} but no CUDA device is visible: use cpu or auto")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in table:
+        raise SegunetError(f"trainer.precision={name} is unknown: use auto, fp32, bf16 or fp16")
+    if table[name] is torch.float16 and device.type != "cuda":
+        raise SegunetError("trainer.precision=fp16 needs CUDA: use fp32 or bf16 on the CPU")
+    return table[name]
+
+
+def resolve_patch_size(model: nn.Module, data: SegmentationData) -> tuple[int, ...]:
+    """The network input size: ``data.patch_size`` checked against the model, or a default
+    that fits the smallest training image (capped at the paper's 572 / 3D U-Net's 132)."""
+    dims = data.spatial_dims
+    if data.patch_size is None:
+        smallest = np.min([v.spatial_shape for v in data.train], axis=0)
+        cap = 572 if dims == 2 else 132
+        return tuple(model.valid_input_shape([min(int(s), cap) for s in smallest]))
+    patch = tuple(int(p) for p in data.patch_size)
+    if len(patch) != dims:
+        raise SegunetError(
+            f"data.patch_size={list(patch)} has {len(patch)} axes but the images are {dims}D"
+        )
+    try:
+        model.output_shape(patch)
+    except ValueError as e:
+        raise SegunetError(f"data.patch_size={list(patch)} does not fit the model: {e}") from e
+    return patch
+
+
+def check_compatible(model: nn.Module, data: SegmentationData) -> None:
+    """Model and data must agree before any compute is spent; say which setting to change."""
+    name = data.name
+    if model.spatial_dims != data.spatial_dims:
+        fix = "data=synthetic3d" if model.spatial_dims == 3 else "a 3D model (model=unet3d)"
+        raise SegunetError(
+            f"model.spatial_dims={model.spatial_dims} but data '{name}' has "
+            f"{data.spatial_dims}D images: use {fix} or set model.spatial_dims={data.spatial_dims}"
+        )
+    if model.in_channels != data.in_channels:
+        raise SegunetError(
+            f"model.in_channels={model.in_channels} but data '{name}' has {data.in_channels}-"
+            f"channel images: set model.in_channels={data.in_channels}"
+        )
+    if model.out_channels < data.num_classes:
+        raise SegunetError(
+            f"model.out_channels={model.out_channels} but data '{name}' has "
+            f"{data.num_classes} classes: set model.out_channels={data.num_classes}"
+        )
+
+
+class Trainer:
+    """Wires model, data, loss and optimiser; owns the loop, validation and checkpoints."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: SegmentationData,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        cfg: TrainerConfig,
+        log: LoggingConfig,
+        run_dir: Path,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        check_compatible(model, data)
+        self.cfg, self.log_cfg, self.data = cfg, log, data
+        self.run_dir = Path(run_dir)
+        self.config = config or {}
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype is torch.float16
+        )
+        self.in_shape = resolve_patch_size(model, data)
+        self.out_shape = tuple(model.output_shape(self.in_shape))
+        self.memory_format = torch.preserve_format
+        if cfg.channels_last and self.device.type == "cuda":
+            self.memory_format = (
+                torch.channels_last if data.spatial_dims == 2 else torch.channels_last_3d
+            )
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.criterion, self.optimizer, self.scheduler = criterion, optimizer, scheduler
+        self.step = 0
+        self.best = -math.inf
+        self.metrics: dict[str, float] = {}
+        self.tb = TensorBoardLogger(self.run_dir / "tensorboard" if log.tensorboard else None)
+
+    # ----------------------------------------------------------------------------- the loop
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        out["image"] = out["image"].contiguous(memory_format=self.memory_format)
+        return out
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns the (detached) loss and logits without a host sync."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.model(batch["image"])
+            loss = self.criterion(logits, batch["label"], batch["weight"], batch["ignore"])
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def loader(self) -> DataLoader:
+        dataset = PatchDataset(
+            self.data.train, self.in_shape, self.out_shape, self.cfg.seed, self.data.augment
+        )
+        sampler = StepSampler(self.step, self.cfg.max_steps, self.cfg.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            # Its own generator, so creating the loader never advances the global torch RNG:
+            # a resumed run then continues with the very RNG state the checkpoint holds.
+            generator=torch.Generator(),
+        )
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``max_steps`` (from the resumed step), validating and checkpointing."""
+        if self.step >= self.cfg.max_steps:
+            raise SegunetError(
+                f"the run is already at step {self.step} >= trainer.max_steps="
+                f"{self.cfg.max_steps}: raise trainer.max_steps to train further"
+            )
+        bar = tqdm(
+            total=self.cfg.max_steps, initial=self.step, disable=not self.log_cfg.progress,
+            desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        window_steps, window_start = 0, time.perf_counter()
+        try:
+            for batch in self.loader():
+                batch = self.to_device(batch)
+                loss, logits = self.train_step(batch)
+                self.step += 1
+                loss_sum += loss
+                window_steps += 1
+                bar.update(1)
+                if self.step % self.log_cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                    # The only host sync of the loop: once per logging window.
+                    elapsed = time.perf_counter() - window_start
+                    values = self._train_scalars(batch, logits, loss_sum / window_steps)
+                    values["train/images_per_s"] = window_steps * self.cfg.batch_size / elapsed
+                    self.tb.scalars(values, self.step)
+                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", **self._postfix())
+                    loss_sum.zero_()
+                    window_steps, window_start = 0, time.perf_counter()
+                if self.step % self.log_cfg.image_every == 0:
+                    self._log_picture("train/sample", batch)
+                if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
+                    self.metrics = self.validate()
+                    self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
+                    improved = self.metrics["dice"] > self.best
+                    if improved:
+                        self.best = self.metrics["dice"]
+                    self.save_checkpoint("last.pt")
+                    if improved:
+                        self.save_checkpoint("best.pt")
+                    bar.set_postfix(**self._postfix())
+                    window_start = time.perf_counter()  # validation is not training time
+        except KeyboardInterrupt:
+            bar.close()
+            self.save_checkpoint("last.pt")
+            raise SegunetError(
+                f"interrupted at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
+                f"continue with trainer.resume={self.run_dir}"
+            ) from None
+        bar.close()
+        final = {f"val/{k}": v for k, v in self.metrics.items()} | {"val/best_dice": self.best}
+        self.tb.hparams(self._hparams(), {f"hparam/{k}": v for k, v in final.items()})
+        self.tb.close()
+        return final
+
+    def _train_scalars(self, batch, logits, loss) -> dict[str, float]:
+        counter = OverlapCounter(self.data.num_classes)
+        counter.update(logits.argmax(1), batch["label"], ~batch["ignore"])
+        m = counter.compute()
+        values = {
+            "train/loss": loss.item(),
+            "train/dice": m["dice"],
+            "train/iou": m["iou"],
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if self.device.type == "cuda":
+            values["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return values
+
+    def _postfix(self) -> dict[str, str]:
+        return {"val_dice": f"{self.metrics['dice']:.3f}"} if self.metrics else {}
+
+    # ------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Overlap-tile prediction of every whole validation image; loss, Dice and IoU."""
+        self.model.eval()
+        counter = OverlapCounter(self.data.num_classes)
+        loss_sum, loss_n, pictured = 0.0, 0, False
+        for volume in self.data.val:
+            pred = torch.zeros(volume.spatial_shape, dtype=torch.long)
+            tiles = list(iter_tiles(volume, self.in_shape, self.out_shape))
+            for i in range(0, len(tiles), self.cfg.batch_size):
+                chunk = tiles[i : i + self.cfg.batch_size]
+                batch = self.to_device(
+                    torch.utils.data.default_collate([to_tensors(s) for _, s in chunk])
+                )
+                with self.autocast():
+                    logits = self.model(batch["image"])
+                    loss = self.criterion(logits, batch["label"], batch["weight"], batch["ignore"])
+                loss_sum += loss.item() * len(chunk)
+                loss_n += len(chunk)
+                labels = logits.argmax(1).cpu()
+                for (start, _), tile in zip(chunk, labels):
+                    _paste(pred, tile, start)
+                if not pictured:
+                    self._log_picture("val/sample", batch)
+                    pictured = True
+            label = torch.from_numpy(volume.label)
+            counter.update(pred, label, ~torch.from_numpy(volume.ignore))
+        return {"loss": loss_sum / max(loss_n, 1), **counter.compute()}
+
+    def _log_picture(self, tag: str, batch: dict[str, torch.Tensor]) -> None:
+        """Input, label, prediction, weight map (and attention maps) of the batch's first item."""
+        if self.tb.writer is None:
+            return
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), self.autocast():
+            x = batch["image"][:1]
+            if hasattr(model, "forward_with_attention"):
+                logits, attention = model.forward_with_attention(x)
+            else:
+                logits, attention = model(x), []
+        model.train(was_training)
+        picture = panel(
+            batch["image"][0], batch["label"][0], logits.argmax(1)[0], batch["weight"][0],
+            [a[0] for a in attention], self.data.num_classes, self.data.spatial_dims,
+        )
+        self.tb.image(tag, picture, self.step)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": clean_state_dict(unwrap(self.model).state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best_metric": self.best,
+            "metrics": dict(self.metrics),
+            "rng": rng_state(),
+            "config": self.config,
+        }
+
+    def save_checkpoint(self, name: str) -> Path:
+        path = self.run_dir / "checkpoints" / name
+        save_atomic(self.state(), path)
+        return path
+
+    def restore(self, path: str | Path) -> None:
+        """Continue a run exactly where its checkpoint left it."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            unwrap(self.model).load_state_dict(clean_state_dict(ckpt["model"]))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise SegunetError(
+                f"checkpoint {path} holds a different model ({first}); resume with the model "
+                f"overrides of that run (see its .hydra/overrides.yaml)"
+            ) from e
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.best = float(ckpt["best_metric"])
+        self.metrics = dict(ckpt.get("metrics", {}))
+        set_rng_state(ckpt["rng"])
+
+    def _hparams(self) -> dict[str, object]:
+        cfg = self.config
+        model = cfg.get("model", {})
+        return {
+            "model": str(model.get("_target_", type(unwrap(self.model)).__name__)).split(".")[-1],
+            "channels": str(model.get("channels")),
+            "padding": str(model.get("padding")),
+            "loss": str(cfg.get("loss", {}).get("_target_", "")).split(".")[-1],
+            "optimizer": type(self.optimizer).__name__,
+            "lr": float(self.optimizer.defaults.get("lr", 0.0)),
+            "batch_size": self.cfg.batch_size,
+            "max_steps": self.cfg.max_steps,
+            "patch_size": str(list(self.in_shape)),
+        }
+
+
+def _paste(dest: torch.Tensor, tile: torch.Tensor, start: Sequence[int]) -> None:
+    """Write an output tile into the whole-image prediction, clipped to the image."""
+    index = tuple(slice(s, min(s + t, n)) for s, t, n in zip(start, tile.shape, dest.shape))
+    dest[index] = tile[tuple(slice(0, i.stop - i.start) for i in index)]
+
+
+def seed_everything(seed: int) -> None:
+    # numpy's global RNG is deliberately not seeded: data code uses explicit Generators only.
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
+    """Instantiate every config group and wire them into a :class:`Trainer`."""
+    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    log_cfg: LoggingConfig = instantiate(cfg.logging)
+    seed_everything(trainer_cfg.seed)  # before the model draws its initial weights
+    model = instantiate(cfg.model)
+    data: SegmentationData = instantiate(cfg.data)
+    criterion = instantiate(cfg.loss)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    trainer = Trainer(
+        model, data, criterion, optimizer, scheduler, trainer_cfg, log_cfg, run_dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    if trainer_cfg.resume:
+        trainer.restore(trainer_cfg.resume)
+    return trainer
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Train one configuration into ``run_dir``; return the final validation metrics."""
+    trainer = build_trainer(cfg, run_dir)
+    print(
+        f"segunet: training {type(trainer.model).__name__} on '{trainer.data.name}' "
+        f"({len(trainer.data.train)} train / {len(trainer.data.val)} val images), "
+        f"patch {list(trainer.in_shape)} -> {list(trainer.out_shape)}, "
+        f"device {trainer.device}, precision {trainer.amp_dtype or torch.float32}",
+        file=sys.stderr,
+    )
+    final = trainer.fit()
+    print(
+        f"segunet: done at step {trainer.step}: val dice {final.get('val/dice', float('nan')):.4f}"
+        f" (best {trainer.best:.4f}), val iou {final.get('val/iou', float('nan')):.4f}\n"
+        f"  run folder:  {run_dir}\n"
+        f"  checkpoints: {run_dir / 'checkpoints'} (best.pt, last.pt)\n"
+        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+        file=sys.stderr,
+    )
+    return final
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> float:
+    from segunet.cli import report_errors
+
+    with report_errors():
+        final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return final.get("val/dice", float("nan"))
+
+
+if __name__ == "__main__":
+    main()

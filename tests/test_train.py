@@ -1,0 +1,132 @@
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from segunet.config import config_dir
+from segunet.train import build_trainer, run
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    return acc
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group", ["model", "data", "loss", "optim", "scheduler", "trainer", "logging"]
+)
+def test_every_config_option_composes_and_instantiates(make_cfg, group):
+    assert options(group), f"no options in configs/{group}"
+    for name in options(group):
+        cfg = make_cfg(f"{group}={name}", "data.n_train=1", "data.n_val=1", "data.shape=[8,8,8]"
+                       if name == "synthetic3d" else "data.shape=[32,32]")
+        obj = instantiate(cfg[group])
+        if group in ("optim", "scheduler"):
+            assert callable(obj)
+        else:
+            assert obj is not None
+
+
+def test_tiny_run_learns_and_writes_events_and_checkpoints(make_cfg, tmp_path):
+    cfg = make_cfg(
+        *TINY, "trainer.max_steps=40", "trainer.val_every=20", "logging.log_every=5",
+        "logging.image_every=20", "optim.lr=3e-3", "scheduler=constant",
+    )
+    final = run(cfg, tmp_path)
+    acc = scalars(tmp_path)
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    assert len(losses) == 8
+    assert losses[-1] < 0.7 * losses[0], losses
+    tags = acc.Tags()
+    for tag in ("train/dice", "train/iou", "train/lr", "train/images_per_s", "val/loss",
+                "val/dice", "val/iou"):
+        assert tag in tags["scalars"], tag
+    assert {"train/sample", "val/sample"} <= set(tags["images"])
+    assert [e.step for e in acc.Scalars("val/dice")] == [20, 40]
+    assert 0.0 <= final["val/dice"] <= 1.0
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "scaler", "step", "rng", "config"} <= set(ckpt)
+        assert ckpt["config"]["model"]["channels"] == [4, 8, 16]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 40
+
+
+def test_attention_unet_logs_attention_maps(make_cfg, tmp_path):
+    cfg = make_cfg(
+        *TINY, "model=attention_unet", "model.channels=[4,8,16]", "trainer.max_steps=2",
+        "trainer.val_every=2", "logging.image_every=2",
+    )
+    run(cfg, tmp_path)
+    acc = scalars(tmp_path)
+    # input, label, prediction, weight + one attention map per skip (2 skips) = 6 panels
+    image = acc.Images("train/sample")[0]
+    assert image.width > 5 * image.height
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_continues_exactly(make_cfg, tmp_path, dropout):
+    common = [*TINY, "trainer.val_every=3", f"model.dropout={dropout}", "scheduler=constant"]
+    straight = build_trainer(make_cfg(*common, "trainer.max_steps=8"), tmp_path / "a")
+    straight.fit()
+    first = build_trainer(make_cfg(*common, "trainer.max_steps=5"), tmp_path / "b")
+    first.fit()
+    resumed = build_trainer(
+        make_cfg(*common, "trainer.max_steps=8", f"trainer.resume={tmp_path / 'b'}"),
+        tmp_path / "c",
+    )
+    assert resumed.step == 5
+    resumed.fit()
+    a, c = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == c.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], c[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_cli_trains_and_multiruns(tmp_path):
+    args = [*TINY, "trainer.max_steps=2", "trainer.val_every=2", "model.channels=[4,8,16]"]
+    done = run_cli("train", "-m", "model=unet,attention_unet", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = sorted(tmp_path.glob("multirun/train/*/*"))
+    runs = [r for r in runs if r.is_dir()]
+    assert len(runs) == 2, runs
+    for r in runs:
+        assert (r / "checkpoints" / "last.pt").is_file()
+        assert list((r / "tensorboard").glob("events.out.tfevents.*"))
+    assert "tensorboard --logdir" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=unett"], "Could not find 'model/unett'"),
+        (["trainer.max_stepz=3"], "max_stepz"),
+        (["trainer.max_steps=abc"], "trainer.max_steps='abc' is not valid: expected int"),
+        (["model.in_channels=3"], "set model.in_channels=1"),
+        (["model=unet3d"], "use data=synthetic3d"),
+        (["experiment=quickstart", "data.patch_size=[186,186]"], "180 or 188"),
+        (["experiment=quickstart", "trainer.resume=/no/such/run"], "no checkpoint at /no/such/run"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, overrides, expected):
+    done = run_cli("train", *overrides, "data.n_train=1", "data.n_val=1", cwd=tmp_path)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("segunet: error:"), lines
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_full_error_env_shows_traceback(tmp_path):
+    done = run_cli("train", "model.in_channels=3", "data.n_train=1", "data.n_val=1",
+                   cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr
