@@ -1,0 +1,359 @@
+"""Data sources: files become normalised images, class labels, ignore masks and weights."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from segunet.data.io import write_array
+from segunet.data.sources import (
+    border_weight_maps,
+    class_balance_weights,
+    folder,
+    instances_from_labels,
+    normalize_percentile,
+    split_names,
+    synthetic,
+    tiff_stack,
+    volume_file,
+    volume_from_instances,
+)
+from segunet.data.weightmaps import border_weight_map, separate_touching
+from segunet.errors import SegunetError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+NO_CACHE = {"cache_dir": None}
+
+
+def blobs(shape=(32, 40), seed=0):
+    """An instance image: two touching squares and a separate one; and a textured image."""
+    inst = np.zeros(shape, np.uint16)
+    inst[4:14, 4:14] = 1
+    inst[4:14, 14:24] = 2  # touches 1
+    inst[20:28, 28:36] = 3
+    rng = np.random.default_rng(seed)
+    image = (inst > 0) * 120 + rng.integers(0, 60, shape)
+    return image.astype(np.uint8), inst
+
+
+def one_line(info, *names):
+    message = str(info.value)
+    assert "\n" not in message, message
+    for name in names:
+        assert str(name) in message, message
+    return message
+
+
+def write_folder(root, n=6, image_ext="png", label_ext="tif", rgb=False, label_fn=None):
+    for i in range(n):
+        image, inst = blobs(seed=i)
+        if rgb:
+            image = np.stack([image, image // 2, 255 - image], axis=-1)
+        write_array(root / "images" / f"img{i:02d}.{image_ext}", image)
+        labels = label_fn(inst) if label_fn else inst
+        write_array(root / "masks" / f"img{i:02d}.{label_ext}", labels)
+    return root
+
+
+# --- normalisation and targets -------------------------------------------------------------
+
+
+def test_percentile_normalisation_per_channel_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(5, 2, (30, 40)), rng.exponential(100, (30, 40))]).astype(np.uint16)
+    out = normalize_percentile(x, 1.0, 99.8)
+    assert out.dtype == np.float32
+    for c in range(2):
+        lo, hi = np.percentile(x[c], [1.0, 99.8])
+        np.testing.assert_allclose(out[c], (x[c] - lo) / (hi - lo), rtol=1e-5, atol=1e-5)
+    whole = normalize_percentile(x, 2, 98, channel_axis=None)
+    lo, hi = np.percentile(x, [2, 98])
+    np.testing.assert_allclose(whole, (x - lo) / (hi - lo), rtol=1e-5, atol=1e-5)
+
+
+def test_constant_image_normalises_to_zeros_and_rare_values_keep_their_range():
+    assert not normalize_percentile(np.full((1, 8, 8), 7)).any()
+    sparse = np.zeros((1, 100, 100))
+    sparse[0, 0, 0] = 10  # both percentiles are 0: fall back to min/max
+    out = normalize_percentile(sparse)
+    assert out.max() == 1 and out.min() == 0
+
+
+def test_binary_instances_are_connected_components_of_the_foreground():
+    labels = np.zeros((10, 10), np.uint8)
+    labels[1:4, 1:4] = 255
+    labels[4:7, 4:7] = 255  # touches the first only diagonally
+    labels[8:, 8:] = 255
+    full, ignore = instances_from_labels(labels, "binary", 255)
+    assert full.max() == 2 and not ignore.any()
+    faces, _ = instances_from_labels(labels, "binary", 255, connectivity=1)
+    assert faces.max() == 3
+
+
+def test_class_balance_weights():
+    classes = np.array([[0, 0, 0, 1], [1, 2, 2, 2]])
+    valid = np.ones_like(classes, bool)
+    valid[1, 3] = False
+    w = class_balance_weights(classes, valid, 4, "balanced")
+    # 7 valid pixels, 3 classes present: w_c = 7 / (3 * N_c); class 3 absent.
+    np.testing.assert_allclose(w[0], [7 / 9] * 3 + [7 / 6])
+    np.testing.assert_allclose(w[1], [7 / 6, 7 / 6, 7 / 6, 0])
+    assert (w[valid] * 1).sum() == pytest.approx(7)
+    np.testing.assert_array_equal(class_balance_weights(classes, valid, 4, None), valid)
+
+
+def test_weight_maps_in_one_call_match_the_per_image_weight_map():
+    instances = [blobs(seed=i)[1] for i in range(3)]
+    valid = [np.ones(i.shape, bool) for i in instances]
+    valid[1][:, :5] = False
+    maps = border_weight_maps(instances, valid, w0=10, sigma=5, cache_dir=None)
+    for inst, v, m in zip(instances, valid, maps):
+        np.testing.assert_allclose(m, border_weight_map(inst, 10, 5, valid=v), rtol=1e-6)
+
+
+def test_synthetic_and_volume_from_instances_still_work():
+    data = synthetic(n_train=2, n_val=1, shape=(64, 64), **NO_CACHE)
+    assert len(data.train) == 2 and len(data.val) == 1 and data.in_channels == 1
+    image, inst = blobs()
+    v = volume_from_instances("x", image.astype(np.float32), inst)
+    np.testing.assert_array_equal(v.label, separate_touching(inst) > 0)
+    assert v.image.shape == (1, *inst.shape) and v.weight.max() > 5
+
+
+# --- folder --------------------------------------------------------------------------------
+
+
+def test_folder_of_grey_png_and_instance_tiffs(tmp_path):
+    write_folder(tmp_path)
+    data = folder(tmp_path, separate_touching=True, val_fraction=0.34, **NO_CACHE)
+    assert (len(data.train), len(data.val)) == (4, 2)
+    assert data.num_classes == 2 and data.spatial_dims == 2 and data.in_channels == 1
+    v = data.train[0]
+    image, inst = blobs(seed=int(v.name[3:]))
+    assert v.image.dtype == np.float32 and v.image.shape == (1, 32, 40)
+    np.testing.assert_allclose(v.image, normalize_percentile(image[None]), atol=1e-6)
+    np.testing.assert_array_equal(v.label, separate_touching(inst) > 0)
+    assert v.weight[8, 14] > 5 > v.weight[0, 0] > 0  # the opened gap weighs most
+
+
+def test_folder_rgb_kept_or_converted_to_grey(tmp_path):
+    write_folder(tmp_path, n=3, rgb=True)
+    assert folder(tmp_path, val_fraction=0.3, **NO_CACHE).in_channels == 3
+    grey = folder(tmp_path, channels=1, val_fraction=0.3, **NO_CACHE)
+    assert grey.in_channels == 1 and grey.train[0].image.shape == (1, 32, 40)
+
+
+def test_folder_binary_labels_with_suffix(tmp_path):
+    for i in range(3):
+        image, inst = blobs(seed=i)
+        write_array(tmp_path / "img" / f"a{i}.tif", image)
+        write_array(tmp_path / "lab" / f"a{i}_mask.png", ((inst > 0) * 255).astype(np.uint8))
+    data = folder(tmp_path, images="img", labels="lab", label_suffix="_mask",
+                  label_kind="binary", val_fraction=0.3, **NO_CACHE)
+    v = data.train[0]
+    np.testing.assert_array_equal(v.label, blobs()[1] > 0)
+    # The two touching squares form one component: no border term between them.
+    assert v.weight[8, 14] == v.weight[8, 13]
+
+
+def test_folder_classes_with_ignore_value(tmp_path):
+    def classes(inst):
+        lab = np.minimum(inst, 2).astype(np.uint8)
+        lab[:2] = 255  # unlabelled rows
+        return lab
+
+    write_folder(tmp_path, n=3, label_fn=classes)
+    data = folder(tmp_path, label_kind="classes", num_classes=3, ignore_value=255,
+                  val_fraction=0.3, class_names=["bg", "a", "b"], **NO_CACHE)
+    v = data.train[0]
+    assert data.num_classes == 3 and data.class_names == ["bg", "a", "b"]
+    assert v.ignore[:2].all() and not v.ignore[2:].any()
+    assert set(np.unique(v.label)) == {0, 1, 2} and (v.weight[:2] == 0).all()
+    np.testing.assert_allclose(v.weight[~v.ignore].sum(), (~v.ignore).sum(), rtol=1e-5)
+
+
+def test_folder_of_3d_stacks(tmp_path):
+    for i in range(3):
+        image, inst = blobs(seed=i)
+        write_array(tmp_path / "images" / f"v{i}.tif", np.stack([image] * 4))
+        write_array(tmp_path / "masks" / f"v{i}.tif", np.stack([inst] * 4))
+    data = folder(tmp_path, spatial_dims=3, val_fraction=0.3, **NO_CACHE)
+    assert data.spatial_dims == 3 and data.train[0].image.shape == (1, 4, 32, 40)
+    with pytest.raises(SegunetError, match="spatial_dims=3") as info:
+        folder(tmp_path, val_fraction=0.3, **NO_CACHE)
+    one_line(info, "v0.tif")
+
+
+def test_split_is_deterministic_disjoint_and_seeded(tmp_path):
+    names = [f"n{i:02d}" for i in range(20)]
+    val = split_names(names, 0.25, seed=0)
+    assert len(val) == 5 and val == split_names(names[::-1], 0.25, seed=0)
+    assert val != split_names(names, 0.25, seed=1)
+    write_folder(tmp_path, n=8)
+    data = folder(tmp_path, val_fraction=0.25, split_seed=3, **NO_CACHE)
+    train, val = {v.name for v in data.train}, {v.name for v in data.val}
+    assert not train & val and len(train | val) == 8
+    assert val == set(split_names(sorted(train | val), 0.25, seed=3))
+    again = folder(tmp_path, val_fraction=0.25, split_seed=3, **NO_CACHE)
+    assert {v.name for v in again.val} == val
+    assert len(folder(tmp_path, max_images=4, val_fraction=0.25, **NO_CACHE).train) == 3
+
+
+def test_split_errors_say_which_way_to_move_val_fraction(tmp_path):
+    write_folder(tmp_path, n=2)
+    with pytest.raises(SegunetError, match="lower data.val_fraction"):
+        folder(tmp_path, val_fraction=0.9, **NO_CACHE)
+    with pytest.raises(SegunetError, match="strictly between"):
+        folder(tmp_path, val_fraction=0.0, **NO_CACHE)
+
+
+def test_folder_errors_are_one_line_naming_the_file(tmp_path):
+    write_folder(tmp_path, n=4)
+    (tmp_path / "masks" / "img02.tif").unlink()
+    with pytest.raises(SegunetError, match="no label") as info:
+        folder(tmp_path, **NO_CACHE)
+    one_line(info, "img02.png", "1 of 4")
+
+    write_array(tmp_path / "masks" / "img02.tif", np.zeros((30, 40), np.uint16))
+    with pytest.raises(SegunetError, match="pixel for pixel") as info:
+        folder(tmp_path, **NO_CACHE)
+    one_line(info, "img02.png", "img02.tif")
+
+    write_array(tmp_path / "masks" / "img02.tif", blobs()[1] * 7)
+    with pytest.raises(SegunetError, match=r"expected \{0, 255\}") as info:
+        folder(tmp_path, label_kind="binary", **NO_CACHE)
+    one_line(info, "img00.tif", "data.foreground_value")
+
+    write_array(tmp_path / "images" / "img01.png", np.zeros((32, 40), np.uint8))
+    nan = np.zeros((32, 40), np.float32)
+    nan[3, 3] = np.nan
+    (tmp_path / "images" / "img01.png").unlink()
+    write_array(tmp_path / "images" / "img01.tif", nan)
+    with pytest.raises(SegunetError, match="NaN") as info:
+        folder(tmp_path, **NO_CACHE)
+    one_line(info, "img01.tif")
+
+    (tmp_path / "images" / "img01.tif").write_bytes(b"")
+    with pytest.raises(SegunetError, match="empty") as info:
+        folder(tmp_path, **NO_CACHE)
+    one_line(info, "img01.tif")
+
+    with pytest.raises(SegunetError, match="data.path") as info:
+        folder(tmp_path / "elsewhere", **NO_CACHE)
+    one_line(info, "elsewhere")
+
+
+def test_negative_instance_labels_suggest_ignore_value(tmp_path):
+    write_folder(tmp_path, n=3, label_fn=lambda inst: inst.astype(np.int16) - 1)
+    with pytest.raises(SegunetError, match="ignore_value") as info:
+        folder(tmp_path, **NO_CACHE)
+    one_line(info, "img00.tif")
+    data = folder(tmp_path, ignore_value=-1, val_fraction=0.3, **NO_CACHE)
+    assert data.train[0].ignore.any() and (data.train[0].weight[data.train[0].ignore] == 0).all()
+
+
+# --- stacks and volume files ---------------------------------------------------------------
+
+
+def write_stack(root, depth=10):
+    images, labels = zip(*(blobs(seed=z) for z in range(depth)))
+    write_array(root / "train-volume.tif", np.stack(images))
+    write_array(root / "train-labels.tif", (np.stack(labels) > 0).astype(np.uint8) * 255)
+    return np.stack(images), np.stack(labels)
+
+
+def test_tiff_stack_as_2d_slices_validates_on_the_last(tmp_path):
+    images, labels = write_stack(tmp_path)
+    data = tiff_stack(tmp_path, val_fraction=0.2, **NO_CACHE)
+    assert [v.name for v in data.val] == [f"{tmp_path.name}_z008", f"{tmp_path.name}_z009"]
+    assert len(data.train) == 8 and data.spatial_dims == 2
+    np.testing.assert_array_equal(data.val[1].label, labels[9] > 0)
+    # Normalised as one stack: the slices share one intensity mapping.
+    np.testing.assert_allclose(data.train[3].image[0], normalize_percentile(images[None])[0, 3],
+                               atol=1e-6)
+    assert len(tiff_stack(tmp_path, max_images=5, val_fraction=0.2, **NO_CACHE).train) == 4
+
+
+def test_tiff_stack_as_3d_splits_the_z_slab(tmp_path):
+    write_stack(tmp_path)
+    data = tiff_stack(tmp_path, slices_as="3d", val_fraction=0.3, **NO_CACHE)
+    assert data.spatial_dims == 3
+    assert data.train[0].image.shape == (1, 7, 32, 40) and data.val[0].label.shape == (3, 32, 40)
+
+
+@pytest.mark.parametrize("ext", ["h5", "zarr"])
+def test_volume_file_with_sparse_labels(tmp_path, ext):
+    image, inst = blobs()
+    raw = np.stack([image] * 8)
+    labels = np.stack([inst] * 8).astype(np.int32)
+    labels[1::2] = -1  # every other slice unlabelled
+    path = tmp_path / f"v.{ext}"
+    write_array(path, raw, key="raw")
+    write_array(path, labels, key="labels")
+    data = volume_file(str(path), ignore_value=-1, val_fraction=0.25, **NO_CACHE)
+    train = data.train[0]
+    assert train.image.shape == (1, 6, 32, 40) and data.val[0].label.shape == (2, 32, 40)
+    assert train.ignore[1::2].all() and not train.ignore[::2].any()
+    assert (train.weight[1::2] == 0).all() and (train.weight[::2] > 0).all()
+    with pytest.raises(SegunetError, match="no array 'seg'") as info:
+        volume_file(str(path), label_key="seg", **NO_CACHE)
+    one_line(info, path)
+
+
+# --- presets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["isbi2012", "dsb2018", "lucchi", "folder", "tiff_stack",
+                                    "volume"])
+def test_presets_compose_and_take_a_path(make_cfg, preset):
+    cfg = make_cfg(f"data={preset}", "data.path=/some/where")
+    assert cfg.data.path == "/some/where"
+    assert "patch_size" in cfg.data and "foreground_oversample" in cfg.data
+
+
+def test_generic_presets_need_a_path(make_cfg):
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue):
+        instantiate(make_cfg("data=folder").data)
+
+
+def test_folder_preset_instantiates_on_files(make_cfg, tmp_path):
+    write_folder(tmp_path, n=3)
+    cfg = make_cfg("data=folder", f"data.path={tmp_path}", "data.val_fraction=0.3",
+                   "data.cache_dir=null", "data.patch_size=[20,20]")
+    data = instantiate(cfg.data)
+    assert len(data.train) == 2 and data.patch_size == (20, 20)
+
+
+@pytest.mark.skipif(not (SHARED / "isbi2012").is_dir(), reason="no shared ISBI 2012 data")
+def test_isbi2012_preset_on_the_real_stack(make_cfg):
+    cfg = make_cfg("data=isbi2012", f"data.path={SHARED / 'isbi2012'}", "data.max_images=4",
+                   "data.val_fraction=0.25", "data.cache_dir=null")
+    data = instantiate(cfg.data)
+    assert (len(data.train), len(data.val)) == (3, 1)
+    v = data.train[0]
+    assert v.image.shape == (1, 512, 512) and data.class_names == ["membrane", "cell"]
+    assert 0.6 < v.label.mean() < 0.9  # cell interiors dominate; membranes are thin
+    assert v.weight[v.label == 0].max() > 5  # membranes between cells weigh most
+
+
+@pytest.mark.skipif(not (SHARED / "dsb2018").is_dir(), reason="no shared DSB 2018 data")
+def test_dsb2018_preset_on_real_images(make_cfg):
+    cfg = make_cfg("data=dsb2018", f"data.path={SHARED / 'dsb2018' / 'train'}",
+                   "data.max_images=4", "data.val_fraction=0.25", "data.cache_dir=null")
+    data = instantiate(cfg.data)
+    assert (len(data.train), len(data.val)) == (3, 1) and data.in_channels == 1
+    for v in data.train + data.val:
+        assert v.image.shape[1:] == v.label.shape and set(np.unique(v.label)) == {0, 1}
+        assert 0 <= np.median(v.image) <= 1
+
+
+@pytest.mark.skipif(not (SHARED / "lucchi_pp").is_dir(), reason="no shared Lucchi data")
+def test_lucchi_preset_on_the_real_stack_in_3d(make_cfg):
+    cfg = make_cfg("data=lucchi", f"data.path={SHARED / 'lucchi_pp'}", "data.max_images=8",
+                   "data.slices_as=3d", "data.val_fraction=0.25", "data.cache_dir=null")
+    data = instantiate(cfg.data)
+    assert data.spatial_dims == 3 and data.train[0].label.shape == (6, 384, 384)
+    assert 0.02 < data.train[0].label.mean() < 0.4
