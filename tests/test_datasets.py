@@ -1,8 +1,13 @@
 import numpy as np
-import pytest
 
-from segunet.data.augment import flip_rot90
-from segunet.data.datasets import PatchDataset, StepSampler, Volume, crop_targets, iter_tiles
+from segunet.data.datasets import (
+    PatchDataset,
+    StepSampler,
+    Volume,
+    crop_targets,
+    crop_to_output,
+    iter_tiles,
+)
 
 
 def coordinate_volume(shape=(40, 50)):
@@ -23,22 +28,54 @@ def centre_crop(a, shape):
     return a[tuple(slice(i, i + m) for i, m in zip(s, shape))]
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_patches_keep_image_and_targets_in_register(augment):
+def test_patches_keep_image_and_targets_in_register():
     vol = coordinate_volume()
-    ds = PatchDataset([vol], in_shape=(30, 30), out_shape=(14, 14), seed=3, augment=augment)
+    ds = PatchDataset([vol], in_shape=(30, 30), out_shape=(14, 14), seed=3)
     for i in range(20):
         s = ds[i]
-        np.testing.assert_array_equal(centre_crop(s["image"][0].numpy(), (14, 14)), s["label"])
+        # Before augmentation every array covers the input tile, mirrored alike.
+        np.testing.assert_array_equal(s["image"][0].numpy(), s["label"].numpy())
         np.testing.assert_array_equal(s["weight"].numpy(), s["label"].numpy() + 0.5)
+        cropped = crop_to_output(s, (14, 14))
+        np.testing.assert_array_equal(
+            centre_crop(s["image"][0].numpy(), (14, 14)), cropped["label"]
+        )
+        assert cropped["weight"].shape == cropped["ignore"].shape == (14, 14)
+
+
+def test_augment_in_dataset_sees_the_input_tile_and_returns_the_output_tile():
+    seen = []
+
+    def augment(batch, generator):
+        seen.append({k: tuple(v.shape) for k, v in batch.items()})
+        return batch
+
+    ds = PatchDataset([coordinate_volume()], (30, 30), (14, 14), augment=augment)
+    s = ds[0]
+    assert seen == [{"image": (1, 1, 30, 30), "label": (1, 30, 30), "weight": (1, 30, 30),
+                     "ignore": (1, 30, 30)}]
+    assert s["image"].shape == (1, 30, 30) and s["label"].shape == (14, 14)
+
+
+def test_foreground_oversampling_centres_on_foreground():
+    shape = (200, 200)
+    label = np.zeros(shape, np.int64)
+    label[150:156, 20:26] = 1  # one small object
+    vol = Volume("sparse", label[None].astype(np.float32), label, np.ones(shape, np.float32),
+                 np.zeros(shape, bool))
+    hits = []
+    for p in (0.0, 1.0):
+        ds = PatchDataset([vol], (30, 30), (14, 14), foreground_oversample=p)
+        hits.append(np.mean([crop_to_output(ds[i], (14, 14))["label"].any() for i in range(50)]))
+    assert hits[0] < 0.2 and hits[1] == 1.0
 
 
 def test_patch_input_context_is_np_pad_reflect():
     vol = coordinate_volume()
-    ds = PatchDataset([vol], in_shape=(30, 30), out_shape=(14, 14), seed=0, augment=False)
+    ds = PatchDataset([vol], in_shape=(30, 30), out_shape=(14, 14), seed=0)
     padded = np.pad(vol.image[0], 8, mode="reflect")
     for i in range(20):
-        s = ds[i]
+        s = crop_to_output(ds[i], (14, 14))
         y, x = np.unravel_index(int(s["label"][0, 0]), (1000, 1000))  # decode the start
         np.testing.assert_array_equal(s["image"][0].numpy(), padded[y : y + 30, x : x + 30])
 
@@ -58,16 +95,6 @@ def test_image_smaller_than_output_tile_is_ignored_outside():
     assert t["ignore"].sum() == 16 * 16 - 10 * 12
     assert (t["weight"][t["ignore"]] == 0).all()
     np.testing.assert_array_equal(t["label"][3:13, 2:14], vol.label)
-
-
-def test_flip_rot90_applies_one_draw_to_every_array():
-    rng = np.random.default_rng(0)
-    vol = coordinate_volume((8, 8))
-    sample = {"image": vol.image, "label": vol.label, "weight": vol.weight, "ignore": vol.ignore}
-    for _ in range(10):
-        out = flip_rot90(sample, rng)
-        np.testing.assert_array_equal(out["image"][0], out["label"])
-        np.testing.assert_array_equal(out["weight"], out["label"] + 0.5)
 
 
 def test_tiles_cover_the_image_exactly():

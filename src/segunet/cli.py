@@ -15,13 +15,17 @@ from contextlib import contextmanager
 USAGE = """usage: segunet <command> [overrides ...]
 
 commands:
-  train    train a model (Hydra overrides, e.g. model=attention_unet optim.lr=3e-4;
-           -m for multirun sweeps, --cfg job to print the composed config)
+  train          train a model (Hydra overrides, e.g. model=attention_unet optim.lr=3e-4;
+                 -m for multirun sweeps, --cfg job to print the composed config)
+  weightmaps     precompute and cache the border weight maps of a dataset (data=<name>)
+  data download  fetch a public dataset into data/<name> (lucchi, dsb2018; isbi2012 says how)
 
 examples:
   segunet train experiment=quickstart
   segunet train model=attention_unet trainer.max_steps=2000
   segunet train -m model=unet,attention_unet
+  segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.workers=-1
+  segunet data download lucchi
 """
 
 
@@ -91,8 +95,14 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
+    if command == "data":
+        from segunet.data.download import main as data_main
+
+        sys.exit(data_main(rest))
     if command == "train":
         from segunet.train import main as app
+    elif command == "weightmaps":
+        from segunet.data.precompute import main as app
     else:
         print(f"segunet: error: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

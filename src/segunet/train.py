@@ -36,10 +36,12 @@ from segunet.checkpoint import (
     unwrap,
 )
 from segunet.config import check_fields, config_dir
+from segunet.data.augment import AugmentConfig, Augmenter
 from segunet.data.datasets import (
     PatchDataset,
     SegmentationData,
     StepSampler,
+    crop_to_output,
     iter_tiles,
     to_tensors,
 )
@@ -146,6 +148,7 @@ class Trainer:
         log: LoggingConfig,
         run_dir: Path,
         config: dict[str, Any] | None = None,
+        augment: AugmentConfig | None = None,
     ) -> None:
         check_compatible(model, data)
         self.cfg, self.log_cfg, self.data = cfg, log, data
@@ -165,6 +168,10 @@ class Trainer:
             )
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.criterion, self.optimizer, self.scheduler = criterion, optimizer, scheduler
+        self.augment_cfg = augment if augment is not None and augment.enabled else None
+        self.augmenter = (
+            Augmenter(self.augment_cfg, data.spatial_dims) if self.augment_cfg else None
+        )
         self.step = 0
         self.best = -math.inf
         self.metrics: dict[str, float] = {}
@@ -180,6 +187,23 @@ class Trainer:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         out["image"] = out["image"].contiguous(memory_format=self.memory_format)
         return out
+
+    def augment_on_device(self) -> bool:
+        return self.augmenter is not None and self.augment_cfg.device != "cpu"
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Device transfer, augmentation of the whole batch there (one random field per
+        sample), and the crop of the targets to the output tile."""
+        batch = self.to_device(batch)
+        if self.augment_on_device():
+            # One generator per step: the draw depends on (seed, step) only, so a resumed run
+            # augments exactly as the uninterrupted one did.
+            generator = torch.Generator(self.device).manual_seed(
+                self.cfg.seed * 1_000_003 + self.step
+            )
+            batch = self.augmenter(batch, generator)
+            batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
+        return crop_to_output(batch, self.out_shape)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns the (detached) loss and logits without a host sync."""
@@ -198,8 +222,11 @@ class Trainer:
         return loss.detach(), logits.detach()
 
     def loader(self) -> DataLoader:
+        in_workers = self.augmenter is not None and not self.augment_on_device()
         dataset = PatchDataset(
-            self.data.train, self.in_shape, self.out_shape, self.cfg.seed, self.data.augment
+            self.data.train, self.in_shape, self.out_shape, self.cfg.seed,
+            foreground_oversample=self.data.foreground_oversample,
+            augment=self.augmenter if in_workers else None,
         )
         sampler = StepSampler(self.step, self.cfg.max_steps, self.cfg.batch_size)
         return DataLoader(
@@ -229,7 +256,7 @@ class Trainer:
         window_steps, window_start = 0, time.perf_counter()
         try:
             for batch in self.loader():
-                batch = self.to_device(batch)
+                batch = self.prepare(batch)
                 loss, logits = self.train_step(batch)
                 self.step += 1
                 loss_sum += loss
@@ -407,6 +434,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     """Instantiate every config group and wire them into a :class:`Trainer`."""
     trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
     log_cfg: LoggingConfig = instantiate(cfg.logging)
+    augment_cfg: AugmentConfig = instantiate(cfg.augment)
     seed_everything(trainer_cfg.seed)  # before the model draws its initial weights
     model = instantiate(cfg.model)
     data: SegmentationData = instantiate(cfg.data)
@@ -416,6 +444,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     trainer = Trainer(
         model, data, criterion, optimizer, scheduler, trainer_cfg, log_cfg, run_dir,
         config=OmegaConf.to_container(cfg, resolve=True),
+        augment=augment_cfg,
     )
     if trainer_cfg.resume:
         trainer.restore(trainer_cfg.resume)

@@ -9,14 +9,13 @@ mirror-extrapolated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from segunet.data.augment import flip_rot90
 from segunet.data.tiling import crop_reflect, tile_grid
 
 
@@ -47,7 +46,7 @@ class SegmentationData:
     val: list[Volume]
     num_classes: int = 2
     patch_size: tuple[int, ...] | None = None
-    augment: bool = True
+    foreground_oversample: float = 0.0
     name: str = "data"
     class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
 
@@ -84,7 +83,8 @@ def crop_targets(
 def cut_sample(
     volume: Volume, out_start: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int]
 ) -> dict[str, np.ndarray]:
-    """Input tile (mirror-extrapolated past the border) around an output tile at ``out_start``."""
+    """Input tile (mirror-extrapolated past the border) around an output tile at ``out_start``,
+    with the targets of the output tile: what validation and prediction feed the network."""
     margin = [(i - o) // 2 for i, o in zip(in_shape, out_shape)]
     in_start = [s - m for s, m in zip(out_start, margin)]
     sample = {"image": np.ascontiguousarray(crop_reflect(volume.image, in_start, in_shape))}
@@ -92,11 +92,48 @@ def cut_sample(
     return sample
 
 
+def cut_patch(
+    volume: Volume, in_start: Sequence[int], in_shape: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Every array of the volume over the whole input tile, mirror-extrapolated alike.
+
+    Training patches keep their targets at input size until after augmentation: an elastic
+    deformation moves context into the output tile, and the mirrored label is exactly the
+    label of the mirrored image. :func:`crop_to_output` then cuts the targets down.
+    """
+    return {
+        key: np.ascontiguousarray(crop_reflect(getattr(volume, key), in_start, in_shape))
+        for key in ("image", "label", "weight", "ignore")
+    }
+
+
+def crop_to_output(sample: dict, out_shape: Sequence[int]) -> dict:
+    """Centre-crop label, weight and ignore (arrays or tensors, batched or not) to the output
+    tile; the image keeps its context."""
+    out = dict(sample)
+    for key in ("label", "weight", "ignore"):
+        if key in sample:
+            out[key] = _centre_crop(sample[key], out_shape)
+    return out
+
+
+def _centre_crop(array, shape: Sequence[int]):
+    lead = array.ndim - len(shape)
+    starts = [(n - s) // 2 for n, s in zip(array.shape[lead:], shape)]
+    index = (slice(None),) * lead + tuple(slice(a, a + s) for a, s in zip(starts, shape))
+    return array[index]
+
+
 class PatchDataset(Dataset):
-    """Random training patches; item ``i`` is a pure function of ``(seed, i)``.
+    """Random training patches at the network's input size; item ``i`` is a pure function of
+    ``(seed, i)``.
 
     Seeding by index makes a run reproducible whatever the number of workers, and lets a
-    resumed run draw exactly the patches the uninterrupted run would have drawn.
+    resumed run draw exactly the patches the uninterrupted run would have drawn. With
+    probability ``foreground_oversample`` the output tile is centred on a random foreground
+    pixel (sparse objects otherwise rarely appear in a patch). ``augment``, if given, runs
+    here on a batch of one (``augment.device=cpu``: in the DataLoader workers); otherwise the
+    trainer augments whole batches on its device and crops to the output tile afterwards.
     """
 
     def __init__(
@@ -105,30 +142,55 @@ class PatchDataset(Dataset):
         in_shape: Sequence[int],
         out_shape: Sequence[int],
         seed: int = 0,
-        augment: bool = True,
+        foreground_oversample: float = 0.0,
+        augment: Callable | None = None,
         length: int = 2**62,
     ) -> None:
         self.volumes = list(volumes)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-        self.seed, self.augment, self.length = seed, augment, length
+        self.seed, self.length = seed, length
+        self.foreground_oversample, self.augment = foreground_oversample, augment
         # Larger images hold more distinct patches: sample them proportionally to their size.
         sizes = np.array([np.prod(v.spatial_shape) for v in self.volumes], dtype=float)
         self.p = sizes / sizes.sum()
+        self._foreground: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
-        volume = self.volumes[rng.choice(len(self.volumes), p=self.p)]
-        start = [
-            int(rng.integers(0, dim - out + 1)) if dim >= out else -((out - dim) // 2)
-            for dim, out in zip(volume.spatial_shape, self.out_shape)
-        ]
-        sample = cut_sample(volume, start, self.in_shape, self.out_shape)
-        if self.augment:
-            sample = flip_rot90(sample, rng)
-        return to_tensors(sample)
+        k = int(rng.choice(len(self.volumes), p=self.p))
+        volume = self.volumes[k]
+        centre = None
+        if self.foreground_oversample and rng.random() < self.foreground_oversample:
+            fg = self.foreground(k)
+            if fg.size:
+                centre = np.unravel_index(fg[rng.integers(fg.size)], volume.spatial_shape)
+        out_start = []
+        for ax, (dim, out) in enumerate(zip(volume.spatial_shape, self.out_shape)):
+            if centre is not None:  # around the chosen pixel, kept inside the image if it fits
+                start = int(centre[ax]) - out // 2
+                out_start.append(min(max(start, 0), max(dim - out, 0)) if dim >= out else start)
+            elif dim >= out:
+                out_start.append(int(rng.integers(0, dim - out + 1)))
+            else:
+                out_start.append(-((out - dim) // 2))
+        in_start = [s - (i - o) // 2 for s, i, o in zip(out_start, self.in_shape, self.out_shape)]
+        sample = to_tensors(cut_patch(volume, in_start, self.in_shape))
+        if self.augment is None:
+            return sample
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch = {key: value[None] for key, value in sample.items()}
+        batch = crop_to_output(self.augment(batch, generator), self.out_shape)
+        return {key: value[0] for key, value in batch.items()}
+
+    def foreground(self, k: int) -> np.ndarray:
+        """Flat indices of labelled foreground pixels of volume ``k`` (computed once)."""
+        if k not in self._foreground:
+            volume = self.volumes[k]
+            self._foreground[k] = np.flatnonzero((volume.label > 0) & ~volume.ignore)
+        return self._foreground[k]
 
 
 def to_tensors(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
