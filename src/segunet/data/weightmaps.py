@@ -12,7 +12,9 @@ alike (any number of dimensions, in fact).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -20,7 +22,9 @@ from scipy import ndimage as ndi
 #: Absolute size below which the border term is treated as zero by :func:`border_weight_map`.
 BORDER_TOL = 1e-6
 
-TwoNearest = Callable[[np.ndarray, Sequence[float], float], tuple[np.ndarray, np.ndarray]]
+TwoNearest = Callable[
+    [np.ndarray, Sequence[float], float, np.ndarray], tuple[np.ndarray, np.ndarray]
+]
 
 
 def border_weight_map(
@@ -46,10 +50,13 @@ def border_weight_map(
     only); ``None`` gives ``w_c = 1``. Only pixels where ``valid`` is True are counted, and
     the weight is 0 elsewhere.
 
-    The result equals :func:`border_weight_map_direct` up to :data:`BORDER_TOL`, but costs
-    about one distance transform of the image rather than one per instance: the border term
-    drops below the tolerance once ``d1 + d2 > R = sigma * sqrt(2 * ln(w0 / tol))``, so each
-    instance's distance transform is only needed within ``R`` of its bounding box.
+    The result equals :func:`border_weight_map_direct` up to :data:`BORDER_TOL` (and float32
+    rounding), but costs a few distance transforms of the image rather than one per
+    instance: the border term drops below the tolerance once ``d1 + d2 > R = sigma *
+    sqrt(2 * ln(w0 / tol))``, so each instance's distance map is only needed in a window
+    around it and its neighbours within ``R`` (:func:`_two_nearest_windowed`). OpenCV, which
+    albumentations installs, computes those transforms when importable; SciPy otherwise.
+    The map is float32 and reproducible bit for bit.
     """
     return _weight_map(instances, w0, sigma, class_weights, spacing, valid, _two_nearest_windowed)
 
@@ -110,13 +117,18 @@ def _weight_map(
 
     foreground = instances > 0
     weight = _class_weight_map(foreground, valid, class_weights)
-    labels = instances[foreground]
-    if w0 > 0 and labels.size and labels.min() != labels.max():  # two instances at least
+    top = instances.max(initial=0)
+    if w0 > 0 and instances.min(where=foreground, initial=top) != top:  # two instances at least
         # Beyond this distance sum the border term is below BORDER_TOL.
         reach = sigma * np.sqrt(2 * max(np.log(w0 / BORDER_TOL), 0.0))
-        d1, d2 = two_nearest(instances, spacing, reach)
-        border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
-        weight += np.where(foreground | ~valid, 0, border).astype(np.float32)
+        needed = valid & ~foreground
+        d1, d2 = two_nearest(instances, spacing, reach, needed)
+        border = np.add(d1, d2, dtype=np.float32)
+        np.square(border, out=border)
+        border *= np.float32(-1 / (2 * sigma**2))
+        np.exp(border, out=border)
+        border *= np.float32(w0)
+        np.add(weight, border, out=weight, where=needed)
     return weight
 
 
@@ -132,13 +144,16 @@ def _class_weight_map(
     present = np.count_nonzero(counts)
     # An absent class gets no weight (and no division by zero): it has no pixels to weigh.
     per_class = np.divide(counts.sum(), present * counts, out=np.zeros(2), where=counts > 0)
-    return np.where(valid, np.where(foreground, per_class[1], per_class[0]), 0).astype(np.float32)
+    weight = np.where(foreground, np.float32(per_class[1]), np.float32(per_class[0]))
+    weight[~valid] = 0
+    return weight
 
 
 def _two_nearest_direct(
-    instances: np.ndarray, spacing: Sequence[float], reach: float
+    instances: np.ndarray, spacing: Sequence[float], reach: float, needed: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distances to the nearest and second-nearest instance, everywhere (``reach`` unused)."""
+    """Distances to the nearest and second-nearest instance, everywhere (``reach`` and
+    ``needed`` unused)."""
     nearest = np.full((2, *instances.shape), np.inf)
     for k in np.unique(instances[instances > 0]):
         d = ndi.distance_transform_edt(instances != k, sampling=spacing)
@@ -147,28 +162,171 @@ def _two_nearest_direct(
 
 
 def _two_nearest_windowed(
-    instances: np.ndarray, spacing: Sequence[float], reach: float
+    instances: np.ndarray, spacing: Sequence[float], reach: float, needed: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distances to the nearest and second-nearest instance, exact wherever ``d1 + d2 <=
-    reach``; elsewhere they may be overestimated (up to +inf), which is all Eq. 2 needs.
+    """Distances ``d1 <= d2`` to the nearest and second-nearest instance (float32), exact on
+    every ``needed`` pixel where ``d1 + d2 <= reach``; elsewhere never below the true values
+    (up to +inf), which is all Eq. 2 needs: there the border term stays below the tolerance.
 
-    Each instance's distance transform is computed in its bounding box grown by ``reach``:
-    the whole instance lies inside that window, so the window's transform is exact there,
-    and outside it the instance is farther than ``reach``.
+    Each instance ``k``'s distance map ``d_k`` is computed in a window only and merged into
+    the running two smallest. A window may crop ``k``: ``d_k`` stays exact at every pixel
+    ``x`` whose nearest point of ``k`` is in the window, and only grows elsewhere. A pair
+    ``(k, j)`` matters only where ``d_k + d_j <= reach``; that set and the points of ``k``
+    nearest to it lie in the pair's lens box (:func:`_lens_boxes`), so ``k``'s window is the
+    bounding box of the lens boxes of all its pairs. An instance farther than ``reach`` from
+    all others never matters and is skipped. The cost is a few distance transforms of the
+    image, whatever the number of instances.
     """
-    d1 = np.full(instances.shape, np.inf)
-    d2 = np.full(instances.shape, np.inf)
-    margin = [int(np.ceil(reach / s)) for s in spacing]
-    for k, box in enumerate(ndi.find_objects(instances), start=1):
-        if box is None:
+    d1 = np.full(instances.shape, np.inf, np.float32)
+    d2 = np.full(instances.shape, np.inf, np.float32)
+    labels, lo, hi = _instance_boxes(instances)
+    sampling = np.asarray(spacing, float)
+    first, last = _lens_boxes(lo, hi, sampling, reach, instances.shape)
+    for k, label in enumerate(labels):
+        if first[k, 0] < 0:
             continue
-        window = tuple(
-            slice(max(sl.start - m, 0), min(sl.stop + m, n))
-            for sl, m, n in zip(box, margin, instances.shape)
-        )
-        d = ndi.distance_transform_edt(instances[window] != k, sampling=spacing)
-        # Merge into the running two smallest; views write straight into d1, d2.
-        w1, w2 = d1[window], d2[window]
+        window = tuple(slice(a, b + 1) for a, b in zip(first[k].tolist(), last[k].tolist()))
+        d = _edt(instances[window] != label, sampling, reach)
+        w1, w2 = d1[window], d2[window]  # views: the updates land in d1, d2
         np.minimum(w2, np.maximum(w1, d), out=w2)
         np.minimum(w1, d, out=w1)
+    if np.all(sampling == sampling[0]):
+        # Isotropic distances are s * sqrt(whole number). OpenCV's float32 ones vary in the
+        # last bit with its thread scheduling: snapping them makes them exact and reproducible.
+        for d in (d1, d2):
+            d *= np.float32(1 / sampling[0])
+            with np.errstate(over="ignore"):  # OpenCV's "no such pixel" is 2**64
+                np.sqrt(np.rint(np.square(d, out=d), out=d), out=d)
+            d *= np.float32(sampling[0])
     return d1, d2
+
+
+def _instance_boxes(instances: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Labels present and their bounding boxes, first and last index per axis (K, ndim)."""
+    top = int(instances.max(initial=0))
+    if top > instances.size:  # sparse huge labels: find_objects would list every integer
+        _, inverse = np.unique(instances, return_inverse=True)
+        dense = np.where(instances > 0, inverse.reshape(instances.shape) + 1, 0)
+        found = ndi.find_objects(dense)
+        labels = [int(instances[box][dense[box] == i + 1][0]) if box else 0
+                  for i, box in enumerate(found)]
+    else:
+        found = ndi.find_objects(instances)
+        labels = list(range(1, len(found) + 1))
+    keep = [i for i, box in enumerate(found) if box is not None]
+    lo = np.array([[s.start for s in found[i]] for i in keep], int).reshape(-1, instances.ndim)
+    hi = np.array([[s.stop - 1 for s in found[i]] for i in keep], int).reshape(-1, instances.ndim)
+    return [labels[i] for i in keep], lo, hi
+
+
+def _lens_boxes(
+    lo: np.ndarray, hi: np.ndarray, sampling: np.ndarray, reach: float, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per instance, the bounding box of the lens boxes of all its pairs within ``reach``
+    (first and last index per axis, clipped to the image); ``-1`` rows for a lone instance.
+
+    The lens of instances ``k`` and ``j`` is where ``d_k + d_j <= reach``; it holds the
+    points of ``k`` nearest to any of its pixels too (there ``d_k = 0`` and ``d_j`` is at
+    most ``reach``). Along axis ``i`` a pixel at ``t`` is at least ``s_i * dist(t, [a0, a1])``
+    from an instance whose box spans ``[a0, a1]``, so the lens lies where
+    ``dist(t, [a0, a1]) + dist(t, [b0, b1]) <= r = reach / s_i``:
+    ``max(a0 - r, b0 - r, (a0 + b0 - r) / 2) <= t <= min(a1 + r, b1 + r, (a1 + b1 + r) / 2)``.
+    Pairs count when their boxes are within ``reach``, a lower bound on their distance.
+    """
+    n, ndim = lo.shape
+    out_lo, out_hi = np.full((n, ndim), -1), np.full((n, ndim), -1)
+    lo_t, hi_t = lo.T.astype(float), hi.T.astype(float)  # axis first: long inner loops
+    chunk = max(1, 2**20 // max(n, 1))  # bounds the (chunk, n) temporaries
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        dist2 = 0.0
+        for i in range(ndim):
+            a0, a1, b0, b1 = lo_t[i, rows, None], hi_t[i, rows, None], lo_t[i], hi_t[i]
+            gap = np.maximum(np.maximum(b0 - a1, a0 - b1), 0) * sampling[i]
+            dist2 = dist2 + gap * gap
+        pair = dist2 <= reach**2
+        diagonal = np.arange(pair.shape[0])
+        pair[diagonal, diagonal + start] = False
+        lonely = ~pair.any(axis=1)
+        for i in range(ndim):
+            a0, a1, b0, b1 = lo_t[i, rows, None], hi_t[i, rows, None], lo_t[i], hi_t[i]
+            r = reach / sampling[i]
+            first = np.where(pair, np.maximum(np.maximum(a0, b0) - r, (a0 + b0 - r) / 2), np.inf)
+            last = np.where(pair, np.minimum(np.minimum(a1, b1) + r, (a1 + b1 + r) / 2), -np.inf)
+            first = np.clip(np.ceil(first.min(axis=1) - 1e-9), 0, shape[i] - 1)
+            last = np.clip(np.floor(last.max(axis=1) + 1e-9), 0, shape[i] - 1)
+            out_lo[rows, i] = np.where(lonely, -1, first)
+            out_hi[rows, i] = np.where(lonely, -1, last)
+    return out_lo, out_hi
+
+
+def _edt(outside: np.ndarray, sampling: np.ndarray, reach: float = np.inf) -> np.ndarray:
+    """Euclidean distance (float32) of each pixel to the nearest False pixel, exact where it
+    is at most ``reach`` and never below the truth elsewhere (+inf, or huge, without any
+    False pixel).
+
+    OpenCV's exact 2D transform (Felzenszwalb and Huttenlocher 2012) is several times faster
+    than SciPy's. It serves 2D windows with square pixels, and volumes with square pixels in
+    the plane: per slice, then along depth by brute force over the offsets within ``reach``
+    (the separable scheme of Saito and Toriwaki 1994: ``d^2(z) = min_z' (s_z (z - z'))^2 +
+    e^2(z')``, ``e`` the in-plane distance). SciPy's feature transform serves the rest (its
+    own float64 distances from it would cost half as much again).
+    """
+    cv2 = _opencv()
+    ndim = outside.ndim
+    if cv2 is None or ndim not in (2, 3) or sampling[-1] != sampling[-2]:
+        return _edt_scipy(outside, sampling)
+    plane = np.float32(sampling[-1])
+    if ndim == 2:
+        d = cv2.distanceTransform(outside.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        return d if plane == 1 else d * plane
+    # In-plane transforms of the slices holding False pixels only; the others are +inf.
+    occupied = np.flatnonzero(~outside.reshape(len(outside), -1).all(axis=1))
+    out = np.full(outside.shape, np.inf, np.float32)
+    if not occupied.size:
+        return out
+    first, stop = int(occupied[0]), int(occupied[-1]) + 1
+    e = np.empty((stop - first, *outside.shape[1:]), np.float32)
+    for i, z in enumerate(range(first, stop)):
+        cv2.distanceTransform(outside[z].view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
+                              dst=e[i])
+    scratch = np.empty_like(e)
+    depth = len(outside) if np.isinf(reach) else int(reach / sampling[0])
+    with np.errstate(over="ignore"):  # OpenCV's "no False pixel" is 2**64: inf once squared
+        # Squared pixel distances are whole numbers: snapping them makes the sums exact.
+        np.rint(np.square(e, out=e), out=e)
+        e *= plane**2
+        # Each source slice z' reaches the slices z = z' + dz within the depth bound.
+        for dz in range(-depth, depth + 1):
+            lo, hi = max(first, -dz), min(stop, len(outside) - dz)
+            if lo < hi:
+                candidate = np.add(e[lo - first : hi - first], np.float32((dz * sampling[0]) ** 2),
+                                   out=scratch[: hi - lo])
+                np.minimum(out[lo + dz : hi + dz], candidate, out=out[lo + dz : hi + dz])
+    return np.sqrt(out, out=out)
+
+
+def _edt_scipy(outside: np.ndarray, sampling: np.ndarray) -> np.ndarray:
+    if outside.all():  # SciPy would measure to a point outside the array
+        return np.full(outside.shape, np.inf, np.float32)
+    nearest = ndi.distance_transform_edt(
+        outside, sampling=sampling, return_distances=False, return_indices=True
+    )
+    squared = np.zeros(outside.shape, np.float32)
+    for axis, (n, s) in enumerate(zip(outside.shape, sampling.tolist())):
+        offset = nearest[axis]
+        np.subtract(offset, np.arange(n).reshape((-1,) + (1,) * (outside.ndim - axis - 1)),
+                    out=offset)
+        np.multiply(offset, offset, out=offset)
+        squared += offset if s == 1 else np.float32(s * s) * offset
+    return np.sqrt(squared, out=squared)
+
+
+@functools.cache
+def _opencv() -> ModuleType | None:
+    """``cv2`` if importable (albumentations installs it), else None."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2

@@ -1,0 +1,195 @@
+"""The on-disk weight map cache: same maps as uncached, keyed on everything, self-healing,
+crash-safe, parallel; and the ``segunet weightmaps`` precompute command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segunet.data import weightmaps_cache
+from segunet.data.precompute import precompute
+from segunet.data.synthetic import synthetic_cells
+from segunet.data.weightmaps import border_weight_map, separate_touching
+from segunet.data.weightmaps_cache import border_weight_maps, cache_key, stats
+
+
+def cells(n: int = 3, shape: tuple[int, ...] = (64, 72)) -> list[np.ndarray]:
+    return [separate_touching(synthetic_cells(shape, seed=i)[1]) for i in range(n)]
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted((cache / "weightmaps").glob("*/*.npz"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_stats():
+    stats.reset()
+    yield
+    stats.reset()
+
+
+def test_equals_uncached_and_second_call_hits(tmp_path):
+    images = cells()
+    valid = [None, np.arange(64 * 72).reshape(64, 72) % 3 > 0, None]
+    expected = [border_weight_map(x, 8.0, 4.0, valid=v) for x, v in zip(images, valid)]
+    for round_ in range(2):
+        maps = border_weight_maps(images, 8.0, 4.0, valid_list=valid, cache_dir=tmp_path,
+                                  progress=False)
+        for got, want in zip(maps, expected):
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+        assert (stats.misses, stats.hits) == (3, 3 * round_)
+    assert len(entries(tmp_path)) == 3
+    # No cache at all: the same maps, nothing written.
+    maps = border_weight_maps(images, 8.0, 4.0, valid_list=valid, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(maps, expected))
+
+
+def test_any_change_misses(tmp_path):
+    x = cells(1)[0]
+    border_weight_maps([x], cache_dir=tmp_path)
+    one_pixel = x.copy()
+    one_pixel[0, 0] = one_pixel.max() + 1
+    changes = [
+        dict(instances_list=[one_pixel]),
+        dict(instances_list=[x], w0=11.0),
+        dict(instances_list=[x], sigma=4.0),
+        dict(instances_list=[x], class_weights=None),
+        dict(instances_list=[x], spacing=(1.0, 2.0)),
+        dict(instances_list=[x], valid_list=[np.eye(*x.shape, dtype=bool) == 0]),
+        dict(instances_list=[x.astype(np.int64)]),
+    ]
+    for i, change in enumerate(changes):
+        border_weight_maps(**change, cache_dir=tmp_path)
+        assert (stats.misses, stats.hits) == (i + 2, 0), change
+    # An all-True mask changes nothing: it shares the entry of no mask.
+    border_weight_maps([x], valid_list=[np.ones(x.shape, bool)], cache_dir=tmp_path)
+    assert stats.hits == 1
+    assert len({cache_key(x, None, 10.0, 5.0, "balanced", None),
+                cache_key(x, None, 10.0, 5.0, "balanced", (1.0, 1.0))}) == 2
+
+
+def damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def damage_garbage(path: Path) -> None:
+    path.write_bytes(b"not a zip file at all")
+
+
+def damage_shape(path: Path) -> None:
+    weight = np.ones((5, 5), np.float32)  # consistent in itself, but not this image's map
+    with open(path, "wb") as f:
+        np.savez_compressed(f, weight=weight, key=np.array(path.stem),
+                            checksum=np.array(weightmaps_cache._checksum(weight)))
+
+
+def damage_checksum(path: Path) -> None:
+    with np.load(path) as entry:
+        weight, key, checksum = entry["weight"].copy(), entry["key"], entry["checksum"]
+    weight[3, 3] += 1
+    with open(path, "wb") as f:
+        np.savez_compressed(f, weight=weight, key=key, checksum=checksum)
+
+
+def damage_key(path: Path) -> None:
+    with np.load(path) as entry:
+        weight, checksum = entry["weight"], entry["checksum"]
+        with open(path, "wb") as f:
+            np.savez_compressed(f, weight=weight, key=np.array("0" * 64), checksum=checksum)
+
+
+@pytest.mark.parametrize(
+    "damage", [damage_truncate, damage_garbage, damage_shape, damage_checksum, damage_key]
+)
+def test_damaged_entry_is_reported_and_rebuilt(tmp_path, caplog, damage):
+    x = cells(1)[0]
+    expected = border_weight_maps([x], cache_dir=tmp_path)[0]
+    (path,) = entries(tmp_path)
+    damage(path)
+    with caplog.at_level(logging.WARNING, logger=weightmaps_cache.__name__):
+        again = border_weight_maps([x], cache_dir=tmp_path, names=["cell_07"])[0]
+    np.testing.assert_array_equal(again, expected)
+    assert (stats.misses, stats.hits, stats.rebuilt) == (2, 0, 1)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert path.name in warning.getMessage() and "cell_07" in warning.getMessage()
+    # Rebuilt in place: the next call reads it back.
+    border_weight_maps([x], cache_dir=tmp_path)
+    assert stats.hits == 1 and entries(tmp_path) == [path]
+
+
+def test_interrupted_write_leaves_no_entry_and_no_tmp(tmp_path, monkeypatch):
+    x = cells(1)[0]
+
+    def interrupted(file, **arrays):
+        file.write(b"PK\x03\x04 half of a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        border_weight_maps([x], cache_dir=tmp_path)
+    monkeypatch.undo()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    border_weight_maps([x], cache_dir=tmp_path)
+    assert len(entries(tmp_path)) == 1 and stats.misses == 1  # the interrupted one never counted
+
+
+def test_stale_tmp_files_are_removed_fresh_ones_kept(tmp_path):
+    folder = tmp_path / "weightmaps" / "ab"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".abc.npz.x1.tmp", folder / ".abd.npz.x2.tmp"
+    stale.write_bytes(b"debris")
+    fresh.write_bytes(b"another run, still writing")
+    old = time.time() - 2 * weightmaps_cache.STALE_TMP_SECONDS
+    os.utime(stale, (old, old))
+    border_weight_maps(cells(1), cache_dir=tmp_path)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_parallel_equals_serial_in_order(tmp_path):
+    images = cells(4, (40, 48)) + [np.zeros((30, 30), np.int32)]
+    serial = border_weight_maps(images, progress=False)
+    parallel = border_weight_maps(images, workers=2, cache_dir=tmp_path, progress=False)
+    assert len(parallel) == len(images)
+    for a, b, x in zip(serial, parallel, images):
+        assert b.shape == x.shape
+        np.testing.assert_array_equal(a, b)
+    assert len(entries(tmp_path)) == len(images)  # the workers stored them
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="names"):
+        border_weight_maps(cells(2), names=["only one"])
+
+
+SMALL = ["data=synthetic", "data.n_train=2", "data.n_val=1", "data.shape=[64,64]"]
+
+
+def test_precompute_counts_computed_then_reused(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(*SMALL, f"data.cache_dir={tmp_path}")
+    first = precompute(cfg)
+    assert (first.misses, first.hits) == (3, 0)
+    second = precompute(cfg)
+    assert (second.misses, second.hits) == (0, 3)
+    out = capsys.readouterr().out
+    assert "3 weight maps computed, 0 reused" in out and str(tmp_path / "weightmaps") in out
+
+
+def test_precompute_command_runs(tmp_path):
+    code = "from segunet.data.precompute import main; main()"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    run = subprocess.run(
+        [sys.executable, "-c", code, *SMALL, "data.cache_dir=cache", "data.workers=-1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "weight maps computed" in run.stdout
+    # Only the cache: no run folder, no .hydra, no log file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
