@@ -18,6 +18,7 @@ TINY = [
     "data.shape=[96,96]",
     "data.patch_size=[76,76]",
     "trainer.batch_size=2",
+    "trainer.device=cpu",  # exact-resume and speed expectations are the CPU's, GPU or not
     "logging.progress=false",
 ]
 

@@ -152,3 +152,19 @@ def test_3d_unet_trains_on_sparsely_annotated_volumes(make_cfg, tmp_path):
     final = trainer.fit()
     assert 0.0 <= final["val/dice"] <= 1.0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fast_path_trains_and_checkpoints_load_on_cpu(make_cfg, tmp_path):
+    cfg = make_cfg(
+        *TINY, "trainer.device=cuda", "trainer.max_steps=6", "trainer.val_every=3",
+        "logging.log_every=3",
+    )
+    trainer = build_trainer(cfg, tmp_path)
+    assert trainer.amp_dtype is torch.bfloat16 and trainer.augment_on_device()
+    final = trainer.fit()
+    assert 0.0 <= final["val/dice"] <= 1.0
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    cpu_model = instantiate(cfg.model)
+    cpu_model.load_state_dict(ckpt["model"])
+    assert "train/gpu_memory_gb" in scalars(tmp_path).Tags()["scalars"]
