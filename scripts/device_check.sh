@@ -22,7 +22,7 @@ step "paper unet 572->388" python3 -m segunet.cli train trainer.max_steps=150 tr
   trainer.batch_size=8 data.n_train=8 data.n_val=1 data.shape=[700,700] data.patch_size=[572,572] \
   logging.progress=false logging.log_every=25 hydra.run.dir="$OUT/paper_unet"
 # 3. The data benchmark (weight maps, elastic deformation CPU and GPU).
-[ -f scripts/bench_data.py ] && step "bench_data" python3 scripts/bench_data.py --json "$OUT/bench_data.json"
+[ -f scripts/bench_data.py ] && step "bench_data" python3 scripts/bench_data.py --skip weightmaps --json "$OUT/bench_data.json"
 # 4. The tests that exercise CUDA (augmentation on the device, the bf16 trainer path).
 step "pytest (cuda)" python3 -m pytest -q -p no:cacheprovider tests/test_augment.py \
   tests/test_train.py::test_cuda_fast_path_trains_and_checkpoints_load_on_cpu
