@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -148,6 +149,7 @@ def monai_elastic(magnitude: float):
 
 
 def albumentations_elastic(alpha: float, sigma: float = 50.0):
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no online version check
     import albumentations as A
 
     transform = A.Compose([A.ElasticTransform(alpha=alpha, sigma=sigma, p=1.0)],

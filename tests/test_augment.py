@@ -289,3 +289,22 @@ def test_config_errors_name_the_key(bad):
     key = next(iter(bad))
     with pytest.raises(SegunetError, match=f"augment.{key}="):
         AugmentConfig(**bad)
+
+
+def test_cpu_worker_path_uses_albumentations_for_2d_gray_values(monkeypatch):
+    from segunet.data import augment as aug
+
+    calls = []
+    real = aug.photometric_albumentations
+
+    def spy(image, rng, cfg=None):
+        calls.append(image.shape)
+        return real(image, rng, cfg)
+
+    monkeypatch.setattr(aug, "photometric_albumentations", spy)
+    cfg = aug.AugmentConfig(device="cpu", p_intensity=1.0)
+    image = torch.rand(2, 1, 32, 32)
+    out = aug.Augmenter(cfg, 2).intensity(image, torch.Generator().manual_seed(0))
+    assert calls == [(1, 32, 32), (1, 32, 32)]
+    assert out.shape == image.shape and out.dtype == image.dtype
+    assert not torch.equal(out, image)

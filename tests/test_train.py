@@ -66,6 +66,17 @@ def test_tiny_run_learns_and_writes_events_and_checkpoints(make_cfg, tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 40
 
 
+def test_augmentation_in_cpu_workers_trains(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY, "augment.device=cpu", "trainer.num_workers=1", "trainer.max_steps=2",
+                   "trainer.val_every=2")
+    trainer = build_trainer(cfg, tmp_path)
+    assert not trainer.augment_on_device()
+    batch = next(iter(trainer.loader()))  # augmented (with albumentations) and cropped there
+    assert batch["image"].shape[-2:] == trainer.in_shape
+    assert batch["label"].shape[-2:] == trainer.out_shape
+    assert 0.0 <= trainer.fit()["val/dice"] <= 1.0
+
+
 def test_attention_unet_logs_attention_maps(make_cfg, tmp_path):
     cfg = make_cfg(
         *TINY, "model=attention_unet", "model.channels=[4,8,16]", "trainer.max_steps=2",
@@ -120,6 +131,7 @@ def test_cli_trains_and_multiruns(tmp_path):
         (["model=unet3d"], "use data=synthetic3d"),
         (["experiment=quickstart", "data.patch_size=[186,186]"], "180 or 188"),
         (["experiment=quickstart", "trainer.resume=/no/such/run"], "no checkpoint at /no/such/run"),
+        (["trainer.device=cpu", "augment.device=cuda"], "use augment.device=auto"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, overrides, expected):

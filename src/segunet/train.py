@@ -169,6 +169,10 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.criterion, self.optimizer, self.scheduler = criterion, optimizer, scheduler
         self.augment_cfg = augment if augment is not None and augment.enabled else None
+        if self.augment_cfg and self.augment_cfg.device == "cuda" and self.device.type != "cuda":
+            raise SegunetError(
+                f"augment.device=cuda but training runs on {self.device}: use augment.device=auto"
+            )
         self.augmenter = (
             Augmenter(self.augment_cfg, data.spatial_dims) if self.augment_cfg else None
         )

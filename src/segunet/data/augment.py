@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -357,6 +358,9 @@ def _albumentations_pipeline(
     blur_sigma: tuple[float, float],
     p: float,
 ):
+    # albumentations looks up its latest version online on import; on offline clusters that
+    # only costs a timeout. The user can still opt in by setting the variable to 0.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
 
     return A.Compose([
@@ -392,10 +396,11 @@ def photometric_albumentations(
 @dataclass
 class AugmentConfig:
     """The ``augment`` config group. ``device``: ``auto`` augments whole batches on the
-    training device after transfer, ``cpu`` a batch of one in each DataLoader worker."""
+    training device after transfer (``cuda`` insists that it is a GPU), ``cpu`` a batch of
+    one in each DataLoader worker, where 2D gray-value changes use albumentations."""
 
     enabled: bool = True
-    device: str = "auto"  # auto | cpu
+    device: str = "auto"  # auto | cuda | cpu
     elastic_sigma: float = 10.0  # px, std of the control displacements (paper: 10)
     elastic_grid: int = 3  # control points per axis (paper: 3 x 3)
     p_elastic: float = 1.0
@@ -438,8 +443,10 @@ class AugmentConfig:
                 if len(pair) != 2 or pair[0] > pair[1] or pair[0] < 0:
                     raise bad(f.name, "expected a list [low, high] with 0 <= low <= high")
                 setattr(self, f.name, pair)
-        if self.device not in ("auto", "cpu"):
-            raise bad("device", "use auto (on the training device) or cpu (in the workers)")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise bad(
+                "device", "use auto (on the training device), cuda, or cpu (in the workers)"
+            )
         if self.elastic_grid < 2:
             raise bad("elastic_grid", "at least 2 control points per axis")
         for key in ("p_elastic", "p_intensity"):
@@ -489,6 +496,13 @@ class Augmenter:
         cfg = self.cfg
         if cfg.p_intensity == 0:
             return image
+        if cfg.device == "cpu" and self.spatial_dims == 2 and image.device.type == "cpu":
+            # In the CPU workers, albumentations' tuned kernels do the 2D gray-value part.
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            rng = np.random.default_rng(seed)
+            return torch.stack([
+                torch.from_numpy(photometric_albumentations(x.numpy(), rng, cfg)) for x in image
+            ])
         return random_intensity(
             image, generator, cfg.p_intensity, cfg.gamma, cfg.brightness, cfg.contrast,
             cfg.noise_std, cfg.blur_sigma,
