@@ -282,7 +282,7 @@ def test_config_yamls_survive_hydra():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(device="cuda"), dict(p_elastic=1.5), dict(scale=[1.1, 0.9]), dict(gamma=0.7),
+    [dict(device="gpu0"), dict(p_elastic=1.5), dict(scale=[1.1, 0.9]), dict(gamma=0.7),
      dict(elastic_grid=1), dict(rotate="a lot"), dict(flip=1)],
 )
 def test_config_errors_name_the_key(bad):
