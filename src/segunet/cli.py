@@ -19,6 +19,7 @@ commands:
                  -m for multirun sweeps, --cfg job to print the composed config)
   weightmaps     precompute and cache the border weight maps of a dataset (data=<name>)
   data download  fetch a public dataset into data/<name> (lucchi, dsb2018; isbi2012 says how)
+  evaluate       score predictions against ground truth (pred=<file|folder> gt=<file|folder>)
 
 examples:
   segunet train experiment=quickstart
@@ -26,6 +27,7 @@ examples:
   segunet train -m model=unet,attention_unet
   segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.workers=-1
   segunet data download lucchi
+  segunet evaluate pred=out/ gt=data/dsb2018/train/masks out=metrics.json
 """
 
 
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         from segunet.data.download import main as data_main
 
         sys.exit(data_main(rest))
+    if command == "evaluate":
+        from segunet.evaluate import main as evaluate_main
+
+        sys.exit(evaluate_main(rest))
     if command == "train":
         from segunet.train import main as app
     elif command == "weightmaps":

@@ -1,12 +1,29 @@
-"""Overlap metrics on label maps: Dice and IoU (Jaccard), accumulated over many tiles.
+"""Segmentation metrics of the field, on label maps.
 
-Dice = 2|P & G| / (|P| + |G|), IoU = |P & G| / |P | G|, per foreground class, averaged over
-classes. A class absent from both prediction and ground truth scores 1 (nothing to find,
-nothing falsely found), as in the Cell Tracking Challenge convention.
+Two halves:
+
+- Training-time overlap (torch): :class:`OverlapCounter` / :func:`dice_iou`. Dice =
+  2|P & G| / (|P| + |G|), IoU = |P & G| / |P | G|, per foreground class, averaged over classes.
+  A class absent from both prediction and ground truth scores 1 (nothing to find, nothing
+  falsely found), as in the Cell Tracking Challenge convention.
+- Evaluation (numpy in, floats out): semantic Dice/IoU/pixel error, the ISBI 2012
+  foreground-restricted Rand error and variation of information, DSB 2018 instance AP, the
+  Cell Tracking Challenge SEG measure, split/merge counts, and :func:`evaluate_pair`, which
+  computes all that apply to one prediction/ground-truth pair.
+
+All evaluation functions take ``(pred, gt)`` in that order (skimage's take ``(true, test)``).
+Instance maps: 0 is background, every other value one object. Every pairwise score comes
+from one sparse contingency table (:func:`contingency`), so each image is sorted once per
+table, never compared object by object.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,3 +72,422 @@ def dice_iou(
     counter = OverlapCounter(num_classes)
     counter.update(pred, target, valid)
     return counter.compute()
+
+
+# --- evaluation: numpy label maps in, floats out ------------------------------------------
+
+#: The DSB 2018 IoU thresholds 0.5, 0.55, ..., 0.95 (rounded so 0.55 is 0.55, not 0.5500001).
+DSB_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
+
+
+def _same_shape(pred: np.ndarray, gt: np.ndarray) -> None:
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+
+
+@dataclass(frozen=True)
+class Contingency:
+    """Sparse contingency table of two label maps: ``counts[k]`` pixels carry ground-truth
+    label ``gt_labels[gt_index[k]]`` and predicted label ``pred_labels[pred_index[k]]``; only
+    non-empty cells are stored. Sizes are per label over the pixels kept."""
+
+    gt_labels: np.ndarray
+    pred_labels: np.ndarray
+    gt_sizes: np.ndarray
+    pred_sizes: np.ndarray
+    gt_index: np.ndarray
+    pred_index: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def without_gt(self, label: int) -> Contingency:
+        """The table of the pixels whose ground-truth label is not ``label``: the same as
+        ``contingency(pred, gt, ignore_labels=(label,))`` without another pass over the image
+        (labels that lose all their pixels stay listed, with size 0)."""
+        keep = self.gt_labels[self.gt_index] != label
+        gt_sizes = np.where(self.gt_labels == label, 0, self.gt_sizes)
+        pred_sizes = np.bincount(
+            self.pred_index[keep], weights=self.counts[keep], minlength=len(self.pred_labels)
+        ).astype(np.int64)
+        return Contingency(
+            self.gt_labels, self.pred_labels, gt_sizes, pred_sizes,
+            self.gt_index[keep], self.pred_index[keep], self.counts[keep],
+        )
+
+
+def _compact(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, index, sizes)``: the sorted distinct values of ``a``, each pixel's position in
+    them, and their pixel counts. A lookup table for small non-negative integer labels (one
+    pass), ``np.unique`` (a sort) otherwise."""
+    if a.dtype.kind in "biu" and a.size and a.min() >= 0 and a.max() <= 4 * a.size + 2**16:
+        a = a.astype(np.intp, copy=False)
+        sizes = np.bincount(a)
+        labels = np.flatnonzero(sizes)
+        lut = np.zeros(len(sizes), dtype=np.int64)
+        lut[labels] = np.arange(len(labels))
+        return labels, lut[a], sizes[labels]
+    labels, index = np.unique(a, return_inverse=True)
+    return labels, index.reshape(-1), np.bincount(index.reshape(-1), minlength=len(labels))
+
+
+def contingency(pred: np.ndarray, gt: np.ndarray, ignore_labels: Sequence[int] = ()) -> Contingency:
+    """The contingency table of ``pred`` against ``gt``, skipping pixels whose ground-truth
+    label is in ``ignore_labels`` (as :func:`skimage.metrics.contingency_table`).
+
+    Labels are made compact first and each (gt, pred) pair becomes one int64 key, counted
+    densely when the pairs are few and sorted otherwise: cost linear in the pixels, whatever
+    the label values.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _same_shape(pred, gt)
+    pred, gt = pred.reshape(-1), gt.reshape(-1)
+    if bool(pred.dtype == bool):
+        pred = pred.view(np.uint8)
+    if bool(gt.dtype == bool):
+        gt = gt.view(np.uint8)
+    if len(ignore_labels):
+        keep = ~np.isin(gt, np.asarray(ignore_labels))
+        pred, gt = pred[keep], gt[keep]
+    gt_labels, gi, gt_sizes = _compact(gt)
+    pred_labels, pi, pred_sizes = _compact(pred)
+    n_pred = max(len(pred_labels), 1)
+    key = gi * n_pred + pi
+    if len(gt_labels) * n_pred <= 4 * key.size + 2**16:
+        dense = np.bincount(key, minlength=len(gt_labels) * n_pred)
+        cells = np.flatnonzero(dense)
+        counts = dense[cells]
+    else:
+        cells, counts = np.unique(key, return_counts=True)
+    return Contingency(
+        gt_labels, pred_labels, gt_sizes, pred_sizes, cells // n_pred, cells % n_pred, counts
+    )
+
+
+# --- semantic: Dice, IoU, pixel error -------------------------------------------------------
+
+
+def confusion_matrix(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """``(num_classes, num_classes)`` counts, rows the ground-truth class, columns the
+    predicted one, over the pixels where ``valid`` is true (all when None)."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _same_shape(pred, gt)
+    if valid is not None:
+        keep = np.asarray(valid, dtype=bool)
+        pred, gt = pred[keep], gt[keep]
+    pred, gt = pred.reshape(-1).astype(np.int64), gt.reshape(-1).astype(np.int64)
+    for name, a in (("prediction", pred), ("ground truth", gt)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(
+                f"{name} holds class {a.min() if a.min() < 0 else a.max()}, "
+                f"outside 0..{num_classes - 1} (num_classes={num_classes})"
+            )
+    k = num_classes
+    return np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+
+
+def semantic_scores(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int = 2, valid: np.ndarray | None = None
+) -> dict[str, float]:
+    """Mean foreground Dice and IoU, and the pixel error, of two class maps.
+
+    Dice and IoU per class 1..K-1 (class 0, the background, is left out when K > 1) with the
+    module's convention that a class absent from both maps scores 1: the numpy twin of
+    :func:`dice_iou`. Pixel error = 1 - (pixels whose class is right) / (labelled pixels),
+    the ISBI 2012 challenge's pixel error (Arganda-Carreras et al., Front. Neuroanat. 2015);
+    "labelled" means inside ``valid``.
+    """
+    cm = confusion_matrix(pred, gt, num_classes, valid).astype(np.float64)
+    first = 1 if num_classes > 1 else 0
+    inter = cm.diagonal()[first:]
+    size_pred, size_gt = cm.sum(0)[first:], cm.sum(1)[first:]
+    both = size_pred + size_gt
+    empty = both == 0
+    dice = np.where(empty, 1.0, 2 * inter / np.maximum(both, 1))
+    iou = np.where(empty, 1.0, inter / np.maximum(both - inter, 1))
+    total = cm.sum()
+    error = 1.0 - cm.trace() / total if total else 0.0
+    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "pixel_error": float(error)}
+
+
+# --- ISBI 2012: Rand error and variation of information --------------------------------------
+
+
+def adapted_rand_error(
+    pred: np.ndarray, gt: np.ndarray, ignore_labels: Sequence[int] = (0,)
+) -> tuple[float, float, float]:
+    """``(error, precision, recall)``: the foreground-restricted Rand error of the ISBI 2012
+    and SNEMI3D challenges (Arganda-Carreras et al., Front. Neuroanat. 9:142, 2015).
+
+    With ``n_ij`` the pixels of ground-truth segment i and predicted segment j, ``s_j`` and
+    ``t_i`` the segment sizes, and pixel pairs counted as ``n(n - 1)``::
+
+        precision = sum n_ij(n_ij - 1) / sum s_j(s_j - 1)   (pairs joined in the prediction
+                                                            that the ground truth joins too)
+        recall    = sum n_ij(n_ij - 1) / sum t_i(t_i - 1)   (pairs joined in the ground truth
+                                                            that the prediction recovers)
+        error     = 1 - 2 * sum n_ij(n_ij - 1) / (sum s_j(s_j - 1) + sum t_i(t_i - 1))
+
+    Pixels whose ground-truth label is in ``ignore_labels`` (default: background 0) are left
+    out; predicted label 0 is an ordinary segment. ``error`` equals
+    :func:`skimage.metrics.adapted_rand_error`'s; its precision and recall are ours swapped
+    (skimage divides its "precision" by the ground-truth pairs: scikit-image issue #6485), so
+    over-segmentation lowers recall here, as the challenge defines it. Without any joined pair
+    on a side that side's ratio is 1 (nothing to get wrong).
+    """
+    return _rand(contingency(pred, gt, ignore_labels))
+
+
+def _rand(table: Contingency) -> tuple[float, float, float]:
+    def pairs(n: np.ndarray) -> float:
+        n = n.astype(np.float64)  # n^2 overflows int64 on large volumes
+        return float(n @ n - n.sum())
+
+    both, in_pred, in_gt = pairs(table.counts), pairs(table.pred_sizes), pairs(table.gt_sizes)
+    precision = both / in_pred if in_pred else 1.0
+    recall = both / in_gt if in_gt else 1.0
+    error = 1.0 - 2 * both / (in_pred + in_gt) if in_pred + in_gt else 0.0
+    return error, precision, recall
+
+
+def variation_of_information(
+    pred: np.ndarray, gt: np.ndarray, ignore_labels: Sequence[int] = ()
+) -> tuple[float, float]:
+    """``(split, merge)``: the two conditional entropies whose sum is the variation of
+    information VI = H(P|G) + H(G|P) (Meila, J. Multivar. Anal. 98:873, 2007), in bits.
+
+    With ``p_ij`` the joint label distribution of ground truth i and prediction j over the
+    pixels kept, ``p_i`` and ``q_j`` its marginals::
+
+        split = H(P|G) = -sum p_ij log2(p_ij / p_i)   (over-segmentation)
+        merge = H(G|P) = -sum p_ij log2(p_ij / q_j)   (under-segmentation)
+
+    Same values and ``ignore_labels`` meaning (ground-truth labels to skip) as
+    :func:`skimage.metrics.variation_of_information`; pass ``(0,)`` for the ISBI 2012
+    foreground-restricted version.
+    """
+    return _vi(contingency(pred, gt, ignore_labels))
+
+
+def _vi(table: Contingency) -> tuple[float, float]:
+    if table.total == 0:
+        return 0.0, 0.0
+    p = table.counts / table.total
+    # -log2(p_ij / p_i) written as log2(p_i / p_ij) >= 0, so a perfect match gives 0.0, not -0.0
+    split = np.sum(p * np.log2(table.gt_sizes[table.gt_index] / table.counts))
+    merge = np.sum(p * np.log2(table.pred_sizes[table.pred_index] / table.counts))
+    return float(split), float(merge)
+
+
+# --- instances: DSB 2018 AP, CTC SEG, splits and merges --------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """Every overlapping (ground-truth object, predicted object) pair of two instance maps,
+    background 0 left out on both sides: their intersection and the two object sizes."""
+
+    gt: np.ndarray  # object index per pair, 0..n_gt-1
+    pred: np.ndarray
+    inter: np.ndarray
+    gt_size: np.ndarray
+    pred_size: np.ndarray
+    n_gt: int
+    n_pred: int
+
+    @property
+    def iou(self) -> np.ndarray:
+        return self.inter / (self.gt_size + self.pred_size - self.inter)
+
+
+def _object_pairs(t: Contingency) -> _Pairs:
+    gt_fg, pred_fg = t.gt_labels != 0, t.pred_labels != 0
+    keep = gt_fg[t.gt_index] & pred_fg[t.pred_index]
+    # Renumber objects 0..n-1 without background so counts per object are plain bincounts.
+    gt_id, pred_id = np.cumsum(gt_fg) - 1, np.cumsum(pred_fg) - 1
+    g, p = t.gt_index[keep], t.pred_index[keep]
+    return _Pairs(
+        gt_id[g], pred_id[p], t.counts[keep].astype(np.float64),
+        t.gt_sizes[g].astype(np.float64), t.pred_sizes[p].astype(np.float64),
+        int(gt_fg.sum()), int(pred_fg.sum()),
+    )
+
+
+def _true_positives(pairs: _Pairs, threshold: float) -> int:
+    """Predicted objects matched one-to-one to ground-truth objects with IoU > threshold."""
+    iou = pairs.iou
+    ok = iou > threshold
+    if threshold >= 0.5:
+        # IoU > 0.5 means the overlap is more than half of each object's union, which at most
+        # one partner can have: the matching is unique, no assignment needed.
+        return int(ok.sum())
+    # Below 0.5 an object may pass with several partners: take the one-to-one matching of
+    # largest total IoU (Hungarian), as StarDist's ``matching`` does.
+    from scipy.optimize import linear_sum_assignment
+
+    g_ids, g = np.unique(pairs.gt[ok], return_inverse=True)
+    p_ids, p = np.unique(pairs.pred[ok], return_inverse=True)
+    m = np.zeros((len(g_ids), len(p_ids)))
+    m[g, p] = iou[ok]
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    return int(np.count_nonzero(m[rows, cols] > threshold))
+
+
+def average_precision(
+    pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = DSB_THRESHOLDS
+) -> dict[float, float]:
+    """The Data Science Bowl 2018 "average precision" at each IoU threshold t::
+
+        AP(t) = TP(t) / (TP(t) + FP(t) + FN(t))
+
+    TP: predicted objects matched one-to-one to a ground-truth object with IoU > t; FP: the
+    unmatched predicted objects; FN: the unmatched ground-truth objects (Caicedo et al.,
+    Nature Methods 16:1247, 2019). Its mean over :data:`DSB_THRESHOLDS` is the challenge's
+    per-image score. No objects on either side scores 1.
+    """
+    return _ap(_object_pairs(contingency(pred, gt)), thresholds)
+
+
+def _ap(pairs: _Pairs, thresholds: Sequence[float]) -> dict[float, float]:
+    scores = {}
+    for t in thresholds:
+        tp = _true_positives(pairs, t)
+        denominator = pairs.n_gt + pairs.n_pred - tp  # TP + FP + FN
+        scores[float(t)] = tp / denominator if denominator else 1.0
+    return scores
+
+
+def seg_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """The Cell Tracking Challenge SEG measure (Ulman et al., Nature Methods 14:1141, 2017).
+
+    For each ground-truth object R, the Jaccard index |R & S| / |R | S| with the predicted
+    object S that covers more than half of it (|R & S| > 0.5 |R|; at most one can), or 0
+    when none does; SEG is the mean over ground-truth objects. False positives do not count.
+    No ground-truth objects: 1 if the prediction is empty too, else 0 (the module's
+    absent-class convention; the challenge leaves this case undefined).
+    """
+    return _seg(_object_pairs(contingency(pred, gt)))
+
+
+def _seg(pairs: _Pairs) -> float:
+    if pairs.n_gt == 0:
+        return 1.0 if pairs.n_pred == 0 else 0.0
+    covers = pairs.inter > 0.5 * pairs.gt_size
+    return float(pairs.iou[covers].sum() / pairs.n_gt)
+
+
+def split_merge_counts(pred: np.ndarray, gt: np.ndarray) -> dict[str, int]:
+    """``{"splits": ..., "merges": ...}``: over- and under-segmented objects.
+
+    One relation, "A covers more than half of B" (|A & B| > 0.5 |B|, the CTC SEG criterion,
+    which at most one A can meet for a given B), read both ways:
+
+    - a ground-truth object is **split** when it covers more than half of each of two or more
+      predicted objects (two or more predictions lie mostly inside it);
+    - a predicted object is a **merge** when it covers more than half of each of two or more
+      ground-truth objects.
+
+    ``splits`` counts ground-truth objects, ``merges`` predicted objects. A prediction that
+    straddles two objects without covering most of either counts as neither (it fails AP and
+    SEG instead).
+    """
+    return _split_merge(_object_pairs(contingency(pred, gt)))
+
+
+def _split_merge(pairs: _Pairs) -> dict[str, int]:
+    pred_inside = pairs.inter > 0.5 * pairs.pred_size  # the GT object covers this prediction
+    gt_inside = pairs.inter > 0.5 * pairs.gt_size  # the prediction covers this GT object
+    per_gt = np.bincount(pairs.gt[pred_inside], minlength=pairs.n_gt)
+    per_pred = np.bincount(pairs.pred[gt_inside], minlength=pairs.n_pred)
+    return {"splits": int(np.count_nonzero(per_gt >= 2)),
+            "merges": int(np.count_nonzero(per_pred >= 2))}
+
+
+# --- all of it for one pair ---------------------------------------------------------------
+
+Kind = Literal["auto", "semantic", "instances"]
+
+
+def _is_binary(a: np.ndarray) -> bool:
+    """At most one non-zero value: a foreground mask (0/1, 0/255, True/False)."""
+    nonzero = a[a != 0]
+    return nonzero.size == 0 or bool(np.all(nonzero == nonzero.flat[0]))
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """Connected components of a foreground mask, face-connected (4 in 2D, 6 in 3D), so
+    objects touching only at a corner stay apart, as across a thin diagonal membrane."""
+    from scipy import ndimage
+
+    return ndimage.label(mask)[0]
+
+
+def instance_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Every instance metric of two instance maps (0 = background): DSB mean AP, AP@0.5,
+    AP@0.75, CTC SEG, the foreground-restricted Rand error / precision / recall and VI
+    split / merge (ground-truth background ignored, as in ISBI 2012; predicted background is
+    one segment there, as in skimage), split and merge counts, and the object counts."""
+    table = contingency(pred, gt)  # one table serves every score
+    pairs = _object_pairs(table)
+    ap = _ap(pairs, DSB_THRESHOLDS)
+    foreground = table.without_gt(0)
+    error, precision, recall = _rand(foreground)
+    vi_split, vi_merge = _vi(foreground)
+    counts = _split_merge(pairs)
+    return {
+        "mean_ap": float(np.mean(list(ap.values()))), "ap50": ap[0.5], "ap75": ap[0.75],
+        "seg": _seg(pairs),
+        "rand_error": error, "rand_precision": precision, "rand_recall": recall,
+        "vi_split": vi_split, "vi_merge": vi_merge,
+        "splits": float(counts["splits"]), "merges": float(counts["merges"]),
+        "n_gt": float(pairs.n_gt), "n_pred": float(pairs.n_pred),
+    }
+
+
+def resolve_kind(pred: np.ndarray, gt: np.ndarray, kind: Kind = "auto",
+                 num_classes: int | None = None) -> str:
+    """``auto`` reads as ``semantic`` when ``num_classes`` > 2 is given or both maps are
+    binary masks, else as ``instances``."""
+    if kind not in ("auto", "semantic", "instances"):
+        raise ValueError(f"kind must be auto, semantic or instances, not {kind!r}")
+    if kind != "auto":
+        return kind
+    if (num_classes or 2) > 2 or (_is_binary(pred) and _is_binary(gt)):
+        return "semantic"
+    return "instances"
+
+
+def evaluate_pair(
+    pred: np.ndarray, gt: np.ndarray, kind: Kind = "auto", num_classes: int | None = None
+) -> dict[str, float]:
+    """All metrics that apply to one prediction / ground-truth pair, by name.
+
+    - ``semantic``: class maps. Dice, IoU (mean over foreground classes) and pixel error;
+      ``num_classes`` defaults to 2 when both maps are binary masks (any non-zero value is
+      foreground), else to the largest class + 1. A binary pair is also scored as instances:
+      the connected components of each mask are its objects.
+    - ``instances``: instance maps taken as they are; semantic scores on foreground vs
+      background, plus :func:`instance_scores`.
+    - ``auto`` (see :func:`resolve_kind`): as above; an instance ground truth paired with a
+      binary mask (a plain U-Net output) gets the mask's connected components as objects.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _same_shape(pred, gt)
+    auto = kind == "auto"
+    kind = resolve_kind(pred, gt, kind, num_classes)
+    if kind == "semantic":
+        binary = _is_binary(pred) and _is_binary(gt)
+        k = num_classes or (2 if binary else int(max(pred.max(), gt.max())) + 1)
+        if k != 2:
+            return semantic_scores(pred, gt, k)
+        if binary:
+            pred, gt = pred != 0, gt != 0
+        scores = semantic_scores(pred, gt, 2)
+        return scores | instance_scores(_components(pred != 0), _components(gt != 0))
+    if auto:
+        pred, gt = (_components(a != 0) if _is_binary(a) else a for a in (pred, gt))
+    return semantic_scores(pred != 0, gt != 0, 2) | instance_scores(pred, gt)

@@ -1,0 +1,197 @@
+"""``segunet evaluate pred=<file|folder> gt=<file|folder> [out=metrics.json] [kind=auto]``:
+score predicted label maps against ground truth with :func:`segunet.metrics.evaluate_pair`.
+
+Two folders are paired by file stem (``pred/a.tif`` with ``gt/a.png``); any file without a
+partner is an error, so a missing prediction cannot silently raise the mean. The terminal gets
+a table (one row per image, then the mean over images, the DSB 2018 way of averaging); the
+JSON file gets the same numbers, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segunet.atomic import write_atomic
+from segunet.data.io import SUPPORTED, read_array
+from segunet.errors import SegunetError
+from segunet.metrics import evaluate_pair, resolve_kind
+
+USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=metrics.json]
+                        [kind=auto|semantic|instances] [num_classes=N]
+
+  pred, gt     a label map each, or two folders of them paired by file stem
+               (TIFF, PNG, HDF5, zarr, .npy)
+  out          the JSON report (per image and mean); out= writes none. Default metrics.json
+  kind         semantic: class maps; instances: 0 = background, each other value one object;
+               auto (default): binary masks are semantic, anything else instances
+  num_classes  classes of a semantic map (default: 2 for masks, else the largest class + 1)
+"""
+
+KEYS = ("pred", "gt", "out", "kind", "num_classes")
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str]:
+    """``key=value`` words into a dict; SegunetError naming anything else."""
+    args = {"out": "metrics.json", "kind": "auto"}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep or key not in KEYS:
+            raise SegunetError(
+                f"evaluate: unexpected argument '{word}'; use {', '.join(k + '=' for k in KEYS)}"
+            )
+        args[key] = value
+    for key in ("pred", "gt"):
+        if not args.get(key):
+            raise SegunetError(f"evaluate: missing {key}=<file or folder>; see segunet evaluate -h")
+    if args["kind"] not in ("auto", "semantic", "instances"):
+        raise SegunetError(f"evaluate: kind={args['kind']} is not one of auto, semantic, instances")
+    if args.get("num_classes") is not None and not args["num_classes"].isdigit():
+        raise SegunetError(f"evaluate: num_classes={args['num_classes']} is not a whole number")
+    return args
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    """Stem -> file for the readable label maps in ``folder`` (hidden files skipped)."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED:
+            continue
+        if path.stem in files:
+            raise SegunetError(
+                f"{files[path.stem]} and {path} share the name '{path.stem}': keep one"
+            )
+        files[path.stem] = path
+    return files
+
+
+def pair_files(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
+    """``(name, pred file, gt file)`` per image: two files, or two folders matched by stem."""
+    for path in (pred, gt):
+        if not path.exists():
+            raise SegunetError(f"cannot read {path}: no such file or folder; check the path")
+    pred_dir = pred.is_dir() and pred.suffix.lower() != ".zarr"
+    gt_dir = gt.is_dir() and gt.suffix.lower() != ".zarr"
+    if not pred_dir and not gt_dir:
+        return [(gt.stem, pred, gt)]
+    if pred_dir != gt_dir:
+        raise SegunetError(f"pred={pred} and gt={gt}: give two files or two folders, not one each")
+    preds, gts = _label_files(pred), _label_files(gt)
+    lonely = [str(preds[s]) for s in preds if s not in gts]
+    missing = [str(gts[s]) for s in gts if s not in preds]
+    if lonely or missing:
+        parts = []
+        if lonely:
+            parts.append(f"no ground truth for {_some(lonely)}")
+        if missing:
+            parts.append(f"no prediction for {_some(missing)}")
+        raise SegunetError("; ".join(parts) + ": files are paired by name without extension")
+    if not gts:
+        raise SegunetError(f"no label maps in {gt} (looked for {', '.join(SUPPORTED)})")
+    return [(stem, preds[stem], gts[stem]) for stem in sorted(gts)]
+
+
+def _some(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def score_pair(
+    pred_path: Path, gt_path: Path, kind: str, num_classes: int | None
+) -> tuple[str, dict[str, float]]:
+    """``(kind used, metrics)`` of one pair of files; SegunetError naming both on a mismatch."""
+    pred, gt = read_array(pred_path), read_array(gt_path)
+    if pred.shape != gt.shape:
+        raise SegunetError(
+            f"{pred_path} has shape {pred.shape} but {gt_path} has {gt.shape}: "
+            "a prediction must match its ground truth pixel for pixel"
+        )
+    try:
+        used = resolve_kind(pred, gt, kind, num_classes)  # type: ignore[arg-type]
+        return used, evaluate_pair(pred, gt, kind, num_classes)  # type: ignore[arg-type]
+    except ValueError as e:  # e.g. a class beyond num_classes
+        raise SegunetError(f"cannot score {pred_path} against {gt_path}: {e}") from e
+
+
+def mean_over_images(rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per metric, the mean over the images that have it (mixed kinds give different keys)."""
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    return {k: float(np.mean([row[k] for row in rows.values() if k in row])) for k in keys}
+
+
+_COUNTS = ("splits", "merges", "n_gt", "n_pred")
+
+
+def format_table(rows: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
+    """Aligned text: a header, one row per image, a rule, the mean."""
+    keys = list(mean)
+    cells = {
+        name: [(f"{row[k]:.0f}" if k in _COUNTS and name != "mean" else f"{row[k]:.4f}")
+               if k in row else "-" for k in keys]
+        for name, row in [*rows.items(), ("mean", mean)]
+    }
+    name_width = max(len("image"), *(len(n) for n in cells))
+    widths = [max(len(k), *(len(c[i]) for c in cells.values())) for i, k in enumerate(keys)]
+
+    def line(first: str, values: Sequence[str]) -> str:
+        return "  ".join([first.ljust(name_width), *(v.rjust(w) for v, w in zip(values, widths))])
+
+    body = [line(name, values) for name, values in cells.items() if name != "mean"]
+    rule = "-" * len(line("", keys))
+    return "\n".join([line("image", keys), rule, *body, rule, line("mean", cells["mean"])])
+
+
+def evaluate(
+    pred: Path, gt: Path, kind: str = "auto", num_classes: int | None = None
+) -> dict[str, object]:
+    """The report: kinds used, per-image metrics and their mean over images."""
+    from tqdm import tqdm
+
+    pairs = pair_files(pred, gt)
+    rows: dict[str, dict[str, float]] = {}
+    kinds: dict[str, str] = {}
+    # disable=None: a progress bar on a terminal only, never in logs or captured output.
+    for name, pred_path, gt_path in tqdm(pairs, desc="evaluate", disable=None, leave=False):
+        kinds[name], rows[name] = score_pair(pred_path, gt_path, kind, num_classes)
+    used = sorted(set(kinds.values()))
+    return {
+        "pred": str(pred), "gt": str(gt), "kind": used[0] if len(used) == 1 else used,
+        "images": rows, "mean": mean_over_images(rows),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``segunet evaluate``; 0 on success, 2 with one line on stderr on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        args = parse_args(argv)
+        num_classes = int(args["num_classes"]) if args.get("num_classes") else None
+        report = evaluate(Path(args["pred"]), Path(args["gt"]), args["kind"], num_classes)
+        print(format_table(report["images"], report["mean"]))  # type: ignore[arg-type]
+        if args["out"]:
+            text = json.dumps(report, indent=2) + "\n"
+            try:
+                write_atomic(args["out"], lambda f: f.write(text.encode()))
+            except OSError as e:
+                raise SegunetError(
+                    f"cannot write {args['out']}: {e.strerror or e}; check the folder is writable"
+                ) from e
+            print(f"wrote {args['out']}")
+    except SegunetError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the project's switch for tracebacks
+            raise
+        print(f"segunet: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Evaluation metrics (segunet.metrics) and the ``segunet evaluate`` command."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.metrics as skm
+import torch
+from scipy import ndimage
+
+from segunet.data.io import read_array, write_array
+from segunet.evaluate import main
+from segunet.metrics import (
+    DSB_THRESHOLDS,
+    adapted_rand_error,
+    average_precision,
+    contingency,
+    dice_iou,
+    evaluate_pair,
+    instance_scores,
+    seg_score,
+    semantic_scores,
+    split_merge_counts,
+    variation_of_information,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def blobs(shape: tuple[int, ...], n: int, seed: int, offset: int = 0) -> np.ndarray:
+    """A random instance map: Voronoi-like regions around ``n`` seeds, some background."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, dtype=np.int64)
+    seeds[tuple(rng.integers(0, s, n) for s in shape)] = np.arange(1, n + 1)
+    _, where = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    labels = seeds[tuple(where)] + offset
+    labels[rng.random(shape) < 0.2] = 0
+    return labels
+
+
+# --- against skimage ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ignore", [(0,), (), (0, 3)])
+@pytest.mark.parametrize("seed", range(4))
+def test_rand_and_vi_agree_with_skimage_on_random_labels(seed, ignore):
+    rng = np.random.default_rng(seed)
+    shape = (30, 41) if seed % 2 else (6, 20, 17)  # 2D and 3D
+    gt = rng.integers(0, 7, shape)
+    pred = blobs(shape, 9, seed) if seed < 2 else rng.integers(0, 12, shape)
+    error, precision, recall = adapted_rand_error(pred, gt, ignore_labels=ignore)
+    sk_error, sk_precision, sk_recall = skm.adapted_rand_error(gt, pred, ignore_labels=ignore)
+    # skimage's precision and recall are swapped (scikit-image #6485); the error is symmetric.
+    assert (error, precision, recall) == pytest.approx(
+        (sk_error, sk_recall, sk_precision), abs=1e-6)
+    vi = variation_of_information(pred, gt, ignore_labels=ignore)
+    assert vi == pytest.approx(tuple(skm.variation_of_information(gt, pred, ignore_labels=ignore)),
+                               abs=1e-6)
+
+
+def test_large_label_values_take_the_sorting_path_and_agree():
+    gt, pred = blobs((40, 40), 12, 5), blobs((40, 40), 15, 6)
+    big_gt = np.where(gt > 0, gt + 200_000, 0)  # too sparse for the lookup table
+    big_pred = np.where(pred > 0, pred * 99_991, 0).astype(np.uint64)
+    assert adapted_rand_error(big_pred, big_gt) == pytest.approx(adapted_rand_error(pred, gt))
+    assert adapted_rand_error(big_pred, big_gt)[0] == pytest.approx(
+        skm.adapted_rand_error(big_gt, big_pred.astype(np.int64))[0], abs=1e-6)
+    assert instance_scores(big_pred, big_gt) == pytest.approx(instance_scores(pred, gt))
+
+
+def test_rand_and_vi_by_hand():
+    gt = np.array([1, 1, 2, 2])
+    pred = np.array([1, 1, 1, 1])  # one predicted segment merges two true ones
+    # Pairs n(n-1): joined in both 2 + 2 = 4; in pred 4*3 = 12; in gt 2 + 2 = 4.
+    # precision 4/12, recall 4/4, error 1 - 2*4/(12 + 4) = 1/2.
+    assert adapted_rand_error(pred, gt) == pytest.approx((1 / 2, 1 / 3, 1.0))
+    # Each true segment lies in one predicted one: split H(P|G) = 0; the predicted segment is
+    # half one, half the other: merge H(G|P) = 1 bit.
+    assert variation_of_information(pred, gt) == pytest.approx((0.0, 1.0))
+    assert variation_of_information(gt, pred) == pytest.approx((1.0, 0.0))
+    # The foreground restriction: ground-truth 0 pixels do not count, whatever is predicted there.
+    gt0, pred0 = np.array([0, 0, 1, 1]), np.array([5, 1, 1, 1])
+    assert adapted_rand_error(pred0, gt0) == pytest.approx((0.0, 1.0, 1.0))
+    assert adapted_rand_error(pred0, gt0, ignore_labels=())[0] > 0
+
+
+def test_contingency_counts_pairs():
+    t = contingency(np.array([[3, 3], [0, 3]]), np.array([[1, 1], [1, 0]]))
+    cells = {(int(t.gt_labels[g]), int(t.pred_labels[p])): int(n)
+             for g, p, n in zip(t.gt_index, t.pred_index, t.counts)}
+    assert cells == {(0, 3): 1, (1, 0): 1, (1, 3): 2}
+    assert t.total == 4
+
+
+# --- semantic --------------------------------------------------------------------------------
+
+
+def test_semantic_scores_by_hand_and_match_dice_iou():
+    gt = np.array([[1, 1, 1, 0], [0, 0, 0, 0]])
+    pred = np.array([[0, 1, 1, 1], [1, 0, 0, 0]])
+    # |P & G| = 2, |P| = 4, |G| = 3 -> Dice 4/7, IoU 2/5; 3 of 8 pixels wrong.
+    assert semantic_scores(pred, gt) == pytest.approx(
+        {"dice": 4 / 7, "iou": 2 / 5, "pixel_error": 3 / 8})
+    rng = np.random.default_rng(0)
+    for k in (2, 4):
+        p, g = rng.integers(0, k, (9, 11)), rng.integers(0, k, (9, 11))
+        ours = semantic_scores(p, g, k)
+        theirs = dice_iou(torch.from_numpy(p), torch.from_numpy(g), k)
+        assert {"dice": ours["dice"], "iou": ours["iou"]} == pytest.approx(theirs)
+    # Only labelled pixels count toward the pixel error.
+    valid = np.array([[True] * 4, [False] * 4])
+    assert semantic_scores(pred, gt, valid=valid)["pixel_error"] == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="class 4"):
+        semantic_scores(np.full((2, 2), 4), np.zeros((2, 2), int), 3)
+
+
+# --- instances: hand cases -------------------------------------------------------------------
+
+GT_ONE = np.zeros((8, 8), int)
+GT_ONE[:4, :] = 1  # one object, 32 px
+
+
+def test_perfect_and_empty():
+    gt = blobs((32, 32), 8, 1)
+    pred = np.where(gt > 0, gt * 7 + 100, 0)  # other ids, same objects
+    assert set(average_precision(pred, gt).values()) == {1.0}
+    assert seg_score(pred, gt) == 1.0
+    assert split_merge_counts(pred, gt) == {"splits": 0, "merges": 0}
+    empty = np.zeros((5, 5), int)
+    assert set(average_precision(empty, empty).values()) == {1.0}
+    assert seg_score(empty, empty) == 1.0
+    m = evaluate_pair(empty, empty, kind="instances")
+    assert (m["mean_ap"], m["seg"], m["rand_error"], m["dice"]) == (1.0, 1.0, 0.0, 1.0)
+
+
+def test_all_wrong():
+    pred = np.zeros((8, 8), int)
+    pred[6:, :2] = 1  # one object nowhere near the true one
+    # TP 0, FP 1, FN 1 at every threshold: AP 0; the true object is not covered: SEG 0.
+    assert set(average_precision(pred, GT_ONE).values()) == {0.0}
+    assert seg_score(pred, GT_ONE) == 0.0
+    assert split_merge_counts(pred, GT_ONE) == {"splits": 0, "merges": 0}
+    assert set(average_precision(np.zeros_like(GT_ONE), GT_ONE).values()) == {0.0}
+    assert set(average_precision(GT_ONE, np.zeros_like(GT_ONE)).values()) == {0.0}
+
+
+def test_one_split():
+    pred = np.zeros((8, 8), int)
+    pred[:4, :6] = 1  # 24 px: IoU with the true object 24/32 = 0.75
+    pred[:4, 6:] = 2  # 8 px: IoU 8/32 = 0.25
+    ap = average_precision(pred, GT_ONE)
+    # t in 0.5..0.70 (5 thresholds): TP 1 (piece 1), FP 1 (piece 2), FN 0 -> 1/2.
+    # t >= 0.75: 0.75 > t fails -> TP 0, FP 2, FN 1 -> 0. Mean: 5 * 0.5 / 10 = 0.25.
+    assert ap[0.5] == ap[0.7] == 0.5
+    assert ap[0.75] == ap[0.95] == 0.0
+    assert np.mean(list(ap.values())) == pytest.approx(0.25)
+    # Piece 1 covers 24 > 16 px of the object: SEG = its Jaccard 0.75.
+    assert seg_score(pred, GT_ONE) == pytest.approx(0.75)
+    # Both pieces lie wholly inside the true object: one split, no merge.
+    assert split_merge_counts(pred, GT_ONE) == {"splits": 1, "merges": 0}
+    m = evaluate_pair(pred, GT_ONE)
+    assert (m["mean_ap"], m["ap50"], m["n_gt"], m["n_pred"]) == pytest.approx((0.25, 0.5, 1, 2))
+
+
+def test_one_merge():
+    gt = np.zeros((8, 8), int)
+    gt[:4, :6] = 1  # 24 px
+    gt[:4, 6:] = 2  # 8 px
+    pred = GT_ONE  # one 32 px object over both: IoU 24/32 = 0.75 and 8/32 = 0.25
+    ap = average_precision(pred, gt)
+    # t < 0.75: TP 1, FP 0, FN 1 (object 2) -> 1/2; t >= 0.75: TP 0, FP 1, FN 2 -> 0.
+    assert [ap[t] for t in DSB_THRESHOLDS] == [0.5] * 5 + [0.0] * 5
+    # Both true objects are wholly covered by the prediction: Jaccards 0.75 and 0.25 -> 0.5.
+    assert seg_score(pred, gt) == pytest.approx(0.5)
+    assert split_merge_counts(pred, gt) == {"splits": 0, "merges": 1}
+
+
+def test_straddling_prediction_is_neither_split_nor_merge():
+    gt = np.zeros((4, 8), int)
+    gt[:, :4], gt[:, 4:] = 1, 2  # two 16 px objects
+    pred = np.zeros_like(gt)
+    pred[:, 2:6] = 1  # 16 px: half of each, more than half of neither (8 > 8 fails)
+    assert split_merge_counts(pred, gt) == {"splits": 0, "merges": 0}
+    assert seg_score(pred, gt) == 0.0
+
+
+def test_thresholds_below_half_match_one_to_one():
+    # At t = 0.2 the merged prediction passes with both objects (0.75, 0.25) but matches one.
+    gt = np.zeros((8, 8), int)
+    gt[:4, :6], gt[:4, 6:] = 1, 2
+    assert average_precision(GT_ONE, gt, thresholds=[0.2])[0.2] == pytest.approx(1 / 2)
+
+
+# --- evaluate_pair ---------------------------------------------------------------------------
+
+
+def test_evaluate_pair_binary_masks_get_instance_scores_by_components():
+    gt = np.zeros((10, 10), np.uint8)
+    gt[1:4, 1:4] = gt[6:9, 6:9] = 255
+    m = evaluate_pair(gt, gt)
+    assert m["n_gt"] == 2 and m["mean_ap"] == 1.0 and m["pixel_error"] == 0.0
+    instances = ndimage.label(gt)[0]
+    # Instance ground truth, binary prediction: the mask's components are its objects.
+    assert evaluate_pair(gt > 0, instances) == pytest.approx(m)
+    # Told it is an instance map, the mask is one object: a merge.
+    assert evaluate_pair(gt > 0, instances, kind="instances")["merges"] == 1
+
+
+def test_evaluate_pair_multiclass_is_semantic_only():
+    rng = np.random.default_rng(1)
+    p, g = rng.integers(0, 3, (6, 6)), rng.integers(0, 3, (6, 6))
+    assert set(evaluate_pair(p, g, num_classes=3)) == {"dice", "iou", "pixel_error"}
+    assert set(evaluate_pair(p, g, kind="semantic")) == {"dice", "iou", "pixel_error"}
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_pair(p, g[:5])
+
+
+def test_instance_scores_share_one_table_consistently():
+    pred, gt = blobs((30, 30), 10, 2), blobs((30, 30), 8, 3)
+    m = instance_scores(pred, gt)
+    assert (m["rand_error"], m["rand_precision"], m["rand_recall"]) == pytest.approx(
+        adapted_rand_error(pred, gt, ignore_labels=(0,)))
+    assert (m["vi_split"], m["vi_merge"]) == pytest.approx(
+        variation_of_information(pred, gt, ignore_labels=(0,)))
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folders(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    for i, name in enumerate(["a", "b"]):
+        g = blobs((24, 24), 5, i).astype(np.uint8)
+        write_array(gt / f"{name}.png", g)
+        write_array(pred / f"{name}.tif", g if i == 0 else np.roll(g, 1, axis=0))
+    return pred, gt
+
+
+def test_cli_prints_table_and_writes_json(folders, tmp_path, capsys):
+    pred, gt = folders
+    out = tmp_path / "m.json"
+    assert main([f"pred={pred}", f"gt={gt}", f"out={out}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["image", "dice", "iou"]
+    rows = {line.split()[0]: line for line in lines}
+    assert {"a", "b", "mean"} <= set(rows)
+    assert len({len(line) for line in (lines[0], rows["a"], rows["mean"])}) == 1  # aligned
+    report = json.loads(out.read_text())
+    assert set(report["images"]) == {"a", "b"} and report["kind"] == "instances"
+    assert report["images"]["a"]["mean_ap"] == 1.0
+    assert report["mean"]["mean_ap"] == pytest.approx(
+        (1.0 + report["images"]["b"]["mean_ap"]) / 2)
+
+
+def test_cli_single_files(folders, tmp_path, capsys):
+    pred, gt = folders
+    assert main([f"pred={pred / 'a.tif'}", f"gt={gt / 'a.png'}", "out="]) == 0
+    assert "mean" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.json"))
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segunet: error: ")
+    return err[0]
+
+
+def test_cli_unmatched_names(folders, capsys):
+    pred, gt = folders
+    (pred / "b.tif").rename(pred / "c.tif")
+    assert main([f"pred={pred}", f"gt={gt}", "out="]) == 2
+    line = one_error_line(capsys)
+    assert "c.tif" in line and "b.png" in line
+
+
+def test_cli_shape_mismatch(folders, capsys):
+    pred, gt = folders
+    write_array(pred / "b.tif", np.zeros((5, 5), np.uint8))
+    assert main([f"pred={pred}", f"gt={gt}", "out="]) == 2
+    line = one_error_line(capsys)
+    assert str(pred / "b.tif") in line and str(gt / "b.png") in line
+
+
+def test_cli_unreadable_file_and_bad_arguments(folders, capsys):
+    pred, gt = folders
+    (pred / "a.tif").write_bytes(b"not a tiff at all")
+    assert main([f"pred={pred}", f"gt={gt}", "out="]) == 2
+    assert "a.tif" in one_error_line(capsys)
+    assert main([f"pred={pred}"]) == 2
+    assert "gt=" in one_error_line(capsys)
+    assert main([f"pred={pred}", f"gt={gt}", "colour=red"]) == 2
+    one_error_line(capsys)
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+def eroded(labels: np.ndarray) -> np.ndarray:
+    """Each object shrunk by one pixel: keep a pixel only if its 3x3 neighbourhood is all it."""
+    same = ndimage.minimum_filter(labels, 3) == ndimage.maximum_filter(labels, 3)
+    return np.where(same, labels, 0)
+
+
+@pytest.mark.skipif(not (DATA / "dsb2018").is_dir(), reason="shared DSB 2018 data not present")
+def test_dsb2018_masks_against_themselves_and_eroded():
+    masks = sorted((DATA / "dsb2018" / "train" / "masks").glob("*.tif"))[:3]
+    for path in masks:
+        gt = read_array(path)
+        m = evaluate_pair(gt, gt)
+        assert {m[k] for k in ("dice", "iou", "mean_ap", "ap50", "seg", "rand_precision",
+                               "rand_recall")} == {1.0}
+        assert (m["pixel_error"], m["rand_error"], m["vi_split"], m["vi_merge"],
+                m["splits"], m["merges"]) == (0.0,) * 6
+        # Large nuclei (>= 200 px, radius ~8) keep IoU ~ (7/8)^2 > 0.5 when eroded by 1 px.
+        sizes = np.bincount(gt.ravel())
+        large = np.where(sizes[gt] >= 200, gt, 0)
+        if not large.any():
+            continue
+        e = evaluate_pair(eroded(large), large)
+        assert e["ap50"] == 1.0 and e["mean_ap"] < 1.0
+        assert 0.5 < e["seg"] < 1.0 and e["splits"] == e["merges"] == 0
