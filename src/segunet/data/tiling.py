@@ -34,21 +34,26 @@ def crop_reflect(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -
     mirror-extrapolated where it leaves the array; leading axes (channels) are kept whole.
 
     Equals ``np.pad(array, pad, mode="reflect")`` cropped at the shifted window, for any pad
-    large enough, without building the padded array. Axes where the window lies inside are
-    plain slices.
+    large enough, without building the padded array. Only the bounding box of the pixels the
+    window needs is sliced from ``array``, so a lazily read array (memmap, zarr, HDF5) is read
+    window by window, never whole along an axis.
     """
     if len(start) != len(size) or len(start) > array.ndim:
         raise ValueError(f"start {start} and size {size} do not fit a {array.ndim}D array")
     lead = array.ndim - len(start)
-    inside = [s >= 0 and s + n <= dim for s, n, dim in zip(start, size, array.shape[lead:])]
-    index = [slice(None)] * array.ndim
-    for ax, (s, n, ok) in enumerate(zip(start, size, inside)):
-        if ok:
-            index[lead + ax] = slice(s, s + n)
+    index: list[slice] = [slice(None)] * lead
+    takes: list[tuple[int, np.ndarray]] = []  # (axis, indices into the sliced box)
+    for ax, (s, n, dim) in enumerate(zip(start, size, array.shape[lead:])):
+        if (s >= 0 and s + n <= dim) or n == 0:
+            index.append(slice(max(s, 0), max(s, 0) + n))
+            continue
+        indices = reflect_indices(s, n, dim)
+        low = int(indices.min())
+        index.append(slice(low, int(indices.max()) + 1))
+        takes.append((lead + ax, indices - low))
     out = array[tuple(index)]
-    for ax, (s, n, ok) in enumerate(zip(start, size, inside)):
-        if not ok:
-            out = np.take(out, reflect_indices(s, n, array.shape[lead + ax]), axis=lead + ax)
+    for axis, indices in takes:
+        out = np.take(out, indices, axis=axis)
     return out
 
 

@@ -1,0 +1,450 @@
+"""Tiled prediction of whole images of any size, in memory or streamed from and to disk.
+
+Valid-padded U-Nets use the overlap-tile strategy of Ronneberger et al. (2015, Fig. 2): output
+tiles cover the image, each input tile adds the context the unpadded convolutions consume,
+mirror-extrapolated beyond the image border. Tile starts keep the max-pooling grid in phase,
+so the tiles agree where they overlap and the result equals one pass over the whole (mirror
+padded) image: no seams, no blending. Same-padded U-Nets see zero padding at every tile
+border, so their tiles overlap and are blended with a Gaussian (or constant) window, placed
+as MONAI's ``sliding_window_inference`` places them.
+
+The numeric core is a few pure functions (tile sizes, tile placement, blending window); the
+pipeline reads tiles in one thread, runs the network in the caller's and merges results in a
+third, so reading, computing and writing overlap and host memory holds only the tiles in
+flight (plus the output, unless it is on disk: see :mod:`segunet.merger`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from segunet.checkpoint import unwrap
+from segunet.data.tiling import crop_reflect, tile_starts
+from segunet.errors import SegunetError
+from segunet.merger import ArrayMerger, InMemoryMerger, Merger, ZarrMerger
+
+Blend = Literal["gaussian", "constant"]
+T = TypeVar("T")
+
+#: Default input tile edge when none is given: large enough to keep a GPU busy and the
+#: context overhead of a valid net small, small enough for the memory of a consumer GPU.
+DEFAULT_TILE = {2: 512, 3: 128}
+
+
+# --- tile geometry: pure functions ------------------------------------------------------------
+
+
+def tile_shapes(
+    net: nn.Module, spatial_shape: Sequence[int], tile_shape: int | Sequence[int] | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The network's input tile and the output tile it predicts.
+
+    A given ``tile_shape`` is rounded down to a size the net takes (never below the smallest
+    one). By default an axis gets the smallest valid tile that covers the image plus the
+    valid net's context in one tile, up to :data:`DEFAULT_TILE`.
+    """
+    dims = net.spatial_dims
+    if tile_shape is None:
+        smallest = net.valid_input_shape([1] * dims)
+        context = np.subtract(smallest, net.output_shape(smallest))
+        wanted = [min(n + c, DEFAULT_TILE[dims]) for n, c in zip(spatial_shape, context)]
+        tile = net.valid_input_shape(wanted)
+    else:
+        wanted = [tile_shape] * dims if np.isscalar(tile_shape) else list(tile_shape)
+        if len(wanted) != dims:
+            raise SegunetError(
+                f"tile_shape {tuple(wanted)} has {len(wanted)} axes but the model is {dims}D: "
+                f"give {dims} sizes or one for all"
+            )
+        tile = tuple(
+            lower if lower is not None else upper
+            for lower, upper in net.nearest_valid_sizes(wanted)
+        )
+    return tuple(tile), net.output_shape(tile)
+
+
+def sliding_starts(n: int, tile: int, overlap: float) -> list[int]:
+    """Tile starts along an axis of length ``n`` as MONAI's ``sliding_window_inference`` puts
+    them: ``int(tile * (1 - overlap))`` apart (``tile`` when one tile fits exactly), the last
+    shifted back to end at ``max(n, tile)``."""
+    n = max(n, tile)
+    step = tile if tile == n else max(int(tile * (1 - overlap)), 1)
+    count = next(i for i in range(math.ceil(n / step)) if i * step + tile >= n) + 1
+    return [min(i * step, n - tile) for i in range(count)]
+
+
+def plan_tiles(
+    spatial_shape: Sequence[int],
+    in_tile: Sequence[int],
+    out_tile: Sequence[int],
+    padding: str,
+    levels: int,
+    overlap: float = 0.25,
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``(input start, output start)`` of every tile, in image coordinates.
+
+    Valid padding: non-overlapping output tiles (except the last ones per axis, shifted back
+    to the image end) at multiples of ``2**(levels - 1)``, each read with the context margin
+    around it (Ronneberger et al. 2015, Fig. 2); aligned starts keep every tile's max-pooling
+    grid in the same phase, so overlapping tiles agree. Same padding: input = output tiles
+    placed by :func:`sliding_starts`.
+    """
+    if padding == "valid":
+        align = 2 ** (levels - 1)
+        margin = [(i - o) // 2 for i, o in zip(in_tile, out_tile)]
+        axes = [tile_starts(n, o, align=align) for n, o in zip(spatial_shape, out_tile)]
+        return [
+            (tuple(s - m for s, m in zip(start, margin)), tuple(start))
+            for start in itertools.product(*axes)
+        ]
+    axes = [sliding_starts(n, t, overlap) for n, t in zip(spatial_shape, in_tile)]
+    return [(tuple(start), tuple(start)) for start in itertools.product(*axes)]
+
+
+@lru_cache(maxsize=8)
+def blend_window(tile: tuple[int, ...], blend: Blend = "gaussian", sigma_scale: float = 0.125):
+    """Per-pixel weight of a tile's prediction when overlapping tiles are averaged.
+
+    ``gaussian``: ``prod_i exp(-x_i**2 / (2 * sigma_i**2))`` with ``x_i`` the distance to the
+    tile centre and ``sigma_i = sigma_scale * tile_i``, clipped below at 1e-3 so no pixel
+    weighs zero; the same map as MONAI's ``compute_importance_map``. Predictions near a tile
+    border, which saw zero padding instead of image, weigh less. ``constant``: ones.
+    """
+    if blend == "constant":
+        window = np.ones(tile, dtype=np.float32)
+    elif blend == "gaussian":
+        window = np.ones((), dtype=np.float64)
+        for n in tile:
+            x = np.arange(n) - (n - 1) / 2
+            window = np.multiply.outer(window, np.exp(-(x**2) / (2 * (sigma_scale * n) ** 2)))
+        window = np.maximum(window, 1e-3).astype(np.float32)
+    else:
+        raise SegunetError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
+    window.flags.writeable = False  # cached and shared
+    return window
+
+
+def clip_region(
+    start: Sequence[int], size: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of the box ``[start, start + size)`` inside ``[0, shape)`` (starts are >= 0),
+    as slices into the image and into the box."""
+    stops = [min(s + n, dim) for s, n, dim in zip(start, size, shape)]
+    region = tuple(slice(s, e) for s, e in zip(start, stops))
+    return region, tuple(slice(0, e - s) for s, e in zip(start, stops))
+
+
+# --- test-time augmentation -------------------------------------------------------------------
+
+Transform = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]
+
+
+def symmetries(spatial_dims: int) -> list[Transform]:
+    """``(forward, inverse)`` pairs on ``(N, C, *spatial)`` tensors: the 8 rotations and
+    reflections of a square (the dihedral group) in 2D, the 8 combinations of axis flips in
+    3D; the identity first."""
+    if spatial_dims == 2:
+
+        def pair(k: int, flip: bool) -> Transform:
+            def forward(x: Tensor) -> Tensor:
+                return torch.rot90(x.flip(-1) if flip else x, k, dims=(-2, -1))
+
+            def inverse(y: Tensor) -> Tensor:
+                y = torch.rot90(y, -k, dims=(-2, -1))
+                return y.flip(-1) if flip else y
+
+            return forward, inverse
+
+        return [pair(k, flip) for flip in (False, True) for k in range(4)]
+
+    def flips(axes: tuple[int, ...]) -> Transform:
+        def flip(x: Tensor) -> Tensor:
+            return x.flip(axes) if axes else x
+
+        return flip, flip  # a flip is its own inverse
+
+    axes = range(-spatial_dims, 0)
+    return [flips(c) for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+# --- the predictor ----------------------------------------------------------------------------
+
+
+def predict_tiled(
+    model: nn.Module,
+    image: Any,
+    tile_shape: int | Sequence[int] | None = None,
+    batch_size: int = 8,
+    blend: Blend = "gaussian",
+    overlap: float = 0.25,
+    tta: bool = False,
+    device: torch.device | str | None = None,
+    out: Any = None,
+    progress: bool = False,
+) -> Any:
+    """Softmax class probabilities ``(classes, *spatial)`` of a whole image, tile by tile.
+
+    Args:
+        model: a :class:`~segunet.models.unet.UNet` (or one wrapped by DDP / torch.compile);
+            put in eval mode for the call, its training mode restored after.
+        image: ``(channels, *spatial)``: a numpy array or any array-like sliced lazily (memmap,
+            zarr, HDF5 dataset); only the tiles in flight are read.
+        tile_shape: the network's input tile, rounded down to a valid size; see
+            :func:`tile_shapes` for the default.
+        batch_size: tiles per forward pass.
+        blend, overlap: for same-padded nets only: the window that weighs overlapping tiles
+            (see :func:`blend_window`) and the fraction by which neighbours overlap. A
+            valid-padded net's tiles need neither (Ronneberger et al. 2015, Fig. 2).
+        tta: average the probabilities of the 8 rotations/reflections (2D) or flips (3D).
+        device: where the network runs (the model is moved there); default: the model's.
+            On CUDA it runs under bf16 autocast on channels-last inputs.
+        out: None to return a float32 numpy array; a :class:`~segunet.merger.Merger` to merge
+            into (returns its ``finalize()``); or an array-like of the output shape (zarr,
+            memmap, ...) to write into (returns it). A same-padded net blends into such an
+            array through a temporary zarr store under ``tempfile.gettempdir()``.
+        progress: show a tqdm bar with tiles/s and megapixels/s.
+    """
+    net = unwrap(model)
+    dims, classes = net.spatial_dims, net.out_channels
+    _check_image(net, image)
+    if batch_size < 1 or not 0 <= overlap < 1:
+        raise SegunetError(
+            f"need batch_size >= 1 and 0 <= overlap < 1, got {batch_size} and {overlap}"
+        )
+    spatial = tuple(int(s) for s in image.shape[1:])
+    in_tile, out_tile = tile_shapes(net, spatial, tile_shape)
+    tiles = plan_tiles(spatial, in_tile, out_tile, net.padding, net.levels, overlap)
+    same = net.padding == "same"
+    window = blend_window(tuple(out_tile), blend if same else "constant")
+    merger, finish = _merger_for(out, (classes, *spatial), weighted=same)
+
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.to(device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    layout = (torch.channels_last if dims == 2 else torch.channels_last_3d) if cuda else None
+    transforms = symmetries(dims) if tta else [(_identity, _identity)]
+
+    def read(chunk: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> tuple[list, Tensor]:
+        batch = np.stack([crop_reflect(image, start, in_tile) for start, _ in chunk])
+        x = torch.from_numpy(batch.astype(np.float32, copy=False))
+        return chunk, x.pin_memory() if cuda else x
+
+    def write(item: tuple[list, np.ndarray]) -> None:
+        for (_, start), probs in zip(*item):
+            region, crop = clip_region(start, out_tile, spatial)
+            weights = window[crop] if merger.weighted else None
+            merger.add(region, probs[(slice(None), *crop)], weights)
+
+    batches = (tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
+    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
+    was_training, started, pixels = model.training, time.perf_counter(), 0
+    model.eval()
+    try:
+        with (
+            torch.inference_mode(),
+            autocast,
+            _Writer(write, maxsize=2) as writer,
+            contextlib.closing(_prefetch(map(read, batches), maxsize=2)) as reader,
+        ):
+            for chunk, x in reader:
+                x = x.to(device, non_blocking=True)
+                if layout is not None:
+                    x = x.contiguous(memory_format=layout)
+                writer.put((chunk, _probabilities(model, x, transforms).cpu().numpy()))
+                pixels += len(chunk) * math.prod(out_tile)
+                bar.update(len(chunk))
+                bar.set_postfix({"MP/s": f"{pixels / (time.perf_counter() - started) / 1e6:.2f}"})
+        return finish()
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+def predict_labels(
+    model: nn.Module,
+    image: Any,
+    tile_shape: int | Sequence[int] | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """The most probable class of every pixel, ``(*spatial)`` int64: the argmax of
+    :func:`predict_tiled`."""
+    probs = predict_tiled(model, image, tile_shape, batch_size=batch_size, device=device)
+    return probs.argmax(0)
+
+
+def _probabilities(model: nn.Module, x: Tensor, transforms: list[Transform]) -> Tensor:
+    """Softmax over classes (in float32, whatever autocast computed), averaged over the
+    test-time transforms."""
+    total = None
+    for forward, inverse in transforms:
+        probs = inverse(torch.softmax(model(forward(x)).float(), dim=1))
+        total = probs if total is None else total + probs
+    return total / len(transforms) if len(transforms) > 1 else total
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _check_image(net: nn.Module, image: Any) -> None:
+    shape = tuple(getattr(image, "shape", ()))
+    dims, channels = net.spatial_dims, net.in_channels
+    if len(shape) != dims + 1 or shape[0] != channels:
+        axes = "Z, Y, X" if dims == 3 else "Y, X"
+        raise SegunetError(
+            f"the model ({dims}D, {channels} input channel{'s' * (channels > 1)}) predicts "
+            f"images of shape ({channels}, {axes}), got {shape}: add a channel axis "
+            f"(image[None]) or move it first, or use a model trained for this data"
+        )
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _merger_for(out: Any, shape: tuple[int, ...], weighted: bool) -> tuple[Merger, Callable]:
+    """The merger to add tiles to and the function that finishes the prediction."""
+    if out is None:
+        merger = InMemoryMerger(shape, weighted)
+        return merger, merger.finalize
+    if tuple(out.shape) != shape:
+        raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
+    if isinstance(out, Merger):
+        return out, out.finalize
+    if not weighted:
+        merger = ArrayMerger(out)
+        return merger, merger.finalize
+    if isinstance(out, np.ndarray) and not isinstance(out, np.memmap):
+        merger = InMemoryMerger(shape, weighted)
+
+        def finish_in_memory() -> Any:
+            out[...] = merger.finalize()
+            return out
+
+        return merger, finish_in_memory
+    # Blending reads back what it wrote: accumulate in float32 on disk, then divide into out.
+    folder = tempfile.mkdtemp(prefix="segunet-blend-")
+    merger = ZarrMerger(folder, shape, out=out)
+
+    def finish_on_disk() -> Any:
+        try:
+            return merger.finalize()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return merger, finish_on_disk
+
+
+# --- background threads -----------------------------------------------------------------------
+
+
+class _Done:
+    """Marks the end of a queue."""
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first; a full queue never blocks a stop."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _prefetch(items: Iterable[T], maxsize: int) -> Iterator[T]:
+    """Iterate ``items`` in a background thread at most ``maxsize`` ahead of the consumer
+    (reading tiles overlaps computing them); its exceptions re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not _put(q, item, stop):
+                    return
+            _put(q, _Done, stop)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            _put(q, _Failed(e), stop)
+
+    thread = threading.Thread(target=run, name="segunet-read", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _Done:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Writer:
+    """Runs ``consume`` on each put item in a background thread, at most ``maxsize`` items
+    behind (writing results overlaps computing the next ones). Leaving the ``with`` block
+    waits for the last item and re-raises the thread's exception; leaving it by an
+    exception stops the thread without finishing."""
+
+    def __init__(self, consume: Callable[[Any], None], maxsize: int) -> None:
+        self.consume, self.queue = consume, queue.Queue(maxsize)
+        self.stop, self.error = threading.Event(), None
+        self.thread = threading.Thread(target=self._run, name="segunet-write", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def put(self, item: Any) -> None:
+        if self.error is None and _put(self.queue, item, self.stop):
+            return
+        raise self.error or RuntimeError("the writer thread has stopped")
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None:
+            self.stop.set()
+        try:
+            if kind is None:
+                self.put(_Done)
+        finally:
+            self.thread.join()
+        if kind is None and self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _Done:
+                return
+            try:
+                self.consume(item)
+            except BaseException as e:  # re-raised by the producer's next put or exit
+                self.error = e
+                self.stop.set()
+                return
