@@ -93,3 +93,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
     return ckpt
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """The trained model of a checkpoint (or run folder), in eval mode, and the resolved
+    training config stored with it: the model is rebuilt from ``config["model"]``, so no
+    overrides need repeating."""
+    from hydra.utils import instantiate
+
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file, map_location=device)
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or "_target_" not in config.get("model", {}):
+        raise SegunetError(
+            f"{file} holds no model config (config.model._target_): use a checkpoint written "
+            "by segunet train"
+        )
+    try:
+        model = instantiate(config["model"])
+    except Exception as e:  # a renamed class or argument since training
+        cause = e.__cause__ or e
+        raise SegunetError(
+            f"cannot build the model of {file} from its config: "
+            f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+        ) from e
+    try:
+        model.load_state_dict(clean_state_dict(ckpt["model"]))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise SegunetError(f"{file}: weights do not fit its model config ({first})") from e
+    return model.to(device).eval(), config

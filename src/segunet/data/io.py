@@ -189,7 +189,7 @@ def _temp_beside(path: Path) -> Path:
 
 
 @contextmanager
-def _atomic(path: Path, beside: Path | None = None) -> Iterator[Path]:
+def atomic_path(path: Path, beside: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path (next to ``beside``, default ``path``) to write; move it onto
     ``path`` on success, remove it on error.
 
@@ -221,7 +221,7 @@ def _write_tiff(path: Path, array: np.ndarray, key: str | None) -> None:
     import tifffile
 
     rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp, array, compression="zlib", bigtiff=array.nbytes > BIGTIFF_BYTES,
             photometric="rgb" if rgb else "minisblack",
@@ -231,12 +231,12 @@ def _write_tiff(path: Path, array: np.ndarray, key: str | None) -> None:
 def _write_picture(path: Path, array: np.ndarray, key: str | None) -> None:
     import imageio.v3 as iio
 
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         iio.imwrite(tmp, array)
 
 
 def _write_npy(path: Path, array: np.ndarray, key: str | None) -> None:
-    with _atomic(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
 
 
@@ -244,7 +244,7 @@ def _write_hdf5(path: Path, array: np.ndarray, key: str | None) -> None:
     import h5py
 
     key = (key or "data").strip("/")
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         if path.exists():  # keep the other datasets: edit a copy, never the original
             shutil.copy2(path, tmp)
         with h5py.File(tmp, "a") as f:
@@ -257,12 +257,12 @@ def _write_zarr(path: Path, array: np.ndarray, key: str | None) -> None:
     import zarr
 
     if not key:
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             zarr.create_array(store=str(tmp), data=array)
         return
     key = key.strip("/")
     if not path.exists():
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             zarr.open_group(store=str(tmp), mode="w").create_array(key, data=array)
         return
     # Into an existing group: write the array on its own beside the store, then move its
@@ -272,7 +272,7 @@ def _write_zarr(path: Path, array: np.ndarray, key: str | None) -> None:
     parent = key.rpartition("/")[0]
     if parent:
         group.require_group(parent)
-    with _atomic(path / key, beside=path) as tmp:
+    with atomic_path(path / key, beside=path) as tmp:
         zarr.create_array(store=str(tmp), data=array, zarr_format=group.metadata.zarr_format)
 
 

@@ -1,0 +1,477 @@
+"""``segunet predict``: segment image files with a trained checkpoint.
+
+``segunet predict checkpoint=<ckpt or run folder> input=<file, folder or glob> output=<folder>``
+
+Per input ``<stem>``, writes ``<stem>_probabilities`` (float16, ``(classes, *spatial)``),
+``<stem>_labels`` (uint8 argmax) and ``<stem>_instances`` (uint16/uint32 objects, see
+:mod:`segunet.instances`) as TIFF or zarr, each atomically. The model and the input
+normalisation come from the config stored in the checkpoint, so nothing about the training run
+needs repeating. Inputs are read tile by tile where the format allows (uncompressed TIFF by
+memory map, compressed TIFF and zarr through zarr), and with ``format=zarr`` the probabilities
+are written tile by tile to disk too, so images larger than memory can be predicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
+from segunet.data.io import SUPPORTED, atomic_path, file_kind, read_array, short_message, split_key
+from segunet.data.sources import LUMA
+from segunet.errors import SegunetError
+
+OUTPUTS = ("probabilities", "labels", "instances")
+#: Percentiles are computed on at most about this many pixels per channel: a strided subsample
+#: of larger images, which moves them by a negligible amount and bounds the reading.
+PERCENTILE_SAMPLE = 2**24
+#: Chunk edge of zarr outputs per spatial axis (2D, 3D).
+ZARR_CHUNK = {2: 512, 3: 64}
+
+USAGE = """usage: segunet predict checkpoint=<file or run folder> input=<file, folder or glob>
+                       output=<folder> [key=value ...]
+
+keys (default):
+  tile (auto)               network input tile, e.g. 572,572; rounded down to a valid size
+  batch_size (8)            tiles per forward pass
+  tta (false)               average over the 8 rotations/reflections (2D) or flips (3D)
+  device (auto)             auto, cpu, cuda, cuda:1, ...
+  outputs (probabilities,labels,instances)
+  format (tif)              tif or zarr (zarr: probabilities streamed to disk tile by tile)
+  overwrite (false)         replace existing outputs
+  instances.method (components)   components or watershed
+  instances.min_size (0)    objects of fewer pixels are removed
+  instances.threshold (0.5), instances.watershed_on (distance), instances.min_distance (3),
+  instances.h (null), instances.foreground_classes (all but 0)
+  blend (gaussian), overlap (0.25)   tile blending of same-padded models
+
+example:
+  segunet predict checkpoint=outputs/train/2025-01-01_12-00-00 input='data/test/*.tif' \\
+      output=predictions outputs=labels,instances instances.method=watershed
+"""
+
+DEFAULTS: dict[str, Any] = {
+    "checkpoint": REQUIRED, "input": REQUIRED, "output": REQUIRED,
+    "tile": None, "batch_size": "8", "tta": "false", "device": "auto",
+    "outputs": ",".join(OUTPUTS), "format": "tif", "overwrite": "false",
+    "blend": "gaussian", "overlap": "0.25",
+    "instances.method": "components", "instances.min_size": "0",
+    "instances.threshold": "0.5", "instances.watershed_on": "distance",
+    "instances.min_distance": "3", "instances.h": None, "instances.foreground_classes": None,
+}
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def expand_inputs(spec: str) -> list[Path]:
+    """A file (or zarr folder), a folder of image files, or a glob -> sorted image paths."""
+    path, key = split_key(spec)
+    if any(c in spec for c in "*?["):
+        paths = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]
+        what = f"no file matches input={spec}"
+    elif path.is_dir() and file_kind_or_none(path) != "zarr":
+        paths = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        what = f"input folder {path} holds no image files ({', '.join(SUPPORTED)})"
+    elif path.exists():
+        return [Path(spec)]
+    else:
+        raise SegunetError(
+            f"input={spec}: no such file or folder (relative paths start at {Path.cwd()})"
+        )
+    paths = [p for p in paths if file_kind_or_none(p) is not None]
+    if not paths:
+        raise SegunetError(what)
+    return paths
+
+
+def file_kind_or_none(path: Path) -> str | None:
+    try:
+        return file_kind(path)
+    except SegunetError:
+        return None
+
+
+def stem_of(path: Path) -> str:
+    """``a/b/cell.tif`` -> ``cell``; ``vol.h5:raw`` -> ``vol``."""
+    return split_key(path)[0].stem
+
+
+def open_array(path: Path, stack: contextlib.ExitStack) -> Any:
+    """The raw array of an image file, opened lazily where the format allows: an
+    uncompressed TIFF as a memory map, a compressed one or a zarr store through zarr.
+    Anything else is read whole. Unreadable files are one-line SegunetErrors."""
+    file, key = split_key(path)
+    if not file.exists():
+        raise SegunetError(f"cannot read {file}: no such file")
+    kind = file_kind(file)
+    if kind not in ("tiff", "zarr"):
+        return read_array(path)
+    import zarr
+
+    try:
+        if kind == "zarr":
+            node = zarr.open(store=str(file), mode="r")
+            if isinstance(node, zarr.Array) and key is None:
+                return node
+            return read_array(path)  # a group: io picks (and checks) the array
+        import tifffile
+
+        try:
+            return tifffile.memmap(file, mode="r")
+        except ValueError:  # compressed or scattered strips: not memory-mappable
+            store = stack.enter_context(contextlib.closing(tifffile.imread(file, aszarr=True)))
+            array = zarr.open(store, mode="r")
+            # A pyramid opens as a group: its level 0 is the full resolution image.
+            return array if isinstance(array, zarr.Array) else array["0"]
+    except SegunetError:
+        raise
+    except Exception as e:
+        raise SegunetError(
+            f"cannot read {file}: {short_message(e)}; the file may be corrupt or truncated"
+        ) from e
+
+
+class NormalizedImage:
+    """A raw image array as the network's ``(C, *spatial)`` float32 input, read lazily.
+
+    Slicing reads only that window of the raw array, then does what training did to whole
+    images (:func:`segunet.data.sources.prepare_image`): channels first (an RGBA image loses
+    its alpha), RGB -> grey by luma or grey -> RGB when the training data converted them, and
+    ``(x - p_low) / (p_high - p_low)`` per channel with the percentiles of the whole image
+    (of a strided subsample of it when it is large).
+    """
+
+    def __init__(
+        self,
+        raw: Any,
+        layout: str,
+        channels: int,
+        convert_to: int | None,
+        percentiles: Sequence[float] | None,
+        source: str,
+    ) -> None:
+        self.raw, self.layout, self.raw_channels = raw, layout, channels
+        self.convert_to = convert_to
+        spatial = raw.shape[1:] if layout == "first" else (
+            raw.shape[:-1] if layout == "last" else raw.shape
+        )
+        self.shape = (convert_to or channels, *(int(s) for s in spatial))
+        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
+        self.lo = self.scale = None
+        if percentiles is not None:
+            self.lo, self.scale = self._range(percentiles, source)
+
+    def _channels_first(self, index: tuple[slice, ...]) -> np.ndarray:
+        """The raw window at the spatial ``index``, as float32 ``(C, *window)``, converted."""
+        if self.layout == "grey":
+            x = np.asarray(self.raw[index])[None]
+        elif self.layout == "first":
+            x = np.asarray(self.raw[(slice(0, self.raw_channels), *index)])
+        else:
+            x = np.moveaxis(np.asarray(self.raw[(*index, slice(0, self.raw_channels))]), -1, 0)
+        x = x.astype(np.float32, copy=False)
+        if self.convert_to == 1 and x.shape[0] == 3:
+            return np.tensordot(np.asarray(LUMA, np.float32), x, axes=1)[None]
+        if self.convert_to == 3 and x.shape[0] == 1:
+            return np.repeat(x, 3, axis=0)
+        return x
+
+    def _range(self, percentiles: Sequence[float], source: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``p_low`` and ``p_high - p_low``, as :func:`normalize_percentile`."""
+        spatial = self.shape[1:]
+        stride = max(1, math.ceil((math.prod(spatial) / PERCENTILE_SAMPLE) ** (1 / len(spatial))))
+        sample = self._channels_first(tuple(slice(None, None, stride) for _ in spatial))
+        if not np.isfinite(sample).all():
+            raise SegunetError(f"{source} holds NaN or infinite values: fix the file")
+        flat = sample.reshape(sample.shape[0], -1)
+        lo, hi = np.percentile(flat, [float(p) for p in percentiles], axis=1, keepdims=True)
+        constant = hi <= lo  # mostly constant channel: fall back to the full range
+        lo = np.where(constant, flat.min(1, keepdims=True), lo)
+        hi = np.where(constant, flat.max(1, keepdims=True), hi)
+        shape = (-1,) + (1,) * len(spatial)
+        return lo.astype(np.float32).reshape(shape), (hi - lo).astype(np.float32).reshape(shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        channel, spatial = (index[0], index[1:]) if index else (slice(None), ())
+        spatial = tuple(spatial) + (slice(None),) * (len(self.shape) - 1 - len(spatial))
+        x = self._channels_first(spatial)
+        if self.lo is not None:
+            out = np.zeros(x.shape, np.float32)
+            np.divide(x - self.lo, self.scale, out=out, where=self.scale > 0)
+            x = out
+        return x[channel]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self[...] if dtype is None else self[...].astype(dtype)
+
+
+def image_for_model(
+    raw: Any, path: Path, in_channels: int, spatial_dims: int, data_cfg: dict
+) -> NormalizedImage:
+    """Decide the raw array's axes and wrap it as the model's normalised input; one-line
+    errors naming the file when its shape or channels do not fit the model."""
+    shape = tuple(int(s) for s in raw.shape)
+    axes = "Z, Y, X" if spatial_dims == 3 else "Y, X"
+    if len(shape) == spatial_dims:
+        layout, channels = "grey", 1
+    elif len(shape) == spatial_dims + 1:
+        # Pictures and RGB TIFFs store colour last; multi-channel microscopy stores it first.
+        last = file_kind_or_none(split_key(path)[0]) == "picture" or shape[-1] <= 4 < shape[0]
+        layout, channels = ("last", shape[-1]) if last else ("first", shape[0])
+        if last and channels == 4:
+            channels = 3  # RGBA: alpha holds no image content (as in training)
+    else:
+        raise SegunetError(
+            f"{path} has shape {shape}: the {spatial_dims}D model takes ({axes}) or "
+            f"(C, {axes}) images"
+        )
+    convert = data_cfg.get("channels")
+    convertible = convert == in_channels and (channels, convert) in ((3, 1), (1, 3))
+    if channels != in_channels and not convertible:
+        raise SegunetError(
+            f"{path} has {channels} channel{'s' * (channels != 1)} (shape {shape}) but the "
+            f"model expects {in_channels}: give images like the training data"
+        )
+    percentiles = data_cfg.get("percentiles", (1.0, 99.8))
+    return NormalizedImage(
+        raw, layout, channels, convert if convertible else None, percentiles, str(path)
+    )
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+def output_paths(output: Path, stem: str, outputs: Sequence[str], fmt: str) -> dict[str, Path]:
+    suffix = ".zarr" if fmt == "zarr" else ".tif"
+    return {name: output / f"{stem}_{name}{suffix}" for name in outputs}
+
+
+def label_dtype(top: int) -> np.dtype:
+    return np.dtype(np.uint16 if top < 2**16 else np.uint32)
+
+
+@contextlib.contextmanager
+def zarr_output(path: Path, shape: Sequence[int], dtype: Any, dims: int) -> Iterator[Any]:
+    """An empty zarr array to fill, created beside ``path`` and moved onto it once filled."""
+    import zarr
+
+    chunks = (shape[0], *(min(s, ZARR_CHUNK[dims]) for s in shape[1:]))
+    with atomic_path(path) as tmp:
+        yield zarr.create_array(store=str(tmp), shape=tuple(shape), chunks=chunks, dtype=dtype)
+
+
+def blocks(n: int, size: int) -> Iterator[slice]:
+    """Slices of ``size`` covering ``range(n)``."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def foreground_of(probs: Any, classes: Sequence[int], rows: int) -> np.ndarray:
+    """Summed foreground probability ``(*spatial)`` float32, read ``rows`` at a time along the
+    first spatial axis (so class probabilities on disk never come into memory whole)."""
+    out = np.empty(probs.shape[1:], np.float32)
+    for s in blocks(probs.shape[1], rows):
+        out[s] = np.asarray(probs[list(classes), s], np.float32).sum(0)
+    return out
+
+
+def argmax_of(probs: Any, rows: int) -> np.ndarray:
+    dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
+    out = np.empty(probs.shape[1:], dtype)
+    for s in blocks(probs.shape[1], rows):
+        out[s] = np.asarray(probs[:, s]).argmax(0)
+    return out
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+class Options:
+    """The parsed and checked ``key=value`` arguments."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.checkpoint, self.input = args["checkpoint"], args["input"]
+        self.output = Path(args["output"])
+        self.tile = to_ints(args["tile"], "tile")
+        self.batch_size = to_number(args["batch_size"], "batch_size")
+        self.tta = to_bool(args["tta"], "tta")
+        self.device = args["device"]
+        self.outputs = [o.strip() for o in args["outputs"].split(",") if o.strip()]
+        unknown = set(self.outputs) - set(OUTPUTS) or not self.outputs
+        if unknown:
+            raise SegunetError(
+                f"outputs={args['outputs']} is not valid: choose from {','.join(OUTPUTS)}"
+            )
+        self.format = args["format"].lower().lstrip(".")
+        self.format = "tif" if self.format == "tiff" else self.format
+        if self.format not in ("tif", "zarr"):
+            raise SegunetError(f"format={args['format']} is not valid: expected tif or zarr")
+        self.overwrite = to_bool(args["overwrite"], "overwrite")
+        self.blend = args["blend"]
+        self.overlap = to_number(args["overlap"], "overlap", float)
+        method = args["instances.method"]
+        if method not in ("components", "watershed"):
+            raise SegunetError(
+                f"instances.method={method} is not valid: expected components or watershed"
+            )
+        on = args["instances.watershed_on"]
+        if on not in ("distance", "probability"):
+            raise SegunetError(
+                f"instances.watershed_on={on} is not valid: expected distance or probability"
+            )
+        self.instances = {
+            "method": method,
+            "min_size": to_number(args["instances.min_size"], "instances.min_size") or 0,
+            "threshold": to_number(args["instances.threshold"], "instances.threshold", float),
+            "watershed_on": on,
+            "min_distance": to_number(args["instances.min_distance"], "instances.min_distance"),
+            "h": to_number(args["instances.h"], "instances.h", float),
+        }
+        classes = args["instances.foreground_classes"]
+        try:
+            self.foreground = None if classes in (None, "", "null") else tuple(
+                int(c) for c in classes.strip("[]()").split(",") if c.strip()
+            )
+        except ValueError:
+            raise SegunetError(
+                f"instances.foreground_classes={classes} is not valid: expected e.g. 1,2"
+            ) from None
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SegunetError(f"device={name} but no CUDA device is visible: use cpu or auto")
+    return name
+
+
+def predict_files(options: Options) -> list[Path]:
+    """Predict every input; returns the files written. Output clashes are checked for all
+    inputs before the first prediction, so a long run does not stop halfway on one."""
+    from segunet.checkpoint import load_model
+
+    inputs = expand_inputs(options.input)
+    plans: dict[Path, dict[str, Path]] = {}
+    owners: dict[Path, Path] = {}
+    for path in inputs:
+        plans[path] = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        for target in plans[path].values():
+            if target in owners:
+                raise SegunetError(
+                    f"{owners[target]} and {path} would both write {target}: rename one"
+                )
+            owners[target] = path
+            if target.exists() and not options.overwrite:
+                raise SegunetError(
+                    f"output {target} exists: pass overwrite=true or choose another output"
+                )
+    options.output.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(options.device)
+    model, config = load_model(options.checkpoint, device)
+    written: list[Path] = []
+    for i, path in enumerate(inputs, 1):
+        print(f"segunet: [{i}/{len(inputs)}] {path}", file=sys.stderr)
+        written += predict_file(model, config, path, plans[path], options, device)
+    return written
+
+
+def predict_file(
+    model: Any, config: dict, path: Path, targets: dict[str, Path], options: Options, device: str
+) -> list[Path]:
+    """Predict one image and write the requested outputs to ``targets``."""
+    from segunet.data.io import write_array
+    from segunet.instances import instances_from_foreground
+    from segunet.predict import predict_tiled
+
+    dims, classes = model.spatial_dims, model.out_channels
+    foreground = options.foreground or tuple(range(1, classes))
+    if "instances" in targets and (
+        not foreground or max(foreground) >= classes or min(foreground) < 0
+    ):
+        raise SegunetError(
+            f"instances.foreground_classes={list(foreground)} must name classes of the "
+            f"model's 0..{classes - 1}"
+        )
+    with contextlib.ExitStack() as stack:
+        raw = open_array(path, stack)
+        image = image_for_model(raw, path, model.in_channels, dims, config.get("data") or {})
+        spatial = image.shape[1:]
+        # Rows per block when reducing probabilities on disk: about 64 Mi values at a time.
+        rows = max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
+        predict = dict(
+            tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
+            overlap=options.overlap, tta=options.tta, device=device, progress=True,
+        )
+        written, temp = [], None
+        try:
+            if options.format == "zarr":
+                # Probabilities go tile by tile to disk (to a hidden store if not requested).
+                store = targets.get("probabilities") or (
+                    temp := options.output / f".{stem_of(path)}_probabilities.zarr"
+                )
+                with zarr_output(store, (classes, *spatial), np.float16, dims) as out:
+                    predict_tiled(model, image, out=out, **predict)
+                probs = _open_zarr(store)
+                written += [store] if temp is None else []
+            else:
+                probs = predict_tiled(model, image, **predict)
+                if "probabilities" in targets:
+                    written.append(
+                        write_array(targets["probabilities"], probs.astype(np.float16))
+                    )
+            if "labels" in targets:
+                written.append(write_array(targets["labels"], argmax_of(probs, rows)))
+            if "instances" in targets:
+                fg = foreground_of(probs, foreground, rows)
+                del probs  # only the foreground is needed from here on
+                labels = instances_from_foreground(fg, **options.instances)
+                written.append(
+                    write_array(targets["instances"], labels.astype(label_dtype(labels.max())))
+                )
+        finally:
+            if temp is not None:
+                _remove_tree(temp)
+    return written
+
+
+def _open_zarr(path: Path) -> Any:
+    import zarr
+
+    return zarr.open_array(store=str(path), mode="r")
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``segunet predict key=value ...``; returns the exit status (2 on an error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> None:
+        options = Options(parse_key_values(argv, DEFAULTS, "predict"))
+        written = predict_files(options)
+        print(
+            f"segunet: wrote {len(written)} file{'s' * (len(written) != 1)} to {options.output}",
+            file=sys.stderr,
+        )
+
+    return run_command(body, USAGE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
