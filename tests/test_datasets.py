@@ -6,7 +6,6 @@ from segunet.data.datasets import (
     Volume,
     crop_targets,
     crop_to_output,
-    iter_tiles,
 )
 
 
@@ -95,16 +94,6 @@ def test_image_smaller_than_output_tile_is_ignored_outside():
     assert t["ignore"].sum() == 16 * 16 - 10 * 12
     assert (t["weight"][t["ignore"]] == 0).all()
     np.testing.assert_array_equal(t["label"][3:13, 2:14], vol.label)
-
-
-def test_tiles_cover_the_image_exactly():
-    vol = coordinate_volume((37, 23))
-    seen = np.zeros((37, 23), int)
-    for start, s in iter_tiles(vol, (26, 26), (10, 10)):
-        ys, xs = (slice(a, a + 10) for a in start)
-        np.testing.assert_array_equal(s["label"], vol.label[ys, xs])
-        seen[ys, xs] += 1
-    assert (seen >= 1).all()
 
 
 def test_step_sampler_splits_one_global_stream_between_ranks():

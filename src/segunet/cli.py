@@ -7,6 +7,7 @@ config, bad data, missing files) into one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ commands:
                  -m for multirun sweeps, --cfg job to print the composed config)
   weightmaps     precompute and cache the border weight maps of a dataset (data=<name>)
   data download  fetch a public dataset into data/<name> (lucchi, dsb2018; isbi2012 says how)
+  predict        overlap-tile prediction of images of any size (checkpoint=... input=... output=...)
+  export         export a checkpoint to ONNX or TorchScript, verified against PyTorch
   evaluate       score predictions against ground truth (pred=<file|folder> gt=<file|folder>)
 
 examples:
@@ -27,6 +30,8 @@ examples:
   segunet train -m model=unet,attention_unet
   segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.workers=-1
   segunet data download lucchi
+  segunet predict checkpoint=outputs/train/<run> input=images/ output=pred/
+  segunet export checkpoint=outputs/train/<run> format=onnx
   segunet evaluate pred=out/ gt=data/dsb2018/train/masks out=metrics.json
 """
 
@@ -101,10 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         from segunet.data.download import main as data_main
 
         sys.exit(data_main(rest))
-    if command == "evaluate":
-        from segunet.evaluate import main as evaluate_main
-
-        sys.exit(evaluate_main(rest))
+    if command in ("evaluate", "predict", "export"):
+        # Plain key=value commands (no Hydra run folder): each returns its exit status.
+        module = {"evaluate": "evaluate", "predict": "predict_cli", "export": "export"}[command]
+        sys.exit(importlib.import_module(f"segunet.{module}").main(rest))
     if command == "train":
         from segunet.train import main as app
     elif command == "weightmaps":

@@ -11,7 +11,6 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +41,13 @@ from segunet.data.datasets import (
     SegmentationData,
     StepSampler,
     crop_to_output,
-    iter_tiles,
+    cut_sample,
     to_tensors,
 )
 from segunet.errors import SegunetError
 from segunet.logger import LoggingConfig, TensorBoardLogger, panel
 from segunet.metrics import OverlapCounter
+from segunet.predict import predict_tiled
 
 
 @dataclass
@@ -321,32 +321,33 @@ class Trainer:
     # ------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Overlap-tile prediction of every whole validation image; loss, Dice and IoU."""
-        self.model.eval()
+        """Whole validation images through the tiled predictor that ``segunet predict`` uses
+        (overlap-tile with mirrored context); loss, Dice and IoU over all of them."""
         counter = OverlapCounter(self.data.num_classes)
-        loss_sum, loss_n, pictured = 0.0, 0, False
+        loss_sum = 0.0
         for volume in self.data.val:
-            pred = torch.zeros(volume.spatial_shape, dtype=torch.long)
-            tiles = list(iter_tiles(volume, self.in_shape, self.out_shape))
-            for i in range(0, len(tiles), self.cfg.batch_size):
-                chunk = tiles[i : i + self.cfg.batch_size]
-                batch = self.to_device(
-                    torch.utils.data.default_collate([to_tensors(s) for _, s in chunk])
-                )
-                with self.autocast():
-                    logits = self.model(batch["image"])
-                    loss = self.criterion(logits, batch["label"], batch["weight"], batch["ignore"])
-                loss_sum += loss.item() * len(chunk)
-                loss_n += len(chunk)
-                labels = logits.argmax(1).cpu()
-                for (start, _), tile in zip(chunk, labels):
-                    _paste(pred, tile, start)
-                if not pictured:
-                    self._log_picture("val/sample", batch)
-                    pictured = True
-            label = torch.from_numpy(volume.label)
-            counter.update(pred, label, ~torch.from_numpy(volume.ignore))
-        return {"loss": loss_sum / max(loss_n, 1), **counter.compute()}
+            probs = predict_tiled(
+                self.model, volume.image, tile_shape=self.in_shape,
+                batch_size=self.cfg.batch_size, device=self.device,
+            )
+            probs = torch.from_numpy(probs)[None]
+            target = {
+                key: torch.from_numpy(getattr(volume, key))[None]
+                for key in ("label", "weight", "ignore")
+            }
+            # log p as logits: softmax(log p) = p, so every loss sees the stitched prediction.
+            logits = probs.clamp_min(1e-12).log()
+            loss_sum += self.criterion(
+                logits, target["label"], target["weight"], target["ignore"]
+            ).item()
+            counter.update(probs.argmax(1), target["label"], ~target["ignore"])
+        first = self.data.val[0]
+        start = (0,) * len(first.spatial_shape)
+        sample = cut_sample(first, start, self.in_shape, self.out_shape)
+        self._log_picture("val/sample", self.to_device(
+            {k: v[None] for k, v in to_tensors(sample).items()}
+        ))
+        return {"loss": loss_sum / len(self.data.val), **counter.compute()}
 
     def _log_picture(self, tag: str, batch: dict[str, torch.Tensor]) -> None:
         """Input, label, prediction, weight map (and attention maps) of the batch's first item."""
@@ -420,12 +421,6 @@ class Trainer:
             "max_steps": self.cfg.max_steps,
             "patch_size": str(list(self.in_shape)),
         }
-
-
-def _paste(dest: torch.Tensor, tile: torch.Tensor, start: Sequence[int]) -> None:
-    """Write an output tile into the whole-image prediction, clipped to the image."""
-    index = tuple(slice(s, min(s + t, n)) for s, t, n in zip(start, tile.shape, dest.shape))
-    dest[index] = tile[tuple(slice(0, i.stop - i.start) for i in index)]
 
 
 def seed_everything(seed: int) -> None:

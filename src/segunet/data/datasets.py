@@ -1,5 +1,5 @@
-"""Datasets: full images in memory, random overlap-tile patches for training, tiles for
-validation.
+"""Datasets: full images in memory and random overlap-tile patches for training (whole
+images are predicted tile by tile by :mod:`segunet.predict`).
 
 A sample is a dict ``{"image": (C, *in), "label": (*out), "weight": (*out), "ignore": (*out)}``:
 the network input carries the context a valid-padded U-Net consumes, the targets cover only
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from segunet.data.tiling import crop_reflect, tile_grid
+from segunet.data.tiling import crop_reflect
 
 
 @dataclass
@@ -224,12 +224,3 @@ class StepSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.max_steps - self.start_step, 0) * self.batch_size
-
-
-def iter_tiles(
-    volume: Volume, in_shape: Sequence[int], out_shape: Sequence[int]
-) -> Iterator[tuple[tuple[int, ...], dict[str, np.ndarray]]]:
-    """Output tiles covering the whole volume (overlapping only at the far borders), each with
-    its mirror-extrapolated input context: the overlap-tile strategy of the paper's Fig. 2."""
-    for start in tile_grid(volume.spatial_shape, out_shape):
-        yield tuple(start), cut_sample(volume, start, in_shape, out_shape)
