@@ -321,3 +321,19 @@ def test_dsb2018_masks_against_themselves_and_eroded():
         e = evaluate_pair(eroded(large), large)
         assert e["ap50"] == 1.0 and e["mean_ap"] < 1.0
         assert 0.5 < e["seg"] < 1.0 and e["splits"] == e["merges"] == 0
+
+
+def test_a_segunet_predict_folder_pairs_its_instance_maps(tmp_path):
+    """predict writes <name>_instances/_labels/_probabilities: evaluate takes the instances."""
+    gt = np.zeros((20, 20), np.uint16)
+    gt[2:8, 2:8], gt[10:18, 10:18] = 1, 2
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir(), gt_dir.mkdir()
+    write_array(gt_dir / "a.tif", gt)
+    write_array(pred_dir / "a_instances.tif", gt)
+    write_array(pred_dir / "a_labels.tif", (gt > 0).astype(np.uint8))
+    write_array(pred_dir / "a_probabilities.tif", np.zeros((2, 20, 20), np.float16))
+    out = tmp_path / "m.json"
+    assert main([f"pred={pred_dir}", f"gt={gt_dir}", f"out={out}"]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["images"]) == ["a"] and report["mean"]["mean_ap"] == 1.0

@@ -24,6 +24,7 @@ from segunet.metrics import evaluate_pair, resolve_kind
 
 USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=metrics.json]
                         [kind=auto|semantic|instances] [num_classes=N]
+                        [pred_suffix=auto] [gt_suffix=]
 
   pred, gt     a label map each, or two folders of them paired by file stem
                (TIFF, PNG, HDF5, zarr, .npy)
@@ -31,14 +32,19 @@ USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=metr
   kind         semantic: class maps; instances: 0 = background, each other value one object;
                auto (default): binary masks are semantic, anything else instances
   num_classes  classes of a semantic map (default: 2 for masks, else the largest class + 1)
+  pred_suffix  in a folder, use only files whose name ends so, paired without it; auto
+               (default): a `segunet predict` folder gives _instances (_labels if
+               kind=semantic), any other folder every file
+  gt_suffix    the same for the ground-truth folder (default: every file)
 """
 
-KEYS = ("pred", "gt", "out", "kind", "num_classes")
+KEYS = ("pred", "gt", "out", "kind", "num_classes", "pred_suffix", "gt_suffix")
+PREDICT_OUTPUTS = ("_instances", "_labels", "_probabilities")
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
     """``key=value`` words into a dict; SegunetError naming anything else."""
-    args = {"out": "metrics.json", "kind": "auto"}
+    args = {"out": "metrics.json", "kind": "auto", "pred_suffix": "auto", "gt_suffix": ""}
     for word in argv:
         key, sep, value = word.partition("=")
         if not sep or key not in KEYS:
@@ -56,21 +62,36 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
     return args
 
 
-def _label_files(folder: Path) -> dict[str, Path]:
-    """Stem -> file for the readable label maps in ``folder`` (hidden files skipped)."""
+def _label_files(folder: Path, suffix: str = "") -> dict[str, Path]:
+    """Name -> file for the readable label maps in ``folder`` whose stem ends with ``suffix``
+    (the name is the stem without it); hidden files skipped."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED:
             continue
-        if path.stem in files:
-            raise SegunetError(
-                f"{files[path.stem]} and {path} share the name '{path.stem}': keep one"
-            )
-        files[path.stem] = path
+        if not path.stem.endswith(suffix):
+            continue
+        name = path.stem[: len(path.stem) - len(suffix)]
+        if name in files:
+            raise SegunetError(f"{files[name]} and {path} share the name '{name}': keep one")
+        files[name] = path
     return files
 
 
-def pair_files(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
+def resolve_suffix(folder: Path, suffix: str, kind: str) -> str:
+    """``auto``: the instance (or, for semantic scores, label) maps of a `segunet predict`
+    output folder, recognised by its file names; otherwise every file."""
+    if suffix != "auto":
+        return suffix
+    stems = {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
+    if not any(s.endswith(PREDICT_OUTPUTS) for s in stems):
+        return ""
+    return "_labels" if kind == "semantic" else "_instances"
+
+
+def pair_files(
+    pred: Path, gt: Path, pred_suffix: str = "", gt_suffix: str = ""
+) -> list[tuple[str, Path, Path]]:
     """``(name, pred file, gt file)`` per image: two files, or two folders matched by stem."""
     for path in (pred, gt):
         if not path.exists():
@@ -81,7 +102,7 @@ def pair_files(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
         return [(gt.stem, pred, gt)]
     if pred_dir != gt_dir:
         raise SegunetError(f"pred={pred} and gt={gt}: give two files or two folders, not one each")
-    preds, gts = _label_files(pred), _label_files(gt)
+    preds, gts = _label_files(pred, pred_suffix), _label_files(gt, gt_suffix)
     lonely = [str(preds[s]) for s in preds if s not in gts]
     missing = [str(gts[s]) for s in gts if s not in preds]
     if lonely or missing:
@@ -147,12 +168,17 @@ def format_table(rows: dict[str, dict[str, float]], mean: dict[str, float]) -> s
 
 
 def evaluate(
-    pred: Path, gt: Path, kind: str = "auto", num_classes: int | None = None
+    pred: Path,
+    gt: Path,
+    kind: str = "auto",
+    num_classes: int | None = None,
+    pred_suffix: str = "auto",
+    gt_suffix: str = "",
 ) -> dict[str, object]:
     """The report: kinds used, per-image metrics and their mean over images."""
     from tqdm import tqdm
 
-    pairs = pair_files(pred, gt)
+    pairs = pair_files(pred, gt, resolve_suffix(pred, pred_suffix, kind), gt_suffix)
     rows: dict[str, dict[str, float]] = {}
     kinds: dict[str, str] = {}
     # disable=None: a progress bar on a terminal only, never in logs or captured output.
@@ -174,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         num_classes = int(args["num_classes"]) if args.get("num_classes") else None
-        report = evaluate(Path(args["pred"]), Path(args["gt"]), args["kind"], num_classes)
+        report = evaluate(
+            Path(args["pred"]), Path(args["gt"]), args["kind"], num_classes,
+            args["pred_suffix"], args["gt_suffix"],
+        )
         print(format_table(report["images"], report["mean"]))  # type: ignore[arg-type]
         if args["out"]:
             text = json.dumps(report, indent=2) + "\n"
