@@ -14,16 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.io import imsave
 
 from segunet.data.augment import AugmentConfig, Augmenter, deform
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.weightmaps import border_weight_map, separate_touching
-
-
-def hot(x: np.ndarray) -> np.ndarray:
-    """Black-red-yellow-white colour map of values in [0, 1] (no matplotlib needed)."""
-    return np.clip(np.stack([3 * x, 3 * x - 1, 3 * x - 2], axis=-1), 0, 1)
+from segunet.viz import grey, hot, save_png, sheet
 
 
 def colour(labels: np.ndarray, n: int) -> np.ndarray:
@@ -74,24 +69,17 @@ def main() -> None:
 
     n_labels = int(batch["label"].max())
     top = float(batch["weight"].max())
-    gap = np.ones((args.size, 4, 3))
     rows = []
     for i in range(args.n):
         panels = []
         for b in (batch, out):
-            grey = np.clip(b["image"][i, 0].numpy(), 0, 1)
             panels += [
-                np.repeat(grey[..., None], 3, axis=-1),
+                grey(b["image"][i, 0].numpy()),
                 colour(b["label"][i].numpy(), n_labels),
                 hot(np.clip(b["weight"][i].numpy() / top, 0, 1)),
             ]
-        panels.append(np.repeat(np.clip(warped_lines[i], 0, 1)[..., None], 3, axis=-1))
-        rows.append(np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1))
-    hgap = np.ones((4, rows[0].shape[1], 3))
-    sheet = np.concatenate([part for row in rows for part in (row, hgap)][:-1], axis=0)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    imsave(args.out, (255 * sheet).round().astype(np.uint8), check_contrast=False)
+        rows.append([*panels, grey(warped_lines[i])])
+    save_png(args.out, sheet(rows))
     print(f"wrote {args.out}")
 
 

@@ -13,24 +13,16 @@ from pathlib import Path
 
 import numpy as np
 from skimage.color import label2rgb
-from skimage.io import imsave
 
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.weightmaps import border_weight_map, separate_touching
+from segunet.viz import grey, hot, save_png, sheet
 
 
-def hot(x: np.ndarray) -> np.ndarray:
-    """Black-red-yellow-white colour map of values in [0, 1] (no matplotlib needed)."""
-    return np.clip(np.stack([3 * x, 3 * x - 1, 3 * x - 2], axis=-1), 0, 1)
-
-
-def panels(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
-    """Image | labels | weight map side by side, RGB in [0, 1], for one 2D example."""
+def panels(image: np.ndarray, instances: np.ndarray) -> list[np.ndarray]:
+    """Image | labels | weight map, RGB in [0, 1], for one 2D example."""
     weight = border_weight_map(separate_touching(instances))
-    grey = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
-    labels = label2rgb(instances, bg_label=0)
-    gap = np.ones((image.shape[0], 4, 3))
-    return np.concatenate([grey, gap, labels, gap, hot(weight / weight.max())], axis=1)
+    return [grey(image), label2rgb(instances, bg_label=0), hot(weight / weight.max())]
 
 
 def main() -> None:
@@ -44,11 +36,7 @@ def main() -> None:
     rows = [panels(*synthetic_cells((args.size,) * 2, seed=args.seed + i)) for i in range(args.n)]
     image, instances = synthetic_cells((32, args.size, args.size), seed=args.seed + args.n)
     rows.append(panels(image[16], instances[16]))
-    gap = np.ones((4, rows[0].shape[1], 3))
-    sheet = np.concatenate([part for row in rows for part in (row, gap)][:-1], axis=0)
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    imsave(args.out, (255 * sheet).round().astype(np.uint8), check_contrast=False)
+    save_png(args.out, sheet(rows))
     print(f"wrote {args.out}")
 
 
