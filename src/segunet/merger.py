@@ -74,6 +74,56 @@ class InMemoryMerger(Merger):
         return self.values
 
 
+class DeviceMerger(Merger):
+    """Accumulates in torch tensors on the device that computes the tiles (the GPU).
+
+    Blending there costs no host round trip per tile, so the prediction loop never waits
+    for the host; the result crosses to host memory once, in :meth:`finalize`. ``add`` takes
+    tensors (or arrays) of any device and moves them.
+    """
+
+    def __init__(self, shape: Sequence[int], weighted: bool = True, device: Any = "cpu") -> None:
+        import torch
+
+        super().__init__(shape, weighted)
+        self.device = torch.device(device)
+        self.values = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+        self.weights = (
+            torch.zeros(self.shape[1:], dtype=torch.float32, device=self.device)
+            if weighted else None
+        )
+
+    def add(self, region: Region, probs: Any, weights: Any = None) -> None:
+        import torch
+
+        self._check(region, probs, weights)
+        probs = torch.as_tensor(probs, device=self.device)
+        if self.weights is None:
+            self.values[(slice(None), *region)] = probs
+        else:
+            weights = torch.as_tensor(weights, device=self.device)
+            self.values[(slice(None), *region)] += probs * weights
+            self.weights[region] += weights
+
+    def finalize(self) -> np.ndarray:
+        if self.weights is not None:
+            self.values /= self.weights
+            self.weights = None  # finalized: a second call must not divide again
+        return self.values.cpu().numpy()
+
+    @staticmethod
+    def fits(shape: Sequence[int], device: Any) -> bool:
+        """Whether sums and weights of ``shape`` take at most half the device's free memory."""
+        import torch
+
+        device = torch.device(device)
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        need = 4 * (int(np.prod(shape)) + int(np.prod(shape[1:])))
+        return need <= free // 2
+
+
 class ZarrMerger(Merger):
     """Accumulates in a zarr group on disk, so host memory stays bounded by the tiles in flight.
 

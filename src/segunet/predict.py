@@ -36,7 +36,7 @@ from tqdm import tqdm
 from segunet.checkpoint import unwrap
 from segunet.data.tiling import crop_reflect, tile_starts
 from segunet.errors import SegunetError
-from segunet.merger import ArrayMerger, InMemoryMerger, Merger, ZarrMerger
+from segunet.merger import ArrayMerger, DeviceMerger, InMemoryMerger, Merger, ZarrMerger
 
 Blend = Literal["gaussian", "constant"]
 T = TypeVar("T")
@@ -231,9 +231,13 @@ def predict_tiled(
     tiles = plan_tiles(spatial, in_tile, out_tile, net.padding, net.levels, overlap)
     same = net.padding == "same"
     window = blend_window(tuple(out_tile), blend if same else "constant")
-    merger, finish = _merger_for(out, (classes, *spatial), weighted=same)
-
     device = torch.device(device) if device is not None else _model_device(model)
+    merger, finish = _merger_for(out, (classes, *spatial), weighted=same, device=device)
+    # A merger on the computing device takes the tiles as they come: no host sync per batch.
+    on_device = isinstance(merger, DeviceMerger) and merger.device == device
+    if on_device:
+        window = torch.tensor(window, device=device)  # a copy: the cached window is read-only
+
     model.to(device)
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -245,7 +249,7 @@ def predict_tiled(
         x = torch.from_numpy(batch.astype(np.float32, copy=False))
         return chunk, x.pin_memory() if cuda else x
 
-    def write(item: tuple[list, np.ndarray]) -> None:
+    def write(item: tuple[list, Any]) -> None:
         for (_, start), probs in zip(*item):
             region, crop = clip_region(start, out_tile, spatial)
             weights = window[crop] if merger.weighted else None
@@ -266,7 +270,11 @@ def predict_tiled(
                 x = x.to(device, non_blocking=True)
                 if layout is not None:
                     x = x.contiguous(memory_format=layout)
-                writer.put((chunk, _probabilities(model, x, transforms).cpu().numpy()))
+                probs = _probabilities(model, x, transforms)
+                if on_device:
+                    write((chunk, probs))
+                else:
+                    writer.put((chunk, probs.cpu().numpy()))
                 pixels += len(chunk) * math.prod(out_tile)
                 bar.update(len(chunk))
                 bar.set_postfix({"MP/s": f"{pixels / (time.perf_counter() - started) / 1e6:.2f}"})
@@ -320,8 +328,14 @@ def _model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _merger_for(out: Any, shape: tuple[int, ...], weighted: bool) -> tuple[Merger, Callable]:
-    """The merger to add tiles to and the function that finishes the prediction."""
+def _merger_for(
+    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device
+) -> tuple[Merger, Callable]:
+    """The merger to add tiles to and the function that finishes the prediction: on the GPU
+    when the result is wanted in memory and fits there, else in host memory or on disk."""
+    if out is None and DeviceMerger.fits(shape, device):
+        merger = DeviceMerger(shape, weighted, device)
+        return merger, merger.finalize
     if out is None:
         merger = InMemoryMerger(shape, weighted)
         return merger, merger.finalize
