@@ -242,6 +242,10 @@ def predict_tiled(
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     layout = (torch.channels_last if dims == 2 else torch.channels_last_3d) if cuda else None
+    if layout is not None:
+        # Weights in the input's layout: cuDNN's fast bf16 kernels want both channels-last
+        # (the trainer keeps its model so on CUDA already).
+        model.to(memory_format=layout)
     transforms = symmetries(dims) if tta else [(_identity, _identity)]
 
     def read(chunk: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> tuple[list, Tensor]:
