@@ -25,7 +25,7 @@ import numpy as np
 
 from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
 from segunet.data.io import SUPPORTED, atomic_path, file_kind, read_array, short_message, split_key
-from segunet.data.sources import LUMA
+from segunet.data.sources import LUMA, apply_range, percentile_range
 from segunet.errors import SegunetError
 
 OUTPUTS = ("probabilities", "labels", "instances")
@@ -191,13 +191,8 @@ class NormalizedImage:
         sample = self._channels_first(tuple(slice(None, None, stride) for _ in spatial))
         if not np.isfinite(sample).all():
             raise SegunetError(f"{source} holds NaN or infinite values: fix the file")
-        flat = sample.reshape(sample.shape[0], -1)
-        lo, hi = np.percentile(flat, [float(p) for p in percentiles], axis=1, keepdims=True)
-        constant = hi <= lo  # mostly constant channel: fall back to the full range
-        lo = np.where(constant, flat.min(1, keepdims=True), lo)
-        hi = np.where(constant, flat.max(1, keepdims=True), hi)
-        shape = (-1,) + (1,) * len(spatial)
-        return lo.astype(np.float32).reshape(shape), (hi - lo).astype(np.float32).reshape(shape)
+        low, high = (float(p) for p in percentiles)
+        return percentile_range(sample, low, high, channel_axis=0)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
@@ -205,9 +200,7 @@ class NormalizedImage:
         spatial = tuple(spatial) + (slice(None),) * (len(self.shape) - 1 - len(spatial))
         x = self._channels_first(spatial)
         if self.lo is not None:
-            out = np.zeros(x.shape, np.float32)
-            np.divide(x - self.lo, self.scale, out=out, where=self.scale > 0)
-            x = out
+            x = apply_range(x, self.lo, self.scale)
         return x[channel]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -46,15 +46,12 @@ LUMA = (0.2125, 0.7154, 0.0721)
 # --- image and label preparation (pure functions) ------------------------------------------
 
 
-def normalize_percentile(
+def percentile_range(
     image: np.ndarray, low: float = 1.0, high: float = 99.8, channel_axis: int | None = 0
-) -> np.ndarray:
-    """``(x - p_low) / (p_high - p_low)`` per channel, as float32: robust to a few hot pixels.
-
-    ``p_low``, ``p_high`` are the ``low``-th and ``high``-th percentiles of each channel
-    (of the whole image when ``channel_axis`` is None). Where they coincide the channel's
-    min and max are used instead; a constant channel becomes zeros.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_low, p_high - p_low)`` per channel as float32, shaped to broadcast against
+    ``image``. Where the percentiles coincide (a mostly constant channel) the channel's min
+    and max are used instead; a constant channel gets scale 0."""
     x = np.asarray(image)
     axes = None if channel_axis is None else tuple(
         a for a in range(x.ndim) if a != channel_axis % x.ndim
@@ -64,10 +61,25 @@ def normalize_percentile(
     if np.any(flat):  # mostly constant channel: fall back to the full range
         lo = np.where(flat, np.min(x, axis=axes, keepdims=True), lo)
         hi = np.where(flat, np.max(x, axis=axes, keepdims=True), hi)
-    scale = (hi - lo).astype(np.float32)
+    return lo.astype(np.float32), (hi - lo).astype(np.float32)
+
+
+def apply_range(x: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(x - lo) / scale`` as float32, 0 where the scale is 0."""
     out = np.zeros(x.shape, np.float32)
-    np.divide(x.astype(np.float32) - lo.astype(np.float32), scale, out=out, where=scale > 0)
+    np.divide(x.astype(np.float32) - lo, scale, out=out, where=scale > 0)
     return out
+
+
+def normalize_percentile(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, channel_axis: int | None = 0
+) -> np.ndarray:
+    """``(x - p_low) / (p_high - p_low)`` per channel, as float32: robust to a few hot pixels.
+
+    ``p_low``, ``p_high`` are the ``low``-th and ``high``-th percentiles of each channel
+    (of the whole image when ``channel_axis`` is None); see :func:`percentile_range`.
+    """
+    return apply_range(np.asarray(image), *percentile_range(image, low, high, channel_axis))
 
 
 def check_finite(image: np.ndarray, source: str) -> None:
