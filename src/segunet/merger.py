@@ -61,9 +61,11 @@ class InMemoryMerger(Merger):
 
     def add(self, region: Region, probs: np.ndarray, weights: np.ndarray | None = None) -> None:
         self._check(region, probs, weights)
+        probs = self._as_array(probs)
         if self.weights is None:
             self.values[(slice(None), *region)] = probs
         else:
+            weights = self._as_array(weights)
             self.values[(slice(None), *region)] += probs * weights
             self.weights[region] += weights
 
@@ -73,8 +75,11 @@ class InMemoryMerger(Merger):
             self.weights = None  # finalized: a second call must not divide again
         return self.values
 
+    def _as_array(self, x: Any) -> Any:
+        return x
 
-class DeviceMerger(Merger):
+
+class DeviceMerger(InMemoryMerger):
     """Accumulates in torch tensors on the device that computes the tiles (the GPU).
 
     Blending there costs no host round trip per tile, so the prediction loop never waits
@@ -85,7 +90,7 @@ class DeviceMerger(Merger):
     def __init__(self, shape: Sequence[int], weighted: bool = True, device: Any = "cpu") -> None:
         import torch
 
-        super().__init__(shape, weighted)
+        Merger.__init__(self, shape, weighted)
         self.device = torch.device(device)
         self.values = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
         self.weights = (
@@ -93,23 +98,13 @@ class DeviceMerger(Merger):
             if weighted else None
         )
 
-    def add(self, region: Region, probs: Any, weights: Any = None) -> None:
+    def _as_array(self, x: Any) -> Any:
         import torch
 
-        self._check(region, probs, weights)
-        probs = torch.as_tensor(probs, device=self.device)
-        if self.weights is None:
-            self.values[(slice(None), *region)] = probs
-        else:
-            weights = torch.as_tensor(weights, device=self.device)
-            self.values[(slice(None), *region)] += probs * weights
-            self.weights[region] += weights
+        return torch.as_tensor(x, device=self.device)
 
     def finalize(self) -> np.ndarray:
-        if self.weights is not None:
-            self.values /= self.weights
-            self.weights = None  # finalized: a second call must not divide again
-        return self.values.cpu().numpy()
+        return super().finalize().cpu().numpy()
 
     @staticmethod
     def fits(shape: Sequence[int], device: Any) -> bool:
