@@ -28,6 +28,12 @@ def effective_weight(
     return w
 
 
+def _safe_target(target: Tensor, labelled: Tensor) -> Tensor:
+    """``target`` with unlabelled pixels set to class 0: cross-entropy and one-hot encoding
+    reject out-of-range ids (an ignore label of 255), and those pixels weigh 0 anyway."""
+    return torch.where(labelled, target, torch.zeros_like(target)).long()
+
+
 class WeightedCrossEntropy(nn.Module):
     """sum_x w(x) * -log softmax(logits)_{target(x)}(x) / sum_x w(x).
 
@@ -48,9 +54,7 @@ class WeightedCrossEntropy(nn.Module):
         ignore: Tensor | None = None,
     ) -> Tensor:
         w = effective_weight(target, weight, ignore, self.ignore_index)
-        # cross_entropy rejects out-of-range class ids, so map ignored labels to a valid one.
-        safe_target = torch.where(w > 0, target, torch.zeros_like(target)).long()
-        ce = F.cross_entropy(logits.float(), safe_target, reduction="none")
+        ce = F.cross_entropy(logits.float(), _safe_target(target, w > 0), reduction="none")
         # clamp: a patch with no labelled pixel contributes 0, not NaN.
         return (w * ce).sum() / w.sum().clamp_min(1e-8)
 
@@ -89,8 +93,9 @@ class DiceCrossEntropy(nn.Module):
         ignore: Tensor | None = None,
     ) -> Tensor:
         labelled = effective_weight(target, None, ignore, self.ce.ignore_index) > 0
-        safe_target = torch.where(labelled, target, torch.zeros_like(target)).long()
         dice = self.dice(
-            logits.float(), safe_target.unsqueeze(1), mask=labelled.unsqueeze(1).float()
+            logits.float(),
+            _safe_target(target, labelled).unsqueeze(1),
+            mask=labelled.unsqueeze(1).float(),
         )
         return self.lambda_ce * self.ce(logits, target, weight, ignore) + self.lambda_dice * dice
