@@ -5,20 +5,24 @@ returns the whole prediction at the end. Overlapping tiles of a same-padded net 
 each tile adds ``weight * probabilities`` and ``weight``, and ``finalize`` divides the sums.
 The valid-padded U-Net's overlap-tile strategy (Ronneberger et al. 2015, Fig. 2) needs no
 blending (tiles agree wherever they overlap), so an unweighted merger writes straight through.
-Modelled on MONAI's ``inferers/merger.py`` (``AvgMerger``, ``ZarrAvgMerger``).
+Modelled on MONAI's ``inferers/merger.py`` (``AvgMerger``, ``ZarrAvgMerger``); where MONAI's
+zarr merger reads and rewrites chunks for every tile, :class:`BandMerger` holds only the band
+of rows that tiles still touch and writes each finished chunk once.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 Region = tuple[slice, ...]
 
@@ -45,6 +49,11 @@ class Merger(ABC):
     @abstractmethod
     def finalize(self) -> Any:
         """The merged ``(classes, *spatial)`` probabilities; call once, after the last add."""
+
+    def takes(self, device: Any) -> bool:
+        """Whether ``add`` should get the tiles as tensors on ``device``, straight from the
+        prediction loop, rather than as host arrays from a writer thread."""
+        return False
 
     def _check(self, region: Region, probs: np.ndarray, weights: np.ndarray | None) -> None:
         if self.weighted and weights is None:
@@ -88,8 +97,6 @@ class DeviceMerger(InMemoryMerger):
     """
 
     def __init__(self, shape: Sequence[int], weighted: bool = True, device: Any = "cpu") -> None:
-        import torch
-
         Merger.__init__(self, shape, weighted)
         self.device = torch.device(device)
         self.values = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
@@ -99,18 +106,17 @@ class DeviceMerger(InMemoryMerger):
         )
 
     def _as_array(self, x: Any) -> Any:
-        import torch
-
         return torch.as_tensor(x, device=self.device)
 
     def finalize(self) -> np.ndarray:
         return super().finalize().cpu().numpy()
 
+    def takes(self, device: Any) -> bool:
+        return self.device == torch.device(device)
+
     @staticmethod
     def fits(shape: Sequence[int], device: Any) -> bool:
         """Whether sums and weights of ``shape`` take at most half the device's free memory."""
-        import torch
-
         device = torch.device(device)
         if device.type != "cuda":
             return False
@@ -119,13 +125,131 @@ class DeviceMerger(InMemoryMerger):
         return need <= free // 2
 
 
-class ZarrMerger(Merger):
-    """Accumulates in a zarr group on disk, so host memory stays bounded by the tiles in flight.
+class BandMerger(Merger):
+    """Streams tiles that arrive in raster order into an array-like ``out`` (zarr, memmap,
+    HDF5, numpy) band by band, holding only a band of rows in memory.
 
-    The group at ``path`` holds float32 ``sum`` and ``weight`` arrays while tiles arrive;
-    ``finalize`` divides them block by block into ``probabilities`` (``dtype``: float16 halves
-    the disk space, float32 keeps full precision), removes the sums and returns that array.
-    Unweighted, tiles are written straight into ``probabilities``.
+    :func:`~segunet.predict.predict_tiled` yields tiles in raster order, so their starts
+    along the first spatial axis (rows in 2D, slices in 3D) never decrease: once a tile
+    starting at row ``r`` arrives, no later tile touches the rows above ``r``. The band is
+    kept as blocks of ``rows`` full-width rows (2D) or slabs (3D): weighted sums and weights
+    (weighted) or the values (unweighted). Blocks that end at or above ``r`` are finished:
+    divided by their weights, cast to ``out``'s dtype and written by a background thread,
+    each exactly once. With ``rows`` equal to ``out``'s chunk edge (the default for a chunked
+    ``out``) every write covers whole chunks, so nothing on disk is read back or rewritten.
+    Memory: about ``(tile + rows) * width * (classes + 1)`` float32 values (2D; the slab in
+    3D), whatever the image height.
+
+    Args:
+        out: the ``(classes, *spatial)`` array to fill.
+        weighted: see :class:`Merger`.
+        rows: block height along the first spatial axis; default: ``out``'s chunk along it,
+            or :data:`DEFAULT_ROWS` for an unchunked ``out``.
+        device: where the band accumulates (a torch device); None: where the first tile is,
+            so on the GPU the prediction loop hands over tiles without a host round trip.
+    """
+
+    #: Block height of an unchunked ``out``, by number of spatial axes.
+    DEFAULT_ROWS = {1: 4096, 2: 256, 3: 16}
+
+    def __init__(
+        self, out: Any, weighted: bool = True, rows: int | None = None, device: Any = None
+    ) -> None:
+        super().__init__(out.shape, weighted)
+        self.out = out
+        chunks = getattr(out, "chunks", None)
+        if rows is None:
+            rows = chunks[1] if chunks else self.DEFAULT_ROWS.get(len(self.shape) - 1, 16)
+        self.rows = max(1, min(int(rows), self.shape[1]))
+        self.count = -(-self.shape[1] // self.rows)  # blocks in all
+        self.device = None if device is None else torch.device(device)
+        self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.done = 0  # blocks before this one are handed to the writer
+        self.dtype = np.dtype(out.dtype)
+        self.pending: deque[Future] = deque()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="segunet-band")
+
+    def takes(self, device: Any) -> bool:
+        # On the host a writer thread adding numpy arrays overlaps the computation better.
+        device = torch.device(device)
+        return device.type == "cuda" and self.device in (None, device)
+
+    def add(self, region: Region, probs: Any, weights: Any = None) -> None:
+        self._check(region, probs, weights)
+        top, stop = region[0].start, region[0].stop
+        if top < self.done * self.rows:
+            raise ValueError(
+                f"{type(self).__name__} takes tiles in raster order, but a tile starts at row "
+                f"{top} after rows up to {self.done * self.rows} were written"
+            )
+        self._flush(top // self.rows)
+        probs = self._tensor(probs)
+        weights = None if weights is None else self._tensor(weights)
+        for b in range(top // self.rows, (stop - 1) // self.rows + 1):
+            low, high = max(top, b * self.rows), min(stop, (b + 1) * self.rows)
+            values, weight = self._block(b)
+            index = (slice(low - b * self.rows, high - b * self.rows), *region[1:])
+            part = probs[:, low - top : high - top]
+            if weight is None:
+                values[(slice(None), *index)] = part
+            else:
+                w = weights[low - top : high - top]
+                values[(slice(None), *index)] += part * w
+                weight[index] += w
+
+    def finalize(self) -> Any:
+        self._flush(self.count)
+        self._wait(0)
+        self.pool.shutdown()
+        return self.out
+
+    def _tensor(self, x: Any) -> torch.Tensor:
+        if self.device is None:
+            self.device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            x = x.copy()  # torch warns on read-only arrays (a cached window)
+        return torch.as_tensor(x, device=self.device)
+
+    def _block(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        block = self.blocks.get(b)
+        if block is None:
+            size = (min(self.rows, self.shape[1] - b * self.rows), *self.shape[2:])
+            values = torch.zeros((self.shape[0], *size), device=self.device)
+            weight = torch.zeros(size, device=self.device) if self.weighted else None
+            block = self.blocks[b] = (values, weight)
+        return block
+
+    def _flush(self, stop: int) -> None:
+        """Finish the blocks before block ``stop`` and hand them to the writer thread."""
+        for b in range(self.done, stop):
+            values, weight = self.blocks.pop(b, (None, None))
+            if values is None:  # no tile touched it (a caller's merger): leave out as is
+                continue
+            if weight is not None:
+                values = values / weight  # not in place: blocks may be inference tensors
+            # Cast where the block is (the GPU): float16 halves the copy to the host.
+            if self.dtype == np.float16:
+                values = values.half()
+            index = (slice(None), slice(b * self.rows, b * self.rows + values.shape[1]))
+            self._wait(2)  # bounded: at most a few finished blocks wait for the disk
+            self.pending.append(self.pool.submit(self._write, index, values))
+        self.done = max(self.done, stop)
+
+    def _write(self, index: tuple[slice, ...], values: torch.Tensor) -> None:
+        self.out[index] = values.cpu().numpy().astype(self.dtype, copy=False)
+
+    def _wait(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are pending; re-raise a failed write's error."""
+        while self.pending and (len(self.pending) > keep or self.pending[0].done()):
+            self.pending.popleft().result()
+
+
+class ZarrMerger(BandMerger):
+    """Streams into a zarr array on disk, so host memory stays bounded by the tiles in flight
+    and a band of rows (see :class:`BandMerger`).
+
+    The group at ``path`` gets a ``probabilities`` array (``dtype``: float16 halves the disk
+    space, float32 keeps full precision), written chunk by chunk, each chunk once.
 
     Args:
         path: folder of the zarr group (replaced if it exists).
@@ -134,8 +258,8 @@ class ZarrMerger(Merger):
             split, so one chunk holds every class of its pixels.
         dtype: of the final probabilities.
         weighted: see :class:`Merger`.
-        out: an array-like of ``shape`` to finalize into instead of ``probabilities`` (used to
-            blend into a memmap or a user's zarr array through a temporary store).
+        out: an array-like of ``shape`` to write into instead of ``probabilities``.
+        device: see :class:`BandMerger`.
     """
 
     def __init__(
@@ -146,64 +270,31 @@ class ZarrMerger(Merger):
         dtype: str | np.dtype = "float16",
         weighted: bool = True,
         out: Any = None,
+        device: Any = None,
     ) -> None:
         import zarr
 
-        super().__init__(shape, weighted)
-        spatial = self.shape[1:]
+        shape = tuple(int(s) for s in shape)
+        spatial = shape[1:]
         if chunks is None:
             chunks = [256 if len(spatial) <= 2 else 64] * len(spatial)
         self.chunks = tuple(min(int(c), s) for c, s in zip(chunks, spatial, strict=True))
         self.path = Path(path)
         self.group = zarr.open_group(store=str(self.path), mode="w")
-        full_chunks = (self.shape[0], *self.chunks)
         if out is not None:
-            if tuple(out.shape) != self.shape:
-                raise ValueError(f"out has shape {tuple(out.shape)}, expected {self.shape}")
-            self.out = out
+            if tuple(out.shape) != shape:
+                raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
         else:
-            self.out = self.group.create_array(
-                "probabilities", shape=self.shape, chunks=full_chunks, dtype=dtype, fill_value=0
+            out = self.group.create_array(
+                "probabilities", shape=shape, chunks=(shape[0], *self.chunks), dtype=dtype,
+                fill_value=0,
             )
-        self.sum = self.weight = None
-        if weighted:
-            self.sum = self.group.create_array(
-                "sum", shape=self.shape, chunks=full_chunks, dtype="float32", fill_value=0,
-                compressors=None,  # temporary, and noise-like sums barely compress
-            )
-            self.weight = self.group.create_array(
-                "weight", shape=spatial, chunks=self.chunks, dtype="float32", fill_value=0,
-                compressors=None,
-            )
-
-    def add(self, region: Region, probs: np.ndarray, weights: np.ndarray | None = None) -> None:
-        self._check(region, probs, weights)
-        index = (slice(None), *region)
-        if self.sum is None:
-            self.out[index] = probs
-        else:  # read-modify-write: the caller adds from one thread only
-            self.sum[index] = self.sum[index] + probs * weights
-            self.weight[region] = self.weight[region] + weights
-
-    def finalize(self) -> Any:
-        if self.sum is not None:
-            for region in blocks(self.shape[1:], self.chunks):
-                index = (slice(None), *region)
-                self.out[index] = self.sum[index] / self.weight[region]
-            del self.group["sum"], self.group["weight"]
-            self.sum = self.weight = None
-        return self.out
+        rows = None if getattr(out, "chunks", None) else self.chunks[0]
+        super().__init__(out, weighted, rows, device)
 
     def remove(self) -> None:
-        """Delete the store from disk (for a temporary merger that finalized into ``out``)."""
+        """Delete the store from disk."""
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def blocks(shape: Sequence[int], block: Sequence[int]) -> Iterator[Region]:
-    """The regions of a grid of ``block``-sized boxes covering ``shape`` (the last ones cut)."""
-    axes = [range(0, n, b) for n, b in zip(shape, block, strict=True)]
-    for corner in itertools.product(*axes):
-        yield tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, block, shape))
 
 
 class ArrayMerger(Merger):

@@ -20,8 +20,6 @@ import contextlib
 import itertools
 import math
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,7 +34,7 @@ from tqdm import tqdm
 from segunet.checkpoint import unwrap
 from segunet.data.tiling import crop_reflect, tile_starts
 from segunet.errors import SegunetError
-from segunet.merger import ArrayMerger, DeviceMerger, InMemoryMerger, Merger, ZarrMerger
+from segunet.merger import BandMerger, DeviceMerger, InMemoryMerger, Merger
 
 Blend = Literal["gaussian", "constant"]
 T = TypeVar("T")
@@ -96,7 +94,9 @@ def plan_tiles(
     levels: int,
     overlap: float = 0.25,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """``(input start, output start)`` of every tile, in image coordinates.
+    """``(input start, output start)`` of every tile, in image coordinates, in raster order
+    (the first axis slowest, so starts along it never decrease: a
+    :class:`~segunet.merger.BandMerger` relies on it).
 
     Valid padding: non-overlapping output tiles (except the last ones per axis, shifted back
     to the image end) at multiples of ``2**(levels - 1)``, each read with the context margin
@@ -215,8 +215,10 @@ def predict_tiled(
             On CUDA it runs under bf16 autocast on channels-last inputs.
         out: None to return a float32 numpy array; a :class:`~segunet.merger.Merger` to merge
             into (returns its ``finalize()``); or an array-like of the output shape (zarr,
-            memmap, ...) to write into (returns it). A same-padded net blends into such an
-            array through a temporary zarr store under ``tempfile.gettempdir()``.
+            memmap, ...) to fill (returns it), band by band with a
+            :class:`~segunet.merger.BandMerger`: host memory then holds only the tiles in
+            flight and the band of rows they touch, and each chunk of a zarr ``out`` is
+            written once.
         progress: show a tqdm bar with tiles/s and megapixels/s.
     """
     net = unwrap(model)
@@ -232,9 +234,9 @@ def predict_tiled(
     same = net.padding == "same"
     window = blend_window(tuple(out_tile), blend if same else "constant")
     device = torch.device(device) if device is not None else _model_device(model)
-    merger, finish = _merger_for(out, (classes, *spatial), weighted=same, device=device)
+    merger, finish = _merger_for(out, (classes, *spatial), same, device, out_tile[0])
     # A merger on the computing device takes the tiles as they come: no host sync per batch.
-    on_device = isinstance(merger, DeviceMerger) and merger.device == device
+    on_device = merger.takes(device)
     if on_device:
         window = torch.tensor(window, device=device)  # a copy: the cached window is read-only
 
@@ -333,10 +335,12 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _merger_for(
-    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device
+    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device, band: int
 ) -> tuple[Merger, Callable]:
     """The merger to add tiles to and the function that finishes the prediction: on the GPU
-    when the result is wanted in memory and fits there, else in host memory or on disk."""
+    when the result is wanted in memory and fits there, else in host memory; an ``out`` array
+    is filled band by band (``band``: the output tile's rows), the band on the GPU when it
+    fits there."""
     if out is None and DeviceMerger.fits(shape, device):
         merger = DeviceMerger(shape, weighted, device)
         return merger, merger.finalize
@@ -347,28 +351,10 @@ def _merger_for(
         raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
     if isinstance(out, Merger):
         return out, out.finalize
-    if not weighted:
-        merger = ArrayMerger(out)
-        return merger, merger.finalize
-    if isinstance(out, np.ndarray) and not isinstance(out, np.memmap):
-        merger = InMemoryMerger(shape, weighted)
-
-        def finish_in_memory() -> Any:
-            out[...] = merger.finalize()
-            return out
-
-        return merger, finish_in_memory
-    # Blending reads back what it wrote: accumulate in float32 on disk, then divide into out.
-    folder = tempfile.mkdtemp(prefix="segunet-blend-")
-    merger = ZarrMerger(folder, shape, out=out)
-
-    def finish_on_disk() -> Any:
-        try:
-            return merger.finalize()
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    return merger, finish_on_disk
+    rows = 2 * band + BandMerger.DEFAULT_ROWS.get(len(shape) - 1, 16)  # generously
+    on_gpu = DeviceMerger.fits((shape[0], min(rows, shape[1]), *shape[2:]), device)
+    merger = BandMerger(out, weighted, device=device if on_gpu else "cpu")
+    return merger, merger.finalize
 
 
 # --- background threads -----------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Streaming tiles to disk band by band: every chunk written once, memory bounded by a band."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from test_predict import random_image, unet
+
+from segunet.merger import BandMerger, ZarrMerger
+from segunet.predict import predict_tiled
+
+
+class RecordingArray:
+    """A chunked array-like that records every write."""
+
+    def __init__(self, shape, chunks, dtype=np.float32):
+        self.data = np.full(shape, np.nan, dtype)
+        self.shape, self.chunks, self.dtype = shape, chunks, np.dtype(dtype)
+        self.writes = []
+
+    def __setitem__(self, index, value):
+        self.writes.append(index)
+        self.data[index] = value
+
+
+@pytest.mark.parametrize(
+    "padding, dims, shape, tile, chunk",
+    [
+        ("same", 2, (1, 70, 53), 32, 16),
+        ("same", 2, (1, 70, 53), 32, 7),  # blocks that do not divide the tiles
+        ("valid", 2, (1, 101, 77), 60, 32),
+        ("same", 3, (1, 20, 25, 18), 16, 6),
+        ("valid", 3, (1, 13, 17, 9), 22, 4),
+    ],
+)
+def test_band_merger_writes_each_chunk_once_and_equals_in_memory(padding, dims, shape, tile,
+                                                                  chunk):
+    channels = (4, 8, 16) if dims == 2 else (2, 4)
+    model = unet(padding, spatial_dims=dims, channels=channels, out_channels=3)
+    image = random_image(shape)
+    expected = predict_tiled(model, image, tile, batch_size=3)
+    out = RecordingArray(expected.shape, (3, chunk, *expected.shape[2:]))
+    assert predict_tiled(model, image, tile, batch_size=3, out=out) is out
+    np.testing.assert_allclose(out.data, expected, atol=1e-6)
+    starts = [index[1].start for index in out.writes]
+    assert starts == list(range(0, shape[1], chunk))  # whole chunks, in order, once each
+
+
+def test_band_merger_on_device_tensors_equals_host_arrays():
+    """The GPU path hands tensors straight to the merger; on the CPU device it must agree with
+    numpy arrays from the writer thread."""
+    model = unet("same", out_channels=2)
+    image = random_image((1, 70, 53))
+    expected = predict_tiled(model, image, 32, batch_size=3)
+
+    class OnDevice(BandMerger):
+        def takes(self, device):
+            return True
+
+    out = np.zeros(expected.shape, np.float32)
+    merger = OnDevice(out, weighted=True, rows=16, device="cpu")
+    predict_tiled(model, image, 32, batch_size=3, out=merger)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_band_merger_refuses_tiles_out_of_raster_order():
+    merger = BandMerger(np.zeros((1, 40, 10), np.float32), weighted=False, rows=8)
+    merger.add((slice(16, 24), slice(0, 10)), np.ones((1, 8, 10), np.float32))
+    with pytest.raises(ValueError, match="raster order"):
+        merger.add((slice(0, 8), slice(0, 10)), np.ones((1, 8, 10), np.float32))
+
+
+def test_zarr_merger_blends_3d_in_float16(tmp_path):
+    model = unet("same", spatial_dims=3, channels=(2, 4))
+    image = random_image((1, 20, 25, 18))
+    expected = predict_tiled(model, image, 16)
+    merger = ZarrMerger(tmp_path / "p.zarr", expected.shape, chunks=(8, 8, 8))
+    result = predict_tiled(model, image, 16, out=merger)
+    assert result.dtype == np.float16
+    np.testing.assert_allclose(result[...], expected, atol=1e-3)
+
+
+# In a child process, so ru_maxrss is this prediction's own.
+RSS_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, zarr
+    from test_predict import PointwiseUNet
+    from segunet.merger import ZarrMerger
+    from segunet.predict import predict_tiled
+
+    folder = sys.argv[1]
+    image = zarr.open_array(folder + "/in.zarr", mode="r")
+    model = PointwiseUNet(padding="same")
+    warm = np.ascontiguousarray(image[:, :1024])
+    predict_tiled(model, warm, 256, batch_size=4)  # threads, allocator pools, imports
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    merger = ZarrMerger(folder + "/out.zarr", (2, *image.shape[1:]), chunks=(128, 128))
+    predict_tiled(model, image, 256, batch_size=4, out=merger)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"before_MiB": before / 1024, "after_MiB": after / 1024}))
+""")
+
+
+def test_streaming_memory_grows_with_the_width_not_the_height(tmp_path):
+    """A tall image streamed to zarr: host memory holds the tiles in flight and a band of
+    rows, far less than the probabilities (64 MiB in float32, with weights 96)."""
+    shape = (1, 16384, 512)
+    image = zarr.create_array(str(tmp_path / "in.zarr"), shape=shape, chunks=(1, 512, 512),
+                              dtype="uint8")
+    image[...] = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    done = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, str(tmp_path)],
+        capture_output=True, text=True, cwd=str(Path(__file__).parent),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rss["after_MiB"] - rss["before_MiB"] < 32, rss
+    result = zarr.open_array(str(tmp_path / "out.zarr/probabilities"), mode="r")
+    x = image[0, ::97, ::89].astype(np.float32)
+    np.testing.assert_allclose(result[0, ::97, ::89], 1 / (1 + np.exp(-2 * x)), atol=1e-3)
