@@ -74,6 +74,9 @@ def test_zarr_format_streams_and_matches_tif(run_dir, tmp_path):
     # Labels only, zarr: the streamed probabilities are a temporary store, removed after.
     assert main([*args, f"output={tmp_path / 'l'}", "format=zarr", "outputs=labels"]) == 0
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["c_labels.zarr"]
+    labels = zarr.open_array(str(tmp_path / "l" / "c_labels.zarr"))  # written block by block
+    assert labels.chunks == SHAPE and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels[...], from_zarr.argmax(0))
 
 
 def test_watershed_instances_option(run_dir, tmp_path):

@@ -8,7 +8,10 @@ Per input ``<stem>``, writes ``<stem>_probabilities`` (float16, ``(classes, *spa
 normalisation come from the config stored in the checkpoint, so nothing about the training run
 needs repeating. Inputs are read tile by tile where the format allows (uncompressed TIFF by
 memory map, compressed TIFF and zarr through zarr), and with ``format=zarr`` the probabilities
-are written tile by tile to disk too, so images larger than memory can be predicted.
+are written band by band to disk too (see :class:`segunet.merger.BandMerger`) and the labels
+block by block from them, so images larger than memory can be predicted. Instances are not
+streamed: connected components and watershed need the whole foreground map in memory
+(float32, plus the instance labels), as does ``format=tif``, which writes each output whole.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ keys (default):
   tta (false)               average over the 8 rotations/reflections (2D) or flips (3D)
   device (auto)             auto, cpu, cuda, cuda:1, ...
   outputs (probabilities,labels,instances)
-  format (tif)              tif or zarr (zarr: probabilities streamed to disk tile by tile)
+  format (tif)              tif or zarr (zarr: probabilities, labels streamed to disk)
   overwrite (false)         replace existing outputs
   instances.method (components)   components or watershed
   instances.min_size (0)    objects of fewer pixels are removed
@@ -257,7 +260,8 @@ def zarr_output(path: Path, shape: Sequence[int], dtype: Any, dims: int) -> Iter
     """An empty zarr array to fill, created beside ``path`` and moved onto it once filled."""
     import zarr
 
-    chunks = (shape[0], *(min(s, ZARR_CHUNK[dims]) for s in shape[1:]))
+    lead = len(shape) - dims  # classes: one chunk holds all of them
+    chunks = (*shape[:lead], *(min(s, ZARR_CHUNK[dims]) for s in shape[lead:]))
     with atomic_path(path) as tmp:
         yield zarr.create_array(store=str(tmp), shape=tuple(shape), chunks=chunks, dtype=dtype)
 
@@ -277,11 +281,14 @@ def foreground_of(probs: Any, classes: Sequence[int], rows: int) -> np.ndarray:
     return out
 
 
-def argmax_of(probs: Any, rows: int) -> np.ndarray:
+def argmax_of(probs: Any, rows: int, out: Any = None) -> Any:
+    """The most probable class ``(*spatial)`` (uint8, or uint16 beyond 256 classes), read and
+    written ``rows`` at a time along the first spatial axis: into ``out`` (a zarr array, so
+    the label map never comes into memory whole) or a new numpy array."""
     dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
-    out = np.empty(probs.shape[1:], dtype)
+    out = np.empty(probs.shape[1:], dtype) if out is None else out
     for s in blocks(probs.shape[1], rows):
-        out[s] = np.asarray(probs[:, s]).argmax(0)
+        out[s] = np.asarray(probs[:, s]).argmax(0).astype(dtype)
     return out
 
 
@@ -424,7 +431,14 @@ def predict_file(
                     written.append(
                         write_array(targets["probabilities"], probs.astype(np.float16))
                     )
-            if "labels" in targets:
+            if "labels" in targets and options.format == "zarr":
+                # Whole chunks, block by block: the label map never in memory whole.
+                chunk = ZARR_CHUNK[dims]
+                dtype = np.uint8 if classes <= 256 else np.uint16
+                with zarr_output(targets["labels"], spatial, dtype, dims) as out:
+                    argmax_of(probs, max(chunk, rows // chunk * chunk), out)
+                written.append(targets["labels"])
+            elif "labels" in targets:
                 written.append(write_array(targets["labels"], argmax_of(probs, rows)))
             if "instances" in targets:
                 fg = foreground_of(probs, foreground, rows)
