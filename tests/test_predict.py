@@ -314,3 +314,35 @@ def test_thread_errors_reach_the_caller():
     assert isinstance(merger, Merger)
     with pytest.raises(OSError, match="disk full"):
         predict_tiled(model, image, tile_shape=60, batch_size=1, out=merger)
+
+
+# --- where tiles are read from: three sources, one result --------------------------------
+
+
+@pytest.mark.parametrize(
+    "padding, dims, shape, tile, dtype",
+    [
+        ("same", 2, (1, 70, 53), 32, np.float32),
+        ("valid", 2, (2, 101, 77), 60, np.float32),
+        ("valid", 2, (1, 15, 12), None, np.float32),  # mirrored far beyond the image
+        ("same", 2, (1, 70, 53), 32, np.uint8),  # kept uint8 up to the device
+        ("same", 3, (1, 20, 25, 18), 16, np.float32),
+        ("valid", 3, (1, 13, 17, 9), 22, np.float32),
+    ],
+)
+def test_resident_and_band_reads_equal_tile_reads(tmp_path, padding, dims, shape, tile, dtype):
+    """The image kept whole on the device (here the CPU) and cropped there, and a lazy image
+    read in bands of rows, give exactly what cropping each tile on the host gives."""
+    channels = (4, 8, 16) if dims == 2 else (2, 4)
+    model = unet(padding, spatial_dims=dims, channels=channels, in_channels=shape[0])
+    image = random_image(shape)
+    if dtype == np.uint8:
+        image = (np.abs(image) * 60).astype(np.uint8)
+    expected = predict_tiled(model, image, tile, batch_size=3, resident=False)
+    resident = predict_tiled(model, image, tile, batch_size=3, resident=True)
+    np.testing.assert_allclose(resident, expected, atol=1e-5, rtol=0)
+    lazy = zarr.create_array(str(tmp_path / "in.zarr"), shape=shape, dtype=dtype,
+                             chunks=(1, *(8 for _ in shape[1:])))
+    lazy[...] = image
+    np.testing.assert_allclose(predict_tiled(model, lazy, tile, batch_size=3), expected,
+                               atol=1e-5, rtol=0)

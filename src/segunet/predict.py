@@ -11,18 +11,22 @@ as MONAI's ``sliding_window_inference`` places them.
 The numeric core is a few pure functions (tile sizes, tile placement, blending window); the
 pipeline reads tiles in one thread, runs the network in the caller's and merges results in a
 third, so reading, computing and writing overlap and host memory holds only the tiles in
-flight (plus the output, unless it is on disk: see :mod:`segunet.merger`).
+flight (plus the output, unless it is on disk: see :mod:`segunet.merger`). A lazily read image
+is read in full-width bands of rows, one per row of tiles; on the GPU an in-memory image is
+copied there once and its tiles cropped there, so the host does next to nothing per tile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from segunet.checkpoint import unwrap
-from segunet.data.tiling import crop_reflect, tile_starts
+from segunet.data.tiling import crop_reflect, reflect_indices, tile_starts
 from segunet.errors import SegunetError
 from segunet.merger import BandMerger, DeviceMerger, InMemoryMerger, Merger
 
@@ -196,6 +200,7 @@ def predict_tiled(
     device: torch.device | str | None = None,
     out: Any = None,
     progress: bool = False,
+    resident: bool | None = None,
 ) -> Any:
     """Softmax class probabilities ``(classes, *spatial)`` of a whole image, tile by tile.
 
@@ -220,6 +225,10 @@ def predict_tiled(
             flight and the band of rows they touch, and each chunk of a zarr ``out`` is
             written once.
         progress: show a tqdm bar with tiles/s and megapixels/s.
+        resident: True to copy the image to ``device`` once, mirror-padded, and crop the
+            tiles there (no host work or copy per tile); False to read each tile on the host,
+            in a background thread. Default: resident on CUDA for an in-memory numpy image
+            that takes at most :data:`RESIDENT_SHARE` of the free GPU memory.
     """
     net = unwrap(model)
     dims, classes = net.spatial_dims, net.out_channels
@@ -250,18 +259,13 @@ def predict_tiled(
         model.to(memory_format=layout)
     transforms = symmetries(dims) if tta else [(_identity, _identity)]
 
-    def read(chunk: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> tuple[list, Tensor]:
-        batch = np.stack([crop_reflect(image, start, in_tile) for start, _ in chunk])
-        x = torch.from_numpy(batch.astype(np.float32, copy=False))
-        return chunk, x.pin_memory() if cuda else x
-
     def write(item: tuple[list, Any]) -> None:
         for (_, start), probs in zip(*item):
             region, crop = clip_region(start, out_tile, spatial)
             weights = window[crop] if merger.weighted else None
             merger.add(region, probs[(slice(None), *crop)], weights)
 
-    batches = (tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
+    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
     was_training, started, pixels = model.training, time.perf_counter(), 0
     model.eval()
@@ -270,10 +274,10 @@ def predict_tiled(
             torch.inference_mode(),
             autocast,
             _Writer(write, maxsize=2) as writer,
-            contextlib.closing(_prefetch(map(read, batches), maxsize=2)) as reader,
+            _tile_batches(image, batches, in_tile, device, resident) as reader,
         ):
             for chunk, x in reader:
-                x = x.to(device, non_blocking=True)
+                x = x.to(device, non_blocking=True).float()
                 if layout is not None:
                     x = x.contiguous(memory_format=layout)
                 probs = _probabilities(model, x, transforms)
@@ -355,6 +359,144 @@ def _merger_for(
     on_gpu = DeviceMerger.fits((shape[0], min(rows, shape[1]), *shape[2:]), device)
     merger = BandMerger(out, weighted, device=device if on_gpu else "cpu")
     return merger, merger.finalize
+
+
+# --- reading tiles ------------------------------------------------------------------------
+
+#: Share of the free GPU memory an in-memory image (mirror-padded) may take to be kept there
+#: whole, its tiles cropped on the GPU.
+RESIDENT_SHARE = 0.25
+#: Largest band of rows (as float32) read at once from a lazily read image.
+BAND_BYTES = 2**28
+
+Tile = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+@contextlib.contextmanager
+def _tile_batches(
+    image: Any,
+    batches: Iterable[list[Tile]],
+    in_tile: Sequence[int],
+    device: torch.device,
+    resident: bool | None,
+) -> Iterator[Iterator[tuple[list[Tile], Tensor]]]:
+    """``(tiles, input batch)`` pairs, each batch ``(N, C, *in_tile)``, from one of three
+    sources that give identical values: the whole image on ``device`` (see
+    :func:`predict_tiled`'s ``resident``), full-width bands of rows read ahead from a lazy
+    image (zarr, memmap, HDF5: one read per row of tiles instead of one per tile), or tiles
+    cropped from an in-memory array. The last two are read in a background thread; their
+    batches keep the image's dtype when it is a small integer or float32 type (converted to
+    float32 on the device, so less crosses to it) and are pinned for CUDA."""
+    batches = list(batches)
+    tiles = [tile for batch in batches for tile in batch]
+    in_memory = isinstance(image, np.ndarray) and not isinstance(image, np.memmap)
+    if resident is None:
+        resident = in_memory and _fits_resident(image, tiles, in_tile, device)
+    if resident:
+        with torch.inference_mode():
+            padded, corner = _resident_image(image, tiles, in_tile, device)
+
+        def crop_resident(chunk: list[Tile]) -> tuple[list[Tile], Tensor]:
+            boxes = [
+                (slice(None), *(slice(s - c, s - c + n) for s, c, n in zip(start, corner, in_tile)))
+                for start, _ in chunk
+            ]
+            return chunk, torch.stack([padded[box] for box in boxes])
+
+        yield map(crop_resident, batches)
+        return
+    spatial = tuple(int(n) for n in image.shape[1:])
+    band_bytes = 4 * in_tile[0] * math.prod(spatial[1:]) * int(image.shape[0])
+    bands = None if in_memory or band_bytes > BAND_BYTES else _Bands(image, in_tile, tiles)
+    crop = bands.crop if bands is not None else functools.partial(crop_reflect, image, size=in_tile)
+    pin = device.type == "cuda"
+
+    def read(chunk: list[Tile]) -> tuple[list[Tile], Tensor]:
+        batch = np.stack([crop(start) for start, _ in chunk])
+        if batch.dtype not in _KEPT_DTYPES:
+            batch = batch.astype(np.float32)
+        x = torch.from_numpy(batch)
+        return chunk, x.pin_memory() if pin else x
+
+    try:
+        with contextlib.closing(_prefetch(map(read, batches), maxsize=2)) as reader:
+            yield reader
+    finally:
+        if bands is not None:
+            bands.close()
+
+
+#: Input dtypes sent to the device as they are (exactly convertible to float32 there).
+_KEPT_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.float16, np.float32))
+
+
+def _padded_box(tiles: Sequence[Tile], in_tile: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The corner and the far end of the box every tile's input lies in (it may leave the
+    image, where it is mirrored)."""
+    starts = np.array([start for start, _ in tiles])
+    return starts.min(0), starts.max(0) + np.asarray(in_tile)
+
+
+def _fits_resident(
+    image: np.ndarray, tiles: Sequence[Tile], in_tile: Sequence[int], device: torch.device
+) -> bool:
+    if device.type != "cuda":
+        return False
+    low, high = _padded_box(tiles, in_tile)
+    need = image.shape[0] * math.prod(high - low) * max(image.itemsize, 4) + image.nbytes
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= free * RESIDENT_SHARE
+
+
+def _resident_image(
+    image: Any, tiles: Sequence[Tile], in_tile: Sequence[int], device: torch.device
+) -> tuple[Tensor, tuple[int, ...]]:
+    """The image on ``device``, mirror-extrapolated once over the box all tiles read (the
+    same indices as :func:`~segunet.data.tiling.crop_reflect`), and that box's corner."""
+    low, high = _padded_box(tiles, in_tile)
+    x = torch.as_tensor(np.asarray(image), device=device)
+    for axis, (lo, hi, n) in enumerate(zip(low, high, image.shape[1:]), start=1):
+        if lo >= 0 and hi <= n:
+            x = x.narrow(axis, int(lo), int(hi - lo))
+        else:
+            index = torch.as_tensor(reflect_indices(int(lo), int(hi - lo), int(n)), device=device)
+            x = x.index_select(axis, index)
+    return x, tuple(int(lo) for lo in low)
+
+
+class _Bands:
+    """Crops tiles from full-width bands of a lazily read image's rows (slabs in 3D): one
+    read per row of tiles, the next band read ahead in a thread while tiles are cut from
+    the current one. Tiles must come in raster order; two bands are held at most."""
+
+    def __init__(self, image: Any, in_tile: Sequence[int], tiles: Sequence[Tile]) -> None:
+        self.image, self.in_tile = image, tuple(in_tile)
+        self.rest = tuple(int(n) for n in image.shape[2:])
+        tops = sorted({start[0] for start, _ in tiles})
+        self.following = dict(zip(tops, tops[1:]))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="segunet-read-band")
+        self.bands: dict[int, Future] = {}
+
+    def _read(self, top: int) -> np.ndarray:
+        return np.asarray(crop_reflect(
+            self.image, (top, *(0 for _ in self.rest)), (self.in_tile[0], *self.rest)
+        ))
+
+    def _request(self, top: int | None) -> None:
+        if top is not None and top not in self.bands:
+            self.bands[top] = self.pool.submit(self._read, top)
+
+    def crop(self, start: Sequence[int]) -> np.ndarray:
+        top = start[0]
+        for old in [t for t in self.bands if t < top]:
+            self.bands.pop(old).cancel()
+        self._request(top)
+        self._request(self.following.get(top))
+        band = self.bands[top].result()
+        return crop_reflect(band, (0, *start[1:]), self.in_tile)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- background threads -----------------------------------------------------------------------
