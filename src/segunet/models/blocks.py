@@ -48,9 +48,10 @@ def up_conv(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module
     return _UP_CONV[check_spatial_dims(spatial_dims)](in_channels, out_channels, 2, stride=2)
 
 
-def max_pool(spatial_dims: int) -> nn.Module:
-    """2x2 max-pooling with stride 2: halves every spatial size."""
-    return _MAX_POOL[check_spatial_dims(spatial_dims)](kernel_size=2, stride=2)
+def max_pool(spatial_dims: int, factor: int = 2) -> nn.Module:
+    """Max-pooling with kernel and stride ``factor``: divides every spatial size by it (2x2 with
+    stride 2 in the U-Net)."""
+    return _MAX_POOL[check_spatial_dims(spatial_dims)](kernel_size=factor, stride=factor)
 
 
 def norm_layer(kind: NormKind | None, channels: int, spatial_dims: int) -> nn.Module | None:

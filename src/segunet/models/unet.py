@@ -31,7 +31,78 @@ class ModelInputError(SegunetError, ValueError):
     """A tensor or shape the model cannot take, or arguments it cannot be built from."""
 
 
-class UNet(nn.Module):
+class SizeRules:
+    """Spatial-size rules shared by every U-Net here: ``output_shape``, ``valid_input_shape``,
+    ``nearest_valid_sizes`` and the input check of ``forward``, from :mod:`shapes`.
+
+    Mixed into an ``nn.Module`` that sets ``in_channels``, ``spatial_dims``, ``levels`` and
+    ``padding``; the variants that always pad ("same") share the UNet's messages this way.
+    """
+
+    in_channels: int
+    spatial_dims: int
+    levels: int
+    padding: Padding
+
+    # ------------------------------------------------------------------------------- shapes
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """The spatial output size for a spatial input size; ValueError if it does not fit."""
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != self.spatial_dims:
+            raise ModelInputError(
+                f"{self._name} takes {self.spatial_dims} spatial sizes, got {shape}: pass the "
+                f"spatial part of the shape only"
+            )
+        out = [output_size(s, self.levels, self.padding) for s in shape]
+        if None in out:
+            raise ModelInputError(self._size_message(shape))
+        return tuple(out)
+
+    def valid_input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The smallest spatial input size that fits, at least ``shape`` on every axis."""
+        return tuple(valid_input_size(int(s), self.levels, self.padding) for s in shape)
+
+    def nearest_valid_sizes(self, shape: Sequence[int]) -> list[tuple[int | None, int]]:
+        """Per axis, the largest valid size <= ``shape`` (None if none) and the smallest >=."""
+        return [nearest_valid_sizes(int(s), self.levels, self.padding) for s in shape]
+
+    # --------------------------------------------------------------------------- validation
+    @property
+    def _name(self) -> str:
+        return f"{type(self).__name__} ({self.padding} padding, {self.levels} levels)"
+
+    def _check_input(self, x: Tensor) -> None:
+        # Checked up front so a bad shape never surfaces as a torch.cat error deep inside.
+        name = type(self).__name__
+        if x.ndim != self.spatial_dims + 2:
+            axes = "D, H, W" if self.spatial_dims == 3 else "H, W"
+            raise ModelInputError(
+                f"{name} ({self.spatial_dims}D) expects input of shape (N, C, {axes}), got "
+                f"{tuple(x.shape)}: add the missing batch/channel axes or set model.spatial_dims"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ModelInputError(
+                f"{name} expects {self.in_channels} input channels, got {x.shape[1]}: set "
+                f"model.in_channels={x.shape[1]} or fix the data"
+            )
+        self.output_shape(x.shape[2:])
+
+    def _size_message(self, shape: tuple[int, ...]) -> str:
+        hints = {
+            axis: f"{lower} or {upper}" if lower is not None else f"{upper} (smallest)"
+            for axis, (lower, upper) in enumerate(self.nearest_valid_sizes(shape))
+            if lower != upper  # a valid size is its own nearest
+        }
+        if len(hints) == len(shape) and len(set(hints.values())) == 1:
+            nearest = f"nearest valid sizes per axis are {hints[0]}"
+        else:
+            nearest = "nearest valid sizes are " + ", ".join(
+                f"{hint} on axis {axis}" for axis, hint in hints.items()
+            )
+        return f"{self._name} cannot take spatial size {shape}: {nearest}"
+
+
+class UNet(SizeRules, nn.Module):
     """The U-Net (Ronneberger et al. 2015, Fig. 1), for 2D or 3D images.
 
     There are ``len(channels)`` levels. Each level of the contracting path has two 3x3
@@ -134,63 +205,6 @@ class UNet(nn.Module):
         level's features before upsampling; returns the skip and its attention map, if any."""
         return skip, None
 
-    # ------------------------------------------------------------------------------- shapes
-    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """The spatial output size for a spatial input size; ValueError if it does not fit."""
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) != self.spatial_dims:
-            raise ModelInputError(
-                f"{self._name} takes {self.spatial_dims} spatial sizes, got {shape}: pass the "
-                f"spatial part of the shape only"
-            )
-        out = [output_size(s, self.levels, self.padding) for s in shape]
-        if None in out:
-            raise ModelInputError(self._size_message(shape))
-        return tuple(out)
-
-    def valid_input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """The smallest spatial input size that fits, at least ``shape`` on every axis."""
-        return tuple(valid_input_size(int(s), self.levels, self.padding) for s in shape)
-
-    def nearest_valid_sizes(self, shape: Sequence[int]) -> list[tuple[int | None, int]]:
-        """Per axis, the largest valid size <= ``shape`` (None if none) and the smallest >=."""
-        return [nearest_valid_sizes(int(s), self.levels, self.padding) for s in shape]
-
-    # --------------------------------------------------------------------------- validation
-    @property
-    def _name(self) -> str:
-        return f"{type(self).__name__} ({self.padding} padding, {self.levels} levels)"
-
-    def _check_input(self, x: Tensor) -> None:
-        # Checked up front so a bad shape never surfaces as a torch.cat error deep inside.
-        name = type(self).__name__
-        if x.ndim != self.spatial_dims + 2:
-            axes = "D, H, W" if self.spatial_dims == 3 else "H, W"
-            raise ModelInputError(
-                f"{name} ({self.spatial_dims}D) expects input of shape (N, C, {axes}), got "
-                f"{tuple(x.shape)}: add the missing batch/channel axes or set model.spatial_dims"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ModelInputError(
-                f"{name} expects {self.in_channels} input channels, got {x.shape[1]}: set "
-                f"model.in_channels={x.shape[1]} or fix the data"
-            )
-        self.output_shape(x.shape[2:])
-
-    def _size_message(self, shape: tuple[int, ...]) -> str:
-        hints = {
-            axis: f"{lower} or {upper}" if lower is not None else f"{upper} (smallest)"
-            for axis, (lower, upper) in enumerate(self.nearest_valid_sizes(shape))
-            if lower != upper  # a valid size is its own nearest
-        }
-        if len(hints) == len(shape) and len(set(hints.values())) == 1:
-            nearest = f"nearest valid sizes per axis are {hints[0]}"
-        else:
-            nearest = "nearest valid sizes are " + ", ".join(
-                f"{hint} on axis {axis}" for axis, hint in hints.items()
-            )
-        return f"{self._name} cannot take spatial size {shape}: {nearest}"
-
 
 def _check_arguments(
     in_channels: int,
@@ -219,3 +233,27 @@ def _check_arguments(
         )
     if not 0 <= dropout < 1:
         raise ModelInputError(f"model.dropout={dropout} must be in [0, 1)")
+
+
+def check_same_padding(name: str, padding: str) -> None:
+    """The U-Net variants pad every conv; say so in one line rather than fail inside."""
+    if padding != "same":
+        raise ModelInputError(
+            f"{name} supports padding=same only (output size == input size), got "
+            f"padding={padding!r}: use model=unet for valid padding"
+        )
+
+
+def check_ds_weights(
+    weights: Sequence[float] | None, heads: int, deep_supervision: bool
+) -> tuple[float, ...] | None:
+    """Deep-supervision loss weights, one per head, checked against the head count."""
+    if weights is None:
+        return None
+    weights = tuple(float(w) for w in weights)
+    if not deep_supervision or len(weights) != heads or min(weights) < 0 or sum(weights) <= 0:
+        raise ModelInputError(
+            f"model.ds_weights={list(weights)} needs model.deep_supervision=true and {heads} "
+            f"non-negative weights (not all 0), one per head, the main prediction first"
+        )
+    return weights
