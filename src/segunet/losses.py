@@ -8,6 +8,8 @@ give unlabelled voxels weight 0).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -99,3 +101,29 @@ class DiceCrossEntropy(nn.Module):
             mask=labelled.unsqueeze(1).float(),
         )
         return self.lambda_ce * self.ce(logits, target, weight, ignore) + self.lambda_dice * dice
+
+
+class DeepSupervisionLoss(nn.Module):
+    """``sum_k w_k * criterion(logits_k, ...) / sum_k w_k`` over a list of logits.
+
+    Deep supervision (Lee et al. 2015, "Deeply-Supervised Nets"; UNet++ and UNet 3+) trains
+    auxiliary heads with the same loss as the main one. A model with it returns, in training
+    only, a list of full-resolution logits, the main prediction first; this is the one place
+    that combines them. A single tensor (eval mode, validation) passes straight through.
+    ``weights`` default to equal.
+    """
+
+    def __init__(self, criterion: nn.Module, weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.weights = None if weights is None else tuple(float(w) for w in weights)
+
+    def forward(self, logits: Tensor | Sequence[Tensor], *args, **kwargs) -> Tensor:
+        if not isinstance(logits, (list, tuple)):
+            return self.criterion(logits, *args, **kwargs)
+        weights = self.weights or (1.0,) * len(logits)
+        if len(weights) != len(logits):
+            raise ValueError(f"{len(weights)} deep-supervision weights for {len(logits)} heads")
+        pairs = zip(weights, logits, strict=True)
+        total = sum(w * self.criterion(x, *args, **kwargs) for w, x in pairs)
+        return total / sum(weights)

@@ -214,8 +214,11 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            logits = self.model(batch["image"])
-            loss = self.criterion(logits, batch["label"], batch["weight"], batch["ignore"])
+            outputs = self.model(batch["image"])
+            # A deep-supervised model gives a list, main prediction first: the criterion
+            # (DeepSupervisionLoss) weighs them all, the metrics see the main one.
+            loss = self.criterion(outputs, batch["label"], batch["weight"], batch["ignore"])
+            logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -438,6 +441,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     model = instantiate(cfg.model)
     data: SegmentationData = instantiate(cfg.data)
     criterion = instantiate(cfg.loss)
+    if getattr(model, "deep_supervision", False):
+        from segunet.losses import DeepSupervisionLoss
+
+        criterion = DeepSupervisionLoss(criterion, getattr(model, "ds_weights", None))
     optimizer = instantiate(cfg.optim)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer)
     trainer = Trainer(
