@@ -1,6 +1,8 @@
-"""U-Net models: the original (2D or 3D), the Attention U-Net, UNet++ and UNet 3+."""
+"""U-Net models: the original (2D or 3D), the Attention U-Net, UNet++, UNet 3+ and the
+diffusion-style ResUNet."""
 
 from segunet.models.attention import AttentionGate, AttentionUNet
+from segunet.models.resunet import ResUNet
 from segunet.models.unet import ModelInputError, UNet
 from segunet.models.unet3plus import UNet3Plus
 from segunet.models.unetpp import UNetPlusPlus
@@ -9,6 +11,7 @@ __all__ = [
     "AttentionGate",
     "AttentionUNet",
     "ModelInputError",
+    "ResUNet",
     "UNet",
     "UNet3Plus",
     "UNetPlusPlus",
