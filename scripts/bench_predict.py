@@ -1,20 +1,32 @@
 """Benchmark tiled prediction: segunet's predict_tiled against MONAI's sliding_window_inference.
 
 Same model (the paper's U-Net with padding="same"), image, tile, overlap and Gaussian blending;
-output in host memory. Plus segunet streaming from a TIFF on disk (memmapped) into a zarr
-store, where host memory holds only the tiles in flight. Each method runs in its own process,
-so its peak host RSS (``resource.getrusage``) and peak GPU memory are its own. On CUDA both run
-under bf16 autocast on channels-last inputs.
+output in host memory. Methods, each in its own process, so its peak host RSS
+(``resource.getrusage``) and peak GPU memory are its own:
+
+  segunet          predict_tiled, image in memory (on CUDA: kept on the GPU, tiles cut there);
+                   its process also times the bare forward pass over as many batches of
+                   resident tiles (the line ``forward``): the ceiling for any tiling
+  segunet-host     the same, tiles cut on the host and copied per batch (resident=False)
+  monai            sliding_window_inference, tiles on the device, output blended on the host
+  segunet-stream   a tiled TIFF on disk read lazily (zarr view, band by band) into a zarr store
+                   (float16): host memory holds the tiles in flight and a band of rows
+
+On CUDA all run under bf16 autocast on channels-last inputs. The TIFF is written tile by tile
+from a few random tiles, so even a 32768 x 32768 one takes seconds and little memory.
 
     python scripts/bench_predict.py                       # GPU: 8192 x 8192, paper widths
     python scripts/bench_predict.py --size 1024 --channels 8,16,32,64,128   # CPU default
-    python scripts/bench_predict.py --compile --json bench.json
+    python scripts/bench_predict.py --tile 256,512,1024 --methods segunet,monai   # tile sweep
+    python scripts/bench_predict.py --methods segunet-stream --size 32768 --dtype uint8
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -25,27 +37,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("segunet", "monai", "segunet-stream")
+METHODS = ("segunet", "segunet-host", "monai", "segunet-stream")
+DEFAULT_METHODS = ("segunet", "monai", "segunet-stream")
+TIFF_TILE = 512
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", type=int, default=8192 if cuda else 1024, help="image edge")
+    p.add_argument("--dtype", choices=("float32", "uint8"), default="float32",
+                   help="of the image on disk (in-memory methods get it as float32)")
     p.add_argument("--channels", default="64,128,256,512,1024" if cuda else "8,16,32,64,128",
                    help="U-Net level widths")
     p.add_argument("--classes", type=int, default=2)
-    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--tile", default="512", help="tile edge, or several for a sweep: 256,512")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=8 if cuda else 2)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated, of {','.join(METHODS)}")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--workdir", type=Path, help="for the TIFF and zarr files (default: a temp dir)")
     p.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)  # the child's method
     p.add_argument("--tiff", type=Path, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.tiles = [int(t) for t in str(args.tile).split(",")]
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}: choose from {','.join(METHODS)}")
+    return args
 
 
 def make_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -59,38 +81,81 @@ def make_model(args: argparse.Namespace) -> torch.nn.Module:
     return torch.compile(model) if args.compile else model
 
 
-def write_tiff(path: Path, size: int) -> None:
-    """A random float32 image, written band by band so the parent never holds it whole."""
+def write_tiff(path: Path, size: int, dtype: str) -> None:
+    """A ``size`` x ``size`` tiled TIFF, written tile by tile from 61 random tiles (content is
+    irrelevant to the speed), so it never exists whole in memory."""
     import tifffile
 
-    image = tifffile.memmap(path, shape=(1, size, size), dtype=np.float32)
     rng = np.random.default_rng(0)
-    for row in range(0, size, 1024):
-        band = image[:, row : row + 1024]
-        band[...] = rng.standard_normal(band.shape, dtype=np.float32)
-    image.flush()
-    del image
+    shape = (TIFF_TILE, TIFF_TILE)
+    if dtype == "uint8":
+        pool = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(61)]
+    else:
+        pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(61)]
+    count = math.ceil(size / TIFF_TILE) ** 2
+    tiles = (pool[i % len(pool)] for i in range(count))
+    tifffile.imwrite(path, tiles, shape=(size, size), dtype=dtype, tile=shape,
+                     bigtiff=size * size * np.dtype(dtype).itemsize > 2**31)
+
+
+class ChannelFirst:
+    """A lazily read ``(Y, X)`` array seen as ``(1, Y, X)``."""
+
+    def __init__(self, array) -> None:
+        self.array, self.dtype = array, array.dtype
+        self.shape, self.ndim = (1, *array.shape), array.ndim + 1
+
+    def __getitem__(self, index):
+        return np.asarray(self.array[index[1:]])[None]
+
+
+def open_lazy(path: Path):
+    """The TIFF through tifffile's zarr view: reads only the TIFF tiles asked for, with file
+    reads rather than a memory map, so pages read do not count as this process's memory."""
+    import tifffile
+    import zarr
+
+    return ChannelFirst(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_one(args: argparse.Namespace) -> dict:
-    """Time one method in this process; the parent reads the JSON line it prints."""
-    import tifffile
+def forward_only(model, args, tile: tuple[int, int], batches: int) -> float:
+    """Seconds for ``batches`` bare forward passes on one resident batch of tiles (no
+    reading, cropping, softmax or merging): the ceiling for tiled prediction."""
+    cuda = args.device.startswith("cuda")
+    x = torch.randn(args.batch_size, 1, *tile, device=args.device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+        model(x)  # warm
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(batches):
+            model(x)
+        if cuda:
+            torch.cuda.synchronize()
+    return time.perf_counter() - started
 
+
+def run_one(args: argparse.Namespace) -> list[dict]:
+    """Time one method in this process; the parent reads the JSON line it prints."""
+    from segunet.checkpoint import unwrap
     from segunet.merger import ZarrMerger
-    from segunet.predict import predict_tiled
+    from segunet.predict import plan_tiles, predict_tiled, tile_shapes
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     model = make_model(args)
-    mapped = tifffile.memmap(args.tiff)
+    tile = args.tiles[0]
     stream = args.only == "segunet-stream"
-    image = mapped if stream else np.array(mapped)  # in memory, as the other two expect
+    lazy = open_lazy(args.tiff)
+    image = lazy if stream else np.asarray(lazy[:, :, :], np.float32)  # in memory for the rest
     layout = torch.channels_last
 
     def monai_predict(img: np.ndarray) -> np.ndarray:
@@ -103,20 +168,21 @@ def run_one(args: argparse.Namespace) -> dict:
 
         with torch.inference_mode():
             out = sliding_window_inference(
-                torch.from_numpy(img)[None], (args.tile, args.tile), args.batch_size, predictor,
+                torch.from_numpy(img)[None], (tile, tile), args.batch_size, predictor,
                 overlap=args.overlap, mode="gaussian", sw_device=device, device="cpu",
             )
         return out[0].numpy()
 
     def predict(img, out=None):
         if args.only == "monai":
-            return monai_predict(np.asarray(img))
-        return predict_tiled(model, img, args.tile, args.batch_size, "gaussian", args.overlap,
-                             device=device, out=out)
+            return monai_predict(np.asarray(img, np.float32))
+        resident = False if args.only == "segunet-host" else None
+        return predict_tiled(model, img, tile, args.batch_size, "gaussian", args.overlap,
+                             device=device, out=out, resident=resident)
 
-    # Warm up (cuDNN autotuning, compilation) on one batch worth of tiles, untimed.
-    warm = min(args.size, args.tile * 2)
-    predict(np.ascontiguousarray(mapped[:, :warm, :warm]))
+    # Warm up (cuDNN autotuning, compilation) on a few batches' worth of tiles, untimed.
+    warm = min(args.size, tile * 2)
+    predict(np.asarray(lazy[:, :warm, :warm], np.float32))
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -131,14 +197,45 @@ def run_one(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-    return {
-        "method": args.only,
-        "seconds": seconds,
-        "MP/s": args.size**2 / seconds / 1e6,
-        "peak_rss_MiB": peak_rss_mib(),
+    result = {
+        "method": args.only, "tile": tile, "seconds": seconds,
+        "MP/s": args.size**2 / seconds / 1e6, "peak_rss_MiB": peak_rss_mib(),
         "rss_before_MiB": rss_before,
         "peak_gpu_MiB": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
+    results = [result]
+    if args.only == "segunet":
+        spatial = (args.size, args.size)
+        in_tile, out_tile = tile_shapes(unwrap(model), spatial, tile)  # as predict_tiled
+        tiles = plan_tiles(spatial, in_tile, out_tile, "same", 1, args.overlap)
+        batches = math.ceil(len(tiles) / args.batch_size)
+        seconds = forward_only(model, args, in_tile, batches)
+        results.append({
+            "method": "forward", "tile": tile, "seconds": seconds,
+            "MP/s": args.size**2 / seconds / 1e6, "peak_rss_MiB": None,
+            "rss_before_MiB": None, "peak_gpu_MiB": None, "batches": batches,
+        })
+    return results
+
+
+def report(args: argparse.Namespace, results: list[dict], device_name: str) -> None:
+    print(f"{args.size}x{args.size} {args.dtype}, overlap {args.overlap}, channels "
+          f"{args.channels}, batch {args.batch_size}, {device_name}"
+          + (", compiled" if args.compile else ""))
+    print(f"{'method':16} {'tile':>5} {'seconds':>8} {'MP/s':>8} {'peak RSS MiB':>13} "
+          f"{'peak GPU MiB':>13}")
+    for r in results:
+        rss = f"{r['peak_rss_MiB']:.0f}" if r["peak_rss_MiB"] is not None else "-"
+        gpu = f"{r['peak_gpu_MiB']:.0f}" if r["peak_gpu_MiB"] is not None else "-"
+        print(f"{r['method']:16} {r['tile']:5d} {r['seconds']:8.2f} {r['MP/s']:8.2f} "
+              f"{rss:>13} {gpu:>13}")
+    for tile in args.tiles:
+        speed = {r["method"]: r["MP/s"] for r in results if r["tile"] == tile}
+        ours = speed.get("segunet")
+        for other, label in (("monai", "MONAI"), ("forward", "forward only (ceiling)"),
+                             ("segunet-host", "segunet-host")):
+            if ours is not None and other in speed:
+                print(f"tile {tile}: segunet / {label}: {ours / speed[other]:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,25 +245,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results = []
+    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         tiff = Path(folder) / "image.tif"
-        write_tiff(tiff, args.size)
-        forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
-        for method in args.methods.split(","):
-            child = [sys.executable, __file__, *forwarded, "--only", method, "--tiff", str(tiff)]
+        started = time.perf_counter()
+        write_tiff(tiff, args.size, args.dtype)
+        print(f"wrote {tiff.stat().st_size / 2**20:.0f} MiB TIFF in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+        for tile, method in itertools.product(args.tiles, args.methods.split(",")):
+            child = [sys.executable, __file__, *forwarded, "--tile", str(tile),
+                     "--only", method, "--tiff", str(tiff)]
             done = subprocess.run(child, capture_output=True, text=True)
             if done.returncode:
-                sys.exit(f"{method} failed:\n{done.stderr[-3000:]}")
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    print(f"{args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, "
-          f"channels {args.channels}, batch {args.batch_size}, {device_name}"
-          + (", compiled" if args.compile else ""))
-    print(f"{'method':16} {'seconds':>8} {'MP/s':>8} {'peak RSS MiB':>13} {'peak GPU MiB':>13}")
-    for r in results:
-        gpu = f"{r['peak_gpu_MiB']:.0f}" if r["peak_gpu_MiB"] is not None else "-"
-        print(f"{r['method']:16} {r['seconds']:8.2f} {r['MP/s']:8.2f} "
-              f"{r['peak_rss_MiB']:13.0f} {gpu:>13}")
+                sys.exit(f"{method} (tile {tile}) failed:\n{done.stderr[-3000:]}")
+            rows = json.loads(done.stdout.strip().splitlines()[-1])
+            for r in rows:
+                print(f"{r['method']} tile {tile}: {r['MP/s']:.2f} MP/s", file=sys.stderr)
+            results += rows
+    report(args, results, device_name)
     if args.json:
         settings = {k: str(v) for k, v in vars(args).items() if k not in ("only", "tiff")}
         args.json.write_text(json.dumps(
