@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segunet.config import config_dir
+from segunet.errors import SegunetError
 from segunet.train import build_trainer, run
 
 
@@ -180,3 +182,111 @@ def test_cuda_fast_path_trains_and_checkpoints_load_on_cpu(make_cfg, tmp_path):
     cpu_model = instantiate(cfg.model)
     cpu_model.load_state_dict(ckpt["model"])
     assert "train/gpu_memory_gb" in scalars(tmp_path).Tags()["scalars"]
+
+
+class _BrokenCompile(torch.nn.Module):
+    """Stands in for what torch.compile returns: a compiler that fails at the first call in
+    training (after drawing from the RNG, as a partly run step would) or in evaluation."""
+
+    def __init__(self, module: torch.nn.Module, fail_in: str) -> None:
+        super().__init__()
+        self.module, self.fail_in = module, fail_in
+
+    def forward(self, x):
+        if self.fail_in == ("train" if self.training else "eval"):
+            torch.rand(8)
+            raise RuntimeError("no working C++ compiler\n(pages of compiler output)")
+        return self.module(x)
+
+
+def _failing_backend(graph_module, example_inputs):
+    raise RuntimeError("no working C++ compiler\n(pages of compiler output)")
+
+
+# Dropout draws from the global RNG: a fallback must leave it as an eager run would.
+COMPILE_RUN = [*TINY, "model.dropout=0.3", "trainer.max_steps=3", "trainer.val_every=2",
+               "logging.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def eager_weights(tmp_path_factory):
+    """The final weights of COMPILE_RUN trained eagerly, once for the compile tests."""
+    cache = {}
+
+    def get(make_cfg):
+        if not cache:
+            run_dir = tmp_path_factory.mktemp("eager")
+            trainer = build_trainer(make_cfg(*COMPILE_RUN, "trainer.compile=false"), run_dir)
+            assert trainer.model is trainer.net
+            trainer.fit()
+            cache["model"] = torch.load(run_dir / "checkpoints" / "last.pt")["model"]
+        return cache["model"]
+
+    return get
+
+
+@pytest.mark.parametrize("fail_in", ["train", "eval", "backend"])
+def test_compile_failure_falls_back_to_eager_with_one_warning(
+    make_cfg, tmp_path, monkeypatch, eager_weights, fail_in
+):
+    reference = eager_weights(make_cfg)
+    real_compile = torch.compile
+    if fail_in == "backend":  # real dynamo tracing, a backend that raises
+        monkeypatch.setattr(torch, "compile", lambda m: real_compile(m, backend=_failing_backend))
+    else:
+        monkeypatch.setattr(torch, "compile", lambda m: _BrokenCompile(m, fail_in))
+    trainer = build_trainer(make_cfg(*COMPILE_RUN, "trainer.compile=true"), tmp_path)
+    assert trainer.model is not trainer.net
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit()
+    messages = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "RuntimeError: no working C++ compiler)" in messages[0]
+    assert "pages of" not in messages[0]
+    assert ("validation" if fail_in == "eval" else "first training step") in messages[0]
+    assert trainer.eval_model is trainer.net
+    assert (trainer.model is trainer.net) is (fail_in != "eval")  # eval: training still compiled
+    weights = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert weights.keys() == reference.keys()
+    for key in reference:  # the same RNG draws (dropout) as the eager run: equal weights
+        torch.testing.assert_close(weights[key], reference[key], rtol=0, atol=0, msg=key)
+
+
+def test_compiled_training_equals_eager_and_saves_clean_keys(
+    make_cfg, tmp_path, monkeypatch, eager_weights
+):
+    reference = eager_weights(make_cfg)
+    real_compile = torch.compile
+    # Dynamo's real tracing and guards; the "eager" backend needs no C++ toolchain.
+    monkeypatch.setattr(torch, "compile", lambda m: real_compile(m, backend="eager"))
+    trainer = build_trainer(make_cfg(*COMPILE_RUN, "trainer.compile=true"), tmp_path)
+    assert type(trainer.model).__name__ == "OptimizedModule"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit()
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]
+    assert trainer.compiling and trainer.eval_model is trainer.model
+    weights = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert weights.keys() == reference.keys()  # no "_orig_mod." prefix
+    for key in reference:
+        torch.testing.assert_close(weights[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    # The first step compiles: images/s starts counting after it.
+    speeds = scalars(tmp_path).Scalars("train/images_per_s")
+    assert [e.step for e in speeds] == [2, 3]
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_compile_auto_is_on_for_cuda_only(value):
+    from segunet.train import resolve_compile
+
+    for device in ("cpu", "cuda"):
+        expected = device == "cuda" if value == "auto" else value
+        assert resolve_compile(value, torch.device(device)) is expected
+
+
+def test_unknown_compile_value_is_refused():
+    from segunet.train import TrainerConfig
+
+    with pytest.raises(SegunetError, match="trainer.compile='maybe' is unknown"):
+        TrainerConfig(compile="maybe")

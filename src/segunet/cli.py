@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 USAGE = """usage: segunet <command> [overrides ...]
 
 commands:
   train          train a model (Hydra overrides, e.g. model=attention_unet optim.lr=3e-4;
-                 -m for multirun sweeps, --cfg job to print the composed config)
+                 -m for multirun sweeps, --cfg job to print the composed config;
+                 trainer.devices=N for data-parallel training on N GPUs via torchrun)
   weightmaps     precompute and cache the border weight maps of a dataset (data=<name>)
   data download  fetch a public dataset into data/<name> (lucchi, dsb2018; isbi2012 says how)
   predict        overlap-tile prediction of images of any size (checkpoint=... input=... output=...)
@@ -28,6 +35,7 @@ examples:
   segunet train experiment=quickstart
   segunet train model=attention_unet trainer.max_steps=2000
   segunet train -m model=unet,attention_unet
+  segunet train trainer.devices=4
   segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.workers=-1
   segunet data download lucchi
   segunet predict checkpoint=outputs/train/<run> input=images/ output=pred/
@@ -68,9 +76,10 @@ def report_errors() -> Iterator[None]:
         sys.exit(2)
 
 
-def check_overrides(overrides: list[str], config_name: str = "config") -> None:
+def check_overrides(overrides: list[str], config_name: str = "config") -> DictConfig:
     """Compose the config once per override value before Hydra runs, so an unknown group
-    option or key fails as one line instead of Hydra's multi-line report."""
+    option or key fails as one line instead of Hydra's multi-line report. Returns the first
+    composition, with its ``hydra`` section (the run folder it would use)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -90,10 +99,31 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> None:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(str(config_dir()), version_base="1.3"):
-                for trial in trials[:16]:
+                first_cfg = compose(config_name, overrides=trials[0], return_hydra_config=True)
+                for trial in trials[1:16]:
                     compose(config_name, overrides=trial)
         finally:
             GlobalHydra.instance().clear()
+    return first_cfg
+
+
+def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
+    """Re-run ``segunet train`` as ``trainer.devices`` processes under torchrun, all training
+    into the one run folder resolved here (each rank's own clock could name another)."""
+    from segunet import distributed
+
+    n = int(cfg.trainer.devices)
+    if any(a in ("-m", "--multirun") for a in overrides):
+        print(
+            f"segunet: error: trainer.devices={n} trains one configuration at a time: "
+            "run the sweep's configurations one by one, without -m",
+            file=sys.stderr,
+        )
+        return 2
+    run_dir = Path(str(cfg.hydra.run.dir))
+    command = distributed.launch_command(n, overrides, run_dir)
+    print(f"segunet: launching {n} processes: {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.run(command).returncode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +148,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"segunet: error: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     if not any(a in rest for a in ("--help", "-h", "--hydra-help", "--info", "-i")):
-        check_overrides(rest)
+        cfg = check_overrides(rest)
+        devices = cfg.trainer.get("devices", 1) if command == "train" else 1
+        if isinstance(devices, int) and devices > 1 and not any(a in rest for a in ("--cfg", "-c")):
+            from segunet.distributed import launched_by_torchrun
+
+            if not launched_by_torchrun():  # else this process is already one of the ranks
+                sys.exit(launch_ddp(cfg, rest))
     # Hydra parses sys.argv itself; hand it the overrides under the command's name.
     sys.argv = [f"segunet-{command}", *rest]
     app()

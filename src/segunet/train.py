@@ -11,6 +11,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from segunet import distributed
 from segunet.checkpoint import (
     clean_state_dict,
     load_checkpoint,
     rng_state,
     save_atomic,
     set_rng_state,
-    unwrap,
 )
 from segunet.config import check_fields, config_dir
 from segunet.data.augment import AugmentConfig, Augmenter
@@ -64,21 +66,47 @@ class TrainerConfig:
     num_workers: int = 0
     grad_clip: float | None = None
     resume: str | None = None
+    compile: bool | str = "auto"  # auto (on for CUDA, off for CPU) | true | false
+    devices: int = 1  # processes (one per GPU) that `segunet train` launches through torchrun
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (CUDA, DDP only)
 
     def __post_init__(self) -> None:
         check_fields(self, "trainer")
-        for key in ("max_steps", "batch_size", "val_every"):
+        for key in ("max_steps", "batch_size", "val_every", "devices"):
             if getattr(self, key) < 1:
                 raise SegunetError(f"trainer.{key}={getattr(self, key)} must be at least 1")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise SegunetError(
+                f"trainer.compile={self.compile!r} is unknown: use auto, true or false"
+            )
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``trainer.device`` as a device; under DDP (``local_rank`` given) CUDA means this
+    process's own GPU, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SegunetError(f"trainer.device={name} but no CUDA device is visible: use cpu or auto")
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device("cuda", local_rank)
     return device
+
+
+def resolve_compile(value: bool | str, device: torch.device) -> bool:
+    """``trainer.compile``: ``auto`` compiles on CUDA only (on the CPU compiling costs more
+    time than a short run saves)."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line`` of the innermost error (dynamo wraps a compiler's own in
+    ``BackendCompilerFailed.inner_exception``)."""
+    while (inner := getattr(e, "inner_exception", None) or e.__cause__) is not None:
+        e = inner
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -154,7 +182,9 @@ class Trainer:
         self.cfg, self.log_cfg, self.data = cfg, log, data
         self.run_dir = Path(run_dir)
         self.config = config or {}
-        self.device = resolve_device(cfg.device)
+        self.world = distributed.world()
+        local_rank = self.world.local_rank if self.world.size > 1 else None
+        self.device = resolve_device(cfg.device, local_rank)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype is torch.float16
@@ -166,7 +196,15 @@ class Trainer:
             self.memory_format = (
                 torch.channels_last if data.spatial_dims == 2 else torch.channels_last_3d
             )
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        if cfg.sync_batchnorm and self.world.size > 1:
+            if self.device.type != "cuda":
+                raise SegunetError(
+                    "trainer.sync_batchnorm=true needs CUDA: set it false on the CPU"
+                )
+            # Keeps the very Parameter objects, so the optimiser built on them stays valid.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.net = model.to(self.device, memory_format=self.memory_format)
+        self._wrap_model()
         self.criterion, self.optimizer, self.scheduler = criterion, optimizer, scheduler
         self.augment_cfg = augment if augment is not None and augment.enabled else None
         if self.augment_cfg and self.augment_cfg.device == "cuda" and self.device.type != "cuda":
@@ -179,7 +217,30 @@ class Trainer:
         self.step = 0
         self.best = -math.inf
         self.metrics: dict[str, float] = {}
-        self.tb = TensorBoardLogger(self.run_dir / "tensorboard" if log.tensorboard else None)
+        self.rank_rng: list[dict[str, Any]] | None = None  # every rank's RNG, for checkpoints
+        if self.world.rank > 0:
+            # Same initial weights as rank 0 (drawn before), but dropout masks of its own.
+            torch.manual_seed(step_seed(cfg.seed, 0, self.world.rank))
+        main_logs = log.tensorboard and self.world.main
+        self.tb = TensorBoardLogger(self.run_dir / "tensorboard" if main_logs else None)
+
+    def _wrap_model(self) -> None:
+        """``model`` trains (DDP around the net, compiled around that); ``eval_model`` validates
+        on rank 0 alone, so never through DDP; ``eager_model`` is the fallback if compiling
+        fails. All share the parameters of ``net``."""
+        self.eager_model: nn.Module = self.net
+        if self.world.size > 1:
+            self.eager_model = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
+        self.compiling = resolve_compile(self.cfg.compile, self.device)
+        # Compilation is lazy: errors surface at the first call, handled by _compile_fallback.
+        self.model = torch.compile(self.eager_model) if self.compiling else self.eager_model
+        self.eval_model = self.net
+        if self.compiling:
+            self.eval_model = self.model if self.world.size == 1 else torch.compile(self.net)
+        self._compile_unproven = self.compiling
 
     # ----------------------------------------------------------------------------- the loop
     def autocast(self):
@@ -200,10 +261,10 @@ class Trainer:
         sample), and the crop of the targets to the output tile."""
         batch = self.to_device(batch)
         if self.augment_on_device():
-            # One generator per step: the draw depends on (seed, step) only, so a resumed run
-            # augments exactly as the uninterrupted one did.
+            # One generator per step: the draw depends on (seed, step, rank) only, so a resumed
+            # run augments exactly as the uninterrupted one did, and ranks differ.
             generator = torch.Generator(self.device).manual_seed(
-                self.cfg.seed * 1_000_003 + self.step
+                step_seed(self.cfg.seed, self.step, self.world.rank)
             )
             batch = self.augmenter(batch, generator)
             batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
@@ -211,6 +272,8 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns the (detached) loss and logits without a host sync."""
+        if self._compile_unproven:
+            return self._first_compiled_step(batch)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
@@ -228,6 +291,51 @@ class Trainer:
         self.scheduler.step()
         return loss.detach(), logits.detach()
 
+    def _first_compiled_step(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first compiled step, where torch.compile really compiles (forward and backward):
+        if that fails, warn once and redo the step eagerly, from the same RNG state, so the
+        run goes on as an eager one would have. Later steps run unguarded."""
+        self._compile_unproven = False
+        rng = self._rng_snapshot()
+        error: BaseException | None = None
+        try:
+            out = self.train_step(batch)
+        except Exception as e:  # any compiler error: inductor, triton, a missing C compiler, ...
+            error, out = e, None
+        # Every rank takes the same path, so DDP's collectives stay matched.
+        if distributed.any_true(error is not None, self.device):
+            self._fall_back_to_eager("the first training step", error)
+            if out is None:  # this rank's step did not happen: do it eagerly, same dropout
+                self._rng_restore(rng)
+                out = self.train_step(batch)
+        return out
+
+    def _rng_snapshot(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The global RNG state of the CPU and of this device (no host sync)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _rng_restore(self, snapshot: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(snapshot[0])
+        if snapshot[1] is not None:
+            torch.cuda.set_rng_state(snapshot[1], self.device)
+
+    def _fall_back_to_eager(self, where: str, error: BaseException | None) -> None:
+        """Eager from now on: for validation only if it failed there (the training graph
+        works, and under DDP the other ranks keep theirs), else for everything."""
+        if error is not None:
+            warnings.warn(
+                f"torch.compile failed in {where} ({first_line(error)}); it runs without "
+                "compiling from now on (trainer.compile=false skips the attempt)",
+                RuntimeWarning, stacklevel=3,
+            )
+        self.eval_model = self.net
+        if where != "validation":
+            self.model = self.eager_model
+            self.compiling = self._compile_unproven = False
+
     def loader(self) -> DataLoader:
         in_workers = self.augmenter is not None and not self.augment_on_device()
         dataset = PatchDataset(
@@ -235,7 +343,10 @@ class Trainer:
             foreground_oversample=self.data.foreground_oversample,
             augment=self.augmenter if in_workers else None,
         )
-        sampler = StepSampler(self.step, self.cfg.max_steps, self.cfg.batch_size)
+        # trainer.batch_size is per process: rank r draws the r-th share of each global batch.
+        sampler = StepSampler(
+            self.step, self.cfg.max_steps, self.cfg.batch_size, self.world.rank, self.world.size
+        )
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
@@ -256,11 +367,13 @@ class Trainer:
                 f"{self.cfg.max_steps}: raise trainer.max_steps to train further"
             )
         bar = tqdm(
-            total=self.cfg.max_steps, initial=self.step, disable=not self.log_cfg.progress,
+            total=self.cfg.max_steps, initial=self.step,
+            disable=not (self.log_cfg.progress and self.world.main),
             desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
         )
         loss_sum = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.perf_counter()
+        window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
+        warmup = True
         try:
             for batch in self.loader():
                 batch = self.prepare(batch)
@@ -268,31 +381,37 @@ class Trainer:
                 self.step += 1
                 loss_sum += loss
                 window_steps += 1
+                if warmup:
+                    # The first step compiles and autotunes: images/s starts after it (one
+                    # host sync per fit, off the hot path).
+                    warmup = False
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    window_start = time.perf_counter()
+                else:
+                    timed_steps += 1
                 bar.update(1)
                 if self.step % self.log_cfg.log_every == 0 or self.step == self.cfg.max_steps:
-                    # The only host sync of the loop: once per logging window.
-                    elapsed = time.perf_counter() - window_start
-                    values = self._train_scalars(batch, logits, loss_sum / window_steps)
-                    values["train/images_per_s"] = window_steps * self.cfg.batch_size / elapsed
-                    self.tb.scalars(values, self.step)
-                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", **self._postfix())
+                    if self.world.main:
+                        # The only host sync of the loop: once per logging window.
+                        values = self._train_scalars(batch, logits, loss_sum / window_steps)
+                        if timed_steps:
+                            images = timed_steps * self.cfg.batch_size * self.world.size
+                            elapsed = time.perf_counter() - window_start
+                            values["train/images_per_s"] = images / elapsed
+                        self.tb.scalars(values, self.step)
+                        bar.set_postfix(loss=f"{values['train/loss']:.4f}", **self._postfix())
                     loss_sum.zero_()
-                    window_steps, window_start = 0, time.perf_counter()
+                    window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
                 if self.step % self.log_cfg.image_every == 0:
                     self._log_picture("train/sample", batch)
                 if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
-                    self.metrics = self.validate()
-                    self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
-                    improved = self.metrics["dice"] > self.best
-                    if improved:
-                        self.best = self.metrics["dice"]
-                    self.save_checkpoint("last.pt")
-                    if improved:
-                        self.save_checkpoint("best.pt")
+                    self._validate_and_save()
                     bar.set_postfix(**self._postfix())
                     window_start = time.perf_counter()  # validation is not training time
         except KeyboardInterrupt:
             bar.close()
+            self.rank_rng = None  # the other ranks' RNG states are from an earlier step
             self.save_checkpoint("last.pt")
             raise SegunetError(
                 f"interrupted at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
@@ -303,6 +422,22 @@ class Trainer:
         self.tb.hparams(self._hparams(), {f"hparam/{k}": v for k, v in final.items()})
         self.tb.close()
         return final
+
+    def _validate_and_save(self) -> None:
+        """Rank 0 validates and writes the checkpoints while the other ranks wait for its
+        metrics; every rank's RNG state goes into the checkpoint for an exact resume."""
+        if self.world.size > 1:
+            self.rank_rng = distributed.all_gather(rng_state())
+        if self.world.main:
+            self.metrics = self.validate()
+            self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
+            improved = self.metrics["dice"] > self.best
+            if improved:
+                self.best = self.metrics["dice"]
+            self.save_checkpoint("last.pt")
+            if improved:
+                self.save_checkpoint("best.pt")
+        self.metrics, self.best = distributed.broadcast((self.metrics, self.best))
 
     def _train_scalars(self, batch, logits, loss) -> dict[str, float]:
         counter = OverlapCounter(self.data.num_classes)
@@ -329,11 +464,7 @@ class Trainer:
         counter = OverlapCounter(self.data.num_classes)
         loss_sum = 0.0
         for volume in self.data.val:
-            probs = predict_tiled(
-                self.model, volume.image, tile_shape=self.in_shape,
-                batch_size=self.cfg.batch_size, device=self.device,
-            )
-            probs = torch.from_numpy(probs)[None]
+            probs = torch.from_numpy(self._predict(volume.image))[None]
             target = {
                 key: torch.from_numpy(getattr(volume, key))[None]
                 for key in ("label", "weight", "ignore")
@@ -352,11 +483,30 @@ class Trainer:
         ))
         return {"loss": loss_sum / len(self.data.val), **counter.compute()}
 
+    def _predict(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities of a whole image; through the compiled net while compiling
+        works (eval mode and new tile counts compile anew), else eagerly."""
+        def predict(model: nn.Module) -> np.ndarray:
+            return predict_tiled(
+                model, image, tile_shape=self.in_shape, batch_size=self.cfg.batch_size,
+                device=self.device,
+            )
+
+        if self.eval_model is self.net:
+            return predict(self.net)
+        rng = self._rng_snapshot()
+        try:
+            return predict(self.eval_model)
+        except Exception as e:  # a compiler error; an eager error repeats below
+            self._fall_back_to_eager("validation", e)
+            self._rng_restore(rng)
+            return predict(self.net)
+
     def _log_picture(self, tag: str, batch: dict[str, torch.Tensor]) -> None:
         """Input, label, prediction, weight map (and attention maps) of the batch's first item."""
         if self.tb.writer is None:
             return
-        model = unwrap(self.model)
+        model = self.net
         was_training = model.training
         model.eval()
         with torch.no_grad(), self.autocast():
@@ -375,7 +525,7 @@ class Trainer:
     # ------------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         return {
-            "model": clean_state_dict(unwrap(self.model).state_dict()),
+            "model": clean_state_dict(self.net.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -384,18 +534,20 @@ class Trainer:
             "metrics": dict(self.metrics),
             "rng": rng_state(),
             "config": self.config,
-        }
+        } | ({"rng_ranks": self.rank_rng} if self.rank_rng else {})
 
     def save_checkpoint(self, name: str) -> Path:
+        """Write ``checkpoints/<name>`` atomically; rank 0 alone writes, the others skip."""
         path = self.run_dir / "checkpoints" / name
-        save_atomic(self.state(), path)
+        if self.world.main:
+            save_atomic(self.state(), path)
         return path
 
     def restore(self, path: str | Path) -> None:
         """Continue a run exactly where its checkpoint left it."""
         ckpt = load_checkpoint(path, map_location=self.device)
         try:
-            unwrap(self.model).load_state_dict(clean_state_dict(ckpt["model"]))
+            self.net.load_state_dict(clean_state_dict(ckpt["model"]))
         except RuntimeError as e:
             first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
             raise SegunetError(
@@ -408,22 +560,33 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.best = float(ckpt["best_metric"])
         self.metrics = dict(ckpt.get("metrics", {}))
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or []
+        if self.world.rank == 0 or len(ranks) == self.world.size:
+            set_rng_state(ranks[self.world.rank] if self.world.rank else ckpt["rng"])
+        else:  # saved by another world size (or on Ctrl-C): dropout masks of this rank's own
+            torch.manual_seed(step_seed(self.cfg.seed, self.step, self.world.rank))
 
     def _hparams(self) -> dict[str, object]:
         cfg = self.config
         model = cfg.get("model", {})
         return {
-            "model": str(model.get("_target_", type(unwrap(self.model)).__name__)).split(".")[-1],
+            "model": str(model.get("_target_", type(self.net).__name__)).split(".")[-1],
             "channels": str(model.get("channels")),
             "padding": str(model.get("padding")),
             "loss": str(cfg.get("loss", {}).get("_target_", "")).split(".")[-1],
             "optimizer": type(self.optimizer).__name__,
             "lr": float(self.optimizer.defaults.get("lr", 0.0)),
             "batch_size": self.cfg.batch_size,
+            "devices": self.world.size,
             "max_steps": self.cfg.max_steps,
             "patch_size": str(list(self.in_shape)),
         }
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed that depends on (seed, step, rank) only."""
+    state = np.random.SeedSequence([seed % 2**64, step, rank]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
 
 
 def seed_everything(seed: int) -> None:
@@ -458,25 +621,57 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train one configuration into ``run_dir``; return the final validation metrics."""
-    trainer = build_trainer(cfg, run_dir)
-    print(
-        f"segunet: training {type(trainer.model).__name__} on '{trainer.data.name}' "
-        f"({len(trainer.data.train)} train / {len(trainer.data.val)} val images), "
-        f"patch {list(trainer.in_shape)} -> {list(trainer.out_shape)}, "
-        f"device {trainer.device}, precision {trainer.amp_dtype or torch.float32}",
-        file=sys.stderr,
-    )
-    final = trainer.fit()
-    print(
-        f"segunet: done at step {trainer.step}: val dice {final.get('val/dice', float('nan')):.4f}"
-        f" (best {trainer.best:.4f}), val iou {final.get('val/iou', float('nan')):.4f}\n"
-        f"  run folder:  {run_dir}\n"
-        f"  checkpoints: {run_dir / 'checkpoints'} (best.pt, last.pt)\n"
-        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
-        file=sys.stderr,
-    )
-    return final
+    """Train one configuration into ``run_dir``; return the final validation metrics.
+
+    Under torchrun this is one rank of a data-parallel run: it joins the process group here
+    and leaves it at the end, also on errors.
+    """
+    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    if trainer_cfg.devices > 1 and distributed.env_world().size == 1:
+        n = trainer_cfg.devices
+        raise SegunetError(
+            f"trainer.devices={n} needs one process per device: run `segunet train "
+            f"trainer.devices={n} ...` or `torchrun --nproc_per_node={n} -m segunet.train ...`"
+        )
+    world = distributed.init(trainer_cfg.device)
+    try:
+        run_dir = _shared_run_dir(Path(run_dir), world)
+        trainer = build_trainer(cfg, run_dir)
+        if world.main:
+            ranks = f" x {world.size} processes" if world.size > 1 else ""
+            print(
+                f"segunet: training {type(trainer.net).__name__} on '{trainer.data.name}' "
+                f"({len(trainer.data.train)} train / {len(trainer.data.val)} val images), "
+                f"patch {list(trainer.in_shape)} -> {list(trainer.out_shape)}, "
+                f"device {trainer.device}{ranks}, precision {trainer.amp_dtype or torch.float32}"
+                f", compile {'on' if trainer.compiling else 'off'}",
+                file=sys.stderr,
+            )
+        final = trainer.fit()
+        if world.main:
+            print(
+                f"segunet: done at step {trainer.step}: val dice "
+                f"{final.get('val/dice', float('nan')):.4f} (best {trainer.best:.4f}), "
+                f"val iou {final.get('val/iou', float('nan')):.4f}\n"
+                f"  run folder:  {run_dir}\n"
+                f"  checkpoints: {run_dir / 'checkpoints'} (best.pt, last.pt)\n"
+                f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
+                file=sys.stderr,
+            )
+        return final
+    finally:
+        distributed.shutdown()
+
+
+def _shared_run_dir(run_dir: Path, world: distributed.World) -> Path:
+    """Rank 0's run folder on every rank. Started by bare torchrun without hydra.run.dir, a
+    rank's Hydra may have stamped a later second into its own, empty folder: remove that."""
+    if world.size == 1:
+        return run_dir
+    shared = Path(distributed.broadcast(str(run_dir.resolve())))
+    if shared != run_dir.resolve() and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    return shared
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -489,4 +684,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Under torchrun every rank runs this: only rank 0 writes Hydra's files to the run folder.
+    sys.argv += distributed.hydra_overrides_for_rank(distributed.env_world().rank)
     main()
