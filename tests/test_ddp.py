@@ -44,6 +44,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     single = build_trainer(make_cfg(*EQUAL_SUMS, "trainer.batch_size=4"), tmp_path / "one")
     batch = single.prepare(next(iter(single.loader())))
     assert bool((batch["weight"] == 1).all()) and not bool(batch["ignore"].any())
+    initial = {k: v.clone() for k, v in single.net.state_dict().items()}
     single.fit()
 
     # `segunet train trainer.devices=2` in this process; it runs torchrun, which runs 2 ranks.
@@ -66,6 +67,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     assert ckpt["model"].keys() == reference.keys()  # no "module." prefix from DDP
     for key, value in reference.items():
         torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+    # A real check: training moved the weights far more than the tolerance (and ranks
+    # training on the same patches instead of disjoint shares fail it).
+    assert max((value - initial[key]).abs().max() for key, value in reference.items()) > 1e-3
     one_ckpt = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["metrics"] == pytest.approx(one_ckpt["metrics"], rel=1e-4, abs=1e-6)
 
@@ -118,3 +122,13 @@ def test_sync_batchnorm_is_a_no_op_in_one_process(make_cfg, tmp_path):
     cfg = make_cfg(*TINY, "model.norm=batch", "trainer.sync_batchnorm=true")
     trainer = build_trainer(cfg, tmp_path)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in trainer.net.modules())
+
+
+def test_more_devices_than_gpus_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", *TINY, "trainer.device=cuda", "trainer.devices=2"])
+    assert exit_.value.code == 2
+    assert "trainer.devices=2 but 1 GPUs are visible" in capsys.readouterr().err

@@ -120,6 +120,17 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    import torch
+
+    device = str(cfg.trainer.device)
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.device_count() < n:  # refuse here, not in every rank
+        print(
+            f"segunet: error: trainer.devices={n} but {torch.cuda.device_count()} GPUs are "
+            f"visible: set trainer.devices={max(torch.cuda.device_count(), 1)}",
+            file=sys.stderr,
+        )
+        return 2
     run_dir = Path(str(cfg.hydra.run.dir))
     command = distributed.launch_command(n, overrides, run_dir)
     print(f"segunet: launching {n} processes: {' '.join(command[1:])}", file=sys.stderr)
