@@ -309,6 +309,23 @@ def test_trainer_passes_ds_weights(make_cfg, tmp_path):
     assert trainer.criterion.weights == (3.0, 2.0, 1.0)
 
 
+def test_resunet_attention_reaches_the_tensorboard_picture(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from segunet.train import run
+
+    cfg = make_cfg(
+        *TINY, "model=resunet", "data.patch_size=[48,48]", "trainer.max_steps=2",
+        "trainer.val_every=2", "logging.image_every=2",
+    )
+    run(cfg, tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    # input, label, prediction, weight + the middle block's attention map = 5 panels
+    image = acc.Images("train/sample")[0]
+    assert 5 * image.height < image.width < 6 * image.height
+
+
 # ------------------------------------------------------------------------------------ export
 def save_checkpoint(folder, name: str):
     cls, defaults = VARIANTS[name]
