@@ -235,7 +235,7 @@ class Trainer:
                 gradient_as_bucket_view=True,
             )
         self.compiling = resolve_compile(self.cfg.compile, self.device)
-        # Compilation is lazy: errors surface at the first call, handled by _compile_fallback.
+        # Compiling is lazy: errors surface at the first call (see _first_compiled_step).
         self.model = torch.compile(self.eager_model) if self.compiling else self.eager_model
         self.eval_model = self.net
         if self.compiling:
@@ -299,11 +299,11 @@ class Trainer:
         run goes on as an eager one would have. Later steps run unguarded."""
         self._compile_unproven = False
         rng = self._rng_snapshot()
-        error: BaseException | None = None
+        error, out = None, None
         try:
             out = self.train_step(batch)
         except Exception as e:  # any compiler error: inductor, triton, a missing C compiler, ...
-            error, out = e, None
+            error = first_line(e)  # not the exception: its traceback holds the failed graph
         # Every rank takes the same path, so DDP's collectives stay matched.
         if distributed.any_true(error is not None, self.device):
             self._fall_back_to_eager("the first training step", error)
@@ -322,12 +322,12 @@ class Trainer:
         if snapshot[1] is not None:
             torch.cuda.set_rng_state(snapshot[1], self.device)
 
-    def _fall_back_to_eager(self, where: str, error: BaseException | None) -> None:
+    def _fall_back_to_eager(self, where: str, error: str | None) -> None:
         """Eager from now on: for validation only if it failed there (the training graph
         works, and under DDP the other ranks keep theirs), else for everything."""
         if error is not None:
             warnings.warn(
-                f"torch.compile failed in {where} ({first_line(error)}); it runs without "
+                f"torch.compile failed in {where} ({error}); it runs without "
                 "compiling from now on (trainer.compile=false skips the attempt)",
                 RuntimeWarning, stacklevel=3,
             )
@@ -498,9 +498,10 @@ class Trainer:
         try:
             return predict(self.eval_model)
         except Exception as e:  # a compiler error; an eager error repeats below
-            self._fall_back_to_eager("validation", e)
-            self._rng_restore(rng)
-            return predict(self.net)
+            error = first_line(e)
+        self._fall_back_to_eager("validation", error)
+        self._rng_restore(rng)
+        return predict(self.net)
 
     def _log_picture(self, tag: str, batch: dict[str, torch.Tensor]) -> None:
         """Input, label, prediction, weight map (and attention maps) of the batch's first item."""
