@@ -287,7 +287,8 @@ def predict_tiled(
                     writer.put((chunk, probs.cpu().numpy()))
                 pixels += len(chunk) * math.prod(out_tile)
                 bar.update(len(chunk))
-                bar.set_postfix({"MP/s": f"{pixels / (time.perf_counter() - started) / 1e6:.2f}"})
+                rate = pixels / (time.perf_counter() - started) / 1e6
+                bar.set_postfix({"MP/s": f"{rate:.2f}"}, refresh=False)  # drawn at its pace
         return finish()
     finally:
         bar.close()
