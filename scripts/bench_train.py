@@ -603,8 +603,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
                    help="trainer.compile, or torch.compile here when the trainer has no such "
                    "setting (auto: on CUDA)")
-    p.add_argument("--cudnn-benchmark", action="store_true",
-                   help="torch.backends.cudnn.benchmark = True (the trainer leaves it off)")
     p.add_argument("--threads", type=int,
                    help="torch.set_num_threads of the main process (default: torch's)")
     p.add_argument("--small", action="store_true",
@@ -634,8 +632,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cases = [make_case(name, args) for name in args.cases]
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
     cuda = torch.cuda.is_available() and args.device != "cpu"
     started = time.perf_counter()
     header = {
@@ -643,7 +639,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    else f"CPU ({platform.processor() or platform.machine()})"),
         "torch": torch.__version__, "python": platform.python_version(), "cpus": cpu_count(),
         "workers": args.workers, "loader_workers": args.loader_workers,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "shm_free_GiB": shm_free_gib(),
+        "shm_free_GiB": shm_free_gib(),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
     try:

@@ -186,6 +186,9 @@ class Trainer:
         local_rank = self.world.local_rank if self.world.size > 1 else None
         self.device = resolve_device(cfg.device, local_rank)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            # Patches have one fixed size, so cuDNN's autotuning is paid once and then wins.
+            torch.backends.cudnn.benchmark = True
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype is torch.float16
         )
