@@ -189,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{name}: {json.dumps(row)}", file=sys.stderr, flush=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    extra = "".join(f", {o}" for o in base if o.startswith("model.") or o in args.override)
     header = (
         f"DSB 2018 ({args.data.name}, max_images={args.max_images}), {args.steps} steps x "
         f"batch {args.batch_size}, output tiles {args.patch}x{args.patch}, Adam lr {args.lr} "
-        f"cosine, seed {args.seed}; {device}, torch {torch.__version__}"
+        f"cosine, seed {args.seed}{extra}; {device}, torch {torch.__version__}"
     )
     text = markdown(rows, header)
     print(text)
