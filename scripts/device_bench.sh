@@ -3,6 +3,9 @@
 #   bash scripts/device_bench.sh [predict] [train] [compare] [tests]   (default: all)
 # DATA (default ../shared/data) holds isbi2012/, lucchi_pp/ and dsb2018/; wheels for
 # monai/hydra/... in WHEELS (default .whl). Results (logs, JSON, Markdown) land in $OUT.
+# On a lent machine ../shared does not travel: copy those three folders into an ignored
+# folder of the checkout (e.g. .devdata/, listed in .git/info/exclude), carry it with the
+# wheels, and run  DATA=.devdata bash scripts/device_bench.sh  (about 12 minutes in all).
 set -uo pipefail
 OUT=${OUT:-device_out}
 DATA=${DATA:-../shared/data}
