@@ -67,6 +67,17 @@ def norm_layer(kind: NormKind | None, channels: int, spatial_dims: int) -> nn.Mo
     raise ValueError(f"norm must be None, 'batch', 'group' or 'instance', got {kind!r}")
 
 
+def conv_norm_relu(
+    spatial_dims: int, in_channels: int, out_channels: int, norm: NormKind | None, padding: int = 1
+) -> nn.Sequential:
+    """A 3x3 conv (``padding`` pixels per side), optional normalisation and a ReLU."""
+    # A following norm re-centres the output, which makes a conv bias redundant.
+    layers = [conv(spatial_dims, in_channels, out_channels, 3, padding=padding, bias=norm is None)]
+    if norm is not None:
+        layers.append(norm_layer(norm, out_channels, spatial_dims))
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
+
+
 class DoubleConv(nn.Sequential):
     """Two 3x3 convolutions, each followed by optional normalisation and a ReLU.
 
@@ -82,15 +93,11 @@ class DoubleConv(nn.Sequential):
         padding: Padding = "valid",
         norm: NormKind | None = None,
     ) -> None:
-        layers: list[nn.Module] = []
-        for cin, cout in ((in_channels, mid_channels), (mid_channels, out_channels)):
-            # A following norm re-centres the output, which makes a conv bias redundant.
-            pad = 1 if padding == "same" else 0
-            layers.append(conv(spatial_dims, cin, cout, 3, padding=pad, bias=norm is None))
-            if norm is not None:
-                layers.append(norm_layer(norm, cout, spatial_dims))
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+        pad = 1 if padding == "same" else 0
+        super().__init__(
+            *conv_norm_relu(spatial_dims, in_channels, mid_channels, norm, pad),
+            *conv_norm_relu(spatial_dims, mid_channels, out_channels, norm, pad),
+        )
 
 
 def center_crop(x: Tensor, shape: Sequence[int]) -> Tensor:

@@ -17,21 +17,11 @@ from segunet.models.blocks import (
     NormKind,
     Padding,
     conv,
+    conv_norm_relu,
     he_init,
     max_pool,
-    norm_layer,
 )
 from segunet.models.unet import SizeRules, _check_arguments, check_ds_weights, check_same_padding
-
-
-def conv_norm_relu(
-    spatial_dims: int, in_channels: int, out_channels: int, norm: NormKind | None
-) -> nn.Sequential:
-    """A same-padded 3x3 conv, optional norm (then no conv bias) and ReLU."""
-    layers = [conv(spatial_dims, in_channels, out_channels, 3, padding=1, bias=norm is None)]
-    if norm is not None:
-        layers.append(norm_layer(norm, out_channels, spatial_dims))
-    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 class UNet3Plus(SizeRules, nn.Module):
