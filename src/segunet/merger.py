@@ -258,8 +258,10 @@ class ZarrMerger(BandMerger):
             split, so one chunk holds every class of its pixels.
         dtype: of the final probabilities.
         weighted: see :class:`Merger`.
-        out: an array-like of ``shape`` to write into instead of ``probabilities``.
         device: see :class:`BandMerger`.
+
+    To fill an array of your own (a zarr array elsewhere, a memmap), use :class:`BandMerger`
+    on it directly.
     """
 
     def __init__(
@@ -269,7 +271,6 @@ class ZarrMerger(BandMerger):
         chunks: Sequence[int] | None = None,
         dtype: str | np.dtype = "float16",
         weighted: bool = True,
-        out: Any = None,
         device: Any = None,
     ) -> None:
         import zarr
@@ -281,16 +282,11 @@ class ZarrMerger(BandMerger):
         self.chunks = tuple(min(int(c), s) for c, s in zip(chunks, spatial, strict=True))
         self.path = Path(path)
         self.group = zarr.open_group(store=str(self.path), mode="w")
-        if out is not None:
-            if tuple(out.shape) != shape:
-                raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
-        else:
-            out = self.group.create_array(
-                "probabilities", shape=shape, chunks=(shape[0], *self.chunks), dtype=dtype,
-                fill_value=0,
-            )
-        rows = None if getattr(out, "chunks", None) else self.chunks[0]
-        super().__init__(out, weighted, rows, device)
+        out = self.group.create_array(
+            "probabilities", shape=shape, chunks=(shape[0], *self.chunks), dtype=dtype,
+            fill_value=0,
+        )
+        super().__init__(out, weighted, device=device)  # rows: the chunk edge
 
     def remove(self) -> None:
         """Delete the store from disk."""
