@@ -73,7 +73,8 @@ class UNetPlusPlus(SizeRules, nn.Module):
         # Heads by depth d = 1..L; without deep supervision only X(0, L) has one, so no
         # parameter goes unused (DDP requires that every parameter gets a gradient).
         self.head_depths = tuple(range(1, depth + 1)) if self.deep_supervision else (depth,)
-        self.ds_weights = check_ds_weights(ds_weights, len(self.head_depths), self.deep_supervision)
+        # ds_weights go with deep supervision's L heads, so the error names L even without it.
+        self.ds_weights = check_ds_weights(ds_weights, depth, self.deep_supervision)
         self.prune_depth = _check_prune_depth(prune_depth, self.head_depths)
 
         def block(cin: int, cout: int) -> DoubleConv:
