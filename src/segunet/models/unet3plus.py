@@ -21,7 +21,13 @@ from segunet.models.blocks import (
     he_init,
     max_pool,
 )
-from segunet.models.unet import SizeRules, _check_arguments, check_ds_weights, check_same_padding
+from segunet.models.unet import (
+    ModelInputError,
+    SizeRules,
+    _check_arguments,
+    check_ds_weights,
+    check_same_padding,
+)
 
 
 class UNet3Plus(SizeRules, nn.Module):
@@ -69,7 +75,11 @@ class UNet3Plus(SizeRules, nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.spatial_dims, self.channels, self.padding = spatial_dims, channels, padding
         self.levels = levels = len(channels)
-        self.cat_channels = int(cat_channels or channels[0])
+        if cat_channels is not None and int(cat_channels) < 1:
+            raise ModelInputError(
+                f"model.cat_channels={cat_channels} must be >= 1, or null for channels[0]"
+            )
+        self.cat_channels = int(channels[0] if cat_channels is None else cat_channels)
         self.deep_supervision = bool(deep_supervision)
         self.ds_weights = check_ds_weights(ds_weights, levels, self.deep_supervision)
         self.mode = INTERPOLATION[spatial_dims]
