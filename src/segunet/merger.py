@@ -292,17 +292,3 @@ class ZarrMerger(BandMerger):
         """Delete the store from disk."""
         shutil.rmtree(self.path, ignore_errors=True)
 
-
-class ArrayMerger(Merger):
-    """Writes tiles straight into an array-like of ``(classes, *spatial)`` (numpy, memmap,
-    zarr, HDF5): for tiles that agree where they overlap, such as the valid-padded U-Net's."""
-
-    def __init__(self, out: Any) -> None:
-        super().__init__(out.shape, weighted=False)
-        self.out = out
-
-    def add(self, region: Region, probs: np.ndarray, weights: np.ndarray | None = None) -> None:
-        self.out[(slice(None), *region)] = probs
-
-    def finalize(self) -> Any:
-        return self.out
