@@ -265,7 +265,6 @@ def predict_tiled(
             weights = window[crop] if merger.weighted else None
             merger.add(region, probs[(slice(None), *crop)], weights)
 
-    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
     was_training, started, pixels = model.training, time.perf_counter(), 0
     model.eval()
@@ -274,7 +273,7 @@ def predict_tiled(
             torch.inference_mode(),
             autocast,
             _Writer(write, maxsize=2) as writer,
-            _tile_batches(image, batches, in_tile, device, resident) as reader,
+            _tile_batches(image, tiles, batch_size, in_tile, device, resident) as reader,
         ):
             for chunk, x in reader:
                 x = x.to(device, non_blocking=True).float()
@@ -376,20 +375,21 @@ Tile = tuple[tuple[int, ...], tuple[int, ...]]
 @contextlib.contextmanager
 def _tile_batches(
     image: Any,
-    batches: Iterable[list[Tile]],
+    tiles: Sequence[Tile],
+    batch_size: int,
     in_tile: Sequence[int],
     device: torch.device,
     resident: bool | None,
 ) -> Iterator[Iterator[tuple[list[Tile], Tensor]]]:
-    """``(tiles, input batch)`` pairs, each batch ``(N, C, *in_tile)``, from one of three
-    sources that give identical values: the whole image on ``device`` (see
-    :func:`predict_tiled`'s ``resident``), full-width bands of rows read ahead from a lazy
-    image (zarr, memmap, HDF5: one read per row of tiles instead of one per tile), or tiles
-    cropped from an in-memory array. The last two are read in a background thread; their
-    batches keep the image's dtype when it is a small integer or float32 type (converted to
-    float32 on the device, so less crosses to it) and are pinned for CUDA."""
-    batches = list(batches)
-    tiles = [tile for batch in batches for tile in batch]
+    """``(tiles, input batch)`` pairs of ``batch_size`` tiles in order, each batch
+    ``(N, C, *in_tile)``, from one of three sources that give identical values: the whole
+    image on ``device`` (see :func:`predict_tiled`'s ``resident``), full-width bands of rows
+    read ahead from a lazy image (zarr, memmap, HDF5: one read per row of tiles instead of one
+    per tile), or tiles cropped from an in-memory array. The last two are read in a
+    background thread; their batches keep the image's dtype when it is a small integer or
+    float32 type (converted to float32 on the device, so less crosses to it) and are pinned
+    for CUDA."""
+    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
     in_memory = isinstance(image, np.ndarray) and not isinstance(image, np.memmap)
     if resident is None:
         resident = in_memory and _fits_resident(image, tiles, in_tile, device)
