@@ -160,7 +160,7 @@ def compose_config(overrides: list[str]):
 
 
 def case_config(case: Case, args: argparse.Namespace):
-    """The composed config, and whether the trainer has its own ``trainer.compile``."""
+    """The composed config of one case, with the trainer's own settings from the arguments."""
     steps_b = args.warmup + args.steps
     overrides = [
         *case.overrides,
@@ -169,13 +169,10 @@ def case_config(case: Case, args: argparse.Namespace):
         f"trainer.num_workers={args.loader_workers}", f"trainer.device={args.device}",
         f"trainer.precision={args.precision}",
         f"trainer.channels_last={str(args.channels_last).lower()}",
+        f"trainer.compile={args.compile}",
         "data.cache_dir=null", "logging.tensorboard=false", "logging.progress=false",
     ]
-    cfg = compose_config(overrides)
-    has_compile = "compile" in cfg.trainer
-    if has_compile:  # the value a `trainer.compile=...` override gives
-        cfg.trainer.compile = {"true": True, "false": False}.get(args.compile, args.compile)
-    return cfg, has_compile
+    return compose_config(overrides)
 
 
 # --------------------------------------------------------------------------- timing
@@ -238,37 +235,6 @@ def synced_every(trainer: Trainer) -> Callable[[torch.Tensor], None]:
     return after
 
 
-# ---------------------------------------------------------------------- compilation
-def is_compiled(model: torch.nn.Module) -> bool:
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    inner = getattr(model, "module", model)  # DDP
-    return any(isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None)
-               is not None for m in (model, inner))
-
-
-def compiled_now(trainer: Trainer) -> bool:
-    """Whether the trainer still compiles (its own eager fallback turns ``compiling`` off)."""
-    if hasattr(trainer, "compiling"):
-        return bool(trainer.compiling)
-    return is_compiled(trainer.model)
-
-
-def setup_compile(trainer: Trainer, has_compile: bool, wanted: str) -> dict:
-    """Compile as the trainer would. When ``TrainerConfig`` has no ``compile`` field yet,
-    compile ``trainer.model`` here (``auto``: on CUDA only)."""
-    if has_compile:
-        return {"by": "trainer", "setting": wanted, "compiled": compiled_now(trainer)}
-    on = wanted == "true" or (wanted == "auto" and trainer.device.type == "cuda")
-    info = {"by": "bench_train (trainer has no compile setting)", "setting": wanted,
-            "compiled": False}
-    if on:
-        trainer._bench_eager = trainer.model  # for the fallback in bench_bare
-        trainer.model = torch.compile(trainer.model)
-        info["compiled"] = True
-    return info
-
-
 # ------------------------------------------------------------------------- variants
 def resident_batch(trainer: Trainer, batch_size: int) -> dict[str, torch.Tensor]:
     """Random tensors at input/output size on the device, in the trainer's layout."""
@@ -291,20 +257,8 @@ def bench_bare(trainer: Trainer, case: Case, args: argparse.Namespace) -> dict:
     def step() -> None:
         trainer.train_step(batch)
 
-    try:
-        step()  # the first step compiles (the trainer falls back to eager by itself)
-    except Exception as e:  # noqa: BLE001 - any compile failure
-        eager = getattr(trainer, "_bench_eager", None)  # only when compiled here
-        if eager is None:
-            raise
-        print(f"  compile failed, eager fallback: {type(e).__name__}: {e}".splitlines()[0],
-              file=sys.stderr)
-        torch._dynamo.reset()
-        trainer.model = eager
-        case.result["compile"]["compiled"] = False
-        case.result["compile"]["error"] = f"{type(e).__name__}: {e}"[:500]
-        step()
-    if case.result["compile"]["compiled"] and not compiled_now(trainer):
+    step()  # the first step compiles (the trainer falls back to eager by itself)
+    if case.result["compile"]["compiled"] and not trainer.compiling:
         case.result["compile"]["compiled"] = False
         case.result["compile"]["error"] = "the trainer fell back to eager (see its warning)"
     result = measure(step, trainer.device, case.batch_size, max(args.warmup - 1, 0),
@@ -478,7 +432,7 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
     res = case.result
     res.update({"case": case.name, "data": case.data, "batch_size": case.batch_size,
                 "overrides": case.overrides})
-    cfg, has_compile = case_config(case, args)
+    cfg = case_config(case, args)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = build_trainer(cfg, Path(run_dir))
         res.update({
@@ -490,12 +444,12 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
             "precision": str(trainer.amp_dtype or torch.float32).replace("torch.", ""),
             "memory_format": str(trainer.memory_format).replace("torch.", ""),
         })
-        res["compile"] = setup_compile(trainer, has_compile, args.compile)
+        res["compile"] = {"setting": args.compile, "compiled": trainer.compiling}
         print(f"\n{case.name}: {res['model']} {res['channels']} {res['padding']}, "
               f"{'x'.join(map(str, trainer.in_shape))} -> "
               f"{'x'.join(map(str, trainer.out_shape))}, batch {case.batch_size}, "
               f"{res['precision']}, {res['memory_format']}, compiled "
-              f"{res['compile']['compiled']} ({res['compile']['by']}); data: {case.data} "
+              f"{res['compile']['compiled']}; data: {case.data} "
               f"({res['train_volumes']} training volumes)", flush=True)
         for variant in args.variants:
             started = time.perf_counter()
@@ -601,8 +555,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="trainer.channels_last (CUDA only)")
     p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
-                   help="trainer.compile, or torch.compile here when the trainer has no such "
-                   "setting (auto: on CUDA)")
+                   help="trainer.compile (auto: on CUDA)")
     p.add_argument("--threads", type=int,
                    help="torch.set_num_threads of the main process (default: torch's)")
     p.add_argument("--small", action="store_true",
