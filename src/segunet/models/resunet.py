@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segunet.models.blocks import Padding, conv
-from segunet.models.unet import ModelInputError, SizeRules, _check_arguments, check_same_padding
+from segunet.models.unet import ModelInputError, SizeRules
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -167,17 +167,16 @@ class ResUNet(SizeRules, nn.Module):
         image_size: int = 256,
     ) -> None:
         super().__init__()
-        check_same_padding(type(self).__name__, padding)
-        channels = tuple(int(c) for c in channels)
-        _check_arguments(in_channels, out_channels, spatial_dims, channels, padding, None, dropout)
+        channels = self._init_sizes(
+            in_channels, out_channels, spatial_dims, channels, padding, None, dropout,
+            same_only=True,
+        )
         if num_res_blocks < 1 or num_heads < 1:
             raise ModelInputError(
                 f"model.num_res_blocks={num_res_blocks} and model.num_heads={num_heads} must "
                 f"be >= 1"
             )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.spatial_dims, self.channels, self.padding = spatial_dims, channels, padding
-        self.levels = levels = len(channels)
+        levels = self.levels
         self.attention_levels = tuple(
             lv for lv in range(levels) if image_size / 2**lv <= attention_resolution
         )

@@ -35,14 +35,43 @@ class SizeRules:
     """Spatial-size rules shared by every U-Net here: ``output_shape``, ``valid_input_shape``,
     ``nearest_valid_sizes`` and the input check of ``forward``, from :mod:`shapes`.
 
-    Mixed into an ``nn.Module`` that sets ``in_channels``, ``spatial_dims``, ``levels`` and
-    ``padding``; the variants that always pad ("same") share the UNet's messages this way.
+    Mixed into an ``nn.Module`` whose ``__init__`` calls ``_init_sizes``, which checks the
+    arguments they all take and sets the attributes below; the variants that always pad
+    ("same") share the UNet's messages this way.
     """
 
     in_channels: int
+    out_channels: int
     spatial_dims: int
+    channels: tuple[int, ...]
     levels: int
     padding: Padding
+
+    def _init_sizes(
+        self,
+        in_channels: int,
+        out_channels: int,
+        spatial_dims: int,
+        channels: Sequence[int],
+        padding: Padding,
+        norm: NormKind | None,
+        dropout: float,
+        *,
+        same_only: bool,
+    ) -> tuple[int, ...]:
+        """Check the shared arguments, one line naming the setting, and set the attributes;
+        ``same_only`` for the variants that pad every conv. Returns ``channels`` as ints."""
+        if same_only and padding != "same":
+            raise ModelInputError(
+                f"{type(self).__name__} supports padding=same only (output size == input size), "
+                f"got padding={padding!r}: use model=unet for valid padding"
+            )
+        channels = tuple(int(c) for c in channels)
+        _check_arguments(in_channels, out_channels, spatial_dims, channels, padding, norm, dropout)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.spatial_dims, self.channels, self.padding = spatial_dims, channels, padding
+        self.levels = len(channels)
+        return channels
 
     # ------------------------------------------------------------------------------- shapes
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -148,11 +177,10 @@ class UNet(SizeRules, nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        channels = tuple(int(c) for c in channels)
-        _check_arguments(in_channels, out_channels, spatial_dims, channels, padding, norm, dropout)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.spatial_dims, self.channels, self.padding = spatial_dims, channels, padding
-        self.levels = len(channels)
+        channels = self._init_sizes(
+            in_channels, out_channels, spatial_dims, channels, padding, norm, dropout,
+            same_only=False,
+        )
 
         def level(cin: int, cout: int) -> DoubleConv:
             mid = max(cout // 2, 1) if double_before_pool else cout
@@ -233,15 +261,6 @@ def _check_arguments(
         )
     if not 0 <= dropout < 1:
         raise ModelInputError(f"model.dropout={dropout} must be in [0, 1)")
-
-
-def check_same_padding(name: str, padding: str) -> None:
-    """The U-Net variants pad every conv; say so in one line rather than fail inside."""
-    if padding != "same":
-        raise ModelInputError(
-            f"{name} supports padding=same only (output size == input size), got "
-            f"padding={padding!r}: use model=unet for valid padding"
-        )
 
 
 def check_ds_weights(

@@ -21,13 +21,7 @@ from segunet.models.blocks import (
     he_init,
     max_pool,
 )
-from segunet.models.unet import (
-    ModelInputError,
-    SizeRules,
-    _check_arguments,
-    check_ds_weights,
-    check_same_padding,
-)
+from segunet.models.unet import ModelInputError, SizeRules, check_ds_weights
 
 
 class UNet3Plus(SizeRules, nn.Module):
@@ -69,12 +63,10 @@ class UNet3Plus(SizeRules, nn.Module):
         ds_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        check_same_padding(type(self).__name__, padding)
-        channels = tuple(int(c) for c in channels)
-        _check_arguments(in_channels, out_channels, spatial_dims, channels, padding, norm, 0.0)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.spatial_dims, self.channels, self.padding = spatial_dims, channels, padding
-        self.levels = levels = len(channels)
+        channels = self._init_sizes(
+            in_channels, out_channels, spatial_dims, channels, padding, norm, 0.0, same_only=True
+        )
+        levels = self.levels
         if cat_channels is not None and int(cat_channels) < 1:
             raise ModelInputError(
                 f"model.cat_channels={cat_channels} must be >= 1, or null for channels[0]"

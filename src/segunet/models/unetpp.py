@@ -12,13 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from segunet.models.blocks import DoubleConv, NormKind, Padding, conv, he_init, max_pool, up_conv
-from segunet.models.unet import (
-    ModelInputError,
-    SizeRules,
-    _check_arguments,
-    check_ds_weights,
-    check_same_padding,
-)
+from segunet.models.unet import ModelInputError, SizeRules, check_ds_weights
 
 
 class UNetPlusPlus(SizeRules, nn.Module):
@@ -62,12 +56,9 @@ class UNetPlusPlus(SizeRules, nn.Module):
         prune_depth: int | None = None,
     ) -> None:
         super().__init__()
-        check_same_padding(type(self).__name__, padding)
-        channels = tuple(int(c) for c in channels)
-        _check_arguments(in_channels, out_channels, spatial_dims, channels, padding, norm, 0.0)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.spatial_dims, self.channels, self.padding = spatial_dims, channels, padding
-        self.levels = len(channels)
+        channels = self._init_sizes(
+            in_channels, out_channels, spatial_dims, channels, padding, norm, 0.0, same_only=True
+        )
         self.depth = depth = self.levels - 1
         self.deep_supervision = bool(deep_supervision)
         # Heads by depth d = 1..L; without deep supervision only X(0, L) has one, so no
