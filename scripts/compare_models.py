@@ -81,27 +81,33 @@ def patch_for(model_name: str, base: list[str], patch: int) -> list[int]:
         size += 1
 
 
-def ground_truth(data_dir: Path, name: str) -> np.ndarray:
+def ground_truth(data) -> dict[str, Path]:
+    """The instance label file of each image, paired by the reader that built the data."""
+    from segunet.data.sources import pair_files
+
+    root = Path(data.path)
+    pairs = pair_files(root / data.images, root / data.labels, data.image_glob, data.label_suffix)
+    return {image.stem: labels for image, labels in pairs}
+
+
+def score(trainer, data) -> dict[str, float]:
+    """Instance AP over the validation images, against their instance labels."""
     from segunet.data.io import read_array
-
-    masks = sorted((data_dir / "masks").glob(f"{name}.*"))
-    return np.asarray(read_array(masks[0])).astype(np.int64)
-
-
-def score(trainer, data_dir: Path) -> dict[str, float]:
-    """Dice from the trainer's last validation; instance AP over the validation images."""
+    from segunet.data.sources import label_image
     from segunet.instances import instances_from_probabilities
     from segunet.metrics import DSB_THRESHOLDS, average_precision
     from segunet.predict import predict_tiled
 
+    labels = ground_truth(data)
     ap50, map_ = [], []
     for volume in trainer.data.val:
         probs = predict_tiled(
             trainer.model, volume.image, tile_shape=trainer.in_shape,
             batch_size=trainer.cfg.batch_size, device=trainer.device,
         )
-        pred = instances_from_probabilities(probs)
-        ap = average_precision(pred, ground_truth(data_dir, volume.name), DSB_THRESHOLDS)
+        path = labels[volume.name]
+        gt = label_image(read_array(path), data.spatial_dims, str(path))
+        ap = average_precision(instances_from_probabilities(probs), gt, DSB_THRESHOLDS)
         ap50.append(ap[0.5])
         map_.append(float(np.mean(list(ap.values()))))
     return {"ap50": float(np.mean(ap50)), "map": float(np.mean(map_))}
@@ -143,7 +149,7 @@ def train_one(name: str, args: argparse.Namespace, base: list[str], run_dir: Pat
     wall = time.perf_counter() - t0
     timed_steps = args.steps - warm
     images_per_s = timed_steps * args.batch_size / (marks["end"] - marks["start"])
-    scores = score(trainer, args.data)
+    scores = score(trainer, cfg.data)
     return {
         "model": name, "params": n_params, "patch": patch, "images_per_s": images_per_s,
         "wall_s": wall, "dice": final["val/dice"], **scores,
