@@ -255,6 +255,11 @@ def label_dtype(top: int) -> np.dtype:
     return np.dtype(np.uint16 if top < 2**16 else np.uint32)
 
 
+def class_dtype(classes: int) -> np.dtype:
+    """Of a label map of ``classes`` classes: uint8, or uint16 beyond 256."""
+    return np.dtype(np.uint8 if classes <= 256 else np.uint16)
+
+
 @contextlib.contextmanager
 def zarr_output(path: Path, shape: Sequence[int], dtype: Any, dims: int) -> Iterator[Any]:
     """An empty zarr array to fill, created beside ``path`` and moved onto it once filled."""
@@ -285,7 +290,7 @@ def argmax_of(probs: Any, rows: int, out: Any = None) -> Any:
     """The most probable class ``(*spatial)`` (uint8, or uint16 beyond 256 classes), read and
     written ``rows`` at a time along the first spatial axis: into ``out`` (a zarr array, so
     the label map never comes into memory whole) or a new numpy array."""
-    dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
+    dtype = class_dtype(probs.shape[0])
     out = np.empty(probs.shape[1:], dtype) if out is None else out
     for s in blocks(probs.shape[1], rows):
         out[s] = np.asarray(probs[:, s]).argmax(0).astype(dtype)
@@ -434,8 +439,7 @@ def predict_file(
             if "labels" in targets and options.format == "zarr":
                 # Whole chunks, block by block: the label map never in memory whole.
                 chunk = ZARR_CHUNK[dims]
-                dtype = np.uint8 if classes <= 256 else np.uint16
-                with zarr_output(targets["labels"], spatial, dtype, dims) as out:
+                with zarr_output(targets["labels"], spatial, class_dtype(classes), dims) as out:
                     argmax_of(probs, max(chunk, rows // chunk * chunk), out)
                 written.append(targets["labels"])
             elif "labels" in targets:
