@@ -95,7 +95,7 @@ def score(trainer, data) -> dict[str, float]:
     from segunet.data.io import read_array
     from segunet.data.sources import label_image
     from segunet.instances import instances_from_probabilities
-    from segunet.metrics import DSB_THRESHOLDS, average_precision
+    from segunet.metrics import instance_scores
     from segunet.predict import predict_tiled
 
     labels = ground_truth(data)
@@ -107,9 +107,9 @@ def score(trainer, data) -> dict[str, float]:
         )
         path = labels[volume.name]
         gt = label_image(read_array(path), data.spatial_dims, str(path))
-        ap = average_precision(instances_from_probabilities(probs), gt, DSB_THRESHOLDS)
-        ap50.append(ap[0.5])
-        map_.append(float(np.mean(list(ap.values()))))
+        scores = instance_scores(instances_from_probabilities(probs), gt)
+        ap50.append(scores["ap50"])
+        map_.append(scores["mean_ap"])
     return {"ap50": float(np.mean(ap50)), "map": float(np.mean(map_))}
 
 
