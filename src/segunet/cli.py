@@ -122,9 +122,8 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
         return 2
     import torch
 
-    device = str(cfg.trainer.device)
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda and torch.cuda.device_count() < n:  # refuse here, not in every rank
+    # Refuse here, not in every rank.
+    if distributed.uses_cuda(str(cfg.trainer.device)) and torch.cuda.device_count() < n:
         print(
             f"segunet: error: trainer.devices={n} but {torch.cuda.device_count()} GPUs are "
             f"visible: set trainer.devices={max(torch.cuda.device_count(), 1)}",

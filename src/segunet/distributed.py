@@ -56,6 +56,11 @@ def world() -> World:
     return World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
 
 
+def uses_cuda(device: str) -> bool:
+    """Whether ``trainer.device`` trains on CUDA (``auto`` does when a GPU is visible)."""
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
 def init(device: str) -> World:
     """Join the process group torchrun set up, if there is one (``WORLD_SIZE`` > 1).
 
@@ -65,13 +70,12 @@ def init(device: str) -> World:
     w = env_world()
     if w.size == 1 or dist.is_initialized():
         return world()
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if device.startswith("cuda:"):
         raise SegunetError(
             f"trainer.device={device} pins one GPU, but each of the {w.size} processes uses "
             "its own (cuda:LOCAL_RANK): use trainer.device=cuda or auto"
         )
-    if cuda:
+    if uses_cuda(device):
         if torch.cuda.device_count() <= w.local_rank:
             raise SegunetError(
                 f"process {w.rank} wants cuda:{w.local_rank} but {torch.cuda.device_count()} "
