@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from test_predict import random_image, unet
+from test_predict import FailingImage, random_image, unet
 
 from segunet.merger import BandMerger, ZarrMerger
 from segunet.predict import predict_tiled
@@ -75,6 +76,27 @@ def test_band_merger_refuses_tiles_out_of_raster_order():
     merger.add((slice(16, 24), slice(0, 10)), np.ones((1, 8, 10), np.float32))
     with pytest.raises(ValueError, match="raster order"):
         merger.add((slice(0, 8), slice(0, 10)), np.ones((1, 8, 10), np.float32))
+
+
+class SlowArray(RecordingArray):
+    """Writes take a while, so some are still pending when the prediction fails."""
+
+    def __setitem__(self, index, value):
+        time.sleep(0.05)
+        super().__setitem__(index, value)
+
+
+def test_a_failed_prediction_leaves_no_write_running():
+    """predict_cli removes its temporary store when the prediction raises: no band may be
+    written into it after that."""
+    model = unet("same")
+    image = random_image((1, 200, 40))
+    out = SlowArray((2, 200, 40), (2, 8, 40))
+    with pytest.raises(OSError, match="read failed"):
+        predict_tiled(model, FailingImage(image, 6), 32, batch_size=1, out=out)
+    written = len(out.writes)
+    time.sleep(0.3)
+    assert len(out.writes) == written
 
 
 def test_zarr_merger_blends_3d_in_float16(tmp_path):

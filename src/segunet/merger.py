@@ -55,6 +55,11 @@ class Merger(ABC):
         prediction loop, rather than as host arrays from a writer thread."""
         return False
 
+    def close(self) -> None:
+        """Stop any background work without finishing (the prediction failed): once it
+        returns, nothing writes to the output any more."""
+        return None
+
     def _check(self, region: Region, probs: np.ndarray, weights: np.ndarray | None) -> None:
         if self.weighted and weights is None:
             raise ValueError(f"{type(self).__name__} blends tiles: add() needs weights")
@@ -202,6 +207,9 @@ class BandMerger(Merger):
         self._wait(0)
         self.pool.shutdown()
         return self.out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _tensor(self, x: Any) -> torch.Tensor:
         if self.device is None:

@@ -289,6 +289,11 @@ def predict_tiled(
                 rate = pixels / (time.perf_counter() - started) / 1e6
                 bar.set_postfix({"MP/s": f"{rate:.2f}"}, refresh=False)  # drawn at its pace
         return finish()
+    except BaseException:
+        # A merger's writer thread must not go on writing into an output the caller is
+        # about to remove (predict_cli's temporary zarr store).
+        merger.close()
+        raise
     finally:
         bar.close()
         model.train(was_training)
