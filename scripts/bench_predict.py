@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results = []
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         tiff = Path(folder) / "image.tif"
         started = time.perf_counter()
