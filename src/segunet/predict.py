@@ -460,7 +460,10 @@ def _resident_image(
     """The image on ``device``, mirror-extrapolated once over the box all tiles read (the
     same indices as :func:`~segunet.data.tiling.crop_reflect`), and that box's corner."""
     low, high = _padded_box(tiles, in_tile)
-    x = torch.as_tensor(np.asarray(image), device=device)
+    image = np.asarray(image)
+    if image.dtype not in _KEPT_DTYPES:  # the host path's rule (uint16 has few CUDA kernels)
+        image = image.astype(np.float32)
+    x = torch.as_tensor(image, device=device)
     for axis, (lo, hi, n) in enumerate(zip(low, high, image.shape[1:]), start=1):
         if lo >= 0 and hi <= n:
             x = x.narrow(axis, int(lo), int(hi - lo))
