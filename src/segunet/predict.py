@@ -39,6 +39,7 @@ from segunet.checkpoint import unwrap
 from segunet.data.tiling import crop_reflect, reflect_indices, tile_starts
 from segunet.errors import SegunetError
 from segunet.merger import BandMerger, DeviceMerger, InMemoryMerger, Merger
+from segunet.models.fuse import fold_batchnorm
 
 Blend = Literal["gaussian", "constant"]
 T = TypeVar("T")
@@ -205,8 +206,10 @@ def predict_tiled(
     """Softmax class probabilities ``(classes, *spatial)`` of a whole image, tile by tile.
 
     Args:
-        model: a :class:`~segunet.models.unet.UNet` (or one wrapped by DDP / torch.compile);
-            put in eval mode for the call, its training mode restored after.
+        model: a :class:`~segunet.models.unet.UNet` (or one wrapped by DDP / torch.compile).
+            A plain or DDP-wrapped model is left as it is: the tiles run through an eval copy
+            with its BatchNorms folded into the convolutions. A compiled model runs as given,
+            moved to ``device``, in eval mode for the call and its training mode restored.
         image: ``(channels, *spatial)``: a numpy array or any array-like sliced lazily (memmap,
             zarr, HDF5 dataset); only the tiles in flight are read.
         tile_shape: the network's input tile, rounded down to a valid size; see
@@ -216,7 +219,7 @@ def predict_tiled(
             (see :func:`blend_window`) and the fraction by which neighbours overlap. A
             valid-padded net's tiles need neither (Ronneberger et al. 2015, Fig. 2).
         tta: average the probabilities of the 8 rotations/reflections (2D) or flips (3D).
-        device: where the network runs (the model is moved there); default: the model's.
+        device: where the network runs; default: the model's.
             On CUDA it runs under bf16 autocast on channels-last inputs.
         out: None to return a float32 numpy array; a :class:`~segunet.merger.Merger` to merge
             into (returns its ``finalize()``); or an array-like of the output shape (zarr,
@@ -249,14 +252,14 @@ def predict_tiled(
     if on_device:
         window = torch.tensor(window, device=device)  # a copy: the cached window is read-only
 
-    model.to(device)
+    runner = _inference_model(model).to(device)
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     layout = (torch.channels_last if dims == 2 else torch.channels_last_3d) if cuda else None
     if layout is not None:
         # Weights in the input's layout: cuDNN's fast bf16 kernels want both channels-last
         # (the trainer keeps its model so on CUDA already).
-        model.to(memory_format=layout)
+        runner.to(memory_format=layout)
     transforms = symmetries(dims) if tta else [(_identity, _identity)]
 
     def write(item: tuple[list, Any]) -> None:
@@ -266,8 +269,8 @@ def predict_tiled(
             merger.add(region, probs[(slice(None), *crop)], weights)
 
     bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
-    was_training, started, pixels = model.training, time.perf_counter(), 0
-    model.eval()
+    was_training, started, pixels = runner.training, time.perf_counter(), 0
+    runner.eval()
     try:
         with (
             torch.inference_mode(),
@@ -279,7 +282,7 @@ def predict_tiled(
                 x = x.to(device, non_blocking=True).float()
                 if layout is not None:
                     x = x.contiguous(memory_format=layout)
-                probs = _probabilities(model, x, transforms)
+                probs = _probabilities(runner, x, transforms)
                 if on_device:
                     write((chunk, probs))
                 else:
@@ -296,7 +299,7 @@ def predict_tiled(
         raise
     finally:
         bar.close()
-        model.train(was_training)
+        runner.train(was_training)
 
 
 def predict_labels(
@@ -310,6 +313,16 @@ def predict_labels(
     :func:`predict_tiled`."""
     probs = predict_tiled(model, image, tile_shape, batch_size=batch_size, device=device)
     return probs.argmax(0)
+
+
+def _inference_model(model: nn.Module) -> nn.Module:
+    """What the tiles run through: an eval copy of the bare network with its BatchNorms
+    folded into the convolutions (see :func:`~segunet.models.fuse.fold_batchnorm`), or a
+    compiled model as given (its compiled code fuses each norm with the ReLU anyway, and a
+    copy would compile anew)."""
+    if getattr(model, "_orig_mod", None) is not None:
+        return model
+    return fold_batchnorm(unwrap(model))
 
 
 def _probabilities(model: nn.Module, x: Tensor, transforms: list[Transform]) -> Tensor:
@@ -346,24 +359,28 @@ def _model_device(model: nn.Module) -> torch.device:
 def _merger_for(
     out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device, band: int
 ) -> tuple[Merger, Callable]:
-    """The merger to add tiles to and the function that finishes the prediction: on the GPU
-    when the result is wanted in memory and fits there, else in host memory; an ``out`` array
-    is filled band by band (``band``: the output tile's rows), the band on the GPU when it
-    fits there."""
-    if out is None and DeviceMerger.fits(shape, device):
-        merger = DeviceMerger(shape, weighted, device)
-        return merger, merger.finalize
-    if out is None:
+    """The merger to add tiles to and the function that finishes the prediction. An ``out``
+    array is filled band by band (``band``: the output tile's rows), the band kept on the
+    GPU when it fits there. So is a result wanted in host memory on CUDA: each band crosses
+    to the host as soon as its last tile is in, while the GPU computes the next ones, rather
+    than the whole result after the last tile. Elsewhere: sums in host memory."""
+    if out is None and not _band_fits(shape, device, band):
         merger = InMemoryMerger(shape, weighted)
         return merger, merger.finalize
+    if out is None:
+        out = np.empty(shape, np.float32)  # every pixel is written: tiles cover the image
     if tuple(out.shape) != shape:
         raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
     if isinstance(out, Merger):
         return out, out.finalize
-    rows = 2 * band + BandMerger.DEFAULT_ROWS.get(len(shape) - 1, 16)  # generously
-    on_gpu = DeviceMerger.fits((shape[0], min(rows, shape[1]), *shape[2:]), device)
+    on_gpu = _band_fits(shape, device, band)
     merger = BandMerger(out, weighted, device=device if on_gpu else "cpu")
     return merger, merger.finalize
+
+
+def _band_fits(shape: tuple[int, ...], device: torch.device, band: int) -> bool:
+    rows = 2 * band + BandMerger.DEFAULT_ROWS.get(len(shape) - 1, 16)  # generously
+    return DeviceMerger.fits((shape[0], min(rows, shape[1]), *shape[2:]), device)
 
 
 # --- reading tiles ------------------------------------------------------------------------
