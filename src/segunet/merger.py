@@ -26,6 +26,8 @@ import torch
 
 Region = tuple[slice, ...]
 
+_NUMPY_DTYPE = {torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}
+
 
 class Merger(ABC):
     """Collects tile probabilities ``(classes, *region)`` into an array of ``shape``
@@ -173,6 +175,7 @@ class BandMerger(Merger):
         self.dtype = np.dtype(out.dtype)
         self.pending: deque[Future] = deque()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="segunet-band")
+        self.copy_stream: torch.cuda.Stream | None = None
 
     def takes(self, device: Any) -> bool:
         # On the host a writer thread adding numpy arrays overlaps the computation better.
@@ -239,12 +242,34 @@ class BandMerger(Merger):
             if self.dtype == np.float16:
                 values = values.half()
             index = (slice(None), slice(b * self.rows, b * self.rows + values.shape[1]))
+            ready = None
+            if values.is_cuda:  # the writer copies once the division is done, not before
+                ready = torch.cuda.Event()
+                ready.record()
             self._wait(2)  # bounded: at most a few finished blocks wait for the disk
-            self.pending.append(self.pool.submit(self._write, index, values))
+            self.pending.append(self.pool.submit(self._write, index, values, ready))
         self.done = max(self.done, stop)
 
-    def _write(self, index: tuple[slice, ...], values: torch.Tensor) -> None:
-        self.out[index] = values.cpu().numpy().astype(self.dtype, copy=False)
+    def _write(
+        self, index: tuple[slice, ...], values: torch.Tensor, ready: torch.cuda.Event | None
+    ) -> None:
+        if ready is None:
+            self.out[index] = values.cpu().numpy().astype(self.dtype, copy=False)
+            return
+        # From the GPU on a stream of its own: on the default stream the copy would wait for
+        # every kernel queued meanwhile and hold up the ones queued after it.
+        if self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream(values.device)
+        with torch.cuda.stream(self.copy_stream):
+            self.copy_stream.wait_event(ready)
+            values.record_stream(self.copy_stream)
+            target = self.out[index] if isinstance(self.out, np.ndarray) else None
+            if target is not None and target.dtype == _NUMPY_DTYPE.get(values.dtype):
+                # Straight into the output (each class's band is contiguous): no host copy.
+                for c in range(values.shape[0]):
+                    torch.from_numpy(target[c]).copy_(values[c])
+            else:
+                self.out[index] = values.cpu().numpy().astype(self.dtype, copy=False)
 
     def _wait(self, keep: int) -> None:
         """Wait until at most ``keep`` writes are pending; re-raise a failed write's error."""
