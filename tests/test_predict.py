@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from segunet.errors import SegunetError
-from segunet.merger import DeviceMerger, InMemoryMerger, Merger, ZarrMerger
+from segunet.merger import InMemoryMerger, Merger, ZarrMerger
 from segunet.models.unet import UNet
 from segunet.predict import (
     blend_window,
@@ -144,21 +144,6 @@ def test_same_net_matches_monai(shape, tile, blend, overlap, dims_channels):
             lambda x: torch.softmax(model(x), 1), overlap=overlap, mode=blend,
         )[0].numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-
-
-@pytest.mark.parametrize("padding", ["same", "valid"])
-def test_device_merger_takes_tiles_without_the_host_and_agrees(padding):
-    """The GPU path (tiles blended where they are computed, one copy to the host at the end),
-    run here on the CPU device: it must give what the host mergers give."""
-    model = unet(padding, out_channels=3).eval()
-    image = random_image((1, 70, 53))
-    tile = 32 if padding == "same" else 60
-    expected = predict_tiled(model, image, tile, batch_size=3)
-    merger = DeviceMerger(expected.shape, weighted=padding == "same", device="cpu")
-    ours = predict_tiled(model, image, tile, batch_size=3, out=merger)
-    assert isinstance(ours, np.ndarray) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, expected, atol=1e-6)
-    assert not DeviceMerger.fits(expected.shape, "cpu")  # only CUDA is chosen automatically
 
 
 def test_same_net_smaller_than_a_tile():

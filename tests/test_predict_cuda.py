@@ -48,3 +48,17 @@ def test_stream_from_zarr_to_zarr_on_cuda_equals_in_memory(tmp_path):
                     dtype="float16")
     predict_tiled(model, lazy, 64, device="cuda", out=out)
     np.testing.assert_allclose(out[:].astype(np.float32), memory, atol=2e-3)
+
+
+def test_result_in_host_memory_comes_band_by_band_through_pinned_copies():
+    """On CUDA the in-memory result is filled by a BandMerger whose bands cross to the host
+    on a side stream: the same numbers as blending everything on the host."""
+    from segunet.merger import InMemoryMerger
+
+    model = unet("same", 2)
+    image = random_image((1, 700, 300))  # several 256-row blocks
+    banded = predict_tiled(model, image, 64, device="cuda")
+    host = predict_tiled(model, image, 64, device="cuda",
+                         out=InMemoryMerger((2, 700, 300), weighted=True))
+    assert banded.dtype == np.float32 and banded.flags.c_contiguous
+    np.testing.assert_allclose(banded, host, atol=1e-6)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from segunet.checkpoint import unwrap
 from segunet.data.tiling import crop_reflect, reflect_indices, tile_starts
 from segunet.errors import SegunetError
-from segunet.merger import BandMerger, DeviceMerger, InMemoryMerger, Merger
+from segunet.merger import BandMerger, InMemoryMerger, Merger
 from segunet.models.fuse import fold_batchnorm
 
 Blend = Literal["gaussian", "constant"]
@@ -379,8 +379,14 @@ def _merger_for(
 
 
 def _band_fits(shape: tuple[int, ...], device: torch.device, band: int) -> bool:
-    rows = 2 * band + BandMerger.DEFAULT_ROWS.get(len(shape) - 1, 16)  # generously
-    return DeviceMerger.fits((shape[0], min(rows, shape[1]), *shape[2:]), device)
+    """Whether a band's sums and weights (float32) take at most half the free memory of a
+    CUDA ``device``."""
+    if device.type != "cuda":
+        return False
+    rows = min(2 * band + BandMerger.DEFAULT_ROWS.get(len(shape) - 1, 16), shape[1])
+    need = 4 * (shape[0] + 1) * rows * math.prod(shape[2:])  # generously
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= free // 2
 
 
 # --- reading tiles ------------------------------------------------------------------------
