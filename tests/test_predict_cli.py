@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -77,6 +79,34 @@ def test_zarr_format_streams_and_matches_tif(run_dir, tmp_path):
     labels = zarr.open_array(str(tmp_path / "l" / "c_labels.zarr"))  # written block by block
     assert labels.chunks == SHAPE and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels[...], from_zarr.argmax(0))
+
+
+def _failing_backend(graph_module, example_inputs):
+    raise RuntimeError("no compiler here")
+
+
+@pytest.mark.parametrize("backend", ["eager", "failing"])
+def test_compile_option_predicts_what_eager_predicts(run_dir, tmp_path, monkeypatch, backend):
+    """compile=true: real dynamo tracing (its "eager" backend needs no C++ toolchain) gives
+    the eager outputs; a backend that fails gives one warning and the eager outputs."""
+    import torch
+
+    real_compile = torch.compile
+    chosen = "eager" if backend == "eager" else _failing_backend
+    monkeypatch.setattr(torch, "compile", lambda m: real_compile(m, backend=chosen))
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"i{i}.tif", picture(i))
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / '*.tif'}", "outputs=probabilities"]
+    assert main([*args, f"output={tmp_path / 'eager'}"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, f"output={tmp_path / 'compiled'}", "compile=true"]) == 0
+    failed = [w for w in caught if "torch.compile failed" in str(w.message)]
+    assert len(failed) == (backend == "failing")  # once, not once per image
+    for i in range(2):
+        name = f"i{i}_probabilities.tif"
+        compiled, eager = (tifffile.imread(tmp_path / d / name) for d in ("compiled", "eager"))
+        np.testing.assert_array_equal(compiled, eager)
 
 
 def test_watershed_instances_option(run_dir, tmp_path):

@@ -20,6 +20,7 @@ import contextlib
 import glob
 import math
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
 from segunet.data.io import SUPPORTED, atomic_path, file_kind, read_array, short_message, split_key
 from segunet.data.sources import LUMA, apply_range, percentile_range
-from segunet.errors import SegunetError
+from segunet.errors import SegunetError, first_line
 
 OUTPUTS = ("probabilities", "labels", "instances")
 #: Percentiles are computed on at most about this many pixels per channel: a strided subsample
@@ -46,6 +47,9 @@ keys (default):
   batch_size (8)            tiles per forward pass
   tta (false)               average over the 8 rotations/reflections (2D) or flips (3D)
   device (auto)             auto, cpu, cuda, cuda:1, ...
+  compile (false)           torch.compile the network: on a GPU about 1.5x the tiles/s
+                            after a one-off compile (tens of seconds); for many or large
+                            images. If compiling fails, one warning and it runs eagerly
   outputs (probabilities,labels,instances)
   format (tif)              tif or zarr (zarr: probabilities, labels streamed to disk)
   overwrite (false)         replace existing outputs
@@ -62,7 +66,7 @@ example:
 
 DEFAULTS: dict[str, Any] = {
     "checkpoint": REQUIRED, "input": REQUIRED, "output": REQUIRED,
-    "tile": None, "batch_size": "8", "tta": "false", "device": "auto",
+    "tile": None, "batch_size": "8", "tta": "false", "device": "auto", "compile": "false",
     "outputs": ",".join(OUTPUTS), "format": "tif", "overwrite": "false",
     "blend": "gaussian", "overlap": "0.25",
     "instances.method": "components", "instances.min_size": "0",
@@ -310,6 +314,7 @@ class Options:
         self.batch_size = to_number(args["batch_size"], "batch_size")
         self.tta = to_bool(args["tta"], "tta")
         self.device = args["device"]
+        self.compile = to_bool(args["compile"], "compile")
         self.outputs = [o.strip() for o in args["outputs"].split(",") if o.strip()]
         unknown = set(self.outputs) - set(OUTPUTS) or not self.outputs
         if unknown:
@@ -385,22 +390,48 @@ def predict_files(options: Options) -> list[Path]:
     options.output.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
     model, config = load_model(options.checkpoint, device)
+    runner = compiled(model) if options.compile else model
     written: list[Path] = []
     for i, path in enumerate(inputs, 1):
         print(f"segunet: [{i}/{len(inputs)}] {path}", file=sys.stderr)
-        written += predict_file(model, config, path, plans[path], options, device)
+        try:
+            written += predict_file(runner, config, path, plans[path], options, device)
+        except SegunetError:
+            raise
+        except Exception as e:
+            if runner is model:
+                raise
+            # Compiling happens in the first forward pass, before any output is written.
+            warnings.warn(
+                f"torch.compile failed ({first_line(e)}); predicting without it "
+                "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
+            )
+            runner = model
+            written += predict_file(runner, config, path, plans[path], options, device)
     return written
+
+
+def compiled(model: Any) -> Any:
+    """``torch.compile`` of the network with its BatchNorms folded (what
+    :func:`~segunet.predict.predict_tiled` runs for an eager model too)."""
+    import torch
+
+    from segunet.models.fuse import fold_batchnorm
+
+    return torch.compile(fold_batchnorm(model))
 
 
 def predict_file(
     model: Any, config: dict, path: Path, targets: dict[str, Path], options: Options, device: str
 ) -> list[Path]:
     """Predict one image and write the requested outputs to ``targets``."""
+    from segunet.checkpoint import unwrap
     from segunet.data.io import write_array
     from segunet.instances import instances_from_foreground
     from segunet.predict import predict_tiled
 
-    dims, classes = model.spatial_dims, model.out_channels
+    net = unwrap(model)  # the sizes of a compiled model's network
+    dims, classes = net.spatial_dims, net.out_channels
     foreground = options.foreground or tuple(range(1, classes))
     if "instances" in targets and (
         not foreground or max(foreground) >= classes or min(foreground) < 0
@@ -411,7 +442,7 @@ def predict_file(
         )
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
-        image = image_for_model(raw, path, model.in_channels, dims, config.get("data") or {})
+        image = image_for_model(raw, path, net.in_channels, dims, config.get("data") or {})
         spatial = image.shape[1:]
         # Rows per block when reducing probabilities on disk: about 64 Mi values at a time.
         rows = max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))

@@ -46,7 +46,7 @@ from segunet.data.datasets import (
     cut_sample,
     to_tensors,
 )
-from segunet.errors import SegunetError
+from segunet.errors import SegunetError, first_line
 from segunet.logger import LoggingConfig, TensorBoardLogger, panel
 from segunet.metrics import OverlapCounter
 from segunet.predict import predict_tiled
@@ -98,15 +98,6 @@ def resolve_compile(value: bool | str, device: torch.device) -> bool:
     """``trainer.compile``: ``auto`` compiles on CUDA only (on the CPU compiling costs more
     time than a short run saves)."""
     return device.type == "cuda" if value == "auto" else bool(value)
-
-
-def first_line(e: BaseException) -> str:
-    """``Type: first line`` of the innermost error (dynamo wraps a compiler's own in
-    ``BackendCompilerFailed.inner_exception``)."""
-    while (inner := getattr(e, "inner_exception", None) or e.__cause__) is not None:
-        e = inner
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
