@@ -5,7 +5,7 @@
 # monai/hydra/... in WHEELS (default .whl). Results (logs, JSON, Markdown) land in $OUT.
 # On a lent machine ../shared does not travel: copy those three folders into an ignored
 # folder of the checkout (e.g. .devdata/, listed in .git/info/exclude), carry it with the
-# wheels, and run  DATA=.devdata bash scripts/device_bench.sh  (about 12 minutes in all).
+# wheels, and run  DATA=.devdata bash scripts/device_bench.sh  (about 13 minutes in all).
 set -uo pipefail
 OUT=${OUT:-device_out}
 DATA=${DATA:-../shared/data}
@@ -31,6 +31,8 @@ for p in $parts; do case $p in
   predict)
     part predict 100 python3 scripts/bench_predict.py --methods segunet,segunet-host,monai \
       --json "$OUT/bench_predict.json"
+    part predict_compiled 150 python3 scripts/bench_predict.py --compile --methods segunet,monai \
+      --json "$OUT/bench_predict_compiled.json"
     part predict_32k 100 python3 scripts/bench_predict.py --methods segunet-stream --size 32768 \
       --dtype uint8 --json "$OUT/bench_predict_32k.json" ;;
   train)
