@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segunet.checkpoint import unwrap
@@ -316,11 +317,12 @@ def predict_labels(
 
 
 def _inference_model(model: nn.Module) -> nn.Module:
-    """What the tiles run through: an eval copy of the bare network with its BatchNorms
-    folded into the convolutions (see :func:`~segunet.models.fuse.fold_batchnorm`), or a
-    compiled model as given (its compiled code fuses each norm with the ReLU anyway, and a
-    copy would compile anew)."""
-    if getattr(model, "_orig_mod", None) is not None:
+    """What the tiles run through: for a plain or DDP-wrapped model, an eval copy of the
+    bare network with its BatchNorms folded into the convolutions (see
+    :func:`~segunet.models.fuse.fold_batchnorm`); any other wrapper (torch.compile's) as
+    given: its forward is what the caller asked for, compiled code fuses each norm with its
+    ReLU anyway, and a copy would compile anew."""
+    if model is not unwrap(model) and not isinstance(model, DistributedDataParallel):
         return model
     return fold_batchnorm(unwrap(model))
 
