@@ -209,8 +209,9 @@ def predict_tiled(
     Args:
         model: a :class:`~segunet.models.unet.UNet` (or one wrapped by DDP / torch.compile).
             A plain or DDP-wrapped model is left as it is: the tiles run through an eval copy
-            with its BatchNorms folded into the convolutions. A compiled model runs as given,
-            moved to ``device``, in eval mode for the call and its training mode restored.
+            with its BatchNorms folded into the convolutions. Any other wrapper (a compiled
+            model) runs as given, moved to ``device``, in eval mode for the call and its
+            training mode restored.
         image: ``(channels, *spatial)``: a numpy array or any array-like sliced lazily (memmap,
             zarr, HDF5 dataset); only the tiles in flight are read.
         tile_shape: the network's input tile, rounded down to a valid size; see
@@ -366,7 +367,8 @@ def _merger_for(
     GPU when it fits there. So is a result wanted in host memory on CUDA: each band crosses
     to the host as soon as its last tile is in, while the GPU computes the next ones, rather
     than the whole result after the last tile. Elsewhere: sums in host memory."""
-    if out is None and not _band_fits(shape, device, band):
+    on_gpu = _band_fits(shape, device, band)
+    if out is None and not on_gpu:
         merger = InMemoryMerger(shape, weighted)
         return merger, merger.finalize
     if out is None:
@@ -375,7 +377,6 @@ def _merger_for(
         raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
     if isinstance(out, Merger):
         return out, out.finalize
-    on_gpu = _band_fits(shape, device, band)
     merger = BandMerger(out, weighted, device=device if on_gpu else "cpu")
     return merger, merger.finalize
 

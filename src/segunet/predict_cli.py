@@ -396,12 +396,10 @@ def predict_files(options: Options) -> list[Path]:
         print(f"segunet: [{i}/{len(inputs)}] {path}", file=sys.stderr)
         try:
             written += predict_file(runner, config, path, plans[path], options, device)
-        except SegunetError:
-            raise
         except Exception as e:
-            if runner is model:
+            if runner is model or isinstance(e, SegunetError):
                 raise
-            # Compiling happens in the first forward pass, before any output is written.
+            # Outputs are written atomically: a failed attempt leaves none to clean up.
             warnings.warn(
                 f"torch.compile failed ({first_line(e)}); predicting without it "
                 "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,

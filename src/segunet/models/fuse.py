@@ -1,8 +1,8 @@
 """Inference-only rewrites of a trained network that keep its outputs (up to rounding).
 
 In eval mode a BatchNorm is an affine map per channel, so it folds into the convolution it
-follows. On a GPU that saves a full read and write of every activation map per convolution,
-which for the U-Net's wide, shallow layers costs about as much as the convolution itself.
+follows: one memory-bound pass (a read and a write of the activation map) less per
+convolution.
 """
 
 from __future__ import annotations
