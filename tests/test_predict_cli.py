@@ -151,6 +151,38 @@ def test_channel_mismatch_and_unreadable_file(run_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("batch_size=null", "batch_size="),
+        ("batch_size=0", "batch_size="),
+        ("overlap=1", "overlap="),
+        ("instances.threshold=null", "instances.threshold="),
+        ("instances.min_distance=null", "instances.min_distance="),
+        ("instances.min_size=-1", "instances.min_size="),
+        ("instances.h=-1", "instances.h="),
+    ],
+)
+def test_bad_values_stop_before_any_output(run_dir, tmp_path, capsys, override, key):
+    """Checked up front: these used to fail with a traceback, some only after the
+    probabilities and labels were written."""
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", f"output={out}"]
+    assert main([*args, override]) == 2
+    assert key in error_line(capsys)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_one_tile_size_is_for_every_axis(run_dir, tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", "outputs=probabilities"]
+    assert main([*args, f"output={tmp_path / 'one'}", "tile=92"]) == 0
+    assert main([*args, f"output={tmp_path / 'two'}", "tile=92,92"]) == 0
+    one, two = (tifffile.imread(tmp_path / d / "a_probabilities.tif") for d in ("one", "two"))
+    np.testing.assert_array_equal(one, two)
+
+
 def test_lazy_normalisation_matches_training():
     # The tile-by-tile normalisation equals what training did to the whole image.
     rgba = np.random.default_rng(6).integers(0, 255, (*SHAPE, 4), dtype=np.uint8)

@@ -310,8 +310,9 @@ class Options:
     def __init__(self, args: dict[str, Any]) -> None:
         self.checkpoint, self.input = args["checkpoint"], args["input"]
         self.output = Path(args["output"])
-        self.tile = to_ints(args["tile"], "tile")
-        self.batch_size = to_number(args["batch_size"], "batch_size")
+        tile = to_ints(args["tile"], "tile")
+        self.tile = tile[0] if tile is not None and len(tile) == 1 else tile  # one: every axis
+        self.batch_size = _at_least(to_number(args["batch_size"], "batch_size"), "batch_size", 1)
         self.tta = to_bool(args["tta"], "tta")
         self.device = args["device"]
         self.compile = to_bool(args["compile"], "compile")
@@ -328,6 +329,8 @@ class Options:
         self.overwrite = to_bool(args["overwrite"], "overwrite")
         self.blend = args["blend"]
         self.overlap = to_number(args["overlap"], "overlap", float)
+        if self.overlap is None or not 0 <= self.overlap < 1:
+            raise SegunetError(f"overlap={args['overlap']} is not valid: expected 0 <= overlap < 1")
         method = args["instances.method"]
         if method not in ("components", "watershed"):
             raise SegunetError(
@@ -338,13 +341,31 @@ class Options:
             raise SegunetError(
                 f"instances.watershed_on={on} is not valid: expected distance or probability"
             )
+        threshold = to_number(args["instances.threshold"], "instances.threshold", float)
+        if threshold is None or not 0 <= threshold < 1:
+            raise SegunetError(
+                f"instances.threshold={args['instances.threshold']} is not valid: expected a "
+                "probability, 0 <= threshold < 1"
+            )
+        h = to_number(args["instances.h"], "instances.h", float)
+        if h is not None and h <= 0:
+            raise SegunetError(f"instances.h={args['instances.h']} is not valid: expected h > 0 "
+                               "(or null for peak_local_max seeds)")
+        # Checked here, not after the prediction: a bad value would otherwise stop the run
+        # with the probabilities and labels already written.
         self.instances = {
             "method": method,
-            "min_size": to_number(args["instances.min_size"], "instances.min_size") or 0,
-            "threshold": to_number(args["instances.threshold"], "instances.threshold", float),
+            "min_size": _at_least(
+                to_number(args["instances.min_size"], "instances.min_size") or 0,
+                "instances.min_size", 0,
+            ),
+            "threshold": threshold,
             "watershed_on": on,
-            "min_distance": to_number(args["instances.min_distance"], "instances.min_distance"),
-            "h": to_number(args["instances.h"], "instances.h", float),
+            "min_distance": _at_least(
+                to_number(args["instances.min_distance"], "instances.min_distance"),
+                "instances.min_distance", 1,
+            ),
+            "h": h,
         }
         classes = args["instances.foreground_classes"]
         try:
@@ -355,6 +376,12 @@ class Options:
             raise SegunetError(
                 f"instances.foreground_classes={classes} is not valid: expected e.g. 1,2"
             ) from None
+
+
+def _at_least(value: int | None, key: str, low: int) -> int:
+    if value is None or value < low:
+        raise SegunetError(f"{key}={value} is not valid: expected a whole number >= {low}")
+    return value
 
 
 def resolve_device(name: str) -> str:
