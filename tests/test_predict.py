@@ -181,7 +181,7 @@ def test_same_net_blends_on_disk(tmp_path, dtype, atol):
     result = predict_tiled(model, image, 32, out=merger)
     assert result.dtype == dtype and sorted(merger.group.array_keys()) == ["probabilities"]
     np.testing.assert_allclose(result[...], expected, atol=atol)
-    # A memmap out blends through a temporary store.
+    # A memmap out is filled band by band.
     out = np.lib.format.open_memmap(tmp_path / "p.npy", "w+", np.float32, expected.shape)
     np.testing.assert_allclose(predict_tiled(model, image, 32, out=out), expected, atol=1e-6)
 
@@ -255,6 +255,22 @@ def test_labels_progress_and_training_mode_restored(capsys):
     np.testing.assert_array_equal(labels, predict_tiled(model, image).argmax(0))
     predict_tiled(model, image, tile_shape=60, progress=True)
     assert "MP/s" in capsys.readouterr().err
+
+
+def test_a_wrapped_model_runs_as_given_in_eval_mode_and_is_restored():
+    """A compiled model (real dynamo tracing, the "eager" backend) is not copied: it runs
+    itself, in eval mode for the call, and gets its training mode back."""
+    model = unet("valid").train()
+    compiled = torch.compile(model, backend="eager")
+    image = random_image((1, 40, 30))
+    modes = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    probs = predict_tiled(compiled, image, batch_size=2)
+    assert modes and not any(modes)  # it ran, in eval mode
+    assert model.training and compiled.training
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, predict_tiled(model, image), atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(2, 40, 30), (40, 30), (1, 8, 40, 30)])

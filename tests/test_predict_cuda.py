@@ -62,3 +62,12 @@ def test_result_in_host_memory_comes_band_by_band_through_pinned_copies():
                          out=InMemoryMerger((2, 700, 300), weighted=True))
     assert banded.dtype == np.float32 and banded.flags.c_contiguous
     np.testing.assert_allclose(banded, host, atol=1e-6)
+
+
+def test_a_compiled_model_keeps_its_memory_layout():
+    """The trainer validates through its compiled training model: predicting must not turn
+    those weights channels-last behind the trainer's back (its layout is its own choice)."""
+    model = unet("same", 2).cuda()
+    compiled = torch.compile(model, backend="eager")
+    predict_tiled(compiled, random_image((1, 64, 64)), 32, device="cuda")
+    assert all(p.is_contiguous() for p in model.parameters())

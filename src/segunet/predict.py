@@ -210,8 +210,8 @@ def predict_tiled(
         model: a :class:`~segunet.models.unet.UNet` (or one wrapped by DDP / torch.compile).
             A plain or DDP-wrapped model is left as it is: the tiles run through an eval copy
             with its BatchNorms folded into the convolutions. Any other wrapper (a compiled
-            model) runs as given, moved to ``device``, in eval mode for the call and its
-            training mode restored.
+            model) runs as given, moved to ``device`` but in its own memory layout, in eval
+            mode for the call and its training mode restored.
         image: ``(channels, *spatial)``: a numpy array or any array-like sliced lazily (memmap,
             zarr, HDF5 dataset); only the tiles in flight are read.
         tile_shape: the network's input tile, rounded down to a valid size; see
@@ -258,9 +258,10 @@ def predict_tiled(
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     layout = (torch.channels_last if dims == 2 else torch.channels_last_3d) if cuda else None
-    if layout is not None:
-        # Weights in the input's layout: cuDNN's fast bf16 kernels want both channels-last
-        # (the trainer keeps its model so on CUDA already).
+    if layout is not None and runner is not model:
+        # Weights in the input's layout: cuDNN's fast bf16 kernels want both channels-last.
+        # Only on our own copy: a compiled model passed in may share its weights with a
+        # training run, whose layout is the trainer's choice.
         runner.to(memory_format=layout)
     transforms = symmetries(dims) if tta else [(_identity, _identity)]
 
