@@ -144,11 +144,13 @@ class ResUNet(SizeRules, nn.Module):
         dropout: drop-out probability inside each residual block (0.1 in Ho et al. on CIFAR10).
         num_heads: attention heads; must divide every attention level's width.
         attention_resolution: self-attention at every level whose feature maps are at most this
-            many pixels wide for an ``image_size`` input (16: Ho et al.'s 16x16 maps); the
-            middle block always has it. Fixed at construction, so parameters never go unused
-            and a traced graph is valid at every input size.
-        image_size: the patch width the levels are sized for (Dhariwal & Nichol's
-            ``image_size``); level ``l`` has ``image_size / 2 ** l`` pixels.
+            many pixels wide for an ``image_size`` input; the middle block always has it. Fixed
+            at construction, so parameters never go unused and a traced graph is valid at every
+            input size. With the defaults (256 px, 4 levels: 256/128/64/32) no level is <= 16,
+            so only the middle block attends; Ho et al.'s 16x16 maps need a 16 px level.
+        image_size: the reference width that fixes the attention levels (Dhariwal & Nichol's
+            ``image_size``); level ``l`` counts as ``image_size / 2 ** l`` pixels. It is not the
+            patch size: any valid input runs, with the same attention blocks.
 
     ``forward_with_attention`` also returns one map per attention block for TensorBoard.
     """
