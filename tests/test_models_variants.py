@@ -90,6 +90,31 @@ def test_valid_padding_is_refused_in_one_line(name):
     )
 
 
+@pytest.mark.parametrize("value", [0, 1.5, True, "2"])
+@pytest.mark.parametrize(
+    "cls, name",
+    [
+        (ResUNet, "num_res_blocks"),
+        (ResUNet, "num_heads"),
+        (ResUNet, "attention_resolution"),
+        (ResUNet, "image_size"),
+        (UNet3Plus, "cat_channels"),
+    ],
+)
+def test_counts_must_be_whole_numbers_in_one_line(cls, name, value):
+    # 1.5 used to fail deep inside torch (or be truncated), 0 to move the attention silently.
+    with pytest.raises(ModelInputError) as info:
+        cls(channels=WIDTHS, **{name: value})
+    tail = ", or null for channels[0]" if name == "cat_channels" else ""
+    assert str(info.value) == f"model.{name}={value!r} must be a whole number >= 1{tail}"
+
+
+def test_whole_floats_are_taken_as_ints():
+    model = ResUNet(channels=WIDTHS, num_res_blocks=1.0, image_size=16.0, num_heads=2.0)
+    assert model.attention_levels == (0, 1, 2) and len(model.encoder[0]) == 1  # 16, 8, 4 px
+    assert UNet3Plus(channels=WIDTHS, cat_channels=4.0).cat_channels == 4
+
+
 # ---------------------------------------------------------------------------- parameter counts
 def test_unetpp_parameters_by_hand():
     model = UNetPlusPlus(1, 2, 2, (4, 8, 16), norm=None, deep_supervision=True)

@@ -9,6 +9,7 @@ layout (``guided_diffusion/unet.py``) this follows.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,15 @@ from torch import Tensor, nn
 
 from segunet.models.blocks import Padding, conv
 from segunet.models.unet import ModelInputError, SizeRules
+
+
+def whole_number(name: str, value: float) -> int:
+    """``value`` as an int, or a one-line ModelInputError unless it is a whole number >= 1:
+    1.5 would otherwise fail deep inside torch, and 0 would silently move the attention."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        raise ModelInputError(f"model.{name}={value!r} must be a whole number >= 1")
+    return int(value)
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -173,11 +183,10 @@ class ResUNet(SizeRules, nn.Module):
             in_channels, out_channels, spatial_dims, channels, padding, None, dropout,
             same_only=True,
         )
-        if num_res_blocks < 1 or num_heads < 1:
-            raise ModelInputError(
-                f"model.num_res_blocks={num_res_blocks} and model.num_heads={num_heads} must "
-                f"be >= 1"
-            )
+        num_res_blocks = whole_number("num_res_blocks", num_res_blocks)
+        num_heads = whole_number("num_heads", num_heads)
+        attention_resolution = whole_number("attention_resolution", attention_resolution)
+        image_size = whole_number("image_size", image_size)
         levels = self.levels
         self.attention_levels = tuple(
             lv for lv in range(levels) if image_size / 2**lv <= attention_resolution

@@ -6,6 +6,7 @@ Medical Image Segmentation", ICASSP 2020.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -67,9 +68,16 @@ class UNet3Plus(SizeRules, nn.Module):
             in_channels, out_channels, spatial_dims, channels, padding, norm, 0.0, same_only=True
         )
         levels = self.levels
-        if cat_channels is not None and int(cat_channels) < 1:
+        # int() alone would truncate 2.5 to 2 silently; a whole float such as 64.0 is fine.
+        whole = isinstance(cat_channels, numbers.Integral) or (
+            isinstance(cat_channels, float) and cat_channels.is_integer()
+        )
+        if cat_channels is not None and (
+            isinstance(cat_channels, bool) or not whole or cat_channels < 1
+        ):
             raise ModelInputError(
-                f"model.cat_channels={cat_channels} must be >= 1, or null for channels[0]"
+                f"model.cat_channels={cat_channels!r} must be a whole number >= 1, or null for "
+                f"channels[0]"
             )
         self.cat_channels = int(channels[0] if cat_channels is None else cat_channels)
         self.deep_supervision = bool(deep_supervision)
