@@ -71,6 +71,33 @@ def test_band_merger_on_device_tensors_equals_host_arrays():
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
+class CountingMerger(BandMerger):
+    """Records the most blocks alive at once: accumulating, or finished and not written."""
+
+    most = 0
+
+    def _flush(self, stop):
+        super()._flush(stop)
+        alive = len(self.blocks) + sum(not f.done() for f in self.pending)
+        self.most = max(self.most, alive)
+
+    def add(self, region, probs, weights=None):
+        super().add(region, probs, weights)
+        self.most = max(self.most, len(self.blocks) + sum(not f.done() for f in self.pending))
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 40])
+def test_band_bytes_bound_the_blocks_alive(chunk):
+    """band_bytes (the GPU-fit check of predict_tiled) counts every block that can be alive,
+    with slow writes (SlowArray) piling finished blocks up for the writer."""
+    shape, tile = (2, 150, 40), 32
+    assert BandMerger.band_bytes(shape, 16, 32) == 4 * 3 * (2 + 1 + 3) * 16 * 40  # by hand
+    merger = CountingMerger(SlowArray(shape, (2, chunk, 40)), weighted=True, device="cpu")
+    predict_tiled(unet("same", out_channels=2), random_image((1, 150, 40)), tile, out=merger)
+    blocks = -(-BandMerger.band_bytes(shape, chunk, tile) // (4 * 3 * chunk * 40))  # ceil
+    assert 0 < merger.most <= blocks
+
+
 def test_band_merger_refuses_tiles_out_of_raster_order():
     merger = BandMerger(np.zeros((1, 40, 10), np.float32), weighted=False, rows=8)
     merger.add((slice(16, 24), slice(0, 10)), np.ones((1, 8, 10), np.float32))

@@ -12,6 +12,7 @@ of rows that tiles still touch and writes each finished chunk once.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -105,8 +106,8 @@ class BandMerger(Merger):
     divided by their weights, cast to ``out``'s dtype and written by a background thread,
     each exactly once. With ``rows`` equal to ``out``'s chunk edge (the default for a chunked
     ``out``) every write covers whole chunks, so nothing on disk is read back or rewritten.
-    Memory: about ``(tile + rows) * width * (classes + 1)`` float32 values (2D; the slab in
-    3D), whatever the image height.
+    Memory: at most :meth:`band_bytes`, about ``(tile + 5 * rows) * width * (classes + 1)``
+    float32 values (2D; the slab in 3D), whatever the image height.
 
     Args:
         out: the ``(classes, *spatial)`` array to fill.
@@ -119,16 +120,15 @@ class BandMerger(Merger):
 
     #: Block height of an unchunked ``out``, by number of spatial axes.
     DEFAULT_ROWS = {1: 4096, 2: 256, 3: 16}
+    #: Finished blocks handed to the writer and not yet written, at most.
+    PENDING = 3
 
     def __init__(
         self, out: Any, weighted: bool = True, rows: int | None = None, device: Any = None
     ) -> None:
         super().__init__(out.shape, weighted)
         self.out = out
-        chunks = getattr(out, "chunks", None)
-        if rows is None:
-            rows = chunks[1] if chunks else self.DEFAULT_ROWS.get(len(self.shape) - 1, 16)
-        self.rows = max(1, min(int(rows), self.shape[1]))
+        self.rows = self.block_rows(self.shape, getattr(out, "chunks", None), rows)
         self.count = -(-self.shape[1] // self.rows)  # blocks in all
         self.device = None if device is None else torch.device(device)
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -137,6 +137,24 @@ class BandMerger(Merger):
         self.pending: deque[Future] = deque()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="segunet-band")
         self.copy_stream: torch.cuda.Stream | None = None
+
+    @classmethod
+    def block_rows(
+        cls, shape: Sequence[int], chunks: Sequence[int] | None = None, rows: int | None = None
+    ) -> int:
+        """The block height for an output of ``shape`` and ``chunks``: ``rows``, else the
+        chunk along the first spatial axis, else :data:`DEFAULT_ROWS`; at most the height."""
+        if rows is None:
+            rows = chunks[1] if chunks else cls.DEFAULT_ROWS.get(len(shape) - 1, 16)
+        return max(1, min(int(rows), shape[1]))
+
+    @classmethod
+    def band_bytes(cls, shape: Sequence[int], rows: int, tile_rows: int) -> int:
+        """The most memory the band takes for an output of ``shape`` in blocks of ``rows``:
+        float32 sums and weights of the blocks one tile of ``tile_rows`` spans, and of the
+        finished blocks waiting for the writer."""
+        blocks = -(-tile_rows // rows) + 1 + cls.PENDING
+        return 4 * (shape[0] + 1) * min(blocks * rows, shape[1]) * math.prod(shape[2:])
 
     def takes(self, device: Any) -> bool:
         # On the host a writer thread adding numpy arrays overlaps the computation better.
@@ -207,7 +225,7 @@ class BandMerger(Merger):
             if values.is_cuda:  # the writer copies once the division is done, not before
                 ready = torch.cuda.Event()
                 ready.record()
-            self._wait(2)  # bounded: at most a few finished blocks wait for the disk
+            self._wait(self.PENDING - 1)  # bounded: a few finished blocks wait for the disk
             self.pending.append(self.pool.submit(self._write, index, values, ready))
         self.done = max(self.done, stop)
 

@@ -361,36 +361,34 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _merger_for(
-    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device, band: int
+    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device, tile_rows: int
 ) -> tuple[Merger, Callable]:
     """The merger to add tiles to and the function that finishes the prediction. An ``out``
-    array is filled band by band (``band``: the output tile's rows), the band kept on the
-    GPU when it fits there. So is a result wanted in host memory on CUDA: each band crosses
-    to the host as soon as its last tile is in, while the GPU computes the next ones, rather
-    than the whole result after the last tile. Elsewhere: sums in host memory."""
-    on_gpu = _band_fits(shape, device, band)
+    array is filled band by band, the band kept on the GPU when it fits there. So is a
+    result wanted in host memory on CUDA: each band crosses to the host as soon as its last
+    tile is in, while the GPU computes the next ones, rather than the whole result after the
+    last tile. Elsewhere: sums in host memory."""
+    if out is not None and tuple(out.shape) != shape:
+        raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
+    if isinstance(out, Merger):
+        return out, out.finalize
+    rows = BandMerger.block_rows(shape, getattr(out, "chunks", None))
+    on_gpu = _fits_on(device, BandMerger.band_bytes(shape, rows, tile_rows))
     if out is None and not on_gpu:
         merger = InMemoryMerger(shape, weighted)
         return merger, merger.finalize
     if out is None:
         out = np.empty(shape, np.float32)  # every pixel is written: tiles cover the image
-    if tuple(out.shape) != shape:
-        raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
-    if isinstance(out, Merger):
-        return out, out.finalize
     merger = BandMerger(out, weighted, device=device if on_gpu else "cpu")
     return merger, merger.finalize
 
 
-def _band_fits(shape: tuple[int, ...], device: torch.device, band: int) -> bool:
-    """Whether a band's sums and weights (float32) take at most half the free memory of a
-    CUDA ``device``."""
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` take at most half the free memory of a CUDA ``device``."""
     if device.type != "cuda":
         return False
-    rows = min(2 * band + BandMerger.DEFAULT_ROWS.get(len(shape) - 1, 16), shape[1])
-    need = 4 * (shape[0] + 1) * rows * math.prod(shape[2:])  # generously
     free, _ = torch.cuda.mem_get_info(device)
-    return need <= free // 2
+    return nbytes <= free // 2
 
 
 # --- reading tiles ------------------------------------------------------------------------
