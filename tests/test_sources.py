@@ -121,6 +121,13 @@ def test_synthetic_and_volume_from_instances_still_work():
     assert v.image.shape == (1, *inst.shape) and v.weight.max() > 5
 
 
+@pytest.mark.parametrize("key", ["n_train", "n_val"])
+def test_synthetic_without_train_or_val_images_is_one_clear_error(key):
+    with pytest.raises(SegunetError, match=f"data.{key}=0: need at least 1") as info:
+        synthetic(**{"n_train": 1, "n_val": 1, key: 0}, shape=(32, 32), **NO_CACHE)
+    one_line(info, f"data.{key}=1")
+
+
 # --- folder --------------------------------------------------------------------------------
 
 

@@ -486,6 +486,14 @@ def synthetic(
     Train and validation images come from disjoint seeds. ``sparse_every`` (3D) leaves all
     but every n-th slice of the training volumes unlabelled.
     """
+    # Training draws patches from the train images and validation scores the val ones: an
+    # empty share would only fail later, deep inside the trainer.
+    for key, n in (("n_train", n_train), ("n_val", n_val)):
+        if n < 1:
+            role = "training" if key == "n_train" else "validation"
+            raise SegunetError(
+                f"data.{key}={n}: need at least 1 {role} image: set data.{key}=1 or more"
+            )
     shape = tuple(int(s) for s in shape)
     names, images, instances, ignores = [], [], [], []
     for i in range(n_train + n_val):
