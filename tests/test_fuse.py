@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import segunet.predict
 from segunet.models import AttentionUNet, UNet, UNet3Plus, UNetPlusPlus
 from segunet.models.fuse import fold_batchnorm
 from segunet.predict import predict_tiled
@@ -82,13 +83,22 @@ def test_what_cannot_fold_stays():
         torch.testing.assert_close(fold_batchnorm(plain)(x), plain.eval()(x))
 
 
-def test_predict_tiled_runs_a_folded_copy_and_keeps_the_model():
+def test_predict_tiled_runs_a_folded_copy_and_keeps_the_model(monkeypatch):
     """predict_tiled folds internally: same probabilities as the unfolded net run by hand
     on one tile, and the caller's model keeps its norms and its training mode."""
+    # The results alone would not show a predict_tiled that stopped folding: count the folds.
+    calls: list[nn.Module] = []
+
+    def spy(model: nn.Module) -> nn.Module:
+        calls.append(model)
+        return fold_batchnorm(model)
+
+    monkeypatch.setattr(segunet.predict, "fold_batchnorm", spy)
     torch.manual_seed(0)
     model = with_statistics(UNet(1, 2, 2, WIDTHS, padding="same", norm="batch")).train()
     image = np.random.default_rng(0).standard_normal((1, 32, 32)).astype(np.float32)
     probs = predict_tiled(model, image, 32)  # one tile: no blending
+    assert len(calls) == 1 and calls[0] is model  # folded once, the caller's model
     assert model.training and batchnorms(model) > 0
     with torch.no_grad():
         expected = torch.softmax(model.eval()(torch.from_numpy(image[None])), 1)[0].numpy()
