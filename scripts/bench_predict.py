@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8 if cuda else 2)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile segunet's model; MONAI keeps the eager one, its anchor\n"
-                        "(compiled, it ran at 16 MP/s in this harness on an H200)")
+                   help="torch.compile segunet's model; MONAI keeps the eager one, the\n"
+                        "issue's anchor (compiled, it recompiled and ran slower here)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, of {','.join(METHODS)}")
     p.add_argument("--json", type=Path, help="write the results here")

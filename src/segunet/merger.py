@@ -76,11 +76,9 @@ class InMemoryMerger(Merger):
 
     def add(self, region: Region, probs: np.ndarray, weights: np.ndarray | None = None) -> None:
         self._check(region, probs, weights)
-        probs = self._as_array(probs)
         if self.weights is None:
             self.values[(slice(None), *region)] = probs
         else:
-            weights = self._as_array(weights)
             self.values[(slice(None), *region)] += probs * weights
             self.weights[region] += weights
 
@@ -89,9 +87,6 @@ class InMemoryMerger(Merger):
             self.values /= self.weights
             self.weights = None  # finalized: a second call must not divide again
         return self.values
-
-    def _as_array(self, x: Any) -> Any:
-        return x
 
 
 class BandMerger(Merger):

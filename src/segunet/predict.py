@@ -13,7 +13,9 @@ pipeline reads tiles in one thread, runs the network in the caller's and merges 
 third, so reading, computing and writing overlap and host memory holds only the tiles in
 flight (plus the output, unless it is on disk: see :mod:`segunet.merger`). A lazily read image
 is read in full-width bands of rows, one per row of tiles; on the GPU an in-memory image is
-copied there once and its tiles cropped there, so the host does next to nothing per tile.
+copied there once and its tiles cropped there, tiles are blended there in the caller's
+thread, and finished bands of rows cross to the host in the writer's, so the host does next
+to nothing per tile.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segunet.checkpoint import unwrap
-from segunet.data.tiling import crop_reflect, reflect_indices, tile_starts
+from segunet.data.tiling import crop_reflect, reflect_indices, tile_grid
 from segunet.errors import SegunetError
 from segunet.merger import BandMerger, InMemoryMerger, Merger
 from segunet.models.fuse import fold_batchnorm
@@ -88,7 +90,7 @@ def sliding_starts(n: int, tile: int, overlap: float) -> list[int]:
     shifted back to end at ``max(n, tile)``."""
     n = max(n, tile)
     step = tile if tile == n else max(int(tile * (1 - overlap)), 1)
-    count = next(i for i in range(math.ceil(n / step)) if i * step + tile >= n) + 1
+    count = math.ceil((n - tile) / step) + 1  # the fewest steps whose last tile reaches n
     return [min(i * step, n - tile) for i in range(count)]
 
 
@@ -111,12 +113,10 @@ def plan_tiles(
     placed by :func:`sliding_starts`.
     """
     if padding == "valid":
-        align = 2 ** (levels - 1)
         margin = [(i - o) // 2 for i, o in zip(in_tile, out_tile)]
-        axes = [tile_starts(n, o, align=align) for n, o in zip(spatial_shape, out_tile)]
         return [
             (tuple(s - m for s, m in zip(start, margin)), tuple(start))
-            for start in itertools.product(*axes)
+            for start in tile_grid(spatial_shape, out_tile, align=2 ** (levels - 1))
         ]
     axes = [sliding_starts(n, t, overlap) for n, t in zip(spatial_shape, in_tile)]
     return [(tuple(start), tuple(start)) for start in itertools.product(*axes)]
