@@ -25,11 +25,6 @@ VARIANTS = {
     "unet3plus": (UNet3Plus, {"deep_supervision": True}),
     "resunet": (ResUNet, {"num_heads": 2, "image_size": 16, "attention_resolution": 8}),
 }
-TARGETS = {
-    "unetpp": "segunet.models.UNetPlusPlus",
-    "unet3plus": "segunet.models.UNet3Plus",
-    "resunet": "segunet.models.ResUNet",
-}
 
 
 def n_params(model: nn.Module) -> int:
@@ -354,7 +349,7 @@ def test_resunet_attention_reaches_the_tensorboard_picture(make_cfg, tmp_path):
 # ------------------------------------------------------------------------------------ export
 def save_checkpoint(folder, name: str):
     cls, defaults = VARIANTS[name]
-    model_cfg = {"_target_": TARGETS[name], "in_channels": 1, "out_channels": 3}
+    model_cfg = {"_target_": f"segunet.models.{cls.__name__}", "in_channels": 1, "out_channels": 3}
     model_cfg |= {"channels": list(WIDTHS)} | defaults
     torch.manual_seed(0)
     model = cls(**{k: v for k, v in model_cfg.items() if k != "_target_"})
