@@ -29,7 +29,7 @@ import numpy as np
 
 from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
 from segunet.data.io import SUPPORTED, atomic_path, file_kind, read_array, short_message, split_key
-from segunet.data.sources import LUMA, apply_range, percentile_range
+from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
 
 OUTPUTS = ("probabilities", "labels", "instances")
@@ -166,7 +166,7 @@ class NormalizedImage:
         source: str,
     ) -> None:
         self.raw, self.layout, self.raw_channels = raw, layout, channels
-        self.convert_to = convert_to
+        self.convert_to, self.source = convert_to, source
         spatial = raw.shape[1:] if layout == "first" else (
             raw.shape[:-1] if layout == "last" else raw.shape
         )
@@ -184,20 +184,14 @@ class NormalizedImage:
             x = np.asarray(self.raw[(slice(0, self.raw_channels), *index)])
         else:
             x = np.moveaxis(np.asarray(self.raw[(*index, slice(0, self.raw_channels))]), -1, 0)
-        x = x.astype(np.float32, copy=False)
-        if self.convert_to == 1 and x.shape[0] == 3:
-            return np.tensordot(np.asarray(LUMA, np.float32), x, axes=1)[None]
-        if self.convert_to == 3 and x.shape[0] == 1:
-            return np.repeat(x, 3, axis=0)
-        return x
+        return convert_channels(x.astype(np.float32, copy=False), self.convert_to, self.source)
 
     def _range(self, percentiles: Sequence[float], source: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel ``p_low`` and ``p_high - p_low``, as :func:`normalize_percentile`."""
         spatial = self.shape[1:]
         stride = max(1, math.ceil((math.prod(spatial) / PERCENTILE_SAMPLE) ** (1 / len(spatial))))
         sample = self._channels_first(tuple(slice(None, None, stride) for _ in spatial))
-        if not np.isfinite(sample).all():
-            raise SegunetError(f"{source} holds NaN or infinite values: fix the file")
+        check_finite(sample, source)
         low, high = (float(p) for p in percentiles)
         return percentile_range(sample, low, high, channel_axis=0)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segunet.errors import SegunetError
+from segunet.errors import SegunetError, short_message
 
 TIFF = (".tif", ".tiff")
 PICTURE = (".png", ".jpg", ".jpeg", ".bmp")
@@ -295,10 +295,3 @@ def _library_errors(path: Path, verb: str) -> Iterator[None]:
             + ("the file may be corrupt or truncated: re-export or re-download it"
                if verb == "read" else "check the folder is writable and has space")
         ) from e
-
-
-def short_message(e: BaseException, limit: int = 120) -> str:
-    """An exception as one short line: its type and first line, cut at ``limit`` characters."""
-    first = (str(e).strip().splitlines() or [""])[0]
-    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
