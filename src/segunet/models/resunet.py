@@ -9,7 +9,6 @@ layout (``guided_diffusion/unet.py``) this follows.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -17,16 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segunet.models.blocks import Padding, conv
-from segunet.models.unet import ModelInputError, SizeRules
-
-
-def whole_number(name: str, value: float) -> int:
-    """``value`` as an int, or a one-line ModelInputError unless it is a whole number >= 1:
-    1.5 would otherwise fail deep inside torch, and 0 would silently move the attention."""
-    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not whole or value < 1:
-        raise ModelInputError(f"model.{name}={value!r} must be a whole number >= 1")
-    return int(value)
+from segunet.models.unet import ModelInputError, SizeRules, whole_number
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:

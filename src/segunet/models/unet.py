@@ -8,6 +8,7 @@ Volumetric Segmentation from Sparse Annotation", MICCAI 2016.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -261,6 +262,16 @@ def _check_arguments(
         )
     if not 0 <= dropout < 1:
         raise ModelInputError(f"model.dropout={dropout} must be in [0, 1)")
+
+
+def whole_number(name: str, value: float, hint: str = "") -> int:
+    """``value`` as an int, or a one-line ModelInputError unless it is a whole number >= 1
+    (``hint`` ends the message): 1.5 would otherwise fail deep inside torch or be truncated
+    silently, and 0 would silently change the architecture."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        raise ModelInputError(f"model.{name}={value!r} must be a whole number >= 1{hint}")
+    return int(value)
 
 
 def check_ds_weights(

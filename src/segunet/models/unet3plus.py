@@ -6,7 +6,6 @@ Medical Image Segmentation", ICASSP 2020.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +21,7 @@ from segunet.models.blocks import (
     he_init,
     max_pool,
 )
-from segunet.models.unet import ModelInputError, SizeRules, check_ds_weights
+from segunet.models.unet import SizeRules, check_ds_weights, whole_number
 
 
 class UNet3Plus(SizeRules, nn.Module):
@@ -68,18 +67,9 @@ class UNet3Plus(SizeRules, nn.Module):
             in_channels, out_channels, spatial_dims, channels, padding, norm, 0.0, same_only=True
         )
         levels = self.levels
-        # int() alone would truncate 2.5 to 2 silently; a whole float such as 64.0 is fine.
-        whole = isinstance(cat_channels, numbers.Integral) or (
-            isinstance(cat_channels, float) and cat_channels.is_integer()
+        self.cat_channels = int(channels[0]) if cat_channels is None else whole_number(
+            "cat_channels", cat_channels, ", or null for channels[0]"
         )
-        if cat_channels is not None and (
-            isinstance(cat_channels, bool) or not whole or cat_channels < 1
-        ):
-            raise ModelInputError(
-                f"model.cat_channels={cat_channels!r} must be a whole number >= 1, or null for "
-                f"channels[0]"
-            )
-        self.cat_channels = int(channels[0] if cat_channels is None else cat_channels)
         self.deep_supervision = bool(deep_supervision)
         self.ds_weights = check_ds_weights(ds_weights, levels, self.deep_supervision)
         self.mode = INTERPOLATION[spatial_dims]
