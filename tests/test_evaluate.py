@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from segunet.data.io import read_array, write_array
-from segunet.evaluate import main
+from segunet.evaluate import format_table, main
 from segunet.metrics import (
     DSB_THRESHOLDS,
     adapted_rand_error,
@@ -259,6 +259,14 @@ def test_cli_single_files(folders, tmp_path, capsys):
     assert main([f"pred={pred / 'a.tif'}", f"gt={gt / 'a.png'}", "out="]) == 0
     assert "mean" in capsys.readouterr().out
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_table_keeps_an_image_named_mean():
+    rows = {"mean": {"dice": 0.5}, "b": {"dice": 1.0}}
+    lines = format_table(rows, {"dice": 0.75}).splitlines()
+    assert [line.split() for line in lines if not line.startswith("-")] == [
+        ["image", "dice"], ["mean", "0.5000"], ["b", "1.0000"], ["mean", "0.7500"]
+    ]
 
 
 def one_error_line(capsys) -> str:

@@ -10,13 +10,13 @@ JSON file gets the same numbers, written atomically.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from segunet.args import REQUIRED, parse_key_values, run_command, to_number
 from segunet.atomic import write_atomic
 from segunet.data.io import SUPPORTED, read_array
 from segunet.errors import SegunetError
@@ -38,28 +38,11 @@ USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=metr
   gt_suffix    the same for the ground-truth folder (default: every file)
 """
 
-KEYS = ("pred", "gt", "out", "kind", "num_classes", "pred_suffix", "gt_suffix")
+DEFAULTS = {
+    "pred": REQUIRED, "gt": REQUIRED, "out": "metrics.json", "kind": "auto",
+    "num_classes": None, "pred_suffix": "auto", "gt_suffix": "",
+}
 PREDICT_OUTPUTS = ("_instances", "_labels", "_probabilities")
-
-
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    """``key=value`` words into a dict; SegunetError naming anything else."""
-    args = {"out": "metrics.json", "kind": "auto", "pred_suffix": "auto", "gt_suffix": ""}
-    for word in argv:
-        key, sep, value = word.partition("=")
-        if not sep or key not in KEYS:
-            raise SegunetError(
-                f"evaluate: unexpected argument '{word}'; use {', '.join(k + '=' for k in KEYS)}"
-            )
-        args[key] = value
-    for key in ("pred", "gt"):
-        if not args.get(key):
-            raise SegunetError(f"evaluate: missing {key}=<file or folder>; see segunet evaluate -h")
-    if args["kind"] not in ("auto", "semantic", "instances"):
-        raise SegunetError(f"evaluate: kind={args['kind']} is not one of auto, semantic, instances")
-    if args.get("num_classes") is not None and not args["num_classes"].isdigit():
-        raise SegunetError(f"evaluate: num_classes={args['num_classes']} is not a whole number")
-    return args
 
 
 def _label_files(folder: Path, suffix: str = "") -> dict[str, Path]:
@@ -151,20 +134,24 @@ _COUNTS = ("splits", "merges", "n_gt", "n_pred")
 def format_table(rows: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
     """Aligned text: a header, one row per image, a rule, the mean."""
     keys = list(mean)
-    cells = {
-        name: [(f"{row[k]:.0f}" if k in _COUNTS and name != "mean" else f"{row[k]:.4f}")
-               if k in row else "-" for k in keys]
-        for name, row in [*rows.items(), ("mean", mean)]
-    }
-    name_width = max(len("image"), *(len(n) for n in cells))
-    widths = [max(len(k), *(len(c[i]) for c in cells.values())) for i, k in enumerate(keys)]
+
+    def cells(row: dict[str, float], counts: bool) -> list[str]:
+        return [(f"{row[k]:.0f}" if counts and k in _COUNTS else f"{row[k]:.4f}")
+                if k in row else "-" for k in keys]
+
+    # A list, not a dict by name: an image called "mean" keeps its own row.
+    table = [(name, cells(row, True)) for name, row in rows.items()] + [
+        ("mean", cells(mean, False))
+    ]
+    name_width = max(len("image"), *(len(n) for n, _ in table))
+    widths = [max(len(k), *(len(c[i]) for _, c in table)) for i, k in enumerate(keys)]
 
     def line(first: str, values: Sequence[str]) -> str:
         return "  ".join([first.ljust(name_width), *(v.rjust(w) for v, w in zip(values, widths))])
 
-    body = [line(name, values) for name, values in cells.items() if name != "mean"]
     rule = "-" * len(line("", keys))
-    return "\n".join([line("image", keys), rule, *body, rule, line("mean", cells["mean"])])
+    body = [line(name, values) for name, values in table[:-1]]
+    return "\n".join([line("image", keys), rule, *body, rule, line(*table[-1])])
 
 
 def evaluate(
@@ -194,12 +181,21 @@ def evaluate(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segunet evaluate``; 0 on success, 2 with one line on stderr on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
-        return 0
-    try:
-        args = parse_args(argv)
-        num_classes = int(args["num_classes"]) if args.get("num_classes") else None
+
+    def body() -> None:
+        args = parse_key_values(argv, DEFAULTS, "evaluate")
+        for key in ("pred", "gt"):
+            if not args[key]:
+                raise SegunetError(f"segunet evaluate: {key}= is empty: give a file or folder")
+        if args["kind"] not in ("auto", "semantic", "instances"):
+            raise SegunetError(
+                f"segunet evaluate: kind={args['kind']} is not one of auto, semantic, instances"
+            )
+        num_classes = to_number(args["num_classes"], "num_classes")
+        if num_classes is not None and num_classes < 1:
+            raise SegunetError(
+                f"segunet evaluate: num_classes={num_classes} is not a whole number >= 1"
+            )
         report = evaluate(
             Path(args["pred"]), Path(args["gt"]), args["kind"], num_classes,
             args["pred_suffix"], args["gt_suffix"],
@@ -214,12 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"cannot write {args['out']}: {e.strerror or e}; check the folder is writable"
                 ) from e
             print(f"wrote {args['out']}")
-    except SegunetError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the project's switch for tracebacks
-            raise
-        print(f"segunet: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body, USAGE, argv)
 
 
 if __name__ == "__main__":
