@@ -1,7 +1,9 @@
-"""``key=value`` arguments of the commands that run outside Hydra (``predict``, ``export``).
+"""``key=value`` arguments of the commands that run outside Hydra (``predict``, ``export``,
+``evaluate``).
 
-Those commands take a checkpoint whose stored config already says what the model is, so they
-need no config composition: a flat set of keys with defaults, checked here, is enough.
+Those commands take a checkpoint whose stored config already says what the model is, or no
+model at all, so they need no config composition: a flat set of keys with defaults, checked
+here, is enough.
 """
 
 from __future__ import annotations
