@@ -110,6 +110,16 @@ def test_resume_continues_exactly(make_cfg, tmp_path, dropout):
         torch.testing.assert_close(a[key], c[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_resuming_another_model_names_the_first_mismatched_key(make_cfg, tmp_path):
+    first = build_trainer(make_cfg(*TINY), tmp_path / "a")
+    first.save_checkpoint("last.pt")
+    with pytest.raises(SegunetError, match=r"holds a different model \(Unexpected key"):
+        build_trainer(
+            make_cfg(*TINY, "model.channels=[4,8]", f"trainer.resume={tmp_path / 'a'}"),
+            tmp_path / "b",
+        )
+
+
 def test_cli_trains_and_multiruns(tmp_path):
     args = [*TINY, "trainer.max_steps=2", "trainer.val_every=2", "model.channels=[4,8,16]"]
     done = run_cli("train", "-m", "model=unet,attention_unet", *args, cwd=tmp_path)

@@ -85,7 +85,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a segunet checkpoint safely (weights_only) with a clear error if unreadable."""
-    file = resolve_checkpoint(path)
+    return _read_checkpoint(resolve_checkpoint(path), map_location)
+
+
+def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
     try:
         ckpt = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle, zip and truncation errors all mean the same to a user
@@ -93,6 +96,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
     return ckpt
+
+
+def mismatch_detail(e: RuntimeError) -> str:
+    """The first specific line of ``load_state_dict``'s error (its first line only says
+    which model failed; the next one names the missing or unexpected keys)."""
+    return str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
 
 
 def load_model(
@@ -104,7 +113,7 @@ def load_model(
     from hydra.utils import instantiate
 
     file = resolve_checkpoint(path)
-    ckpt = load_checkpoint(file, map_location=device)
+    ckpt = _read_checkpoint(file, device)
     config = ckpt.get("config")
     if not isinstance(config, dict) or "_target_" not in config.get("model", {}):
         raise SegunetError(
@@ -122,6 +131,7 @@ def load_model(
     try:
         model.load_state_dict(clean_state_dict(ckpt["model"]))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise SegunetError(f"{file}: weights do not fit its model config ({first})") from e
+        raise SegunetError(
+            f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
+        ) from e
     return model.to(device).eval(), config

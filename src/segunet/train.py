@@ -32,6 +32,7 @@ from segunet import distributed
 from segunet.checkpoint import (
     clean_state_dict,
     load_checkpoint,
+    mismatch_detail,
     rng_state,
     save_atomic,
     set_rng_state,
@@ -544,10 +545,9 @@ class Trainer:
         try:
             self.net.load_state_dict(clean_state_dict(ckpt["model"]))
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
             raise SegunetError(
-                f"checkpoint {path} holds a different model ({first}); resume with the model "
-                f"overrides of that run (see its .hydra/overrides.yaml)"
+                f"checkpoint {path} holds a different model ({mismatch_detail(e)}); resume "
+                "with the model overrides of that run (see its .hydra/overrides.yaml)"
             ) from e
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
