@@ -286,13 +286,21 @@ def test_compiled_training_equals_eager_and_saves_clean_keys(
     assert [e.step for e in speeds] == [2, 3]
 
 
-@pytest.mark.parametrize("value", ["auto", True, False])
-def test_compile_auto_is_on_for_cuda_only(value):
+@pytest.mark.parametrize(
+    ("value", "device", "expected"),
+    [
+        ("auto", "cpu", False),
+        ("auto", "cuda", True),
+        (True, "cpu", True),
+        (True, "cuda", True),
+        (False, "cpu", False),
+        (False, "cuda", False),
+    ],
+)
+def test_compile_auto_is_on_for_cuda_only(value, device, expected):
     from segunet.train import resolve_compile
 
-    for device in ("cpu", "cuda"):
-        expected = device == "cuda" if value == "auto" else value
-        assert resolve_compile(value, torch.device(device)) is expected
+    assert resolve_compile(value, torch.device(device)) is expected
 
 
 def test_unknown_compile_value_is_refused():
