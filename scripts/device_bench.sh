@@ -5,7 +5,7 @@
 # monai/hydra/... in WHEELS (default .whl). Results (logs, JSON, Markdown) land in $OUT.
 # On a lent machine ../shared does not travel: copy those three folders into an ignored
 # folder of the checkout (e.g. .devdata/, listed in .git/info/exclude), carry it with the
-# wheels, and run  DATA=.devdata bash scripts/device_bench.sh  (about 13 minutes in all).
+# wheels, and run  DATA=.devdata bash scripts/device_bench.sh
 set -uo pipefail
 OUT=${OUT:-device_out}
 DATA=${DATA:-../shared/data}
