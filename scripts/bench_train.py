@@ -540,9 +540,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of "
                    + ", ".join(CASES))
     p.add_argument("--variants", default="a,b,c", help="comma-separated subset of a,b,c")
-    p.add_argument("--steps", type=int, default=50, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=5,
-                   help="untimed steps before each variant (each case's (a) compiles in its first)")
+    # None: unset, so --small can pick its own count without overriding an explicit one.
+    p.add_argument("--steps", type=int, help="timed steps per variant (default 50; --small: 3)")
+    p.add_argument("--warmup", type=int,
+                   help="untimed steps before each variant (each case's (a) compiles in its "
+                   "first; default 5; --small: 1)")
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="stop a variant's timed steps after this long (0: run all --steps)")
     p.add_argument("--workers", type=int, default=max(cpu_count() - 1, 0),
@@ -565,11 +567,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "beside the checkout); a folder without them gives synthetic data")
     p.add_argument("--json", type=Path, help="write all numbers here")
     args = p.parse_args(argv)
-    if args.small:
-        defaults = {"steps": 50, "warmup": 5}
-        for key, value in (("steps", 3), ("warmup", 1)):
-            if getattr(args, key) == defaults[key]:
-                setattr(args, key, value)
+    defaults = {"steps": 3, "warmup": 1} if args.small else {"steps": 50, "warmup": 5}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if bad := [v for v in args.variants if v not in VARIANTS]:

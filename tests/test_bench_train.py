@@ -43,3 +43,11 @@ def test_bench_train_small(bench_train, tmp_path, capsys):
     assert "b>=10c" in report["cases"][1]["goal"]
     printed = capsys.readouterr().out
     assert "b/a" in printed and "unet3d" in printed
+
+
+def test_small_fills_only_the_step_counts_not_given(bench_train):
+    assert (bench_train.parse_args([]).steps, bench_train.parse_args([]).warmup) == (50, 5)
+    small = bench_train.parse_args(["--small"])
+    assert (small.steps, small.warmup) == (3, 1)
+    given = bench_train.parse_args(["--small", "--steps", "50", "--warmup", "0"])
+    assert (given.steps, given.warmup) == (50, 0)
