@@ -89,7 +89,7 @@ def test_launch_command_gives_every_rank_one_run_folder(tmp_path):
         4, ["trainer.max_steps=5", "hydra.run.dir=elsewhere"], tmp_path / "a b"
     )
     assert command[1:6] == [
-        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
+        "-m", "segunet.distributed", "--standalone", "--nproc_per_node=4", "-m",
     ]
     assert command[6:] == [
         "segunet.train", "trainer.max_steps=5", f"hydra.run.dir='{tmp_path.resolve()}/a b'",
@@ -132,3 +132,85 @@ def test_more_devices_than_gpus_is_one_clear_line(tmp_path, monkeypatch, capsys)
         cli.main(["train", *TINY, "trainer.device=cuda", "trainer.devices=2"])
     assert exit_.value.code == 2
     assert "trainer.devices=2 but 1 GPUs are visible" in capsys.readouterr().err
+
+
+def test_an_error_in_the_ranks_is_one_line_and_exit_2(tmp_path, monkeypatch, capfd):
+    # The patch size is checked against the data, which only the ranks load.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", *TINY, "data.patch_size=[75,75]", "trainer.devices=2"])
+    stderr = capfd.readouterr().err
+    assert exit_.value.code == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("segunet: error:")]
+    assert len(errors) == 1, stderr  # from rank 0 alone, and none from the launcher
+    assert errors[0].startswith("segunet: error: data.patch_size=[75, 75] does not fit")
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr
+    assert "failed (exitcode: 2)" in stderr  # torchrun's own log still shows
+
+
+def test_settings_every_rank_would_refuse_stop_before_launching(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", *TINY, "trainer.devices=2", "trainer.sync_batchnorm=true"])
+    assert exit_.value.code == 2
+    assert capfd.readouterr().err.splitlines() == [
+        "segunet: error: trainer.sync_batchnorm=true needs CUDA: set it false on the CPU"
+    ]
+
+
+class Launcher:
+    """A stand-in for the torchrun process: ``wait`` raises each of ``events`` in turn."""
+
+    def __init__(self, *events):
+        self.events = list(events)
+
+    def wait(self):
+        event = self.events.pop(0)
+        if isinstance(event, BaseException):
+            raise event
+        return event
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "line"),
+    [
+        (0, 0, None),
+        (2, 2, None),  # a rank said why, in one line
+        (1, 2, "ended with exit status 1 (see its output above)"),
+        (137, 2, "ended by SIGKILL"),
+    ],
+)
+def test_launcher_status_becomes_0_or_2_with_one_line(capsys, code, status, line):
+    assert cli.wait_for_ranks(Launcher(code)) == status
+    lines = capsys.readouterr().err.splitlines()
+    if line is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith("segunet: error: training stopped")
+        assert line in lines[0]
+
+
+@pytest.mark.parametrize(("exitcodes", "status"), [([2, -15], 2), ([1, -15], 1), ([-9], 137)])
+def test_torchrun_turns_its_failures_into_an_exit_status(monkeypatch, exitcodes, status):
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {r: ProcessFailure(r, 100 + r, code, "") for r, code in enumerate(exitcodes)}
+
+    def fail(args):
+        raise ChildFailedError("segunet.train", failures)
+
+    monkeypatch.setattr(torch.distributed.run, "run", fail)
+    assert distributed.torchrun(["--nproc_per_node=2", "-m", "segunet.train"]) == status
+
+
+def test_other_ranks_hold_back_their_error_for_rank_0(monkeypatch, capsys):
+    waits = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit), cli.report_errors():
+            raise SegunetError("bad")
+    assert waits == [cli.OTHER_RANKS_REPORT_AFTER_S]
+    assert capsys.readouterr().err.count("segunet: error: bad") == 2
+

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+# How long a rank other than 0 holds back its error: every rank meets the same bad setting,
+# rank 0 reports it, and torchrun then stops the others; only an error of one rank's own
+# outlasts the wait. Without it torchrun could stop rank 0 before it says anything.
+OTHER_RANKS_REPORT_AFTER_S = 10.0
 
 USAGE = """usage: segunet <command> [overrides ...]
 
@@ -72,6 +79,10 @@ def report_errors() -> Iterator[None]:
     except expected as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        from segunet.distributed import env_world
+
+        if not env_world().main:
+            time.sleep(OTHER_RANKS_REPORT_AFTER_S)
         print(f"segunet: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
@@ -122,6 +133,8 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
         return 2
     import torch
 
+    from segunet.train import check_launch
+
     # Refuse here, not in every rank.
     if distributed.uses_cuda(str(cfg.trainer.device)) and torch.cuda.device_count() < n:
         print(
@@ -130,10 +143,26 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    with report_errors():
+        check_launch(cfg, n)
     run_dir = Path(str(cfg.hydra.run.dir))
     command = distributed.launch_command(n, overrides, run_dir)
-    print(f"segunet: launching {n} processes: {' '.join(command[1:])}", file=sys.stderr)
-    return subprocess.run(command).returncode
+    print(f"segunet: launching {n} processes: torchrun {' '.join(command[3:])}", file=sys.stderr)
+    return wait_for_ranks(subprocess.Popen(command))
+
+
+def wait_for_ranks(launcher: subprocess.Popen) -> int:
+    """The exit status of ``segunet train`` once the launcher and its ranks ended: 0, or 2
+    like a single process, with one line when no rank reported the error itself."""
+    code = launcher.wait()
+    if code not in (0, 2):
+        signals = {int(s) + 128: s.name for s in signal.Signals}  # torchrun's 128 + N
+        how = f"by {signals[code]}" if code in signals else f"with exit status {code}"
+        print(
+            f"segunet: error: training stopped: a process ended {how} (see its output above)",
+            file=sys.stderr,
+        )
+    return 0 if code == 0 else 2
 
 
 def main(argv: list[str] | None = None) -> None:

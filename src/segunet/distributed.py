@@ -61,6 +61,15 @@ def uses_cuda(device: str) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
+def check_device(device: str, size: int) -> None:
+    """``trainer.device`` for ``size`` processes: one may pin a GPU, several use one each."""
+    if size > 1 and device.startswith("cuda:"):
+        raise SegunetError(
+            f"trainer.device={device} pins one GPU, but each of the {size} processes uses "
+            "its own (cuda:LOCAL_RANK): use trainer.device=cuda or auto"
+        )
+
+
 def init(device: str) -> World:
     """Join the process group torchrun set up, if there is one (``WORLD_SIZE`` > 1).
 
@@ -70,11 +79,7 @@ def init(device: str) -> World:
     w = env_world()
     if w.size == 1 or dist.is_initialized():
         return world()
-    if device.startswith("cuda:"):
-        raise SegunetError(
-            f"trainer.device={device} pins one GPU, but each of the {w.size} processes uses "
-            "its own (cuda:LOCAL_RANK): use trainer.device=cuda or auto"
-        )
+    check_device(device, w.size)
     if uses_cuda(device):
         if torch.cuda.device_count() <= w.local_rank:
             raise SegunetError(
@@ -135,15 +140,36 @@ def hydra_overrides_for_rank(rank: int) -> list[str]:
 
 
 def launch_command(nproc: int, overrides: list[str], run_dir: str | Path) -> list[str]:
-    """``python -m torch.distributed.run`` for ``nproc`` local processes training with the same
-    overrides into one run folder, resolved here once so every rank agrees on it.
+    """torchrun (through :func:`torchrun`) for ``nproc`` local processes training with the
+    same overrides into one run folder, resolved here once so every rank agrees on it.
     ``--standalone`` finds a free port on this machine."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        sys.executable, "-m", "segunet.distributed", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "segunet.train",
         *[o for o in overrides if not o.startswith("hydra.run.dir=")],
         f"hydra.run.dir={_quoted(str(Path(run_dir).resolve()))}",
     ]
+
+
+def torchrun(args: list[str]) -> int:
+    """``torchrun args``, its failures an exit status instead of its traceback and failure
+    table (the ranks' own output says what went wrong): 2 when a rank stopped on an error it
+    reported in one line (status 2), else the first failed rank's status, 128 + N for signal N.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(args))
+    except ChildFailedError as e:
+        if any(f.exitcode == 2 for f in e.failures.values()):
+            return 2
+        code = e.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code
+    except SignalException as e:  # Ctrl-C: torchrun passed it on and waited for the ranks
+        return 128 + int(e.sigval)
+    return 0
 
 
 def _quoted(value: str) -> str:
@@ -151,3 +177,7 @@ def _quoted(value: str) -> str:
     if all(c.isalnum() or c in "/._-:" for c in value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun(sys.argv[1:]))

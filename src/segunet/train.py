@@ -113,6 +113,27 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return table[name]
 
 
+def sync_batchnorm(cfg: TrainerConfig, device: torch.device, world_size: int) -> bool:
+    """Whether BatchNorm statistics sync across the processes: ``trainer.sync_batchnorm``
+    under DDP; PyTorch's SyncBatchNorm runs on CUDA only."""
+    if not (cfg.sync_batchnorm and world_size > 1):
+        return False
+    if device.type != "cuda":
+        raise SegunetError("trainer.sync_batchnorm=true needs CUDA: set it false on the CPU")
+    return True
+
+
+def check_launch(cfg: DictConfig, world_size: int) -> None:
+    """The checks of the ``trainer`` settings each of ``world_size`` processes would make,
+    made before launching them, so a bad setting stops as one line and no processes."""
+    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    distributed.check_device(trainer_cfg.device, world_size)
+    device = resolve_device(trainer_cfg.device, 0 if world_size > 1 else None)
+    if trainer_cfg.precision != "auto":  # auto never fails, and would query the GPU here
+        resolve_precision(trainer_cfg.precision, device)
+    sync_batchnorm(trainer_cfg, device, world_size)
+
+
 def resolve_patch_size(model: nn.Module, data: SegmentationData) -> tuple[int, ...]:
     """The network input size: ``data.patch_size`` checked against the model, or a default
     that fits the smallest training image (capped at the paper's 572 / 3D U-Net's 132)."""
@@ -191,11 +212,7 @@ class Trainer:
             self.memory_format = (
                 torch.channels_last if data.spatial_dims == 2 else torch.channels_last_3d
             )
-        if cfg.sync_batchnorm and self.world.size > 1:
-            if self.device.type != "cuda":
-                raise SegunetError(
-                    "trainer.sync_batchnorm=true needs CUDA: set it false on the CPU"
-                )
+        if sync_batchnorm(cfg, self.device, self.world.size):
             # Keeps the very Parameter objects, so the optimiser built on them stays valid.
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.net = model.to(self.device, memory_format=self.memory_format)
