@@ -1,6 +1,8 @@
 """Data-parallel training (DDP) on the CPU: two gloo processes started by ``segunet train
 trainer.devices=2`` (which runs torchrun) against one process with the same global batch."""
 
+import signal
+
 import pytest
 import torch
 from conftest import TINY
@@ -171,6 +173,13 @@ class Launcher:
         return event
 
 
+def test_ctrl_c_waits_for_the_ranks_and_exits_like_one_process(capsys):
+    launcher = Launcher(KeyboardInterrupt(), KeyboardInterrupt(), 130)
+    assert cli.wait_for_ranks(launcher) == 2
+    assert launcher.events == []  # waited until torchrun itself ended
+    assert capsys.readouterr().err == ""  # rank 0 said where it saved
+
+
 @pytest.mark.parametrize(
     ("code", "status", "line"),
     [
@@ -214,3 +223,20 @@ def test_other_ranks_hold_back_their_error_for_rank_0(monkeypatch, capsys):
     assert waits == [cli.OTHER_RANKS_REPORT_AFTER_S]
     assert capsys.readouterr().err.count("segunet: error: bad") == 2
 
+
+def test_ctrl_c_under_ddp_lets_the_save_finish(make_cfg, tmp_path, monkeypatch):
+    trainer = build_trainer(make_cfg(*TINY), tmp_path)
+
+    def interrupted(batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    trainer.world = distributed.World(rank=0, local_rank=0, size=2)
+    try:
+        with pytest.raises(SegunetError, match="interrupted at step 0; saved"):
+            trainer.fit()
+        # torchrun passes the terminal's Ctrl-C on again: it must not stop the save.
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

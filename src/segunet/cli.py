@@ -154,8 +154,16 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
 def wait_for_ranks(launcher: subprocess.Popen) -> int:
     """The exit status of ``segunet train`` once the launcher and its ranks ended: 0, or 2
     like a single process, with one line when no rank reported the error itself."""
-    code = launcher.wait()
-    if code not in (0, 2):
+    interrupted = False
+    while True:
+        try:
+            code = launcher.wait()
+            break
+        except KeyboardInterrupt:
+            # The terminal's Ctrl-C reached torchrun too, which passes it on and waits while
+            # rank 0 saves a checkpoint and says how to resume: leaving now orphans them.
+            interrupted = True
+    if code not in (0, 2) and not interrupted:
         signals = {int(s) + 128: s.name for s in signal.Signals}  # torchrun's 128 + N
         how = f"by {signals[code]}" if code in signals else f"with exit status {code}"
         print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import sys
 import time
 import warnings
@@ -422,6 +423,10 @@ class Trainer:
                     bar.set_postfix(**self._postfix())
                     window_start = time.perf_counter()  # validation is not training time
         except KeyboardInterrupt:
+            if self.world.size > 1:
+                # torchrun passes the terminal's Ctrl-C on to the ranks a second time: let the
+                # save finish (torchrun kills a rank that outlasts its shutdown timeout).
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             bar.close()
             self.rank_rng = None  # the other ranks' RNG states are from an earlier step
             self.save_checkpoint("last.pt")
