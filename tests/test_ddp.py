@@ -224,19 +224,24 @@ def test_other_ranks_hold_back_their_error_for_rank_0(monkeypatch, capsys):
     assert capsys.readouterr().err.count("segunet: error: bad") == 2
 
 
-def test_ctrl_c_under_ddp_lets_the_save_finish(make_cfg, tmp_path, monkeypatch):
+def test_ctrl_c_under_ddp_saves_and_reports_on_rank_0_alone(make_cfg, tmp_path, monkeypatch):
     trainer = build_trainer(make_cfg(*TINY), tmp_path)
 
     def interrupted(batch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "train_step", interrupted)
-    trainer.world = distributed.World(rank=0, local_rank=0, size=2)
     try:
-        with pytest.raises(SegunetError, match="interrupted at step 0; saved"):
+        trainer.world = distributed.World(rank=1, local_rank=1, size=2)
+        with pytest.raises(SystemExit) as exit_:  # quietly: rank 0 saves and says so
             trainer.fit()
+        assert exit_.value.code == 0
+        assert not (tmp_path / "checkpoints").exists()
         # torchrun passes the terminal's Ctrl-C on again: it must not stop the save.
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        trainer.world = distributed.World(rank=0, local_rank=0, size=2)
+        with pytest.raises(SegunetError, match="interrupted at step 0; saved"):
+            trainer.fit()
         assert (tmp_path / "checkpoints" / "last.pt").is_file()
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)

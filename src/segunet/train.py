@@ -430,6 +430,10 @@ class Trainer:
             bar.close()
             self.rank_rng = None  # the other ranks' RNG states are from an earlier step
             self.save_checkpoint("last.pt")
+            if not self.world.main:
+                # Rank 0 saved and says so. Exiting 0 leaves torchrun waiting for it, where a
+                # failed rank would make torchrun stop it mid-save.
+                raise SystemExit(0) from None
             raise SegunetError(
                 f"interrupted at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
                 f"continue with trainer.resume={self.run_dir}"
