@@ -112,6 +112,8 @@ def load_model(
     overrides need repeating."""
     from hydra.utils import instantiate
 
+    from segunet.config import check_targets
+
     file = resolve_checkpoint(path)
     ckpt = _read_checkpoint(file, device)
     config = ckpt.get("config")
@@ -120,6 +122,7 @@ def load_model(
             f"{file} holds no model config (config.model._target_): use a checkpoint written "
             "by segunet train"
         )
+    check_targets(config["model"], "model", str(file))
     try:
         model = instantiate(config["model"])
     except Exception as e:  # a renamed class or argument since training

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from segunet.config import config_dir
+from segunet.config import config_dir, instantiate_group
 from segunet.data import weightmaps_cache
 
 # This command writes no run folder, no .hydra/ and no log file: it only fills the cache.
@@ -36,7 +35,7 @@ def precompute(cfg: DictConfig) -> weightmaps_cache.CacheStats:
     stats = weightmaps_cache.stats
     before = (stats.hits, stats.misses, stats.rebuilt)
     start = time.perf_counter()
-    data = instantiate(cfg.data)
+    data = instantiate_group(cfg, "data")
     done = weightmaps_cache.CacheStats(
         stats.hits - before[0], stats.misses - before[1], stats.rebuilt - before[2]
     )
