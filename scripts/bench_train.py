@@ -277,8 +277,7 @@ def bench_segunet(trainer: Trainer, case: Case, args: argparse.Namespace) -> dic
 
     def step() -> None:
         batch = trainer.prepare(next(batches[0]))
-        loss, _ = trainer.train_step(batch)
-        trainer.step += 1
+        loss, _ = trainer.train_step(batch)  # counts trainer.step
         after(loss)
 
     try:

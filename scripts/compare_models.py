@@ -133,7 +133,7 @@ def train_one(name: str, args: argparse.Namespace, base: list[str], run_dir: Pat
 
     def timed_step(batch):
         out = step_fn(batch)
-        if trainer.step + 1 == warm:
+        if trainer.step == warm:  # train_step has counted this step
             sync()
             marks["start"] = time.perf_counter()
         return out

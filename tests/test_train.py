@@ -308,3 +308,43 @@ def test_unknown_compile_value_is_refused():
 
     with pytest.raises(SegunetError, match="trainer.compile='maybe' is unknown"):
         TrainerConfig(compile="maybe")
+
+
+def test_a_strided_batch_is_made_contiguous_on_the_cpu(make_cfg, tmp_path):
+    """Augmentation can return a non-contiguous view (a quickstart run crashed at step ~190
+    with 'preserve memory format is unsupported by the contiguous operator')."""
+    trainer = build_trainer(make_cfg(*TINY), tmp_path)
+    batch = next(iter(trainer.loader()))
+    batch["image"] = batch["image"].transpose(-1, -2)
+    assert not batch["image"].is_contiguous()
+    out = trainer.to_device(batch)  # as prepare() does before and after augmenting
+    assert out["image"].is_contiguous()
+    torch.testing.assert_close(out["image"], batch["image"].contiguous(), rtol=0, atol=0)
+
+
+def test_hydra_flags_of_the_readme_work(tmp_path):
+    """`--cfg job` prints the composed config and trains nothing; `--config-dir` adds a
+    user's own options; flags may come between overrides."""
+    done = run_cli("train", "--cfg", "job", "experiment=quickstart", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "channels:\n  - 16\n  - 32" in done.stdout
+    assert not (tmp_path / "outputs").exists()
+    mine = tmp_path / "conf" / "data"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nn_train: 3\n")
+    done = run_cli("train", "data.n_val=2", "--config-dir", str(tmp_path / "conf"), "data=mine",
+                   "--cfg", "job", "-p", "data", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "n_train: 3\nn_val: 2\n" in done.stdout
+
+
+def test_the_summary_lists_only_the_checkpoints_written(make_cfg, tmp_path, capsys,
+                                                        monkeypatch):
+    """A run whose validation Dice is never a number (no foreground anywhere) writes no
+    best.pt; its summary must not list one."""
+    cfg = make_cfg(*TINY, "trainer.max_steps=2", "trainer.val_every=2")
+    monkeypatch.setattr("segunet.train.Trainer.validate", lambda self: {
+        "loss": 0.5, "dice": float("nan"), "iou": float("nan")})
+    run(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
+    assert f"checkpoints: {tmp_path / 'checkpoints'} (last.pt)\n" in capsys.readouterr().err

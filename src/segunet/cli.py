@@ -7,7 +7,10 @@ config, bad data, missing files) into one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
+import io
 import os
 import signal
 import subprocess
@@ -87,21 +90,51 @@ def report_errors() -> Iterator[None]:
         sys.exit(2)
 
 
-def check_overrides(overrides: list[str], config_name: str = "config") -> DictConfig:
+def hydra_args(argv: list[str]) -> argparse.Namespace | None:
+    """``argv`` as Hydra itself reads it (``--cfg job``, ``--config-dir DIR``, overrides), or
+    None where Hydra would refuse it (it then says why itself). Flags may come between the
+    overrides here: :func:`flags_first` puts them where Hydra's own parser wants them."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return get_args_parser().parse_intermixed_args(argv)
+    except SystemExit:
+        return None
+
+
+def flags_first(argv: list[str], args: argparse.Namespace) -> list[str]:
+    """``argv`` with Hydra's flags (and their values) before the overrides: Hydra's parser
+    takes no override after a flag (``a=1 -m b=1,2``)."""
+    flags = list(argv)
+    for override in args.overrides:
+        flags.remove(override)
+    return [*flags, *args.overrides]
+
+
+def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
     """Compose the config once per override value before Hydra runs, so an unknown group
     option or key fails as one line instead of Hydra's multi-line report. Returns the first
-    composition, with its ``hydra`` section (the run folder it would use)."""
+    composition, with its ``hydra`` section (the run folder it would use). ``args`` is
+    :func:`hydra_args`' reading (its ``--config-dir`` and ``--config-name`` count) or a list
+    of overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from segunet.config import config_dir
 
-    plain = [a for a in overrides if not a.startswith("-")]
+    if isinstance(args, list):
+        args = hydra_args(args)
+    extra = [f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]"] if (
+        args.config_dir
+    ) else []
     with report_errors():
-        parsed = OverridesParser.create().parse_overrides(plain)
+        if args.config_dir and not Path(args.config_dir).is_dir():
+            raise FileNotFoundError(f"--config-dir {args.config_dir}: no such folder")
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
         first = [o.input_line if not o.is_sweep_override() else None for o in parsed]
-        trials = [[o for o in first if o]]
+        trials = [[*extra, *(o for o in first if o)]]
         for o in parsed:
             if o.is_sweep_override():
                 key = o.get_key_element()
@@ -110,12 +143,26 @@ def check_overrides(overrides: list[str], config_name: str = "config") -> DictCo
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(str(config_dir()), version_base="1.3"):
-                first_cfg = compose(config_name, overrides=trials[0], return_hydra_config=True)
+                name = args.config_name or "config"
+                first_cfg = compose(name, overrides=trials[0], return_hydra_config=True)
                 for trial in trials[1:16]:
-                    compose(config_name, overrides=trial)
+                    compose(name, overrides=trial)
         finally:
             GlobalHydra.instance().clear()
     return first_cfg
+
+
+def pin_run_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
+    """Check the folder a single run would train into before Hydra writes its ``.hydra/``
+    files there (another live run, another run's checkpoints), and name it explicitly so
+    Hydra uses the one checked (its clock may have moved on a second)."""
+    from segunet import run_folder
+
+    run_dir = Path(str(cfg.hydra.run.dir))
+    with report_errors():
+        run_folder.check(run_dir, cfg.trainer.get("resume"))
+    given = any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in rest)
+    return rest if given else [*rest, f"hydra.run.dir={run_dir}"]
 
 
 def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
@@ -145,6 +192,7 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
         return 2
     with report_errors():
         check_launch(cfg, n)
+    pin_run_folder(cfg, overrides)  # the folder torchrun's ranks will share
     run_dir = Path(str(cfg.hydra.run.dir))
     command = distributed.launch_command(n, overrides, run_dir)
     print(f"segunet: launching {n} processes: torchrun {' '.join(command[3:])}", file=sys.stderr)
@@ -194,14 +242,20 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"segunet: error: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    if not any(a in rest for a in ("--help", "-h", "--hydra-help", "--info", "-i")):
-        cfg = check_overrides(rest)
+    args = hydra_args(rest)
+    rest = rest if args is None else flags_first(rest, args)
+    informs = args is None or args.help or args.hydra_help or args.info or args.shell_completion
+    if not informs and args.config_path is None:
+        cfg = check_overrides(args)
         devices = cfg.trainer.get("devices", 1) if command == "train" else 1
-        if isinstance(devices, int) and devices > 1 and not any(a in rest for a in ("--cfg", "-c")):
-            from segunet.distributed import launched_by_torchrun
+        if command == "train" and not args.cfg:
+            if isinstance(devices, int) and devices > 1:
+                from segunet.distributed import launched_by_torchrun
 
-            if not launched_by_torchrun():  # else this process is already one of the ranks
-                sys.exit(launch_ddp(cfg, rest))
+                if not launched_by_torchrun():  # else this process is already one of the ranks
+                    sys.exit(launch_ddp(cfg, rest))
+            if not args.multirun:
+                rest = pin_run_folder(cfg, rest)
     # Hydra parses sys.argv itself; hand it the overrides under the command's name.
     sys.argv = [f"segunet-{command}", *rest]
     app()

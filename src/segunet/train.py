@@ -29,16 +29,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segunet import distributed
+from segunet import distributed, interrupts, resume, run_folder
 from segunet.checkpoint import (
     clean_state_dict,
     load_checkpoint,
     mismatch_detail,
+    resolve_checkpoint,
     rng_state,
     save_atomic,
     set_rng_state,
 )
-from segunet.config import check_fields, config_dir
+from segunet.config import check_all_targets, check_fields, config_dir, instantiate_group
 from segunet.data.augment import AugmentConfig, Augmenter
 from segunet.data.datasets import (
     PatchDataset,
@@ -127,7 +128,7 @@ def sync_batchnorm(cfg: TrainerConfig, device: torch.device, world_size: int) ->
 def check_launch(cfg: DictConfig, world_size: int) -> None:
     """The checks of the ``trainer`` settings each of ``world_size`` processes would make,
     made before launching them, so a bad setting stops as one line and no processes."""
-    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    trainer_cfg: TrainerConfig = instantiate_group(cfg, "trainer")
     distributed.check_device(trainer_cfg.device, world_size)
     device = resolve_device(trainer_cfg.device, 0 if world_size > 1 else None)
     if trainer_cfg.precision != "auto":  # auto never fails, and would query the GPU here
@@ -208,7 +209,9 @@ class Trainer:
         )
         self.in_shape = resolve_patch_size(model, data)
         self.out_shape = tuple(model.output_shape(self.in_shape))
-        self.memory_format = torch.preserve_format
+        # Plain contiguous unless channels_last: augmentation can hand back a strided view,
+        # and .contiguous() refuses preserve_format.
+        self.memory_format = torch.contiguous_format
         if cfg.channels_last and self.device.type == "cuda":
             self.memory_format = (
                 torch.channels_last if data.spatial_dims == 2 else torch.channels_last_3d
@@ -231,6 +234,7 @@ class Trainer:
         self.best = -math.inf
         self.metrics: dict[str, float] = {}
         self.rank_rng: list[dict[str, Any]] | None = None  # every rank's RNG, for checkpoints
+        self.resumes: list[dict[str, Any]] = []  # where the run was resumed, with what changes
         if self.world.rank > 0:
             # Same initial weights as rank 0 (drawn before), but dropout masks of its own.
             torch.manual_seed(step_seed(cfg.seed, 0, self.world.rank))
@@ -284,7 +288,8 @@ class Trainer:
         return crop_to_output(batch, self.out_shape)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step; returns the (detached) loss and logits without a host sync."""
+        """One optimiser step (``self.step`` counts it); returns the (detached) loss and
+        logits without a host sync."""
         if self._compile_unproven:
             return self._first_compiled_step(batch)
         self.model.train()
@@ -299,9 +304,11 @@ class Trainer:
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        with interrupts.deferred():  # weights, schedule and step count move together
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
         return loss.detach(), logits.detach()
 
     def _first_compiled_step(
@@ -384,65 +391,76 @@ class Trainer:
             disable=not (self.log_cfg.progress and self.world.main),
             desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
         )
-        loss_sum = torch.zeros((), device=self.device)
-        window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
-        warmup = True
         try:
-            for batch in self.loader():
-                batch = self.prepare(batch)
-                loss, logits = self.train_step(batch)
-                self.step += 1
-                loss_sum += loss
-                window_steps += 1
-                if warmup:
-                    # The first step compiles and autotunes: images/s starts after it (one
-                    # host sync per fit, off the hot path).
-                    warmup = False
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    window_start = time.perf_counter()
-                else:
-                    timed_steps += 1
-                bar.update(1)
-                if self.step % self.log_cfg.log_every == 0 or self.step == self.cfg.max_steps:
-                    if self.world.main:
-                        # The only host sync of the loop: once per logging window.
-                        values = self._train_scalars(batch, logits, loss_sum / window_steps)
-                        if timed_steps:
-                            images = timed_steps * self.cfg.batch_size * self.world.size
-                            elapsed = time.perf_counter() - window_start
-                            values["train/images_per_s"] = images / elapsed
-                        self.tb.scalars(values, self.step)
-                        bar.set_postfix(loss=f"{values['train/loss']:.4f}", **self._postfix())
-                    loss_sum.zero_()
-                    window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
-                if self.step % self.log_cfg.image_every == 0:
-                    self._log_picture("train/sample", batch)
-                if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
-                    self._validate_and_save()
-                    bar.set_postfix(**self._postfix())
-                    window_start = time.perf_counter()  # validation is not training time
-        except KeyboardInterrupt:
-            if self.world.size > 1:
-                # torchrun passes the terminal's Ctrl-C on to the ranks a second time: let the
-                # save finish (torchrun kills a rank that outlasts its shutdown timeout).
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            with interrupts.sigterm_interrupts():
+                self._loop(bar)
+        except KeyboardInterrupt as e:
             bar.close()
-            self.rank_rng = None  # the other ranks' RNG states are from an earlier step
-            self.save_checkpoint("last.pt")
-            if not self.world.main:
-                # Rank 0 saved and says so. Exiting 0 leaves torchrun waiting for it, where a
-                # failed rank would make torchrun stop it mid-save.
-                raise SystemExit(0) from None
-            raise SegunetError(
-                f"interrupted at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
-                f"continue with trainer.resume={self.run_dir}"
-            ) from None
+            self._save_on_interrupt(e)
         bar.close()
         final = {f"val/{k}": v for k, v in self.metrics.items()} | {"val/best_dice": self.best}
         self.tb.hparams(self._hparams(), {f"hparam/{k}": v for k, v in final.items()})
         self.tb.close()
         return final
+
+    def _loop(self, bar: tqdm) -> None:
+        """Steps to ``max_steps``: logging every ``log_every``, validation and checkpoints
+        every ``val_every``."""
+        loss_sum = torch.zeros((), device=self.device)
+        window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
+        warmup = True
+        for batch in self.loader():
+            batch = self.prepare(batch)
+            loss, logits = self.train_step(batch)
+            loss_sum += loss
+            window_steps += 1
+            if warmup:
+                # The first step compiles and autotunes: images/s starts after it (one
+                # host sync per fit, off the hot path).
+                warmup = False
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                window_start = time.perf_counter()
+            else:
+                timed_steps += 1
+            bar.update(1)
+            if self.step % self.log_cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                if self.world.main:
+                    # The only host sync of the loop: once per logging window.
+                    values = self._train_scalars(batch, logits, loss_sum / window_steps)
+                    if timed_steps:
+                        images = timed_steps * self.cfg.batch_size * self.world.size
+                        elapsed = time.perf_counter() - window_start
+                        values["train/images_per_s"] = images / elapsed
+                    self.tb.scalars(values, self.step)
+                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", **self._postfix())
+                loss_sum.zero_()
+                window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
+            if self.step % self.log_cfg.image_every == 0:
+                self._log_picture("train/sample", batch)
+            if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
+                self._validate_and_save()
+                bar.set_postfix(**self._postfix())
+                window_start = time.perf_counter()  # validation is not training time
+
+    def _save_on_interrupt(self, e: KeyboardInterrupt) -> None:
+        """Ctrl-C or SIGTERM: save ``last.pt`` (ignoring further signals: torchrun passes
+        the terminal's Ctrl-C on to the ranks a second time, and an impatient user presses it
+        again), then stop with one line saying how to continue."""
+        self.rank_rng = None  # the other ranks' RNG states are from an earlier step
+        if self.world.size > 1:  # to the end: torchrun's own SIGINT follows the terminal's
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with interrupts.ignored():
+            self.save_checkpoint("last.pt")
+        if not self.world.main:
+            # Rank 0 saved and says so. Exiting 0 leaves torchrun waiting for it, where a
+            # failed rank would make torchrun stop it mid-save.
+            raise SystemExit(0) from None
+        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+        raise SegunetError(
+            f"{what} at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
+            f"continue with trainer.resume={self.run_dir}"
+        ) from None
 
     def _validate_and_save(self) -> None:
         """Rank 0 validates and writes the checkpoints while the other ranks wait for its
@@ -455,9 +473,10 @@ class Trainer:
             improved = self.metrics["dice"] > self.best
             if improved:
                 self.best = self.metrics["dice"]
-            self.save_checkpoint("last.pt")
-            if improved:
-                self.save_checkpoint("best.pt")
+            with interrupts.deferred():  # a Ctrl-C now comes after both files are whole
+                self.save_checkpoint("last.pt")
+                if improved:
+                    self.save_checkpoint("best.pt")
         self.metrics, self.best = distributed.broadcast((self.metrics, self.best))
 
     def _train_scalars(self, batch, logits, loss) -> dict[str, float]:
@@ -556,6 +575,7 @@ class Trainer:
             "metrics": dict(self.metrics),
             "rng": rng_state(),
             "config": self.config,
+            "resumes": self.resumes,
         } | ({"rng_ranks": self.rank_rng} if self.rank_rng else {})
 
     def save_checkpoint(self, name: str) -> Path:
@@ -565,9 +585,14 @@ class Trainer:
             save_atomic(self.state(), path)
         return path
 
-    def restore(self, path: str | Path) -> None:
-        """Continue a run exactly where its checkpoint left it."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def restore(self, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
+        """Continue a run where its checkpoint (``ckpt``, read from ``path`` if not given)
+        left it: exactly, or with changed optimiser and schedule settings applied from here
+        on (:mod:`segunet.resume`)."""
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+        stored = ckpt.get("config") or {}
+        changes = resume.config_changes(stored, self.config) if stored else {}
+        resume.check_optimizer(changes, str(path))
         try:
             self.net.load_state_dict(clean_state_dict(ckpt["model"]))
         except RuntimeError as e:
@@ -575,12 +600,27 @@ class Trainer:
                 f"checkpoint {path} holds a different model ({mismatch_detail(e)}); resume "
                 "with the model overrides of that run (see its .hydra/overrides.yaml)"
             ) from e
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
+        if resume.schedule_changed(changes):
+            resume.apply_new_schedule(self.optimizer, self.scheduler, ckpt["optimizer"], self.step)
+        else:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
         self.best = float(ckpt["best_metric"])
         self.metrics = dict(ckpt.get("metrics", {}))
+        changed = {k: [resume.show(old), resume.show(new)] for k, (old, new) in changes.items()}
+        self.resumes = [
+            *ckpt.get("resumes", []),
+            {"step": self.step, "checkpoint": str(path), "changed": changed},
+        ]
+        if changes and self.world.main:
+            lr = self.optimizer.param_groups[0]["lr"]
+            print(
+                f"segunet: resuming at step {self.step} with changed settings: "
+                f"{resume.describe(changes)}; they apply from here on (lr now {lr:.3g})",
+                file=sys.stderr,
+            )
         ranks = ckpt.get("rng_ranks") or []
         if self.world.rank == 0 or len(ranks) == self.world.size:
             set_rng_state(ranks[self.world.rank] if self.world.rank else ckpt["rng"])
@@ -618,9 +658,15 @@ def seed_everything(seed: int) -> None:
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     """Instantiate every config group and wire them into a :class:`Trainer`."""
-    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
-    log_cfg: LoggingConfig = instantiate(cfg.logging)
-    augment_cfg: AugmentConfig = instantiate(cfg.augment)
+    check_all_targets(cfg, "the config")  # before anything is built
+    trainer_cfg: TrainerConfig = instantiate_group(cfg, "trainer")
+    checkpoint = None
+    if trainer_cfg.resume:  # read, and its stored config checked, before building too
+        file = resolve_checkpoint(trainer_cfg.resume)
+        checkpoint = load_checkpoint(file)
+        check_all_targets(checkpoint.get("config") or {}, str(file))
+    log_cfg: LoggingConfig = instantiate_group(cfg, "logging")
+    augment_cfg: AugmentConfig = instantiate_group(cfg, "augment")
     seed_everything(trainer_cfg.seed)  # before the model draws its initial weights
     model = instantiate(cfg.model)
     data: SegmentationData = instantiate(cfg.data)
@@ -636,8 +682,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
         config=OmegaConf.to_container(cfg, resolve=True),
         augment=augment_cfg,
     )
-    if trainer_cfg.resume:
-        trainer.restore(trainer_cfg.resume)
+    if checkpoint is not None:
+        trainer.restore(file, checkpoint)
     return trainer
 
 
@@ -647,7 +693,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     Under torchrun this is one rank of a data-parallel run: it joins the process group here
     and leaves it at the end, also on errors.
     """
-    trainer_cfg: TrainerConfig = instantiate(cfg.trainer)
+    trainer_cfg: TrainerConfig = instantiate_group(cfg, "trainer")
     if trainer_cfg.devices > 1 and distributed.env_world().size == 1:
         n = trainer_cfg.devices
         raise SegunetError(
@@ -655,8 +701,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             f"trainer.devices={n} ...` or `torchrun --nproc_per_node={n} -m segunet.train ...`"
         )
     world = distributed.init(trainer_cfg.device)
+    lock = None
     try:
         run_dir = _shared_run_dir(Path(run_dir), world)
+        if world.main:  # held to the end of the run; the ranks share rank 0's folder
+            lock = run_folder.claim(run_dir, trainer_cfg.resume)
         trainer = build_trainer(cfg, run_dir)
         if world.main:
             ranks = f" x {world.size} processes" if world.size > 1 else ""
@@ -670,18 +719,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             )
         final = trainer.fit()
         if world.main:
-            print(
-                f"segunet: done at step {trainer.step}: val dice "
-                f"{final.get('val/dice', float('nan')):.4f} (best {trainer.best:.4f}), "
-                f"val iou {final.get('val/iou', float('nan')):.4f}\n"
-                f"  run folder:  {run_dir}\n"
-                f"  checkpoints: {run_dir / 'checkpoints'} (best.pt, last.pt)\n"
-                f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}",
-                file=sys.stderr,
-            )
+            print(summary(trainer, final), file=sys.stderr)
         return final
     finally:
+        if lock is not None:
+            lock.close()
         distributed.shutdown()
+
+
+def summary(trainer: Trainer, final: dict[str, float]) -> str:
+    """The lines that end a run: its scores and where its files are."""
+    run_dir = trainer.run_dir
+    written = [n for n in ("best.pt", "last.pt") if (run_dir / "checkpoints" / n).is_file()]
+    return (
+        f"segunet: done at step {trainer.step}: val dice "
+        f"{final.get('val/dice', float('nan')):.4f} (best {trainer.best:.4f}), "
+        f"val iou {final.get('val/iou', float('nan')):.4f}\n"
+        f"  run folder:  {run_dir}\n"
+        f"  checkpoints: {run_dir / 'checkpoints'} ({', '.join(written) or 'none written'})\n"
+        f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}"
+    )
 
 
 def _shared_run_dir(run_dir: Path, world: distributed.World) -> Path:
@@ -700,7 +757,14 @@ def main(cfg: DictConfig) -> float:
     from segunet.cli import report_errors
 
     with report_errors():
-        final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        try:
+            with interrupts.sigterm_interrupts():
+                final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        except KeyboardInterrupt as e:  # fit() handles its own: this is before training
+            what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else (
+                "interrupted"
+            )
+            raise SegunetError(f"{what} before training started; nothing was saved") from None
     return final.get("val/dice", float("nan"))
 
 

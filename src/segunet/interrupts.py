@@ -1,0 +1,80 @@
+"""Ctrl-C (SIGINT) and SIGTERM in training: stop cleanly, never mid-step or mid-save.
+
+SIGTERM is what a cluster scheduler sends before preempting a job: it stops training as Ctrl-C
+does (a checkpoint is saved, then one line says how to resume). A signal that lands while an
+optimiser step is being committed (optimiser, scaler, scheduler, step count) is held until the
+step is whole, so a checkpoint never pairs the weights of one step with the count of another;
+while the final checkpoint is written, further signals are ignored.
+
+Python delivers signals to the main thread only; elsewhere these helpers change nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt)."""
+    if not _main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then raise the first of them."""
+    if not _main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
+        raise _interrupt(caught[0])
+
+
+@contextmanager
+def ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM within the block (a second Ctrl-C while saving)."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

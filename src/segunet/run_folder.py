@@ -1,0 +1,80 @@
+"""One run per run folder: a lock while a run trains there, no second run writing its
+checkpoints beside another's, and no temp files left by a killed writer.
+
+Two runs started in the same second (Hydra names run folders by the second), or given the same
+``hydra.run.dir``, would otherwise interleave their TensorBoard files and leave ``last.pt`` of
+one beside ``best.pt`` of the other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import IO
+
+from segunet.atomic import remove_stale_temps
+from segunet.errors import SegunetError
+
+LOCK_NAME = ".segunet.lock"
+CHECKPOINTS = ("last.pt", "best.pt")
+
+
+def claim(run_dir: Path, resume: str | None) -> IO[str]:
+    """Lock ``run_dir`` for this run and return the open lock file (keep it open: the lock
+    lasts as long as it, and the system drops it when the process dies, also on kill -9).
+    Refuses a folder another live run holds, or one with another run's checkpoints unless
+    ``resume`` points into it. Stale temp files of dead writers in ``checkpoints/`` go."""
+    lock = _lock(run_dir, resume)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    # Holding the lock, no other writer of this folder's checkpoints can be alive.
+    remove_stale_temps(run_dir / "checkpoints", any_writer=True)
+    return lock
+
+
+def check(run_dir: Path, resume: str | None) -> None:
+    """What :func:`claim` would refuse, without keeping the lock or changing anything:
+    checked before Hydra writes its ``.hydra/`` files into the folder."""
+    if run_dir.is_dir():
+        _lock(run_dir, resume).close()
+
+
+def _lock(run_dir: Path, resume: str | None) -> IO[str]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 (held open for the run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise SegunetError(
+            f"run folder {run_dir} is in use by a running segunet train ({owner}): wait for it "
+            "or choose another folder (hydra.run.dir=...)"
+        ) from None
+    try:
+        check_checkpoints(run_dir, resume)
+    except SegunetError:
+        lock.close()
+        raise
+    return lock
+
+
+def check_checkpoints(run_dir: Path, resume: str | None) -> None:
+    """Refuse a folder holding checkpoints unless ``resume`` (a file or folder) lies in it."""
+    found = [n for n in CHECKPOINTS if (run_dir / "checkpoints" / n).is_file()]
+    if not found:
+        return
+    if resume is not None:
+        target = Path(resume).expanduser().resolve()
+        if target == run_dir.resolve() or run_dir.resolve() in target.parents:
+            return
+    raise SegunetError(
+        f"run folder {run_dir} already holds another run's checkpoints ({', '.join(found)}): "
+        f"continue that run with trainer.resume={run_dir}, or choose another folder "
+        "(hydra.run.dir=...)"
+    )

@@ -1,0 +1,117 @@
+"""Ctrl-C and SIGTERM in training: a whole step, a whole checkpoint, one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY
+
+from segunet import train
+from segunet.errors import SegunetError
+from segunet.train import build_trainer
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_between_optimizer_and_scheduler_saves_a_whole_step(make_cfg, tmp_path):
+    trainer = build_trainer(make_cfg(*TINY, "trainer.max_steps=10", "trainer.val_every=10",
+                                     "scheduler=cosine"), tmp_path)
+    update = trainer.scaler.update
+
+    def update_then_ctrl_c(*args):  # between optimizer.step() and scheduler.step()
+        update(*args)
+        if trainer.scheduler.last_epoch == 2:
+            ctrl_c()
+
+    trainer.scaler.update = update_then_ctrl_c
+    with pytest.raises(SegunetError, match="interrupted at step 3; saved"):
+        trainer.fit()
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    adam_steps = {int(s["step"]) for s in saved["optimizer"]["state"].values()}
+    assert saved["step"] == 3
+    assert saved["scheduler"]["last_epoch"] == 3
+    assert adam_steps == {3}
+
+
+def test_a_second_ctrl_c_while_saving_does_not_lose_the_checkpoint(make_cfg, tmp_path,
+                                                                   monkeypatch):
+    trainer = build_trainer(make_cfg(*TINY, "trainer.max_steps=10", "trainer.val_every=10"),
+                            tmp_path)
+    step = trainer.train_step
+
+    def interrupted_at_2(batch):
+        out = step(batch)
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+        return out
+
+    real_save = train.save_atomic
+
+    def impatient_save(obj, path):
+        ctrl_c()  # pressed again while the checkpoint is being written
+        real_save(obj, path)
+
+    trainer.train_step = interrupted_at_2
+    monkeypatch.setattr(train, "save_atomic", impatient_save)
+    with pytest.raises(SegunetError, match="interrupted at step 2; saved"):
+        trainer.fit()
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
+    """What a cluster scheduler sends before preempting a job."""
+    args = [*TINY, "trainer.max_steps=100000", "trainer.val_every=100000",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "segunet.cli", "train", *args], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stderr.readline()
+        assert first.startswith("segunet: training"), first
+        time.sleep(3)  # some steps in
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    lines = rest.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and "Traceback" not in rest, rest
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert lines[0] == (
+        f"segunet: error: terminated (SIGTERM) at step {saved['step']}; saved "
+        f"{tmp_path / 'run' / 'checkpoints' / 'last.pt'}; continue with "
+        f"trainer.resume={tmp_path / 'run'}"
+    )
+
+
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
+    """While the data loads (weight maps of a large dataset take minutes)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    code = (
+        "import os, signal, sys; from segunet import train; from segunet.cli import main\n"
+        "def loading(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+        "train.build_trainer = loading\n"
+        "main(['train', *sys.argv[1:]])"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *TINY, f"hydra.run.dir={tmp_path}"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: interrupted before training started; nothing was saved"
+    ]

@@ -1,0 +1,127 @@
+"""One run per run folder: a live run's lock, another run's checkpoints, stale temps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from segunet import run_folder
+from segunet.atomic import temp_name
+from segunet.errors import SegunetError
+from segunet.train import build_trainer, run
+
+QUICK = [*TINY, "trainer.max_steps=2", "trainer.val_every=2"]
+
+
+def test_a_folder_a_live_run_holds_is_refused_before_hydra_writes_to_it(tmp_path):
+    folder = tmp_path / "run"
+    lock = run_folder.claim(folder, None)  # as a training process holds it
+    try:
+        done = run_cli("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
+    finally:
+        lock.close()
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"segunet: error: run folder {folder} is in use by a running segunet train "
+        f"(pid {os.getpid()} on {os.uname().nodename}): wait for it or choose another folder "
+        "(hydra.run.dir=...)"
+    ]
+    assert not (folder / ".hydra").exists() and not (folder / "checkpoints").exists()
+
+
+def test_the_lock_ends_with_its_process_even_on_kill_9(tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from segunet import run_folder; lock = run_folder.claim(Path(sys.argv[1]), None); "
+         "print('held', flush=True); time.sleep(600)", str(folder)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SegunetError, match="in use by a running segunet train"):
+            run_folder.claim(folder, None)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    run_folder.claim(folder, None).close()
+
+
+def test_a_second_run_into_a_finished_runs_folder_is_refused(make_cfg, tmp_path):
+    run(make_cfg(*QUICK), tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+    with pytest.raises(SegunetError, match="already holds another run's checkpoints"):
+        run(make_cfg(*QUICK), tmp_path)
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+    assert before == after
+    # Resuming that very run may continue in its folder.
+    run(make_cfg(*TINY, "trainer.max_steps=4", "trainer.val_every=2",
+                 f"trainer.resume={tmp_path}"), tmp_path)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 4 and last["resumes"][0]["step"] == 2
+
+
+def test_stale_checkpoint_temps_of_a_killed_writer_go_at_the_next_start(make_cfg, tmp_path):
+    """A writer killed (-9) in the middle of a checkpoint leaves its temp; the next run
+    into that folder (here, the resume) removes it."""
+    checkpoints = tmp_path / "checkpoints"
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from segunet.atomic import write_atomic\n"
+         "def slow(f):\n    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); "
+         "time.sleep(600)\n"
+         "write_atomic(sys.argv[1], slow)", str(checkpoints / "last.pt")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    leaked = list(checkpoints.glob(".last.pt.*.tmp"))
+    assert len(leaked) == 1 and leaked[0].stat().st_size == 1000
+    run(make_cfg(*QUICK), tmp_path)
+    assert not list(checkpoints.glob(".*.tmp"))
+    assert (checkpoints / "last.pt").is_file()
+
+
+def test_remove_stale_temps_keeps_those_of_live_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = temp_name(Path("x")).split("@")[1].rstrip(".")
+    live = tmp_path / f"{temp_name(tmp_path / 'a.tif')}abc.tmp"
+    stale_file = tmp_path / f".b.tif.{dead_pid}@{host}.abc.tmp"
+    stale_store = tmp_path / f".c.zarr.{dead_pid}@{host}.abc.tmp"
+    other_host = tmp_path / f".d.tif.{dead_pid}@elsewhere.abc.tmp"
+    unknown = tmp_path / ".e.tif.abc.tmp"  # an older writer's name: no pid to check
+    for p in (live, stale_file, other_host, unknown):
+        p.write_bytes(b"x")
+    (stale_store / "0").mkdir(parents=True)
+    from segunet.atomic import remove_stale_temps
+
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([stale_file, stale_store])
+    assert live.exists() and other_host.exists() and unknown.exists()
+
+
+def test_training_code_alone_needs_no_lock(make_cfg, tmp_path):
+    """Trainer users (notebooks, benchmarks) build trainers without claiming folders."""
+    trainer = build_trainer(make_cfg(*QUICK), tmp_path)
+    trainer.fit()
+    assert not (tmp_path / run_folder.LOCK_NAME).exists()
+
+
+def test_a_run_lock_names_its_process(tmp_path):
+    lock = run_folder.claim(tmp_path, None)
+    try:
+        text = (tmp_path / run_folder.LOCK_NAME).read_text()
+    finally:
+        lock.close()
+    assert text == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    run_folder.claim(tmp_path, None).close()
