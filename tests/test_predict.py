@@ -22,6 +22,7 @@ from segunet.predict import (
     predict_tiled,
     sliding_starts,
     tile_shapes,
+    tile_within,
 )
 
 
@@ -75,6 +76,17 @@ def test_output_tiles_shorter_than_the_pooling_step_grow():
     assert tile_shapes(net3d, (48, 96, 96), 92) == ((100,) * 3, (12,) * 3)
     # Same padding starts tiles anywhere: nothing grows.
     assert tile_shapes(unet("same", channels=(2, 4, 8, 16)), (500, 500), 8) == ((8, 8), (8, 8))
+
+
+def test_tile_within_a_pixel_budget():
+    net = unet("valid", channels=(2, 4, 8, 16))  # valid sizes 8b + 28, output = input - 88
+    budget = 4 * 188**2  # 141,376
+    assert tile_within(net, (256, 256), budget) == (348, 348)  # the default tile fits
+    assert tile_within(net, (5000, 20), budget) == (516, 108)  # 516 x 108 fits too
+    # Cut from the default 516 x 516, the longer axis first (the first of equals), 8 at a
+    # time: 372 x 380 = 141,360 fits where 380 x 380 = 144,400 does not.
+    assert tile_within(net, (5000, 5000), budget) == (372, 380)
+    assert tile_within(net, (5000, 5000), 1) == (100, 100)  # never below a tile that tiles
 
 
 @pytest.mark.parametrize("n, tile, overlap", [(100, 32, 0.25), (70, 32, 0.5), (32, 32, 0.25),

@@ -1,3 +1,4 @@
+import shlex
 import warnings
 from pathlib import Path
 
@@ -253,6 +254,29 @@ def test_small_volume_with_the_automatic_patch(make_cfg, tmp_path):
     assert trainer.data.val[0].spatial_shape == (2, 40, 40)  # the last Z slices validate
     assert trainer.in_shape == (92,) * 3 and trainer.out_shape == (4,) * 3
     check_validates_and_saves(trainer, tmp_path / "run")
+
+
+def readme_3d_commands() -> list[list[str]]:
+    """The overrides of the README's ``segunet train`` lines for the synthetic 3D data."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    lines = [line.split("#")[0] for line in readme if line.startswith("segunet train ")]
+    return [shlex.split(line)[2:] for line in lines if "data=synthetic3d" in line]
+
+
+@pytest.mark.parametrize("overrides", readme_3d_commands(), ids=" ".join)
+def test_readme_3d_commands_validate_at_a_small_width(make_cfg, tmp_path, overrides):
+    # As written but 4 levels of 2..16 channels, 2 steps and 3 volumes; the automatic patch
+    # (92x100x100) predicts 4x12x12 voxels with tiles 8 apart.
+    assert len(readme_3d_commands()) == 2
+    written = [o for o in overrides if not o.startswith("model.channels=")]
+    short = ["model.channels=[2,4,8,16]", "trainer.max_steps=2", "trainer.val_every=2",
+             "data.n_train=2", "data.n_val=1", "trainer.device=cpu", "logging.progress=false"]
+    trainer = build_trainer(make_cfg(*written, *short), tmp_path)
+    assert trainer.out_shape == (4, 12, 12)
+    # Validation tiles: not 864 of 100**3 voxels (-> 12**3) but the predictor's default
+    # 132**3 (-> 44**3), 18 of them: within one training batch of 4 x 92x100x100 voxels.
+    assert (trainer.val_tile, trainer.val_batch) == ((132, 132, 132), 1)
+    check_validates_and_saves(trainer, tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -103,6 +103,19 @@ def covering_tile(net: nn.Module, tile: Sequence[int]) -> tuple[int, ...]:
     return tuple(net.valid_input_shape(wanted))
 
 
+def tile_within(net: nn.Module, spatial_shape: Sequence[int], voxels: int) -> tuple[int, ...]:
+    """The default input tile for an image of ``spatial_shape`` (see :func:`tile_shapes`),
+    its longest axis cut to the next smaller valid size while it holds more than ``voxels``
+    pixels (voxels in 3D), down to the smallest tile that :func:`tile_shapes` allows."""
+    tile = list(tile_shapes(net, spatial_shape)[0])
+    floor = tile_shapes(net, spatial_shape, 1)[0]
+    while math.prod(tile) > voxels and tile != list(floor):
+        axis = max((a for a in range(len(tile)) if tile[a] > floor[a]), key=tile.__getitem__)
+        lower = net.nearest_valid_sizes([tile[axis] - 1])[0][0]
+        tile[axis] = max(lower or 0, floor[axis])
+    return tuple(tile)
+
+
 def sliding_starts(n: int, tile: int, overlap: float) -> list[int]:
     """Tile starts along an axis of length ``n`` as MONAI's ``sliding_window_inference`` puts
     them: ``int(tile * (1 - overlap))`` apart (``tile`` when one tile fits exactly), the last
