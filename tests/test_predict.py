@@ -22,6 +22,7 @@ from segunet.predict import (
     predict_tiled,
     sliding_starts,
     tile_shapes,
+    tile_within,
 )
 
 
@@ -60,6 +61,32 @@ def test_tile_shapes_round_down_and_default():
     same = unet("same")
     assert tile_shapes(same, (101, 77), None) == ((104, 80), (104, 80))
     assert tile_shapes(same, (900, 900), 70) == ((68, 68), (68, 68))
+
+
+def test_output_tiles_shorter_than_the_pooling_step_grow():
+    # 4 levels: valid sizes 92, 100, ... -> 4, 12, ...; tiles start on multiples of 8, so an
+    # output of 4 would leave gaps and 100 (-> 12) is the smallest tile that spans a step.
+    net = unet("valid", channels=(2, 4, 8, 16))
+    assert tile_shapes(net, (500, 500), 60) == ((100, 100), (12, 12))
+    assert tile_shapes(net, (500, 500), (92, 188)) == ((100, 188), (12, 100))
+    assert tile_shapes(net, (1, 1), None) == ((100, 100), (12, 12))  # default 92 grows too
+    # 5 levels: 188 -> 4 and 204 -> 20 with steps of 16; 3D alike, per axis.
+    assert tile_shapes(unet("valid", channels=(1, 1, 1, 1, 1)), (2, 2), None)[0] == (204, 204)
+    net3d = unet("valid", spatial_dims=3, channels=(1, 1, 1, 1))
+    assert tile_shapes(net3d, (48, 96, 96), 92) == ((100,) * 3, (12,) * 3)
+    # Same padding starts tiles anywhere: nothing grows.
+    assert tile_shapes(unet("same", channels=(2, 4, 8, 16)), (500, 500), 8) == ((8, 8), (8, 8))
+
+
+def test_tile_within_a_pixel_budget():
+    net = unet("valid", channels=(2, 4, 8, 16))  # valid sizes 8b + 28, output = input - 88
+    budget = 4 * 188**2  # 141,376
+    assert tile_within(net, (256, 256), budget) == (348, 348)  # the default tile fits
+    assert tile_within(net, (5000, 20), budget) == (516, 108)  # 516 x 108 fits too
+    # Cut from the default 516 x 516, the longer axis first (the first of equals), 8 at a
+    # time: 372 x 380 = 141,360 fits where 380 x 380 = 144,400 does not.
+    assert tile_within(net, (5000, 5000), budget) == (372, 380)
+    assert tile_within(net, (5000, 5000), 1) == (100, 100)  # never below a tile that tiles
 
 
 @pytest.mark.parametrize("n, tile, overlap", [(100, 32, 0.25), (70, 32, 0.5), (32, 32, 0.25),
@@ -110,6 +137,25 @@ def test_valid_net_is_seamless(shape, tile, batch, classes):
     image = random_image(shape)
     probs = predict_tiled(model, image, tile_shape=tile, batch_size=batch)
     assert probs.shape == (classes, *shape[1:]) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, whole_image_reference(model, image), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, tile, channels",
+    [
+        ((1, 1, 1), None, (2, 4, 8, 16)),  # a 1x1 image: mirrored from its one pixel
+        ((1, 2, 2), 92, (2, 4, 8, 16)),
+        ((1, 50, 60), 60, (2, 4, 8, 16)),  # 60 rounds to 92 (-> 4 < 8), grows to 100
+        ((1, 50, 60), (92, 188), (2, 4, 8, 16)),
+        ((1, 2, 1), 188, (1, 2, 2, 2, 2)),  # 5 levels: 188 -> 4 < 16
+        ((1, 2, 13, 3), 92, (1, 2, 2, 2)),  # 3D: 2 tiles along the 13
+    ],
+)
+def test_tiles_whose_output_is_shorter_than_the_pooling_step_are_seamless(shape, tile, channels):
+    model = unet("valid", spatial_dims=len(shape) - 1, channels=channels)
+    image = random_image(shape)
+    probs = predict_tiled(model, image, tile_shape=tile, batch_size=2)
+    assert probs.shape == (2, *shape[1:])
     np.testing.assert_allclose(probs, whole_image_reference(model, image), atol=1e-4)
 
 

@@ -183,6 +183,25 @@ def test_one_tile_size_is_for_every_axis(run_dir, tmp_path):
     np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (2, 2), SHAPE])
+def test_four_level_net_predicts_tiny_images_and_tiles(tmp_path, shape):
+    # The quickstart's 4 levels: tile=60 or 92 (and the default tile of a 1x1 or 2x2 image)
+    # predicts 4 pixels, fewer than the 8 between tile starts. tile=188 (-> 100 pixels), which
+    # always worked, is the reference: a valid net's result does not depend on the tile.
+    run = tmp_path / "run"
+    save_tiny_checkpoint(run, channels=(2, 4, 8, 16))
+    tifffile.imwrite(tmp_path / "a.tif", picture(0, shape))
+    args = [f"checkpoint={run}", f"input={tmp_path / 'a.tif'}", "outputs=probabilities"]
+    results = []
+    for tile in ("tile=188", "tile=60", "tile=92", None):
+        out = tmp_path / str(tile)
+        assert main([*args, f"output={out}", *filter(None, [tile])]) == 0
+        results.append(tifffile.imread(out / "a_probabilities.tif").astype(np.float32))
+    assert results[0].shape == (2, *shape)
+    for result in results[1:]:
+        np.testing.assert_allclose(result, results[0], atol=1e-3)  # float16 files
+
+
 def test_lazy_normalisation_matches_training():
     # The tile-by-tile normalisation equals what training did to the whole image.
     rgba = np.random.default_rng(6).integers(0, 255, (*SHAPE, 4), dtype=np.uint8)

@@ -1,14 +1,20 @@
+import shlex
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from conftest import TINY, run_cli
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_predict import whole_image_reference
 
 from segunet.config import config_dir
+from segunet.data.io import write_array
 from segunet.errors import SegunetError
+from segunet.metrics import OverlapCounter
 from segunet.train import build_trainer, run
 
 
@@ -176,6 +182,101 @@ def test_3d_unet_trains_on_sparsely_annotated_volumes(make_cfg, tmp_path):
     final = trainer.fit()
     assert 0.0 <= final["val/dice"] <= 1.0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def whole_image_metrics(trainer) -> dict[str, float]:
+    """Validation loss, Dice and IoU from one pass of the net over each whole mirror-padded
+    validation image: the reference for the tiled validation, free of any tiling."""
+    counter, loss = OverlapCounter(trainer.data.num_classes), 0.0
+    for volume in trainer.data.val:
+        probs = torch.from_numpy(whole_image_reference(trainer.net, volume.image))[None]
+        label, weight, ignore = (
+            torch.from_numpy(getattr(volume, k))[None] for k in ("label", "weight", "ignore")
+        )
+        loss += trainer.criterion(probs.clamp_min(1e-12).log(), label, weight, ignore).item()
+        counter.update(probs.argmax(1), label, ~ignore)
+    return {"loss": loss / len(trainer.data.val), **counter.compute()}
+
+
+def check_validates_and_saves(trainer, run_dir: Path) -> None:
+    """The run validates, writes its checkpoints, and its last validation equals the
+    whole-image reference (the weights have not changed since)."""
+    final = trainer.fit()
+    for name in ("last.pt", "best.pt"):
+        assert (run_dir / "checkpoints" / name).is_file(), name
+    expected = whole_image_metrics(trainer)
+    assert final["val/loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    for key in ("dice", "iou"):
+        assert final[f"val/{key}"] == pytest.approx(expected[key], abs=1e-3), key
+
+
+# A 4-level valid U-Net starts its tiles 8 pixels apart; its smallest patch (92) predicts 4.
+FOUR_LEVELS = [*TINY, "model.channels=[2,4,8,16]", "trainer.max_steps=2", "trainer.val_every=2",
+               "trainer.batch_size=1"]
+
+
+def test_patch_whose_output_is_shorter_than_the_pooling_step_validates(make_cfg, tmp_path):
+    # 92: the size the patch-size error suggests for 90 (quickstart's 4 levels).
+    trainer = build_trainer(make_cfg(*FOUR_LEVELS, "data.patch_size=[92,92]"), tmp_path)
+    assert trainer.out_shape == (4, 4)
+    check_validates_and_saves(trainer, tmp_path)
+
+
+def test_folder_with_a_tiny_image_and_the_automatic_patch(make_cfg, tmp_path):
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for name, shape in [("a", (40, 48)), ("b", (36, 40)), ("c", (6, 6))]:  # c validates
+        label = np.zeros(shape, np.uint16)
+        label[1 : shape[0] // 2, 2 : shape[1] // 2] = 1
+        tifffile.imwrite(tmp_path / "data" / "images" / f"{name}.tif",
+                         rng.integers(0, 255, shape, dtype=np.uint8))
+        tifffile.imwrite(tmp_path / "data" / "masks" / f"{name}.tif", label)
+    not_synthetic = [o for o in FOUR_LEVELS if not o.startswith("data.")]
+    cfg = make_cfg(*not_synthetic, "data=folder", f"data.path={tmp_path / 'data'}",
+                   "data.cache_dir=null", "data.val_fraction=0.3", "data.patch_size=null")
+    trainer = build_trainer(cfg, tmp_path / "run")
+    assert [v.spatial_shape for v in trainer.data.val] == [(6, 6)]
+    assert trainer.in_shape == (92, 92) and trainer.out_shape == (4, 4)
+    check_validates_and_saves(trainer, tmp_path / "run")
+
+
+def test_small_volume_with_the_automatic_patch(make_cfg, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((20, 40, 40), np.uint16)
+    labels[:, 8:20, 10:30] = 1
+    write_array(tmp_path / "v.h5", rng.integers(0, 255, labels.shape, np.uint8), key="raw")
+    write_array(tmp_path / "v.h5", labels, key="labels")
+    not_synthetic = [o for o in FOUR_LEVELS if not o.startswith("data.")]
+    cfg = make_cfg(*not_synthetic, "model=unet3d", "data=volume", f"data.path={tmp_path / 'v.h5'}",
+                   "data.cache_dir=null", "data.patch_size=null")
+    trainer = build_trainer(cfg, tmp_path / "run")
+    assert trainer.data.val[0].spatial_shape == (2, 40, 40)  # the last Z slices validate
+    assert trainer.in_shape == (92,) * 3 and trainer.out_shape == (4,) * 3
+    check_validates_and_saves(trainer, tmp_path / "run")
+
+
+def readme_3d_commands() -> list[list[str]]:
+    """The overrides of the README's ``segunet train`` lines for the synthetic 3D data."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    lines = [line.split("#")[0] for line in readme if line.startswith("segunet train ")]
+    return [shlex.split(line)[2:] for line in lines if "data=synthetic3d" in line]
+
+
+@pytest.mark.parametrize("overrides", readme_3d_commands(), ids=" ".join)
+def test_readme_3d_commands_validate_at_a_small_width(make_cfg, tmp_path, overrides):
+    # As written but 4 levels of 2..16 channels, 2 steps and 3 volumes; the automatic patch
+    # (92x100x100) predicts 4x12x12 voxels with tiles 8 apart.
+    assert len(readme_3d_commands()) == 2
+    written = [o for o in overrides if not o.startswith("model.channels=")]
+    short = ["model.channels=[2,4,8,16]", "trainer.max_steps=2", "trainer.val_every=2",
+             "data.n_train=2", "data.n_val=1", "trainer.device=cpu", "logging.progress=false"]
+    trainer = build_trainer(make_cfg(*written, *short), tmp_path)
+    assert trainer.out_shape == (4, 12, 12)
+    # Validation tiles: not 864 of 100**3 voxels (-> 12**3) but the predictor's default
+    # 132**3 (-> 44**3), 18 of them: within one training batch of 4 x 92x100x100 voxels.
+    assert (trainer.val_tile, trainer.val_batch) == ((132, 132, 132), 1)
+    check_validates_and_saves(trainer, tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -19,13 +19,13 @@ MODELS = {
 
 def save_tiny_checkpoint(
     folder: Path, kind: str = "unet_valid", in_channels: int = 1, out_channels: int = 2,
-    spatial_dims: int = 2,
+    spatial_dims: int = 2, channels: tuple[int, ...] = (4, 8, 16),
 ) -> Path:
-    """A 3-level, 4..16-channel model of ``kind`` saved as ``folder/checkpoints/last.pt``
-    (the layout of a run folder); returns the file."""
+    """A model of ``kind`` (by default 3 levels of 4..16 channels) saved as
+    ``folder/checkpoints/last.pt`` (the layout of a run folder); returns the file."""
     model_cfg = {
         **MODELS[kind], "in_channels": in_channels, "out_channels": out_channels,
-        "spatial_dims": spatial_dims, "channels": [4, 8, 16], "norm": None, "dropout": 0.0,
+        "spatial_dims": spatial_dims, "channels": list(channels), "norm": None, "dropout": 0.0,
     }
     torch.manual_seed(0)
     model = instantiate(model_cfg)

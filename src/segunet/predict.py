@@ -62,7 +62,9 @@ def tile_shapes(
 
     A given ``tile_shape`` is rounded down to a size the net takes (never below the smallest
     one). By default an axis gets the smallest valid tile that covers the image plus the
-    valid net's context in one tile, up to :data:`DEFAULT_TILE`.
+    valid net's context in one tile, up to :data:`DEFAULT_TILE`. Either way a valid net's
+    tile then grows where needed to the smallest whose output spans one step of the pooling
+    grid (see :func:`covering_tile`).
     """
     dims = net.spatial_dims
     if tile_shape is None:
@@ -81,7 +83,37 @@ def tile_shapes(
             lower if lower is not None else upper
             for lower, upper in net.nearest_valid_sizes(wanted)
         )
+    tile = covering_tile(net, tile)
     return tuple(tile), net.output_shape(tile)
+
+
+def covering_tile(net: nn.Module, tile: Sequence[int]) -> tuple[int, ...]:
+    """``tile``, with every axis whose output is shorter than the pooling grid's step
+    ``2**(levels - 1)`` grown to the smallest valid size whose output spans that step.
+
+    A valid net's tiles start on that grid (see :func:`plan_tiles`), so a shorter output
+    tile could not cover the image. Any tile size gives a valid U-Net the same result, so
+    only memory grows, and by the least it can. Same-padded tiles start anywhere: kept.
+    """
+    if net.padding != "valid":
+        return tuple(tile)
+    step = 2 ** (net.levels - 1)
+    # Valid sizes keep input - output constant, so the shortfall adds to the input.
+    wanted = [t + max(step - o, 0) for t, o in zip(tile, net.output_shape(tile))]
+    return tuple(net.valid_input_shape(wanted))
+
+
+def tile_within(net: nn.Module, spatial_shape: Sequence[int], voxels: int) -> tuple[int, ...]:
+    """The default input tile for an image of ``spatial_shape`` (see :func:`tile_shapes`),
+    its longest axis cut to the next smaller valid size while it holds more than ``voxels``
+    pixels (voxels in 3D), down to the smallest tile that :func:`tile_shapes` allows."""
+    tile = list(tile_shapes(net, spatial_shape)[0])
+    floor = tile_shapes(net, spatial_shape, 1)[0]
+    while math.prod(tile) > voxels and tile != list(floor):
+        axis = max((a for a in range(len(tile)) if tile[a] > floor[a]), key=tile.__getitem__)
+        lower = net.nearest_valid_sizes([tile[axis] - 1])[0][0]
+        tile[axis] = max(lower or 0, floor[axis])
+    return tuple(tile)
 
 
 def sliding_starts(n: int, tile: int, overlap: float) -> list[int]:

@@ -44,6 +44,7 @@ USAGE = """usage: segunet predict checkpoint=<file or run folder> input=<file, f
 
 keys (default):
   tile (auto)               network input tile, e.g. 572,572; rounded down to a valid size
+                            (valid nets: at least one whose output spans a pooling step)
   batch_size (8)            tiles per forward pass
   tta (false)               average over the 8 rotations/reflections (2D) or flips (3D)
   device (auto)             auto, cpu, cuda, cuda:1, ...

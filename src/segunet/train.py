@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ from segunet.data.datasets import (
 from segunet.errors import SegunetError, first_line
 from segunet.logger import LoggingConfig, TensorBoardLogger, panel
 from segunet.metrics import OverlapCounter
-from segunet.predict import predict_tiled
+from segunet.predict import predict_tiled, tile_within
 
 
 @dataclass
@@ -156,6 +157,27 @@ def resolve_patch_size(model: nn.Module, data: SegmentationData) -> tuple[int, .
     return patch
 
 
+def validation_tile(
+    model: nn.Module, data: SegmentationData, patch: Sequence[int], batch_size: int
+) -> tuple[tuple[int, ...], int]:
+    """Input tile and tiles per batch for validation.
+
+    A valid U-Net's result does not depend on the tile (attention gates see tile borders:
+    larger tiles only bring them closer to one whole pass), so it gets the predictor's
+    default tile for the largest validation image (few large tiles rather than many small
+    ones that recompute their context: a small patch's output may be a few pixels), cut to
+    the pixels of one training batch: a forward pass that keeps no activations for a
+    backward pass needs less memory than the training step. One tile for all images: a
+    compiled net compiles once. A same net's blend depends on the tile: it keeps the patch.
+    """
+    if model.padding != "valid":
+        return tuple(patch), batch_size
+    budget = batch_size * math.prod(patch)
+    largest = np.max([v.spatial_shape for v in data.val], axis=0)
+    tile = tile_within(model, [int(n) for n in largest], budget)
+    return tile, max(1, budget // math.prod(tile))
+
+
 def check_compatible(model: nn.Module, data: SegmentationData) -> None:
     """Model and data must agree before any compute is spent; say which setting to change."""
     name = data.name
@@ -230,6 +252,7 @@ class Trainer:
         self.augmenter = (
             Augmenter(self.augment_cfg, data.spatial_dims) if self.augment_cfg else None
         )
+        self.val_tile, self.val_batch = validation_tile(model, data, self.in_shape, cfg.batch_size)
         self.step = 0
         self.best = -math.inf
         self.metrics: dict[str, float] = {}
@@ -528,7 +551,7 @@ class Trainer:
         works (eval mode and new tile counts compile anew), else eagerly."""
         def predict(model: nn.Module) -> np.ndarray:
             return predict_tiled(
-                model, image, tile_shape=self.in_shape, batch_size=self.cfg.batch_size,
+                model, image, tile_shape=self.val_tile, batch_size=self.val_batch,
                 device=self.device,
             )
 
