@@ -71,10 +71,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder (then its ``checkpoints/last.pt``)."""
+def resolve_checkpoint(path: str | os.PathLike, prefer: str = "last") -> Path:
+    """A checkpoint file, or a run folder: its ``checkpoints/last.pt`` (to continue it), or
+    with ``prefer="best"`` its ``best.pt`` where there is one (to use it)."""
     p = Path(path).expanduser()
-    candidates = [p, p / "checkpoints" / "last.pt", p / "last.pt"]
+    names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt",)
+    candidates = [p, *(p / "checkpoints" / n for n in names), *(p / n for n in names)]
     for c in candidates:
         if c.is_file():
             return c

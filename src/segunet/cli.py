@@ -40,6 +40,7 @@ commands:
   predict        overlap-tile prediction of images of any size (checkpoint=... input=... output=...)
   export         export a checkpoint to ONNX or TorchScript, verified against PyTorch
   evaluate       score predictions against ground truth (pred=<file|folder> gt=<file|folder>)
+  tune           choose a checkpoint's post-processing on its validation images (checkpoint=...)
 
 examples:
   segunet train experiment=quickstart
@@ -51,6 +52,7 @@ examples:
   segunet predict checkpoint=outputs/train/<run> input=images/ output=pred/
   segunet export checkpoint=outputs/train/<run> format=onnx
   segunet evaluate pred=out/ gt=data/dsb2018/train/masks out=metrics.json
+  segunet tune checkpoint=outputs/train/<run> tta=true
 """
 
 
@@ -231,9 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         from segunet.data.download import main as data_main
 
         sys.exit(data_main(rest))
-    if command in ("evaluate", "predict", "export"):
+    if command in ("evaluate", "predict", "export", "tune"):
         # Plain key=value commands (no Hydra run folder): each returns its exit status.
-        module = {"evaluate": "evaluate", "predict": "predict_cli", "export": "export"}[command]
+        module = {"evaluate": "evaluate", "predict": "predict_cli", "export": "export",
+                  "tune": "tune"}[command]
         sys.exit(importlib.import_module(f"segunet.{module}").main(rest))
     if command == "train":
         from segunet.train import main as app

@@ -57,6 +57,7 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "loss": ("segunet.losses.WeightedCrossEntropy", "segunet.losses.DiceCrossEntropy"),
     "trainer": ("segunet.train.TrainerConfig",),
     "logging": ("segunet.logger.LoggingConfig",),
+    "postprocess": ("segunet.tune.TuneConfig",),
 }
 #: Groups whose targets are any class of a torch module deriving from the given base.
 TORCH_TARGETS = {

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from segunet.data.datasets import SegmentationData, Volume
+
 
 @dataclass
 class LoggingConfig:
@@ -82,6 +84,40 @@ def panel(
     return row.clamp(0, 1).numpy()[None]
 
 
+def classes_picture(
+    volume: Volume, probs: np.ndarray, objects: np.ndarray | None, data: SegmentationData,
+    max_size: int = 512,
+) -> np.ndarray:
+    """A validation image as an RGB contact sheet, (3, H, W) in [0, 1]: the input and its
+    target classes (in colour), then the predicted probability of each class, and, when
+    objects are decoded, the ground-truth objects beside the decoded ones (random colours).
+    Volumes show their middle slice; large images are shrunk to ``max_size``."""
+    from skimage.color import label2rgb
+
+    from segunet import viz
+
+    def plane(a: np.ndarray) -> np.ndarray:
+        a = a[a.shape[0] // 2] if data.spatial_dims == 3 else a
+        step = max(1, -(-max(a.shape) // max_size))
+        return a[::step, ::step]
+
+    image = plane(volume.image[0])
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    top = [viz.grey((image - lo) / max(hi - lo, 1e-6)),
+           label2rgb(plane(volume.label), bg_label=0, colors=viz.CLASS_COLOURS)]
+    rows = [top + [viz.hot(plane(p)) for p in probs[1:]]]
+    if objects is not None and volume.instances is not None:
+        rows.append([
+            label2rgb(plane(volume.instances), bg_label=0),
+            label2rgb(plane(objects), bg_label=0),
+        ])
+    width = max(sum(p.shape[1] for p in row) + 4 * (len(row) - 1) for row in rows)
+    rows = [row + [np.ones((row[0].shape[0], width - sum(p.shape[1] for p in row)
+                            - 4 * len(row), 3))] if len(row) < len(rows[0]) else row
+            for row in rows]
+    return np.moveaxis(viz.sheet(rows), -1, 0)
+
+
 class TensorBoardLogger:
     """A thin wrapper over ``SummaryWriter`` that is a no-op when disabled."""
 
@@ -100,6 +136,10 @@ class TensorBoardLogger:
     def image(self, tag: str, picture: np.ndarray, step: int) -> None:
         if self.writer is not None:
             self.writer.add_image(tag, picture, step, dataformats="CHW")
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown, step)
 
     def hparams(self, params: Mapping[str, object], metrics: Mapping[str, float]) -> None:
         if self.writer is not None:

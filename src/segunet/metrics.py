@@ -283,6 +283,42 @@ def _vi(table: Contingency) -> tuple[float, float]:
     return float(split), float(merge)
 
 
+def isbi_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """``{"vrand": ..., "vinfo": ...}``: the ISBI 2012 challenge's foreground-restricted
+    Rand and information-theoretic scores (Arganda-Carreras et al., Front. Neuroanat. 9:142,
+    2015, with alpha = 0.5), higher is better, 1 for a perfect segmentation.
+
+    Over the pixels whose ground-truth label is not 0 (the membranes), with ``p_ij`` the
+    joint distribution of ground-truth segment i and predicted segment j and ``t_i``, ``s_j``
+    its marginals::
+
+        V_Rand = sum p_ij^2 / (0.5 sum s_j^2 + 0.5 sum t_i^2)
+        V_Info = I(S; T) / (0.5 H(S) + 0.5 H(T))
+
+    (entropies in any base; mutual information ``I = H(S) + H(T) - H(S, T)``). A predicted
+    label 0 inside a cell is one more segment, as in the challenge's evaluation of a
+    thresholded boundary map. Two constant segmentations give V_Info 1.
+    """
+    return _isbi(contingency(pred, gt, ignore_labels=(0,)))
+
+
+def _isbi(table: Contingency) -> dict[str, float]:
+    if table.total == 0:
+        return {"vrand": 1.0, "vinfo": 1.0}
+    p = table.counts / table.total
+    s = table.pred_sizes[table.pred_sizes > 0] / table.total
+    t = table.gt_sizes[table.gt_sizes > 0] / table.total
+    vrand = float(np.sum(p**2) / (0.5 * np.sum(s**2) + 0.5 * np.sum(t**2)))
+
+    def entropy(q: np.ndarray) -> float:
+        return float(-np.sum(q * np.log(q)))
+
+    h_s, h_t = entropy(s), entropy(t)
+    mutual = h_s + h_t - entropy(p)
+    vinfo = 1.0 if h_s + h_t == 0 else float(mutual / (0.5 * h_s + 0.5 * h_t))
+    return {"vrand": vrand, "vinfo": vinfo}
+
+
 # --- instances: DSB 2018 AP, CTC SEG, splits and merges --------------------------------------
 
 
@@ -405,6 +441,76 @@ def _split_merge(pairs: _Pairs) -> dict[str, int]:
     per_pred = np.bincount(pairs.pred[gt_inside], minlength=pairs.n_pred)
     return {"splits": int(np.count_nonzero(per_gt >= 2)),
             "merges": int(np.count_nonzero(per_pred >= 2))}
+
+
+# --- the score a task is judged by ------------------------------------------------------------
+
+#: ``data.metric``: what validation reports, ``best.pt`` is chosen by and post-processing is
+#: tuned for. Pixel Dice of the classes, foreground IoU, DSB 2018 mean AP of the objects, or
+#: ISBI 2012 V_Rand of the objects.
+TASK_METRICS: dict[str, str] = {
+    "dice": "mean foreground Dice of the classes",
+    "iou": "foreground IoU",
+    "ap": "DSB 2018 mean AP over IoU 0.5:0.95",
+    "vrand": "ISBI 2012 V_Rand",
+}
+#: Metrics of objects: they need instance (or binary) labels, and decoded instances.
+OBJECT_METRICS = ("ap", "vrand")
+
+
+def metric_key(metric: str) -> str:
+    """The name a task metric is logged under (``val/<key>``): ``iou`` is the foreground
+    IoU, not the class-mean ``val/iou`` logged beside it."""
+    return {"iou": "foreground_iou"}.get(metric, metric)
+
+
+def check_metric(metric: str) -> None:
+    from segunet.errors import SegunetError
+
+    if metric not in TASK_METRICS:
+        raise SegunetError(
+            f"data.metric={metric!r} is unknown: use one of {', '.join(TASK_METRICS)}"
+        )
+
+
+def task_score(metric: str, pred: np.ndarray, gt: np.ndarray) -> float:
+    """``metric`` of one image: ``pred`` and ``gt`` are instance maps (0 = background) for
+    ``ap``, ``vrand`` and ``iou`` (which compares their foregrounds)."""
+    if metric == "ap":
+        return float(np.mean(list(average_precision(pred, gt).values())))
+    if metric == "vrand":
+        return isbi_scores(pred, gt)["vrand"]
+    if metric == "iou":
+        return semantic_scores(pred != 0, gt != 0, 2)["iou"]
+    raise ValueError(f"no per-image score for metric {metric!r}")
+
+
+class TaskScorer:
+    """A task metric over several images: the mean of the per-image DSB mean AP or V_Rand,
+    or the foreground IoU of all pixels pooled (as Lucchi et al. score a volume)."""
+
+    def __init__(self, metric: str) -> None:
+        check_metric(metric)
+        if metric == "dice":
+            raise ValueError("pixel Dice comes from the class maps (OverlapCounter)")
+        self.metric = metric
+        self.scores: list[float] = []
+        self.inter = self.union = 0
+
+    def update(self, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """``pred``, ``gt``: instance maps of one image; ``valid``: its labelled pixels."""
+        if valid is not None:
+            pred, gt = np.where(valid, pred, 0), np.where(valid, gt, 0)
+        if self.metric == "iou":
+            self.inter += int(np.count_nonzero((pred != 0) & (gt != 0)))
+            self.union += int(np.count_nonzero((pred != 0) | (gt != 0)))
+        else:
+            self.scores.append(task_score(self.metric, pred, gt))
+
+    def compute(self) -> float:
+        if self.metric == "iou":
+            return self.inter / self.union if self.union else 1.0
+        return float(np.mean(self.scores)) if self.scores else float("nan")
 
 
 # --- all of it for one pair ---------------------------------------------------------------

@@ -7,6 +7,7 @@ prediction over whole validation images, and checkpoints are written atomically.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import signal
@@ -51,9 +52,11 @@ from segunet.data.datasets import (
     to_tensors,
 )
 from segunet.errors import SegunetError, first_line
-from segunet.logger import LoggingConfig, TensorBoardLogger, panel
-from segunet.metrics import OverlapCounter
+from segunet.logger import LoggingConfig, TensorBoardLogger, classes_picture, panel
+from segunet.metrics import OverlapCounter, TaskScorer, metric_key
+from segunet.postprocess import PostProcess, decode
 from segunet.predict import predict_tiled, tile_within
+from segunet.tune import TuneConfig, describe, report, tunable, tune_on
 
 
 @dataclass
@@ -214,6 +217,7 @@ class Trainer:
         run_dir: Path,
         config: dict[str, Any] | None = None,
         augment: AugmentConfig | None = None,
+        tune: TuneConfig | None = None,
     ) -> None:
         check_compatible(model, data)
         self.cfg, self.log_cfg, self.data = cfg, log, data
@@ -255,6 +259,12 @@ class Trainer:
         self.val_tile, self.val_batch = validation_tile(model, data, self.in_shape, cfg.batch_size)
         self.step = 0
         self.best = -math.inf
+        # What validation scores and best.pt is chosen by; objects decoded with the defaults
+        # until the search at the end of training tunes them.
+        self.score_key = metric_key(data.metric)
+        self.tune_cfg = tune if tune is not None else TuneConfig()
+        self.postprocess = PostProcess()
+        self.tuned: dict[str, Any] | None = None  # the search's result, for the checkpoint
         self.metrics: dict[str, float] = {}
         self.rank_rng: list[dict[str, Any]] | None = None  # every rank's RNG, for checkpoints
         self.resumes: list[dict[str, Any]] = []  # where the run was resumed, with what changes
@@ -421,7 +431,10 @@ class Trainer:
             bar.close()
             self._save_on_interrupt(e)
         bar.close()
-        final = {f"val/{k}": v for k, v in self.metrics.items()} | {"val/best_dice": self.best}
+        if self.world.main and self.tune_cfg.enabled and tunable(self.data):
+            self._tune_checkpoints()
+        final = {f"val/{k}": v for k, v in self.metrics.items()}
+        final[f"val/best_{self.score_key}"] = self.best
         self.tb.hparams(self._hparams(), {f"hparam/{k}": v for k, v in final.items()})
         self.tb.close()
         return final
@@ -466,6 +479,35 @@ class Trainer:
                 bar.set_postfix(**self._postfix())
                 window_start = time.perf_counter()  # validation is not training time
 
+    def _tune_checkpoints(self) -> None:
+        """Search the decoding on the validation images for the final weights (last.pt)
+        and, where they differ, the best ones (best.pt); each checkpoint keeps its result."""
+        self.tuned = self._tune(self.net, "last.pt")
+        self.save_checkpoint("last.pt")
+        best = self.run_dir / "checkpoints" / "best.pt"
+        if not best.is_file():
+            return
+        ckpt = load_checkpoint(best)
+        if int(ckpt["step"]) == self.step:
+            ckpt["postprocess"] = self.tuned
+        else:
+            model = copy.deepcopy(self.net)
+            model.load_state_dict(clean_state_dict(ckpt["model"]))
+            ckpt["postprocess"] = self._tune(model, "best.pt")
+        save_atomic(ckpt, best)
+
+    def _tune(self, model: nn.Module, name: str) -> dict[str, Any]:
+        def predict(image: np.ndarray, tta: bool) -> np.ndarray:
+            return predict_tiled(model, image, tile_shape=self.val_tile,
+                                 batch_size=self.val_batch, device=self.device, tta=tta)
+
+        result = tune_on(self.data.val, predict, self.data.target, self.data.metric,
+                         self.tune_cfg, progress=self.log_cfg.progress and self.world.main)
+        table = report(result)
+        print(f"segunet: {name}: {describe(result)}\n{table}", file=sys.stderr)
+        self.tb.text(f"postprocess/{name}", f"{describe(result)}\n\n{table}", self.step)
+        return result
+
     def _save_on_interrupt(self, e: KeyboardInterrupt) -> None:
         """Ctrl-C or SIGTERM: save ``last.pt`` (ignoring further signals: torchrun passes
         the terminal's Ctrl-C on to the ranks a second time, and an impatient user presses it
@@ -493,9 +535,9 @@ class Trainer:
         if self.world.main:
             self.metrics = self.validate()
             self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
-            improved = self.metrics["dice"] > self.best
+            improved = self.metrics[self.score_key] > self.best
             if improved:
-                self.best = self.metrics["dice"]
+                self.best = self.metrics[self.score_key]
             with interrupts.deferred():  # a Ctrl-C now comes after both files are whole
                 self.save_checkpoint("last.pt")
                 if improved:
@@ -523,28 +565,42 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Whole validation images through the tiled predictor that ``segunet predict`` uses
-        (overlap-tile with mirrored context); loss, Dice and IoU over all of them."""
+        (overlap-tile with mirrored context); loss, Dice and IoU of the classes over all of
+        them, and the task's metric (``data.metric``) of the objects decoded from them."""
         counter = OverlapCounter(self.data.num_classes)
+        scorer = TaskScorer(self.data.metric) if tunable(self.data) else None
         loss_sum = 0.0
+        shown = None
         for volume in self.data.val:
-            probs = torch.from_numpy(self._predict(volume.image))[None]
+            probs = self._predict(volume.image)
             target = {
                 key: torch.from_numpy(getattr(volume, key))[None]
                 for key in ("label", "weight", "ignore")
             }
             # log p as logits: softmax(log p) = p, so every loss sees the stitched prediction.
-            logits = probs.clamp_min(1e-12).log()
+            logits = torch.from_numpy(probs)[None].clamp_min(1e-12).log()
             loss_sum += self.criterion(
                 logits, target["label"], target["weight"], target["ignore"]
             ).item()
-            counter.update(probs.argmax(1), target["label"], ~target["ignore"])
+            counter.update(logits.argmax(1), target["label"], ~target["ignore"])
+            objects = None
+            if scorer is not None:
+                objects = decode(probs, self.data.target, self.postprocess)
+                scorer.update(objects, volume.instances, ~volume.ignore)
+            shown = shown or (volume, probs, objects)
         first = self.data.val[0]
         start = (0,) * len(first.spatial_shape)
         sample = cut_sample(first, start, self.in_shape, self.out_shape)
         self._log_picture("val/sample", self.to_device(
             {k: v[None] for k, v in to_tensors(sample).items()}
         ))
-        return {"loss": loss_sum / len(self.data.val), **counter.compute()}
+        if self.tb.writer is not None:
+            self.tb.image("val/classes_and_objects", classes_picture(*shown, self.data),
+                          self.step)
+        metrics = {"loss": loss_sum / len(self.data.val), **counter.compute()}
+        if scorer is not None:
+            metrics[self.score_key] = scorer.compute()
+        return metrics
 
     def _predict(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities of a whole image; through the compiled net while compiling
@@ -599,6 +655,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.config,
             "resumes": self.resumes,
+            "postprocess": self.tuned,
         } | ({"rng_ranks": self.rank_rng} if self.rank_rng else {})
 
     def save_checkpoint(self, name: str) -> Path:
@@ -704,6 +761,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
         model, data, criterion, optimizer, scheduler, trainer_cfg, log_cfg, run_dir,
         config=OmegaConf.to_container(cfg, resolve=True),
         augment=augment_cfg,
+        tune=instantiate_group(cfg, "postprocess") if "postprocess" in cfg else None,
     )
     if checkpoint is not None:
         trainer.restore(file, checkpoint)
@@ -752,12 +810,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
 def summary(trainer: Trainer, final: dict[str, float]) -> str:
     """The lines that end a run: its scores and where its files are."""
-    run_dir = trainer.run_dir
+    run_dir, key = trainer.run_dir, trainer.score_key
     written = [n for n in ("best.pt", "last.pt") if (run_dir / "checkpoints" / n).is_file()]
+    scores = ", ".join(
+        f"val {k} {final.get(f'val/{k}', float('nan')):.4f}"
+        for k in dict.fromkeys([key, "dice", "iou"])
+    )
+    tuned = f"\n  {describe(trainer.tuned)}" if trainer.tuned else ""
     return (
-        f"segunet: done at step {trainer.step}: val dice "
-        f"{final.get('val/dice', float('nan')):.4f} (best {trainer.best:.4f}), "
-        f"val iou {final.get('val/iou', float('nan')):.4f}\n"
+        f"segunet: done at step {trainer.step}: {scores} (best {key} {trainer.best:.4f})"
+        f"{tuned}\n"
         f"  run folder:  {run_dir}\n"
         f"  checkpoints: {run_dir / 'checkpoints'} ({', '.join(written) or 'none written'})\n"
         f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}"

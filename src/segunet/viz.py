@@ -10,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: Colours of classes 1, 2, ... in class maps (0 stays black): green, magenta, cyan, ...
+CLASS_COLOURS = [(0.2, 0.9, 0.2), (1.0, 0.2, 1.0), (0.2, 0.8, 1.0), (1.0, 0.8, 0.1),
+                 (1.0, 0.3, 0.2), (0.6, 0.4, 1.0)]
+
 
 def hot(x: np.ndarray) -> np.ndarray:
     """Black-red-yellow-white colour map of values in [0, 1], as (..., 3) RGB."""

@@ -28,6 +28,7 @@ class Volume:
     label: np.ndarray  # (*spatial) int64 class ids
     weight: np.ndarray  # (*spatial) float32 pixel weights (border weight map)
     ignore: np.ndarray  # (*spatial) bool, True where unlabelled
+    instances: np.ndarray | None = None  # (*spatial) objects of the labels, for object metrics
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -49,6 +50,8 @@ class SegmentationData:
     foreground_oversample: float = 0.0
     name: str = "data"
     class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    target: str = "foreground"  # what the classes are (segunet.data.targets)
+    metric: str = "dice"  # what validation scores and best.pt is chosen by
 
     @property
     def spatial_dims(self) -> int:

@@ -32,9 +32,11 @@ from scipy import ndimage as ndi
 from segunet.data.datasets import SegmentationData, Volume
 from segunet.data.io import SUPPORTED, read_array, split_key
 from segunet.data.synthetic import synthetic_cells
+from segunet.data.targets import TARGETS, Target, boundary_classes, check_target, interiors
 from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
 from segunet.errors import SegunetError
+from segunet.metrics import OBJECT_METRICS, check_metric
 
 LabelKind = Literal["instances", "binary", "classes"]
 LABEL_KINDS = ("instances", "binary", "classes")
@@ -295,31 +297,52 @@ def volumes_from_instances(
     spacing: Sequence[float] | None = None,
     cache_dir: str | None = None,
     workers: int = 0,
+    target: Target = "foreground",
 ) -> list[Volume]:
-    """Foreground/background volumes of instance-labelled images, with the paper's weights
-    (all computed in one :func:`border_weight_maps` call).
+    """Training volumes of instance-labelled images for a ``target`` (see
+    :mod:`segunet.data.targets`), with the paper's weights (all computed in one
+    :func:`border_weight_maps` call); each keeps its instances for object metrics.
 
-    ``separate`` opens a one-pixel gap between touching instances (the authors' reference
-    implementation), which the border term of the weight map then emphasises; the gap is
-    background in the class labels too.
+    ``foreground``: ``separate`` opens a one-pixel gap between touching instances (the
+    authors' reference implementation), which the border term of the weight map then
+    emphasises; the gap is background in the class labels too. ``boundary``: three classes;
+    the border term is measured from the objects' interiors, so it rises on the boundary
+    pixels where objects touch, and is added to class weights balanced over the three.
     """
+    check_target(target)
     ignores = [None] * len(names) if ignores is None else list(ignores)
-    instances = [separate_touching_instances(i) if separate else i for i in instances]
     ignores = [np.zeros(i.shape, bool) if g is None else g.astype(bool)
                for i, g in zip(instances, ignores)]
-    weights = border_weight_maps(
-        instances, [~g for g in ignores], w0, sigma, class_weights, spacing, cache_dir, workers
-    )
+    if target == "boundary":
+        classes = [boundary_classes(i) for i in instances]
+        measured = [interiors(i, c) for i, c in zip(instances, classes)]
+        borders = border_weight_maps(
+            measured, [~g for g in ignores], w0, sigma, None, spacing, cache_dir, workers
+        )
+        weights = [
+            class_balance_weights(c, ~g, 3, class_weights) + (b - (~g))
+            for c, g, b in zip(classes, ignores, borders)
+        ]
+    else:
+        separated = [separate_touching_instances(i) if separate else i for i in instances]
+        classes = [(i > 0).astype(np.int64) for i in separated]
+        weights = border_weight_maps(
+            separated, [~g for g in ignores], w0, sigma, class_weights, spacing, cache_dir,
+            workers,
+        )
     return [
         Volume(
             name=name,
             image=np.ascontiguousarray(image[None] if image.ndim == inst.ndim else image,
                                        dtype=np.float32),
-            label=(inst > 0).astype(np.int64),
+            label=label,
             weight=np.asarray(weight, np.float32),
             ignore=ignore,
+            instances=inst,
         )
-        for name, image, inst, weight, ignore in zip(names, images, instances, weights, ignores)
+        for name, image, inst, label, weight, ignore in zip(
+            names, images, instances, classes, weights, ignores
+        )
     ]
 
 
@@ -355,6 +378,7 @@ class Targets:
     spacing: Sequence[float] | None = None
     cache_dir: str | None = "data/cache"
     workers: int = 0
+    target: Target = "foreground"
 
     def volumes(
         self,
@@ -384,8 +408,28 @@ class Targets:
         return volumes_from_instances(
             names, images, [p[0] for p in pairs], [p[1] for p in pairs], self.w0, self.sigma,
             self.class_weights, self.separate_touching, self.spacing, self.cache_dir,
-            self.workers,
+            self.workers, self.target,
         )
+
+    def check(self, metric: str) -> None:
+        """Refuse a target or metric the labels cannot give, before anything is read."""
+        check_target(self.target)
+        check_metric(metric)
+        objects = self.label_kind != "classes"
+        if self.target != "foreground" and not objects:
+            raise SegunetError(
+                f"data.target={self.target} needs objects, but data.label_kind=classes labels "
+                "hold classes only: use data.target=foreground, or instance/binary labels"
+            )
+        if metric in OBJECT_METRICS and not objects:
+            raise SegunetError(
+                f"data.metric={metric} scores objects, but data.label_kind=classes labels "
+                "hold classes only: use data.metric=dice or iou"
+            )
+
+    def num_classes_out(self) -> int:
+        """Classes the network predicts."""
+        return self.num_classes if self.label_kind == "classes" else len(TARGETS[self.target])
 
 
 # --- splits and the returned data ----------------------------------------------------------
@@ -417,21 +461,28 @@ def split_names(names: Sequence[str], val_fraction: float, seed: int = 0) -> lis
 
 
 def class_names_for(
-    class_names: Sequence[str] | None, label_kind: str, num_classes: int
+    class_names: Sequence[str] | None, label_kind: str, num_classes: int,
+    target: Target = "foreground",
 ) -> list[str]:
-    """The configured class names, checked against the class count, or generic ones."""
+    """The configured class names, checked against the class count, or generic ones; for
+    objects (``background``, ``cell``) with the boundary target, ``cell interior`` and
+    ``cell boundary``."""
     if label_kind != "classes":
         num_classes = 2
     if class_names is None:
-        return ["background", "foreground"] if num_classes == 2 else [
+        names = ["background", "foreground"] if num_classes == 2 else [
             "background", *(f"class{i}" for i in range(1, num_classes))
         ]
-    if len(class_names) != num_classes:
+    elif len(class_names) != num_classes:
         raise SegunetError(
             f"data.class_names has {len(class_names)} names for {num_classes} classes: "
             f"give {num_classes}"
         )
-    return [str(c) for c in class_names]
+    else:
+        names = [str(c) for c in class_names]
+    if label_kind != "classes" and target == "boundary":
+        names = [names[0], f"{names[1]} interior", f"{names[1]} boundary"]
+    return names
 
 
 def make_data(
@@ -442,6 +493,8 @@ def make_data(
     name: str,
     patch_size: Sequence[int] | None,
     foreground_oversample: float = 0.0,
+    target: Target = "foreground",
+    metric: str = "dice",
 ) -> SegmentationData:
     """The :class:`SegmentationData` of a source, with how its patches are drawn."""
     return SegmentationData(
@@ -452,6 +505,8 @@ def make_data(
         name=name,
         class_names=class_names,
         foreground_oversample=foreground_oversample,
+        target=target,
+        metric=metric,
     )
 
 
@@ -480,12 +535,15 @@ def synthetic(
     foreground_oversample: float = 0.0,
     cache_dir: str | None = "data/cache",
     workers: int = 0,
+    target: Target = "foreground",
+    metric: str = "dice",
 ) -> SegmentationData:
     """The embedded default data: seeded microscopy-like cells (2D) or volumes (3D ``shape``).
 
     Train and validation images come from disjoint seeds. ``sparse_every`` (3D) leaves all
     but every n-th slice of the training volumes unlabelled.
     """
+    Targets(target=target).check(metric)
     # Training draws patches from the train images and validation scores the val ones: an
     # empty share would only fail later, deep inside the trainer.
     for key, n in (("n_train", n_train), ("n_val", n_val)):
@@ -506,11 +564,12 @@ def synthetic(
                        if sparse else None)
     volumes = volumes_from_instances(
         names, images, instances, ignores, w0, sigma, class_weights, separate_touching,
-        cache_dir=cache_dir, workers=workers,
+        cache_dir=cache_dir, workers=workers, target=target,
     )
     return make_data(
-        volumes[:n_train], volumes[n_train:], 2, ["background", "cell"], "synthetic",
-        patch_size, foreground_oversample=foreground_oversample,
+        volumes[:n_train], volumes[n_train:], len(TARGETS[target]),
+        class_names_for(["background", "cell"], "instances", 2, target), "synthetic",
+        patch_size, foreground_oversample=foreground_oversample, target=target, metric=metric,
     )
 
 
@@ -542,6 +601,8 @@ def folder(
     patch_size: Sequence[int] | None = None,
     foreground_oversample: float = 0.0,
     name: str = "folder",
+    target: Target = "foreground",
+    metric: str = "dice",
 ) -> SegmentationData:
     """Image files in ``path/images`` paired by stem with label files in ``path/labels``.
 
@@ -550,7 +611,13 @@ def folder(
     ``(Z, Y, X)`` (``spatial_dims=3``), any integer or float type; ``channels`` converts RGB
     to grey (1) or grey to RGB (3). ``max_images`` keeps the first images by name (quick
     runs). The validation images are a ``split_seed`` permutation's first ``val_fraction``.
+    ``target`` and ``metric``: what the network learns and what validation scores
+    (:mod:`segunet.data.targets`, :data:`segunet.metrics.TASK_METRICS`).
     """
+    targets = Targets(label_kind, foreground_value, num_classes, ignore_value,
+                      separate_touching, connectivity, w0, sigma, class_weights, spacing,
+                      cache_dir, workers, target)
+    targets.check(metric)
     root = Path(path)
     image_dir, label_dir = root / images, root / labels
     for d, key in ((image_dir, "images"), (label_dir, "labels")):
@@ -579,16 +646,14 @@ def folder(
             f"images in {image_dir} have {' and '.join(map(str, counts))} channels: set "
             "data.channels=1 (grey) or 3 (RGB)"
         )
-    targets = Targets(label_kind, foreground_value, num_classes, ignore_value,
-                      separate_touching, connectivity, w0, sigma, class_weights, spacing,
-                      cache_dir, workers)
     volumes = targets.volumes(names, prepared, label_images, sources)
     return make_data(
         [v for v in volumes if v.name not in val_names],
         [v for v in volumes if v.name in val_names],
-        num_classes if label_kind == "classes" else 2,
-        class_names_for(class_names, label_kind, num_classes),
+        targets.num_classes_out(),
+        class_names_for(class_names, label_kind, num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
+        target=target, metric=metric,
     )
 
 
@@ -704,6 +769,8 @@ def stack(
     patch_size: Sequence[int] | None = None,
     foreground_oversample: float = 0.0,
     name: str = "stack",
+    target: Target = "foreground",
+    metric: str = "dice",
 ) -> SegmentationData:
     """A ``(Z, Y, X)`` image stack (or with channels) and its label stack, as 2D slices or
     one 3D volume (``slices_as``).
@@ -715,6 +782,10 @@ def stack(
     """
     if slices_as not in ("2d", "3d"):
         raise SegunetError(f"data.slices_as={slices_as!r}: use 2d or 3d")
+    targets = Targets(label_kind, foreground_value, num_classes, ignore_value,
+                      separate_touching, connectivity, w0, sigma, class_weights, spacing,
+                      cache_dir, workers, target)
+    targets.check(metric)
     labels = label_image(labels, 3, label_source, "a stack needs several slices; use "
                          "data=folder for single images")
     image = image_channels_first(np.asarray(image), labels.shape, image_source, label_source)
@@ -723,9 +794,6 @@ def stack(
     image = prepare_image(image, channels, percentiles, image_source)
     depth = labels.shape[0]
     n_val = val_count(depth, val_fraction, "slices")
-    targets = Targets(label_kind, foreground_value, num_classes, ignore_value,
-                      separate_touching, connectivity, w0, sigma, class_weights, spacing,
-                      cache_dir, workers)
     if slices_as == "2d":
         names = [f"{name}_z{z:03d}" for z in range(depth)]
         parts = [(image[:, z], labels[z], f"{label_source} (slice {z})") for z in range(depth)]
@@ -741,7 +809,8 @@ def stack(
     n_train = len(volumes) - (n_val if slices_as == "2d" else 1)
     return make_data(
         volumes[:n_train], volumes[n_train:],
-        num_classes if label_kind == "classes" else 2,
-        class_names_for(class_names, label_kind, num_classes),
+        targets.num_classes_out(),
+        class_names_for(class_names, label_kind, num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
+        target=target, metric=metric,
     )

@@ -1,0 +1,147 @@
+"""Post-processing: how class probabilities become objects, and the search that chooses its
+settings on the validation images (kept in the checkpoint, used by ``segunet predict``).
+
+Each training target has its decoding (:mod:`segunet.data.targets`): connected components of
+the thresholded foreground, optionally grown back into the gaps between touching objects
+(``foreground``), or a seeded watershed on the boundary probability (``boundary``). Both drop
+objects below a minimum size. The search scores every combination of a small grid by the
+task's metric (``data.metric``) and keeps the best; decoding once per combination of the
+settings that shape objects and only re-filtering sizes keeps it cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from segunet.errors import SegunetError
+from segunet.instances import (
+    foreground_probability,
+    grow_into_gaps,
+    instances_from_boundary,
+    instances_from_foreground,
+    relabel_sequential,
+    remove_small,
+)
+from segunet.metrics import TaskScorer
+
+
+@dataclasses.dataclass(frozen=True)
+class PostProcess:
+    """Decoding settings. ``threshold``: foreground probability; ``min_size``: smallest
+    object kept, in pixels; ``grow``: (foreground target) gaps up to ``2 * grow`` pixels wide
+    between touching objects are closed (:func:`~segunet.instances.grow_into_gaps`), 0 for
+    none; ``seed_threshold``: (boundary target) interior
+    probability of a watershed seed; ``tta``: predict under the 8 flips/rotations."""
+
+    threshold: float = 0.5
+    min_size: int = 0
+    grow: int = 0
+    seed_threshold: float = 0.5
+    tta: bool = False
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PostProcess:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SegunetError(
+                f"unknown post-processing settings {sorted(unknown)}: use {sorted(known)}"
+            )
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: The grid searched per target (``tta`` is added when the caller has both predictions).
+GRIDS: dict[str, dict[str, Sequence[Any]]] = {
+    "foreground": {
+        "threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+        "grow": (0, 1, 2),
+        "min_size": (0, 8, 16, 32, 64),
+    },
+    "boundary": {
+        "threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+        "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        "min_size": (0, 8, 16, 32, 64),
+    },
+}
+#: Settings applied after an object map exists: varied without decoding again.
+_AFTER = ("min_size",)
+
+
+def decode(probs: np.ndarray, target: str, post: PostProcess = PostProcess()) -> np.ndarray:
+    """Objects (int32 labels, 0 background) of ``(C, *spatial)`` probabilities of a net
+    trained on ``target``."""
+    return _filtered(_objects(probs, target, post), post.min_size)
+
+
+def _objects(probs: np.ndarray, target: str, post: PostProcess) -> np.ndarray:
+    if target == "boundary":
+        return instances_from_boundary(probs, post.threshold, post.seed_threshold)
+    foreground = foreground_probability(probs, range(1, probs.shape[0]))
+    labels = instances_from_foreground(foreground, post.threshold, "components")
+    return grow_into_gaps(labels, post.grow)
+
+
+def _filtered(labels: np.ndarray, min_size: int) -> np.ndarray:
+    return relabel_sequential(remove_small(labels, min_size)) if min_size > 0 else labels
+
+
+def search(
+    probs: Mapping[bool, Sequence[np.ndarray]],
+    truths: Sequence[np.ndarray],
+    target: str,
+    metric: str,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[PostProcess, list[dict[str, Any]]]:
+    """The settings of ``grid`` (default :data:`GRIDS` of ``target``) with the best mean
+    ``metric`` over the images, and the table of every combination tried (best first).
+
+    ``probs[tta]``: each image's probabilities, without (``False``) and, if searched, with
+    (``True``) test-time augmentation; ``truths``: each image's ground-truth objects (with
+    ignored pixels 0 in both). Scores as :class:`~segunet.metrics.TaskScorer` pools them.
+    Ties go to the earlier combination of the grid (``tta`` off first).
+    """
+    grid = dict(GRIDS[target] if grid is None else grid)
+    shaping = {k: v for k, v in grid.items() if k not in _AFTER}
+    after = {k: v for k, v in grid.items() if k in _AFTER}
+    rows = []
+    combos = [dict(zip(shaping, c)) for c in itertools.product(*shaping.values())]
+    total, done = len(probs) * len(combos), 0
+    for tta, images in sorted(probs.items()):
+        for combo in combos:
+            post = PostProcess(tta=tta, **combo)
+            objects = [_objects(p, target, post) for p in images]
+            for rest in itertools.product(*after.values()):
+                final = dataclasses.replace(post, **dict(zip(after, rest)))
+                scorer = TaskScorer(metric)
+                for o, t in zip(objects, truths):
+                    scorer.update(_filtered(o, final.min_size), t)
+                rows.append({**final.as_dict(), metric: scorer.compute()})
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i][metric], i))
+    rows = [rows[i] for i in order]
+    best = {k: v for k, v in rows[0].items() if k != metric}
+    return PostProcess.from_dict(best), rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], metric: str, limit: int = 10) -> str:
+    """The best ``limit`` rows of a search as a Markdown table (log and TensorBoard)."""
+    if not rows:
+        return ""
+    keys = [k for k in rows[0] if k != metric and len({r[k] for r in rows}) > 1] + [metric]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows[:limit]:
+        cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        cells[-1] = f"{row[metric]:.4f}"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
