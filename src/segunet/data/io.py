@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +206,31 @@ def atomic_path(path: Path, beside: Path | None = None) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(tmp, path)
+    except BaseException:
+        finish_zarr_io()
+        raise
     finally:
         _remove(tmp)
+
+
+def finish_zarr_io(timeout: float = 60.0) -> None:
+    """Wait for the reads and writes zarr's I/O thread still runs. Ctrl-C stops the main
+    thread's wait for a zarr write, not the write: it would land in a temp store after its
+    removal (and asyncio would complain at exit of a task left pending)."""
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]  # zarr 3's I/O loop, if it was started
+    if loop is None or not loop.is_running():
+        return
+
+    async def others() -> None:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with suppress(Exception):  # best effort: a stuck write must not hang the clean-up
+        asyncio.run_coroutine_threadsafe(others(), loop).result(timeout)
 
 
 def _remove(path: Path) -> None:
