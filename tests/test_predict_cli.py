@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import warnings
 
 import imageio.v3 as iio
@@ -222,3 +226,72 @@ def test_lazy_normalisation_matches_training():
     exact = prepare_image(big, None, (1, 99.8), "big")
     # A 1-in-16 sample of a heavy-tailed image: the 99.8th percentile moves by a few percent.
     assert not np.array_equal(sampled, exact) and np.abs(sampled - exact).max() < 0.1
+
+
+# --- temps of killed runs -------------------
+
+
+def cli(*args: str) -> list[str]:
+    """The ``segunet predict`` command line, to run as a user would (as conftest.run_cli does; its
+    environment is ENV)."""
+    return [sys.executable, "-m", "segunet.cli", "predict", *args]
+
+
+ENV = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def hidden(folder) -> list[str]:
+    """Temp files and stores (every temp name starts with '.')."""
+    names = [p.name for p in folder.iterdir()] if folder.exists() else []
+    return sorted(name for name in names if name.startswith("."))
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120.0) -> None:
+    """Poll until ``condition()`` holds (not a timing assertion: the limit only stops a hung
+    test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert process.poll() is None, f"the command ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.01)
+
+
+def test_temps_of_killed_runs_removed_by_the_next_run(run_dir, tmp_path, capsys):
+    """kill -9 leaves the hidden temp stores of predict behind; the next predict into the
+    folder removes those of dead writers, and keeps a live writer's and other hosts'."""
+    tifffile.imwrite(tmp_path / "big.tif", picture(0, (2000, 2000)))
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'big.tif'}", f"output={out}",
+            "tile=92", "format=zarr", "outputs=labels"]
+    killed = subprocess.Popen(cli(*args), stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        wait_for(lambda: any(n.endswith(".tmp") for n in hidden(out)), "temp", killed)
+    finally:
+        killed.kill()  # SIGKILL: no clean-up runs
+        killed.wait()
+    left = hidden(out)
+    assert left and all(str(killed.pid) in name for name in left)
+    # A writer still at work (another predict, say): its temp must survive.
+    live = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from segunet.data.io import atomic_path\n"
+         f"with atomic_path(Path({str(out / 'z_labels.tif')!r})) as tmp:\n"
+         "    tmp.write_bytes(b'partial'); print(tmp.name, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        live_temp = live.stdout.readline().strip()
+        elsewhere = out / ".x_labels.tif.42@otherhost.0123abcd.tmp"  # cannot be checked
+        elsewhere.write_bytes(b"")
+        tifffile.imwrite(tmp_path / "a.tif", picture(1))
+        capsys.readouterr()
+        assert main([f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", f"output={out}",
+                     "outputs=labels"]) == 0
+        assert f"removed {len(left)} temporary file" in capsys.readouterr().err
+        assert hidden(out) == sorted([live_temp, elsewhere.name])
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "a_labels.tif"
+        ]
+    finally:
+        live.kill()
+        live.wait()

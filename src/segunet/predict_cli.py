@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
-from segunet.data.io import SUPPORTED, atomic_path, file_kind, read_array, short_message, split_key
+from segunet.atomic import remove_stale_temps
+from segunet.data.io import (
+    SUPPORTED,
+    atomic_path,
+    file_kind,
+    read_array,
+    short_message,
+    split_key,
+    temp_path,
+)
 from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
 
@@ -410,6 +419,12 @@ def predict_files(options: Options) -> list[Path]:
                     f"output {target} exists: pass overwrite=true or choose another output"
                 )
     options.output.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temps(options.output)
+    if removed:
+        print(
+            f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
+            f"killed runs from {options.output}", file=sys.stderr,
+        )
     device = resolve_device(options.device)
     model, config = load_model(options.checkpoint, device)
     runner = compiled(model) if options.compile else model
@@ -473,9 +488,10 @@ def predict_file(
         written, temp = [], None
         try:
             if options.format == "zarr":
-                # Probabilities go tile by tile to disk (to a hidden store if not requested).
+                # Probabilities go tile by tile to disk (to a hidden store if not requested,
+                # named like every temp so a killed run's is removed by the next).
                 store = targets.get("probabilities") or (
-                    temp := options.output / f".{stem_of(path)}_probabilities.zarr"
+                    temp := temp_path(options.output / f"{stem_of(path)}_probabilities.zarr")
                 )
                 with zarr_output(store, (classes, *spatial), np.float16, dims) as out:
                     predict_tiled(model, image, out=out, **predict)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segunet.atomic import temp_name
 from segunet.errors import SegunetError, short_message
 
 TIFF = (".tif", ".tiff")
@@ -182,10 +183,12 @@ _READERS = {
 # --- writers -------------------------------------------------------------------------------
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh name in the target's folder, so the final rename stays on one file system;
-    the extension is kept so libraries that look at it (imageio) pick the same format."""
-    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+def temp_path(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` (so the final rename stays on one file system)
+    that records its writer, as :mod:`segunet.atomic` names temps: the next run into the
+    folder can tell a killed writer's temp from a live one's
+    (:func:`segunet.atomic.remove_stale_temps`)."""
+    return path.with_name(f"{temp_name(path)}{uuid.uuid4().hex[:8]}.tmp")
 
 
 @contextmanager
@@ -196,11 +199,11 @@ def atomic_path(path: Path, beside: Path | None = None) -> Iterator[Path]:
     A file is replaced in one ``os.replace``. A folder (zarr) cannot be: the old one is
     renamed aside first, so at any moment ``path`` is either absent, old or complete.
     """
-    tmp = _temp_beside(beside or path)
+    tmp = temp_path(beside or path)
     try:
         yield tmp
         if tmp.is_dir() and path.exists():
-            old = _temp_beside(path)
+            old = temp_path(path)
             os.replace(path, old)
             os.replace(tmp, path)
             _remove(old)
@@ -255,7 +258,7 @@ def _write_picture(path: Path, array: np.ndarray, key: str | None) -> None:
     import imageio.v3 as iio
 
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, array)
+        iio.imwrite(tmp, array, extension=path.suffix)  # the temp's name ends in .tmp
 
 
 def _write_npy(path: Path, array: np.ndarray, key: str | None) -> None:
