@@ -191,6 +191,35 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{temp_name(path)}{uuid.uuid4().hex[:8]}.tmp")
 
 
+def output_folder(folder: Path, setting: str) -> Path:
+    """Create ``folder`` if needed and check that files can be made in it, before any long
+    work; one-line SegunetErrors that start with the user's ``setting`` (``output=...``)."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise SegunetError(f"{setting}: {blocker} is a file, not a folder; give a folder")
+    probe = temp_path(folder / "probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink(missing_ok=True)  # a stale-temp sweep may have beaten us to it
+    except OSError as e:
+        what = f"{folder} is not writable" if folder.is_dir() else f"cannot create {folder}"
+        raise SegunetError(
+            f"{setting}: {what} ({e.strerror or short_message(e)}); choose a folder you can "
+            "write to"
+        ) from e
+    return folder
+
+
+def refuse_existing(path: Path, overwrite: bool, alternative: str = "") -> None:
+    """The one rule of every command's outputs: an existing one is kept unless overwrite."""
+    if path.exists() and not overwrite:
+        raise SegunetError(
+            f"output {path} exists: pass overwrite=true to replace it{alternative}, or choose "
+            "another output"
+        )
+
+
 @contextmanager
 def atomic_path(path: Path, beside: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path (next to ``beside``, default ``path``) to write; move it onto
