@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import zarr
 from tiny_models import save_tiny_checkpoint
 
 from segunet.data.sources import image_channels_first, prepare_image
-from segunet.predict_cli import NormalizedImage, image_for_model, main
+from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main
 
 SHAPE = (50, 60)
 
@@ -228,7 +230,7 @@ def test_lazy_normalisation_matches_training():
     assert not np.array_equal(sampled, exact) and np.abs(sampled - exact).max() < 0.1
 
 
-# --- temps of killed runs -------------------
+# --- outputs checked before predicting, skip_existing, Ctrl-C, stale temps -------------------
 
 
 def cli(*args: str) -> list[str]:
@@ -246,6 +248,84 @@ def hidden(folder) -> list[str]:
     return sorted(name for name in names if name.startswith("."))
 
 
+@pytest.mark.parametrize("output", ["taken", "taken/sub"])
+def test_output_that_is_or_lies_under_a_file(run_dir, tmp_path, capsys, output):
+    """Used to be a FileExistsError / NotADirectoryError traceback."""
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    (tmp_path / "taken").write_text("a file")
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}"]
+    assert main([*args, f"output={tmp_path / output}"]) == 2
+    err = error_line(capsys)
+    assert f"output={tmp_path / output}: {tmp_path / 'taken'} is a file, not a folder" in err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def as_user_without_root_override() -> list[str]:
+    """A prefix that makes permission bits count for root too (which ignores them): the
+    command runs without CAP_DAC_OVERRIDE."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override", "--"]
+
+
+@pytest.mark.parametrize("output, message", [("ro", "is not writable"),
+                                             ("ro/new", "cannot create")])
+def test_unwritable_output_refused_before_predicting(run_dir, tmp_path, output, message):
+    """An unwritable folder used to be noticed only when the first output was written, after
+    the whole prediction; a folder that cannot be created was a PermissionError traceback."""
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    (tmp_path / "ro").mkdir(mode=0o555)
+    try:
+        result = subprocess.run(
+            [*as_user_without_root_override(),
+             *cli(f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}",
+                  f"output={tmp_path / output}")],
+            capture_output=True, text=True, timeout=240, env=ENV,
+        )
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith(f"segunet: error: output={tmp_path / output}: ")
+    assert message in lines[-1] and "Permission denied" in lines[-1]
+    assert not any("[1/1]" in line for line in lines)  # nothing was predicted
+    assert not any((tmp_path / "ro").iterdir())
+
+
+def test_skip_existing_continues_a_batch_stopped_by_a_corrupt_file(run_dir, tmp_path, capsys):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name, seed in (("a", 0), ("c", 2)):
+        tifffile.imwrite(inputs / f"{name}.tif", picture(seed))
+    (inputs / "b.tif").write_bytes(b"II*\x00 truncated")
+    args = [f"checkpoint={run_dir}", f"input={inputs}", f"output={out}"]
+    assert main(args) == 2
+    err = error_line(capsys)
+    assert "b.tif" in err and "1 of 3 images done" in err and "skip_existing=true" in err
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{o}.tif" for o in sorted(OUTPUTS)]
+    # Without skip_existing the finished outputs are refused, not silently redone.
+    tifffile.imwrite(inputs / "b.tif", picture(1))
+    assert main(args) == 2
+    assert "a_probabilities.tif exists" in error_line(capsys)
+    assert main([*args, "skip_existing=true", "overwrite=true"]) == 2
+    assert "contradict" in error_line(capsys)
+    (out / "a_labels.tif").unlink()  # as if killed between two outputs of one image
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*args, "skip_existing=true"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in kept} == kept
+    for name in ("a", "b", "c"):
+        check_outputs(out, name)
+    # The continued batch gives what one uninterrupted run gives.
+    assert main([f"checkpoint={run_dir}", f"input={inputs}", f"output={tmp_path / 'ref'}"]) == 0
+    for p in (tmp_path / "ref").iterdir():
+        np.testing.assert_array_equal(tifffile.imread(out / p.name), tifffile.imread(p))
+    capsys.readouterr()
+    assert main([*args, "skip_existing=true"]) == 0  # nothing left to do
+    assert "3 of 3 images have all their outputs" in capsys.readouterr().err
+
+
 def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120.0) -> None:
     """Poll until ``condition()`` holds (not a timing assertion: the limit only stops a hung
     test)."""
@@ -254,6 +334,39 @@ def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120
         assert process.poll() is None, f"the command ended before {what}"
         assert time.monotonic() < deadline, f"no {what} within {limit} s"
         time.sleep(0.01)
+
+
+@pytest.mark.parametrize("case", ["loading", "zarr"])
+def test_ctrl_c_is_one_line_and_leaves_no_temp(run_dir, tmp_path, case):
+    """SIGINT while the image loads or while outputs stream to their temp: one line, no
+    traceback, no temp file or store left, nothing half-written."""
+    shape = (2000, 2000)
+    # Compressed: read through zarr, whose I/O thread must not outlive the interrupt.
+    tifffile.imwrite(tmp_path / "big.tif", picture(0, shape), compression="zlib", tile=(256, 256))
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'big.tif'}", f"output={out}",
+            "tile=92", "format=zarr" if case == "zarr" else "format=tif"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(cli(*args), stderr=stderr, text=True, env=ENV)
+    try:
+        if case == "loading":
+            wait_for(lambda: "[1/1]" in log.read_text(), "progress line", process)
+        else:
+            wait_for(lambda: any(n.endswith(".tmp") for n in hidden(out)), "temp", process)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=120)
+    finally:
+        process.kill()
+    err = log.read_text()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("segunet: error: interrupted"), err
+    assert sum(line.startswith("segunet: error") for line in lines) == 1
+    assert hidden(out) == []
+    for done in out.iterdir():  # an output finished before the interrupt is whole
+        whole = zarr.open_array(str(done))[...] if done.suffix == ".zarr" else tifffile.imread(done)
+        assert whole.shape[-2:] == shape[-2:]
 
 
 def test_temps_of_killed_runs_removed_by_the_next_run(run_dir, tmp_path, capsys):

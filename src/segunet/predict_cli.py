@@ -12,6 +12,9 @@ are written band by band to disk too (see :class:`segunet.merger.BandMerger`) an
 block by block from them, so images larger than memory can be predicted. Instances are not
 streamed: connected components and watershed need the whole foreground map in memory
 (float32, plus the instance labels), as does ``format=tif``, which writes each output whole.
+
+The checkpoint and the output folder are checked before anything is predicted; temps left by
+killed runs (see :func:`segunet.atomic.remove_stale_temps`) are removed at the start.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from segunet.data.io import (
     SUPPORTED,
     atomic_path,
     file_kind,
+    output_folder,
     read_array,
+    refuse_existing,
     short_message,
     split_key,
     temp_path,
@@ -62,12 +67,19 @@ keys (default):
                             images. If compiling fails, one warning and it runs eagerly
   outputs (probabilities,labels,instances)
   format (tif)              tif or zarr (zarr: probabilities, labels streamed to disk)
-  overwrite (false)         replace existing outputs
+  overwrite (false)         replace existing outputs (else an existing one is an error)
+  skip_existing (false)     keep existing outputs and predict only what is missing: to
+                            continue a batch stopped by an error or Ctrl-C
   instances.method (components)   components or watershed
   instances.min_size (0)    objects of fewer pixels are removed
   instances.threshold (0.5), instances.watershed_on (distance), instances.min_distance (3),
   instances.h (null), instances.foreground_classes (all but 0)
   blend (gaussian), overlap (0.25)   tile blending of same-padded models
+
+output must be a folder you can write to (created if missing); it is checked before the
+prediction starts. Each output is written to a hidden temp name and renamed when complete:
+an error or Ctrl-C leaves no partial file, and temps of runs killed outright (kill -9) are
+removed by the next predict into that folder.
 
 example:
   segunet predict checkpoint=outputs/train/2025-01-01_12-00-00 input='data/test/*.tif' \\
@@ -78,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": REQUIRED, "input": REQUIRED, "output": REQUIRED,
     "tile": None, "batch_size": "8", "tta": "false", "device": "auto", "compile": "false",
     "outputs": ",".join(OUTPUTS), "format": "tif", "overwrite": "false",
+    "skip_existing": "false",
     "blend": "gaussian", "overlap": "0.25",
     "instances.method": "components", "instances.min_size": "0",
     "instances.threshold": "0.5", "instances.watershed_on": "distance",
@@ -331,6 +344,12 @@ class Options:
         if self.format not in ("tif", "zarr"):
             raise SegunetError(f"format={args['format']} is not valid: expected tif or zarr")
         self.overwrite = to_bool(args["overwrite"], "overwrite")
+        self.skip_existing = to_bool(args["skip_existing"], "skip_existing")
+        if self.overwrite and self.skip_existing:
+            raise SegunetError(
+                "overwrite=true and skip_existing=true contradict each other: replace the "
+                "existing outputs (overwrite) or keep them and predict the rest (skip_existing)"
+            )
         self.blend = args["blend"]
         self.overlap = to_number(args["overlap"], "overlap", float)
         if self.overlap is None or not 0 <= self.overlap < 1:
@@ -399,11 +418,66 @@ def resolve_device(name: str) -> str:
 
 
 def predict_files(options: Options) -> list[Path]:
-    """Predict every input; returns the files written. Output clashes are checked for all
-    inputs before the first prediction, so a long run does not stop halfway on one."""
+    """Predict every input; returns the files written. The checkpoint, the output folder and
+    output clashes are checked for all inputs before the first prediction, so a long run
+    does not stop halfway on them."""
     from segunet.checkpoint import load_model
 
     inputs = expand_inputs(options.input)
+    todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
+    if len(todo) < len(inputs):
+        print(
+            f"segunet: skip_existing: {len(inputs) - len(todo)} of {len(inputs)} images have "
+            f"all their outputs; predicting {len(todo)}", file=sys.stderr,
+        )
+    if todo:  # before the output folder: a bad checkpoint creates nothing
+        device = resolve_device(options.device)
+        model, config = load_model(options.checkpoint, device)
+    output_folder(options.output, f"output={options.output}")
+    removed = remove_stale_temps(options.output)
+    if removed:
+        print(
+            f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
+            f"killed runs from {options.output}", file=sys.stderr,
+        )
+    return predict_all(todo, model, config, options, device) if todo else []
+
+
+def predict_all(
+    todo: dict[Path, dict[str, Path]], model: Any, config: dict, options: Options, device: str
+) -> list[Path]:
+    """Predict each input of ``todo`` into its outputs, one after another; a failure or
+    Ctrl-C says how far the batch got and how to continue it."""
+    runner = compiled(model) if options.compile else model
+    written: list[Path] = []
+    for i, (path, targets) in enumerate(todo.items(), 1):
+        print(f"segunet: [{i}/{len(todo)}] {path}", file=sys.stderr)
+        done = f"{i - 1} of {len(todo)} images done"
+        try:
+            files, runner = predict_or_fall_back(
+                runner, model, config, path, targets, options, device
+            )
+        except KeyboardInterrupt:
+            # Outputs are written atomically: the interrupted image left nothing behind.
+            raise SegunetError(
+                f"interrupted while predicting {path} ({done}): rerun with skip_existing=true "
+                "to predict the rest"
+            ) from None
+        except SegunetError as e:
+            if len(todo) == 1:
+                raise
+            raise SegunetError(
+                f"{e} ({done}: fix or move {path}, then rerun with skip_existing=true to "
+                "predict the rest)"
+            ) from e
+        written += files
+    return written
+
+
+def plan_outputs(inputs: Sequence[Path], options: Options) -> dict[Path, dict[str, Path]]:
+    """The outputs to write per input: all requested ones, less those that exist with
+    ``skip_existing``. Two inputs writing one file, or an existing output without
+    ``overwrite``/``skip_existing``, are one-line errors."""
     plans: dict[Path, dict[str, Path]] = {}
     owners: dict[Path, Path] = {}
     for path in inputs:
@@ -414,36 +488,30 @@ def predict_files(options: Options) -> list[Path]:
                     f"{owners[target]} and {path} would both write {target}: rename one"
                 )
             owners[target] = path
-            if target.exists() and not options.overwrite:
-                raise SegunetError(
-                    f"output {target} exists: pass overwrite=true or choose another output"
-                )
-    options.output.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temps(options.output)
-    if removed:
-        print(
-            f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
-            f"killed runs from {options.output}", file=sys.stderr,
+            if not options.skip_existing:
+                refuse_existing(target, options.overwrite, ", skip_existing=true to keep it")
+        if options.skip_existing:
+            plans[path] = {k: v for k, v in plans[path].items() if not v.exists()}
+    return plans
+
+
+def predict_or_fall_back(
+    runner: Any, model: Any, config: dict, path: Path, targets: dict[str, Path],
+    options: Options, device: str,
+) -> tuple[list[Path], Any]:
+    """:func:`predict_file` with ``runner``; if a compiled runner fails, one warning and the
+    eager ``model`` from then on. Returns the files written and the runner to go on with."""
+    try:
+        return predict_file(runner, config, path, targets, options, device), runner
+    except Exception as e:
+        if runner is model or isinstance(e, SegunetError):
+            raise
+        # Outputs are written atomically: a failed attempt leaves none to clean up.
+        warnings.warn(
+            f"torch.compile failed ({first_line(e)}); predicting without it "
+            "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
         )
-    device = resolve_device(options.device)
-    model, config = load_model(options.checkpoint, device)
-    runner = compiled(model) if options.compile else model
-    written: list[Path] = []
-    for i, path in enumerate(inputs, 1):
-        print(f"segunet: [{i}/{len(inputs)}] {path}", file=sys.stderr)
-        try:
-            written += predict_file(runner, config, path, plans[path], options, device)
-        except Exception as e:
-            if runner is model or isinstance(e, SegunetError):
-                raise
-            # Outputs are written atomically: a failed attempt leaves none to clean up.
-            warnings.warn(
-                f"torch.compile failed ({first_line(e)}); predicting without it "
-                "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
-            )
-            runner = model
-            written += predict_file(runner, config, path, plans[path], options, device)
-    return written
+        return predict_file(model, config, path, targets, options, device), model
 
 
 def compiled(model: Any) -> Any:
@@ -467,24 +535,13 @@ def predict_file(
 
     net = unwrap(model)  # the sizes of a compiled model's network
     dims, classes = net.spatial_dims, net.out_channels
-    foreground = options.foreground or tuple(range(1, classes))
-    if "instances" in targets and (
-        not foreground or max(foreground) >= classes or min(foreground) < 0
-    ):
-        raise SegunetError(
-            f"instances.foreground_classes={list(foreground)} must name classes of the "
-            f"model's 0..{classes - 1}"
-        )
+    foreground = foreground_classes(options, classes, targets)
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
         image = image_for_model(raw, path, net.in_channels, dims, config.get("data") or {})
         spatial = image.shape[1:]
-        # Rows per block when reducing probabilities on disk: about 64 Mi values at a time.
-        rows = max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
-        predict = dict(
-            tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
-            overlap=options.overlap, tta=options.tta, device=device, progress=True,
-        )
+        rows = rows_per_block(classes, spatial)
+        predict = tiling(options, device, progress=True)
         written, temp = [], None
         try:
             if options.format == "zarr":
@@ -522,6 +579,32 @@ def predict_file(
             if temp is not None:
                 _remove_tree(temp)
     return written
+
+
+def foreground_classes(options: Options, classes: int, targets: dict[str, Path]) -> tuple:
+    """``instances.foreground_classes`` (default: all but 0), checked against the model."""
+    foreground = options.foreground or tuple(range(1, classes))
+    if "instances" in targets and (
+        not foreground or max(foreground) >= classes or min(foreground) < 0
+    ):
+        raise SegunetError(
+            f"instances.foreground_classes={list(foreground)} must name classes of the "
+            f"model's 0..{classes - 1}"
+        )
+    return foreground
+
+
+def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
+    """Rows per block when reducing probabilities: about 64 Mi values at a time."""
+    return max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
+
+
+def tiling(options: Options, device: str, progress: bool) -> dict[str, Any]:
+    """The keyword arguments of :func:`segunet.predict.predict_tiled` from the options."""
+    return dict(
+        tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
+        overlap=options.overlap, tta=options.tta, device=device, progress=progress,
+    )
 
 
 def _open_zarr(path: Path) -> Any:
