@@ -336,11 +336,11 @@ def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("case", ["loading", "zarr"])
+@pytest.mark.parametrize("case", ["loading", "zarr", "stack"])
 def test_ctrl_c_is_one_line_and_leaves_no_temp(run_dir, tmp_path, case):
     """SIGINT while the image loads or while outputs stream to their temp: one line, no
     traceback, no temp file or store left, nothing half-written."""
-    shape = (2000, 2000)
+    shape = (12, 300, 300) if case == "stack" else (2000, 2000)
     # Compressed: read through zarr, whose I/O thread must not outlive the interrupt.
     tifffile.imwrite(tmp_path / "big.tif", picture(0, shape), compression="zlib", tile=(256, 256))
     out = tmp_path / "out"
@@ -408,3 +408,61 @@ def test_temps_of_killed_runs_removed_by_the_next_run(run_dir, tmp_path, capsys)
     finally:
         live.kill()
         live.wait()
+
+
+# --- Z-stacks and 2D models ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_stack_predicted_slice_by_slice_by_a_2d_model(run_dir, tmp_path, capsys, fmt):
+    """A (Z, Y, X) stack whose depth is no channel count of the 2D model used to be refused
+    as having Z channels; each slice now equals a 2D prediction of it done by hand, with the
+    stack normalised as a whole (as training on a stack does)."""
+    from scipy import ndimage as ndi
+
+    from segunet.checkpoint import load_model
+    from segunet.predict import predict_tiled
+
+    stack = np.random.default_rng(8).gamma(2.0, 30.0, (7, *SHAPE)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    out = tmp_path / "out"
+    # A high threshold cuts this random model's foreground into many objects per slice.
+    assert main([f"checkpoint={run_dir}", f"input={tmp_path / 's.tif'}", f"output={out}",
+                 f"format={fmt}", "instances.threshold=0.9"]) == 0
+    assert "s.tif is a stack of 7 slices" in capsys.readouterr().err
+    suffix = "." + fmt
+    read = tifffile.imread if fmt == "tif" else lambda p: zarr.open_array(str(p))[...]
+    probs, labels, instances = (read(out / f"s_{o}{suffix}") for o in OUTPUTS)
+    assert probs.shape == (7, 2, *SHAPE) and probs.dtype == np.float16
+    assert labels.shape == instances.shape == (7, *SHAPE) and instances.dtype == np.uint32
+
+    model, _ = load_model(run_dir)
+    low, high = np.percentile(stack, [1.0, 99.8])
+    low, scale = np.float32(low), np.float32(high - low)  # in float32, as predict does
+    first_id = 1
+    for z in range(7):
+        by_hand = predict_tiled(model, ((stack[z] - low) / scale)[None])
+        np.testing.assert_allclose(probs[z], by_hand, atol=1e-3)
+        np.testing.assert_array_equal(labels[z], probs[z].argmax(0))
+        # Objects: the slice's components, numbered on from the previous slice's last.
+        components, n = ndi.label(by_hand[1] > 0.9)
+        ids = np.unique(instances[z][instances[z] > 0])
+        np.testing.assert_array_equal(ids, np.arange(first_id, first_id + n))
+        pairs = np.unique(np.stack([components.ravel(), instances[z].ravel()]), axis=1)
+        assert pairs.shape[1] == n + 1  # one to one, background included
+        first_id += n
+    assert first_id > 7 * 50  # many objects per slice: the numbering was really tested
+    if fmt == "zarr":  # written slice by slice, one chunk deep
+        assert zarr.open_array(str(out / "s_probabilities.zarr")).chunks == (1, 2, *SHAPE)
+
+
+def test_stack_depth_that_fits_the_channels_is_channels(tmp_path):
+    """Only a depth the model cannot take as channels makes a stack."""
+    from segunet.predict_cli import stack_for_model
+
+    rgb_planes = np.zeros((3, *SHAPE), np.uint8)
+    grey_model = {"channels": 1, "percentiles": [1, 99.8]}
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, grey_model) is None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, {}) is not None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 3, 2, {}) is None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 3, {}) is None  # a 3D model
