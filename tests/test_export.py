@@ -84,3 +84,41 @@ def test_command_line(tmp_path, capsys):
     assert main([f"checkpoint={tmp_path / 'nope'}"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def test_output_folder_gets_the_default_name_and_existing_files_are_kept(tmp_path, capsys):
+    """output=<folder> used to be an IsADirectoryError traceback (after the whole export),
+    and an existing file was replaced without asking, unlike predict."""
+    save_tiny_checkpoint(tmp_path, "unet_same")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    args = [f"checkpoint={tmp_path}", "format=torchscript", "verify=false"]
+    assert main([*args, f"output={folder}"]) == 0
+    written = folder / "last.torchscript.pt"
+    assert written.is_file() and str(written) in capsys.readouterr().err
+    torch.jit.load(str(written))  # a whole TorchScript file
+    before = written.stat().st_mtime_ns
+    for output in (folder, written):  # again, into the folder or to the file: refused
+        assert main([*args, f"output={output}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"output {written} exists" in err
+        assert "overwrite=true" in err and written.stat().st_mtime_ns == before
+    assert main([*args, f"output={written}", "overwrite=true"]) == 0
+    assert written.stat().st_mtime_ns != before
+    # A folder that does not exist yet, named by its trailing '/'.
+    assert main([*args, f"output={tmp_path / 'new'}/"]) == 0
+    assert (tmp_path / "new" / "last.torchscript.pt").is_file()
+    # The default, beside the checkpoint, follows the same rule.
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "last.torchscript.pt exists" in capsys.readouterr().err
+
+
+def test_output_under_a_file_is_one_line_before_exporting(tmp_path, capsys):
+    save_tiny_checkpoint(tmp_path, "unet_same")
+    (tmp_path / "taken").write_text("a file")
+    output = tmp_path / "taken" / "m.pt"
+    assert main([f"checkpoint={tmp_path}", "format=torchscript", f"output={output}"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"segunet: error: output={output}: {tmp_path / 'taken'} is a file, not a "
+                   "folder; give a folder\n")

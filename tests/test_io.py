@@ -193,3 +193,37 @@ def test_a_crash_writing_into_hdf5_keeps_the_original(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["v.h5"]
     np.testing.assert_array_equal(read_array(tmp_path / "v.h5"), stack())  # raw alone
+
+
+# --- temps of killed writers -----------------------------------------------------------------
+
+
+def test_temps_of_killed_writers_are_recognised_as_stale(tmp_path):
+    """atomic_path's temps (a zarr store, a TIFF) carry their writer, so the temps of a
+    writer killed mid-write (no clean-up ran) are removed and a live writer's are kept."""
+    import subprocess
+    import sys
+
+    from segunet.atomic import remove_stale_temps
+
+    writes = ("import time; from pathlib import Path; import numpy as np, zarr\n"
+              "from segunet.data.io import atomic_path\n"
+              f"with atomic_path(Path({str(tmp_path / 'a.zarr')!r})) as store, \\\n"
+              f"        atomic_path(Path({str(tmp_path / 'b.tif')!r})) as tif:\n"
+              "    zarr.create_array(store=str(store), data=np.zeros(4))\n"
+              "    tif.write_bytes(b'part'); print(store.name, tif.name, flush=True)\n"
+              "    time.sleep(600)")
+    killed, live = (subprocess.Popen([sys.executable, "-c", writes], stdout=subprocess.PIPE,
+                                     text=True) for _ in range(2))
+    try:
+        dead_temps = killed.stdout.readline().split()
+        killed.kill()  # SIGKILL: no clean-up runs
+        killed.wait()
+        live_temps = live.stdout.readline().split()
+        assert (tmp_path / dead_temps[0] / "zarr.json").is_file()
+        removed = remove_stale_temps(tmp_path)
+        assert sorted(p.name for p in removed) == sorted(dead_temps)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(live_temps)
+    finally:
+        live.kill()
+        live.wait()

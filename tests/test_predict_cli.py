@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 
 import imageio.v3 as iio
@@ -12,7 +18,7 @@ import zarr
 from tiny_models import save_tiny_checkpoint
 
 from segunet.data.sources import image_channels_first, prepare_image
-from segunet.predict_cli import NormalizedImage, image_for_model, main
+from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main
 
 SHAPE = (50, 60)
 
@@ -222,3 +228,241 @@ def test_lazy_normalisation_matches_training():
     exact = prepare_image(big, None, (1, 99.8), "big")
     # A 1-in-16 sample of a heavy-tailed image: the 99.8th percentile moves by a few percent.
     assert not np.array_equal(sampled, exact) and np.abs(sampled - exact).max() < 0.1
+
+
+# --- outputs checked before predicting, skip_existing, Ctrl-C, stale temps -------------------
+
+
+def cli(*args: str) -> list[str]:
+    """The ``segunet predict`` command line, to run as a user would (as conftest.run_cli does; its
+    environment is ENV)."""
+    return [sys.executable, "-m", "segunet.cli", "predict", *args]
+
+
+ENV = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def hidden(folder) -> list[str]:
+    """Temp files and stores (every temp name starts with '.')."""
+    names = [p.name for p in folder.iterdir()] if folder.exists() else []
+    return sorted(name for name in names if name.startswith("."))
+
+
+@pytest.mark.parametrize("output", ["taken", "taken/sub"])
+def test_output_that_is_or_lies_under_a_file(run_dir, tmp_path, capsys, output):
+    """Used to be a FileExistsError / NotADirectoryError traceback."""
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    (tmp_path / "taken").write_text("a file")
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}"]
+    assert main([*args, f"output={tmp_path / output}"]) == 2
+    err = error_line(capsys)
+    assert f"output={tmp_path / output}: {tmp_path / 'taken'} is a file, not a folder" in err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def as_user_without_root_override() -> list[str]:
+    """A prefix that makes permission bits count for root too (which ignores them): the
+    command runs without CAP_DAC_OVERRIDE."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override", "--"]
+
+
+@pytest.mark.parametrize("output, message", [("ro", "is not writable"),
+                                             ("ro/new", "cannot create")])
+def test_unwritable_output_refused_before_predicting(run_dir, tmp_path, output, message):
+    """An unwritable folder used to be noticed only when the first output was written, after
+    the whole prediction; a folder that cannot be created was a PermissionError traceback."""
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    (tmp_path / "ro").mkdir(mode=0o555)
+    try:
+        result = subprocess.run(
+            [*as_user_without_root_override(),
+             *cli(f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}",
+                  f"output={tmp_path / output}")],
+            capture_output=True, text=True, timeout=240, env=ENV,
+        )
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith(f"segunet: error: output={tmp_path / output}: ")
+    assert message in lines[-1] and "Permission denied" in lines[-1]
+    assert not any("[1/1]" in line for line in lines)  # nothing was predicted
+    assert not any((tmp_path / "ro").iterdir())
+
+
+def test_skip_existing_continues_a_batch_stopped_by_a_corrupt_file(run_dir, tmp_path, capsys):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name, seed in (("a", 0), ("c", 2)):
+        tifffile.imwrite(inputs / f"{name}.tif", picture(seed))
+    (inputs / "b.tif").write_bytes(b"II*\x00 truncated")
+    args = [f"checkpoint={run_dir}", f"input={inputs}", f"output={out}"]
+    assert main(args) == 2
+    err = error_line(capsys)
+    assert "b.tif" in err and "1 of 3 images done" in err and "skip_existing=true" in err
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{o}.tif" for o in sorted(OUTPUTS)]
+    # Without skip_existing the finished outputs are refused, not silently redone.
+    tifffile.imwrite(inputs / "b.tif", picture(1))
+    assert main(args) == 2
+    assert "a_probabilities.tif exists" in error_line(capsys)
+    assert main([*args, "skip_existing=true", "overwrite=true"]) == 2
+    assert "contradict" in error_line(capsys)
+    (out / "a_labels.tif").unlink()  # as if killed between two outputs of one image
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*args, "skip_existing=true"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in kept} == kept
+    for name in ("a", "b", "c"):
+        check_outputs(out, name)
+    # The continued batch gives what one uninterrupted run gives.
+    assert main([f"checkpoint={run_dir}", f"input={inputs}", f"output={tmp_path / 'ref'}"]) == 0
+    for p in (tmp_path / "ref").iterdir():
+        np.testing.assert_array_equal(tifffile.imread(out / p.name), tifffile.imread(p))
+    capsys.readouterr()
+    assert main([*args, "skip_existing=true"]) == 0  # nothing left to do
+    assert "3 of 3 images have all their outputs" in capsys.readouterr().err
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120.0) -> None:
+    """Poll until ``condition()`` holds (not a timing assertion: the limit only stops a hung
+    test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert process.poll() is None, f"the command ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("case", ["loading", "zarr", "stack"])
+def test_ctrl_c_is_one_line_and_leaves_no_temp(run_dir, tmp_path, case):
+    """SIGINT while the image loads or while outputs stream to their temp: one line, no
+    traceback, no temp file or store left, nothing half-written."""
+    shape = (12, 300, 300) if case == "stack" else (2000, 2000)
+    # Compressed: read through zarr, whose I/O thread must not outlive the interrupt.
+    tifffile.imwrite(tmp_path / "big.tif", picture(0, shape), compression="zlib", tile=(256, 256))
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'big.tif'}", f"output={out}",
+            "tile=92", "format=zarr" if case == "zarr" else "format=tif"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(cli(*args), stderr=stderr, text=True, env=ENV)
+    try:
+        if case == "loading":
+            wait_for(lambda: "[1/1]" in log.read_text(), "progress line", process)
+        else:
+            wait_for(lambda: any(n.endswith(".tmp") for n in hidden(out)), "temp", process)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=120)
+    finally:
+        process.kill()
+    err = log.read_text()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert lines[-1].startswith("segunet: error: interrupted"), err
+    assert sum(line.startswith("segunet: error") for line in lines) == 1
+    assert hidden(out) == []
+    for done in out.iterdir():  # an output finished before the interrupt is whole
+        whole = zarr.open_array(str(done))[...] if done.suffix == ".zarr" else tifffile.imread(done)
+        assert whole.shape[-2:] == shape[-2:]
+
+
+def test_temps_of_killed_runs_removed_by_the_next_run(run_dir, tmp_path, capsys):
+    """kill -9 leaves the hidden temp stores of predict behind; the next predict into the
+    folder removes those of dead writers, and keeps a live writer's and other hosts'."""
+    tifffile.imwrite(tmp_path / "big.tif", picture(0, (2000, 2000)))
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'big.tif'}", f"output={out}",
+            "tile=92", "format=zarr", "outputs=labels"]
+    killed = subprocess.Popen(cli(*args), stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        wait_for(lambda: any(n.endswith(".tmp") for n in hidden(out)), "temp", killed)
+    finally:
+        killed.kill()  # SIGKILL: no clean-up runs
+        killed.wait()
+    left = hidden(out)
+    assert left and all(str(killed.pid) in name for name in left)
+    # A writer still at work (another predict, say): its temp must survive.
+    live = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from segunet.data.io import atomic_path\n"
+         f"with atomic_path(Path({str(out / 'z_labels.tif')!r})) as tmp:\n"
+         "    tmp.write_bytes(b'partial'); print(tmp.name, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        live_temp = live.stdout.readline().strip()
+        elsewhere = out / ".x_labels.tif.42@otherhost.0123abcd.tmp"  # cannot be checked
+        elsewhere.write_bytes(b"")
+        tifffile.imwrite(tmp_path / "a.tif", picture(1))
+        capsys.readouterr()
+        assert main([f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", f"output={out}",
+                     "outputs=labels"]) == 0
+        assert f"removed {len(left)} temporary file" in capsys.readouterr().err
+        assert hidden(out) == sorted([live_temp, elsewhere.name])
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "a_labels.tif"
+        ]
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --- Z-stacks and 2D models ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_stack_predicted_slice_by_slice_by_a_2d_model(run_dir, tmp_path, capsys, fmt):
+    """A (Z, Y, X) stack whose depth is no channel count of the 2D model used to be refused
+    as having Z channels; each slice now equals a 2D prediction of it done by hand, with the
+    stack normalised as a whole (as training on a stack does)."""
+    from scipy import ndimage as ndi
+
+    from segunet.checkpoint import load_model
+    from segunet.predict import predict_tiled
+
+    stack = np.random.default_rng(8).gamma(2.0, 30.0, (7, *SHAPE)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    out = tmp_path / "out"
+    # A high threshold cuts this random model's foreground into many objects per slice.
+    assert main([f"checkpoint={run_dir}", f"input={tmp_path / 's.tif'}", f"output={out}",
+                 f"format={fmt}", "instances.threshold=0.9"]) == 0
+    assert "s.tif is a stack of 7 slices" in capsys.readouterr().err
+    suffix = "." + fmt
+    read = tifffile.imread if fmt == "tif" else lambda p: zarr.open_array(str(p))[...]
+    probs, labels, instances = (read(out / f"s_{o}{suffix}") for o in OUTPUTS)
+    assert probs.shape == (7, 2, *SHAPE) and probs.dtype == np.float16
+    assert labels.shape == instances.shape == (7, *SHAPE) and instances.dtype == np.uint32
+
+    model, _ = load_model(run_dir)
+    low, high = np.percentile(stack, [1.0, 99.8])
+    low, scale = np.float32(low), np.float32(high - low)  # in float32, as predict does
+    first_id = 1
+    for z in range(7):
+        by_hand = predict_tiled(model, ((stack[z] - low) / scale)[None])
+        np.testing.assert_allclose(probs[z], by_hand, atol=1e-3)
+        np.testing.assert_array_equal(labels[z], probs[z].argmax(0))
+        # Objects: the slice's components, numbered on from the previous slice's last.
+        components, n = ndi.label(by_hand[1] > 0.9)
+        ids = np.unique(instances[z][instances[z] > 0])
+        np.testing.assert_array_equal(ids, np.arange(first_id, first_id + n))
+        pairs = np.unique(np.stack([components.ravel(), instances[z].ravel()]), axis=1)
+        assert pairs.shape[1] == n + 1  # one to one, background included
+        first_id += n
+    assert first_id > 7 * 50  # many objects per slice: the numbering was really tested
+    if fmt == "zarr":  # written slice by slice, one chunk deep
+        assert zarr.open_array(str(out / "s_probabilities.zarr")).chunks == (1, 2, *SHAPE)
+
+
+def test_stack_depth_that_fits_the_channels_is_channels(tmp_path):
+    """Only a depth the model cannot take as channels makes a stack."""
+    from segunet.predict_cli import stack_for_model
+
+    rgb_planes = np.zeros((3, *SHAPE), np.uint8)
+    grey_model = {"channels": 1, "percentiles": [1, 99.8]}
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, grey_model) is None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, {}) is not None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 3, 2, {}) is None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 3, {}) is None  # a 3D model

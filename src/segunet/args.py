@@ -8,7 +8,10 @@ here, is enough.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from segunet.errors import SegunetError
@@ -81,16 +84,51 @@ def to_ints(value: str | None, key: str) -> tuple[int, ...] | None:
 
 def run_command(body: Callable[[], None], usage: str, argv: Sequence[str]) -> int:
     """Print ``usage`` for -h/--help; else run ``body`` with segunet's error reporting (one
-    line on stderr, exit status 2) and return the exit status instead of exiting."""
+    line on stderr, exit status 2, Ctrl-C included) and return the exit status instead of
+    exiting."""
     if any(a in ("-h", "--help", "help") for a in argv):
         print(usage)
         return 0
     from segunet.cli import report_errors
 
     try:
-        with report_errors():
-            body()
+        with report_errors(), _first_interrupt_only():
+            try:
+                body()
+            except KeyboardInterrupt:
+                raise SegunetError(
+                    "interrupted: nothing half-written is left (outputs are renamed into "
+                    "place only when complete)"
+                ) from None
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0
 
+
+@contextmanager
+def _first_interrupt_only() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt once; a second one while the clean-up runs (temp
+    files being removed, threads joined) is ignored instead of cutting it short. After an
+    interrupt, the reads and writes zarr's I/O thread still runs are waited for."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield  # SIGINT ignored (a background job) or handled by the caller
+        return
+    interrupted = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        if interrupted:
+            from segunet.data.io import finish_zarr_io
+
+            finish_zarr_io()
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -91,13 +91,52 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
+    import warnings
+
     try:
-        ckpt = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle, zip and truncation errors all mean the same to a user
-        raise SegunetError(f"cannot read checkpoint {file}: {e.__class__.__name__}: {e}") from e
+        with warnings.catch_warnings():  # torch's note on a TorchScript file: said below
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch's own message would advise weights_only=False: never
+        raise SegunetError(_unreadable(file, e)) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
     return ckpt
+
+
+_MAGIC = {
+    b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a .npy array", b"\x89HDF": "an HDF5 file",
+}
+
+
+def _unreadable(file: Path, error: Exception) -> str:
+    """One line on a file ``torch.load(weights_only=True)`` refused, saying what it is."""
+    import pickle
+    import zipfile
+
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+        names = zipfile.ZipFile(file).namelist() if zipfile.is_zipfile(file) else None
+    except OSError as e:
+        return f"cannot read checkpoint {file}: {e.strerror or e}"
+    if not head or (head.startswith(b"PK") and names is None):
+        return (f"cannot read checkpoint {file}: the file is {'empty' if not head else 'truncated'}"
+                "; use another checkpoint of the run (e.g. best.pt) or copy it again")
+    what = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if file.suffix.lower() == ".onnx":
+        what = "an ONNX model"
+    elif names is not None and any(n.endswith("/constants.pkl") for n in names):
+        what = "a TorchScript model"
+    elif isinstance(error, pickle.UnpicklingError) and head.startswith((b"PK", b"\x80")):
+        what = "a pickle of Python objects, not only tensors"
+    elif names is not None:  # a torch.save zip that is damaged inside
+        return (f"cannot read checkpoint {file}: the file is corrupt or no checkpoint "
+                f"({type(error).__name__}); use another checkpoint of the run (e.g. best.pt)")
+    return (f"cannot read checkpoint {file}: it is not a segunet checkpoint "
+            f"({what or 'not written by torch.save'}); pass a .pt file written by segunet "
+            "train, or its run folder")
 
 
 def mismatch_detail(e: RuntimeError) -> str:

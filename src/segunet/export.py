@@ -28,6 +28,7 @@ from torch import nn
 from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
 from segunet.atomic import write_atomic
 from segunet.checkpoint import load_model, resolve_checkpoint
+from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
 from segunet.models.shapes import valid_input_size
 
@@ -36,13 +37,15 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 USAGE = """usage: segunet export checkpoint=<file or run folder> [format=onnx|torchscript]
-                      [output=<file>] [input_shape=H,W] [opset=17] [verify=true]
-                      [atol=1e-4]
+                      [output=<file or folder>] [overwrite=false] [input_shape=H,W]
+                      [opset=17] [verify=true] [atol=1e-4]
 
 Exports the trained model (rebuilt from the config stored in the checkpoint) with dynamic
 batch and spatial axes, then checks the exported file against PyTorch (max abs diff
 < atol).
-Default output: beside the checkpoint, <name>.onnx or <name>.torchscript.pt.
+Default output: beside the checkpoint, <name>.onnx or <name>.torchscript.pt (last.onnx for
+checkpoints/last.pt). An output that is an existing folder, or ends in /, gets that default
+file name inside it. An existing file is kept unless overwrite=true, as in segunet predict.
 """
 
 
@@ -54,6 +57,7 @@ def export_model(
     opset: int = 17,
     verify: bool = True,
     atol: float = 1e-4,
+    overwrite: bool = False,
 ) -> Path:
     """Export the model of ``checkpoint`` and return the written file.
 
@@ -61,16 +65,20 @@ def export_model(
         checkpoint: a checkpoint file or a run folder (its ``checkpoints/last.pt``).
         format: ``"onnx"`` (needs ``onnx``, and ``onnxruntime`` to verify) or
             ``"torchscript"``.
-        output: target file; default beside the checkpoint, named after it.
+        output: target file, or a folder to write the default name into; default beside
+            the checkpoint, named after it.
         input_shape: spatial size of the example input traced and verified; rounded up to a
             valid size. Default: the smallest valid size of at least 64 per axis.
         opset: ONNX opset.
         verify: run the exported model against PyTorch on random inputs; a max abs
             difference of ``atol`` or more is a SegunetError and nothing is written.
+        overwrite: replace an existing output file; else it is a SegunetError, raised
+            before the export starts.
     """
     if format not in SUFFIX:
         raise SegunetError(f"format={format!r} is not valid: expected onnx or torchscript")
     file = resolve_checkpoint(checkpoint)
+    target = export_target(file, format, output, overwrite)
     model, config = load_model(file, "cpu")
     dims = model.spatial_dims
     shape = tuple(input_shape) if input_shape else (64,) * dims
@@ -79,7 +87,6 @@ def export_model(
     shape = model.valid_input_shape(shape)
     example = torch.randn(1, model.in_channels, *shape, generator=torch.Generator().manual_seed(0))
     meta = metadata(model, config)
-    target = Path(output) if output else file.with_name(file.stem + SUFFIX[format])
 
     with torch.no_grad(), warnings.catch_warnings():
         # TracerWarnings from the shape checks; the checks themselves are not in the graph.
@@ -108,6 +115,24 @@ def export_model(
                     f"on input {tuple(x.shape)}: not written"
                 )
     write_atomic(target, lambda f: f.write(data))
+    return target
+
+
+def export_target(
+    checkpoint: Path, format: Format, output: str | os.PathLike | None, overwrite: bool
+) -> Path:
+    """The file to write, checked before the (slow) export: ``output``, or the default name
+    inside ``output`` when it is a folder, or beside ``checkpoint`` without ``output``."""
+    name = checkpoint.stem + SUFFIX[format]
+    if output is None:
+        target = checkpoint.with_name(name)
+    else:
+        text = os.fspath(output)
+        target = Path(text)
+        if target.is_dir() or text.endswith(("/", os.sep)):
+            target = target / name
+    output_folder(target.parent, f"output={output if output is not None else target}")
+    refuse_existing(target, overwrite)
     return target
 
 
@@ -202,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     defaults = {
         "checkpoint": REQUIRED, "format": "onnx", "output": None, "input_shape": None,
-        "opset": "17", "verify": "true", "atol": "1e-4",
+        "opset": "17", "verify": "true", "atol": "1e-4", "overwrite": "false",
     }
 
     def body() -> None:
@@ -212,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             input_shape=to_ints(args["input_shape"], "input_shape"),
             opset=to_number(args["opset"], "opset"), verify=to_bool(args["verify"], "verify"),
             atol=to_number(args["atol"], "atol", float),
+            overwrite=to_bool(args["overwrite"], "overwrite"),
         )
         print(f"segunet: exported {args['format']} model to {path}", file=sys.stderr)
 

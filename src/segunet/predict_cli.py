@@ -12,6 +12,11 @@ are written band by band to disk too (see :class:`segunet.merger.BandMerger`) an
 block by block from them, so images larger than memory can be predicted. Instances are not
 streamed: connected components and watershed need the whole foreground map in memory
 (float32, plus the instance labels), as does ``format=tif``, which writes each output whole.
+
+A ``(Z, Y, X)`` stack given to a 2D model whose depth is no channel count the model takes is
+predicted slice by slice (see :func:`predict_stack`). The checkpoint and the output folder are
+checked before anything is predicted; temps left by killed runs (see
+:func:`segunet.atomic.remove_stale_temps`) are removed at the start.
 """
 
 from __future__ import annotations
@@ -26,9 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
-from segunet.data.io import SUPPORTED, atomic_path, file_kind, read_array, short_message, split_key
+from segunet.atomic import remove_stale_temps
+from segunet.data.io import (
+    BIGTIFF_BYTES,
+    SUPPORTED,
+    atomic_path,
+    file_kind,
+    output_folder,
+    read_array,
+    refuse_existing,
+    short_message,
+    split_key,
+    temp_path,
+)
 from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
 
@@ -53,12 +71,26 @@ keys (default):
                             images. If compiling fails, one warning and it runs eagerly
   outputs (probabilities,labels,instances)
   format (tif)              tif or zarr (zarr: probabilities, labels streamed to disk)
-  overwrite (false)         replace existing outputs
+  overwrite (false)         replace existing outputs (else an existing one is an error)
+  skip_existing (false)     keep existing outputs and predict only what is missing: to
+                            continue a batch stopped by an error or Ctrl-C
   instances.method (components)   components or watershed
   instances.min_size (0)    objects of fewer pixels are removed
   instances.threshold (0.5), instances.watershed_on (distance), instances.min_distance (3),
   instances.h (null), instances.foreground_classes (all but 0)
   blend (gaussian), overlap (0.25)   tile blending of same-padded models
+
+output must be a folder you can write to (created if missing); it is checked before the
+prediction starts. Each output is written to a hidden temp name and renamed when complete:
+an error or Ctrl-C leaves no partial file, and temps of runs killed outright (kill -9) are
+removed by the next predict into that folder.
+
+Z-stacks and 2D models: a (Z, Y, X) stack whose depth Z is no channel count of the 2D model
+is predicted slice by slice (the stack normalised as a whole, as training on a stack does)
+and written back as stacks, slice by slice: probabilities (Z, C, Y, X) (Fiji's hyperstack
+order; a 3D model's are (C, Z, Y, X)), labels (Z, Y, X), instances (Z, Y, X) uint32 with the
+2D objects of each slice numbered on through the stack, so no id repeats across slices.
+With format=tif these TIFFs are uncompressed.
 
 example:
   segunet predict checkpoint=outputs/train/2025-01-01_12-00-00 input='data/test/*.tif' \\
@@ -69,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": REQUIRED, "input": REQUIRED, "output": REQUIRED,
     "tile": None, "batch_size": "8", "tta": "false", "device": "auto", "compile": "false",
     "outputs": ",".join(OUTPUTS), "format": "tif", "overwrite": "false",
+    "skip_existing": "false",
     "blend": "gaussian", "overlap": "0.25",
     "instances.method": "components", "instances.min_size": "0",
     "instances.threshold": "0.5", "instances.watershed_on": "distance",
@@ -202,7 +235,9 @@ class NormalizedImage:
         spatial = tuple(spatial) + (slice(None),) * (len(self.shape) - 1 - len(spatial))
         x = self._channels_first(spatial)
         if self.lo is not None:
-            x = apply_range(x, self.lo, self.scale)
+            # Per channel, shaped for x (a whole-number index, a stack's slice, drops an axis).
+            shape = (-1, *(1,) * (x.ndim - 1))
+            x = apply_range(x, self.lo.reshape(shape), self.scale.reshape(shape))
         return x[channel]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -215,31 +250,58 @@ def image_for_model(
     """Decide the raw array's axes and wrap it as the model's normalised input; one-line
     errors naming the file when its shape or channels do not fit the model."""
     shape = tuple(int(s) for s in raw.shape)
-    axes = "Z, Y, X" if spatial_dims == 3 else "Y, X"
-    if len(shape) == spatial_dims:
-        layout, channels = "grey", 1
-    elif len(shape) == spatial_dims + 1:
-        # Pictures and RGB TIFFs store colour last; multi-channel microscopy stores it first.
-        last = file_kind_or_none(split_key(path)[0]) == "picture" or shape[-1] <= 4 < shape[0]
-        layout, channels = ("last", shape[-1]) if last else ("first", shape[0])
-        if last and channels == 4:
-            channels = 3  # RGBA: alpha holds no image content (as in training)
-    else:
-        raise SegunetError(
-            f"{path} has shape {shape}: the {spatial_dims}D model takes ({axes}) or "
-            f"(C, {axes}) images"
-        )
-    convert = data_cfg.get("channels")
-    convertible = convert == in_channels and (channels, convert) in ((3, 1), (1, 3))
-    if channels != in_channels and not convertible:
+    layout, channels = _layout(shape, path, spatial_dims)
+    fits, convert = _fits(channels, in_channels, data_cfg)
+    if not fits:
         raise SegunetError(
             f"{path} has {channels} channel{'s' * (channels != 1)} (shape {shape}) but the "
             f"model expects {in_channels}: give images like the training data"
         )
     percentiles = data_cfg.get("percentiles", (1.0, 99.8))
-    return NormalizedImage(
-        raw, layout, channels, convert if convertible else None, percentiles, str(path)
+    return NormalizedImage(raw, layout, channels, convert, percentiles, str(path))
+
+
+def stack_for_model(
+    raw: Any, path: Path, in_channels: int, spatial_dims: int, data_cfg: dict
+) -> NormalizedImage | None:
+    """A grey ``(Z, Y, X)`` stack given to a 2D model, whose depth is no channel count the
+    model takes, as the normalised ``(C, Z, Y, X)`` input to predict slice by slice; None
+    for anything else. The stack is normalised as a whole, as training on a stack does."""
+    shape = tuple(int(s) for s in raw.shape)
+    if spatial_dims != 2 or len(shape) != 3:
+        return None
+    layout, channels = _layout(shape, path, spatial_dims)
+    grey, convert = _fits(1, in_channels, data_cfg)
+    if layout != "first" or _fits(channels, in_channels, data_cfg)[0] or not grey:
+        return None
+    percentiles = data_cfg.get("percentiles", (1.0, 99.8))
+    return NormalizedImage(raw, "grey", 1, convert, percentiles, str(path))
+
+
+def _layout(shape: tuple[int, ...], path: Path, spatial_dims: int) -> tuple[str, int]:
+    """Where a raw array of ``shape`` keeps its channels (grey, first or last) and how many
+    of them the model would see."""
+    if len(shape) == spatial_dims:
+        return "grey", 1
+    if len(shape) == spatial_dims + 1:
+        # Pictures and RGB TIFFs store colour last; multi-channel microscopy stores it first.
+        last = file_kind_or_none(split_key(path)[0]) == "picture" or shape[-1] <= 4 < shape[0]
+        if last:
+            return "last", 3 if shape[-1] == 4 else shape[-1]  # RGBA: alpha is no content
+        return "first", shape[0]
+    axes = "Z, Y, X" if spatial_dims == 3 else "Y, X"
+    raise SegunetError(
+        f"{path} has shape {shape}: the {spatial_dims}D model takes ({axes}) or "
+        f"(C, {axes}) images" + (" or (Z, Y, X) stacks" if spatial_dims == 2 else "")
     )
+
+
+def _fits(channels: int, in_channels: int, data_cfg: dict) -> tuple[bool, int | None]:
+    """Whether images of ``channels`` channels fit the model, and the conversion that
+    training applied to them (RGB -> grey, grey -> RGB), if any."""
+    convert = data_cfg.get("channels")
+    convertible = convert == in_channels and (channels, convert) in ((3, 1), (1, 3))
+    return channels == in_channels or convertible, convert if convertible else None
 
 
 # --- outputs -------------------------------------------------------------------------------
@@ -260,14 +322,31 @@ def class_dtype(classes: int) -> np.dtype:
 
 
 @contextlib.contextmanager
-def zarr_output(path: Path, shape: Sequence[int], dtype: Any, dims: int) -> Iterator[Any]:
-    """An empty zarr array to fill, created beside ``path`` and moved onto it once filled."""
-    import zarr
-
-    lead = len(shape) - dims  # classes: one chunk holds all of them
+def array_output(
+    path: Path, shape: Sequence[int], dtype: Any, dims: int, fmt: str = "zarr",
+    per_slice: bool = False,
+) -> Iterator[Any]:
+    """An empty array to fill, created at a temp name beside ``path`` and moved onto it once
+    filled: zarr, or (``fmt="tif"``) an uncompressed TIFF filled through a memory map, so
+    neither comes into memory whole. ``per_slice``: zarr chunks one slice deep along the
+    first axis (stacks written slice by slice)."""
+    lead = len(shape) - dims  # classes (and slices): one chunk holds all of them
     chunks = (*shape[:lead], *(min(s, ZARR_CHUNK[dims]) for s in shape[lead:]))
+    chunks = (1, *chunks[1:]) if per_slice else chunks
     with atomic_path(path) as tmp:
-        yield zarr.create_array(store=str(tmp), shape=tuple(shape), chunks=chunks, dtype=dtype)
+        if fmt == "zarr":
+            import zarr
+
+            yield zarr.create_array(store=str(tmp), shape=tuple(shape), chunks=chunks, dtype=dtype)
+            return
+        import tifffile
+
+        out = tifffile.memmap(
+            tmp, shape=tuple(shape), dtype=dtype, photometric="minisblack",
+            bigtiff=math.prod(shape) * np.dtype(dtype).itemsize > BIGTIFF_BYTES,
+        )
+        yield out
+        out.flush()
 
 
 def blocks(n: int, size: int) -> Iterator[slice]:
@@ -322,6 +401,12 @@ class Options:
         if self.format not in ("tif", "zarr"):
             raise SegunetError(f"format={args['format']} is not valid: expected tif or zarr")
         self.overwrite = to_bool(args["overwrite"], "overwrite")
+        self.skip_existing = to_bool(args["skip_existing"], "skip_existing")
+        if self.overwrite and self.skip_existing:
+            raise SegunetError(
+                "overwrite=true and skip_existing=true contradict each other: replace the "
+                "existing outputs (overwrite) or keep them and predict the rest (skip_existing)"
+            )
         self.blend = args["blend"]
         self.overlap = to_number(args["overlap"], "overlap", float)
         if self.overlap is None or not 0 <= self.overlap < 1:
@@ -390,11 +475,66 @@ def resolve_device(name: str) -> str:
 
 
 def predict_files(options: Options) -> list[Path]:
-    """Predict every input; returns the files written. Output clashes are checked for all
-    inputs before the first prediction, so a long run does not stop halfway on one."""
+    """Predict every input; returns the files written. The checkpoint, the output folder and
+    output clashes are checked for all inputs before the first prediction, so a long run
+    does not stop halfway on them."""
     from segunet.checkpoint import load_model
 
     inputs = expand_inputs(options.input)
+    todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
+    if len(todo) < len(inputs):
+        print(
+            f"segunet: skip_existing: {len(inputs) - len(todo)} of {len(inputs)} images have "
+            f"all their outputs; predicting {len(todo)}", file=sys.stderr,
+        )
+    if todo:  # before the output folder: a bad checkpoint creates nothing
+        device = resolve_device(options.device)
+        model, config = load_model(options.checkpoint, device)
+    output_folder(options.output, f"output={options.output}")
+    removed = remove_stale_temps(options.output)
+    if removed:
+        print(
+            f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
+            f"killed runs from {options.output}", file=sys.stderr,
+        )
+    return predict_all(todo, model, config, options, device) if todo else []
+
+
+def predict_all(
+    todo: dict[Path, dict[str, Path]], model: Any, config: dict, options: Options, device: str
+) -> list[Path]:
+    """Predict each input of ``todo`` into its outputs, one after another; a failure or
+    Ctrl-C says how far the batch got and how to continue it."""
+    runner = compiled(model) if options.compile else model
+    written: list[Path] = []
+    for i, (path, targets) in enumerate(todo.items(), 1):
+        print(f"segunet: [{i}/{len(todo)}] {path}", file=sys.stderr)
+        done = f"{i - 1} of {len(todo)} images done"
+        try:
+            files, runner = predict_or_fall_back(
+                runner, model, config, path, targets, options, device
+            )
+        except KeyboardInterrupt:
+            # Outputs are written atomically: the interrupted image left nothing behind.
+            raise SegunetError(
+                f"interrupted while predicting {path} ({done}): rerun with skip_existing=true "
+                "to predict the rest"
+            ) from None
+        except SegunetError as e:
+            if len(todo) == 1:
+                raise
+            raise SegunetError(
+                f"{e} ({done}: fix or move {path}, then rerun with skip_existing=true to "
+                "predict the rest)"
+            ) from e
+        written += files
+    return written
+
+
+def plan_outputs(inputs: Sequence[Path], options: Options) -> dict[Path, dict[str, Path]]:
+    """The outputs to write per input: all requested ones, less those that exist with
+    ``skip_existing``. Two inputs writing one file, or an existing output without
+    ``overwrite``/``skip_existing``, are one-line errors."""
     plans: dict[Path, dict[str, Path]] = {}
     owners: dict[Path, Path] = {}
     for path in inputs:
@@ -405,30 +545,30 @@ def predict_files(options: Options) -> list[Path]:
                     f"{owners[target]} and {path} would both write {target}: rename one"
                 )
             owners[target] = path
-            if target.exists() and not options.overwrite:
-                raise SegunetError(
-                    f"output {target} exists: pass overwrite=true or choose another output"
-                )
-    options.output.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(options.device)
-    model, config = load_model(options.checkpoint, device)
-    runner = compiled(model) if options.compile else model
-    written: list[Path] = []
-    for i, path in enumerate(inputs, 1):
-        print(f"segunet: [{i}/{len(inputs)}] {path}", file=sys.stderr)
-        try:
-            written += predict_file(runner, config, path, plans[path], options, device)
-        except Exception as e:
-            if runner is model or isinstance(e, SegunetError):
-                raise
-            # Outputs are written atomically: a failed attempt leaves none to clean up.
-            warnings.warn(
-                f"torch.compile failed ({first_line(e)}); predicting without it "
-                "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
-            )
-            runner = model
-            written += predict_file(runner, config, path, plans[path], options, device)
-    return written
+            if not options.skip_existing:
+                refuse_existing(target, options.overwrite, ", skip_existing=true to keep it")
+        if options.skip_existing:
+            plans[path] = {k: v for k, v in plans[path].items() if not v.exists()}
+    return plans
+
+
+def predict_or_fall_back(
+    runner: Any, model: Any, config: dict, path: Path, targets: dict[str, Path],
+    options: Options, device: str,
+) -> tuple[list[Path], Any]:
+    """:func:`predict_file` with ``runner``; if a compiled runner fails, one warning and the
+    eager ``model`` from then on. Returns the files written and the runner to go on with."""
+    try:
+        return predict_file(runner, config, path, targets, options, device), runner
+    except Exception as e:
+        if runner is model or isinstance(e, SegunetError):
+            raise
+        # Outputs are written atomically: a failed attempt leaves none to clean up.
+        warnings.warn(
+            f"torch.compile failed ({first_line(e)}); predicting without it "
+            "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
+        )
+        return predict_file(model, config, path, targets, options, device), model
 
 
 def compiled(model: Any) -> Any:
@@ -452,32 +592,26 @@ def predict_file(
 
     net = unwrap(model)  # the sizes of a compiled model's network
     dims, classes = net.spatial_dims, net.out_channels
-    foreground = options.foreground or tuple(range(1, classes))
-    if "instances" in targets and (
-        not foreground or max(foreground) >= classes or min(foreground) < 0
-    ):
-        raise SegunetError(
-            f"instances.foreground_classes={list(foreground)} must name classes of the "
-            f"model's 0..{classes - 1}"
-        )
+    foreground = foreground_classes(options, classes, targets)
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
-        image = image_for_model(raw, path, net.in_channels, dims, config.get("data") or {})
+        data_cfg = config.get("data") or {}
+        volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
+        if volume is not None:
+            return predict_stack(model, volume, path, targets, options, device, foreground)
+        image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
         spatial = image.shape[1:]
-        # Rows per block when reducing probabilities on disk: about 64 Mi values at a time.
-        rows = max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
-        predict = dict(
-            tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
-            overlap=options.overlap, tta=options.tta, device=device, progress=True,
-        )
+        rows = rows_per_block(classes, spatial)
+        predict = tiling(options, device, progress=True)
         written, temp = [], None
         try:
             if options.format == "zarr":
-                # Probabilities go tile by tile to disk (to a hidden store if not requested).
+                # Probabilities go tile by tile to disk (to a hidden store if not requested,
+                # named like every temp so a killed run's is removed by the next).
                 store = targets.get("probabilities") or (
-                    temp := options.output / f".{stem_of(path)}_probabilities.zarr"
+                    temp := temp_path(options.output / f"{stem_of(path)}_probabilities.zarr")
                 )
-                with zarr_output(store, (classes, *spatial), np.float16, dims) as out:
+                with array_output(store, (classes, *spatial), np.float16, dims) as out:
                     predict_tiled(model, image, out=out, **predict)
                 probs = _open_zarr(store)
                 written += [store] if temp is None else []
@@ -490,7 +624,7 @@ def predict_file(
             if "labels" in targets and options.format == "zarr":
                 # Whole chunks, block by block: the label map never in memory whole.
                 chunk = ZARR_CHUNK[dims]
-                with zarr_output(targets["labels"], spatial, class_dtype(classes), dims) as out:
+                with array_output(targets["labels"], spatial, class_dtype(classes), dims) as out:
                     argmax_of(probs, max(chunk, rows // chunk * chunk), out)
                 written.append(targets["labels"])
             elif "labels" in targets:
@@ -506,6 +640,78 @@ def predict_file(
             if temp is not None:
                 _remove_tree(temp)
     return written
+
+
+def predict_stack(
+    model: Any, volume: NormalizedImage, path: Path, targets: dict[str, Path],
+    options: Options, device: str, foreground: Sequence[int],
+) -> list[Path]:
+    """Predict a ``(Z, Y, X)`` stack with a 2D model slice by slice, writing each output
+    slice by slice as a stack: probabilities ``(Z, C, Y, X)`` float16, labels and instances
+    ``(Z, Y, X)``. Instances are the 2D objects of each slice, numbered on through the stack
+    (uint32), so no two slices share an id. Only one slice's results are in memory."""
+    from segunet.checkpoint import unwrap
+    from segunet.instances import instances_from_foreground
+    from segunet.predict import predict_tiled
+
+    classes = unwrap(model).out_channels
+    depth, spatial = volume.shape[1], volume.shape[2:]
+    print(
+        f"segunet: {path} is a stack of {depth} slices (shape {volume.raw.shape}) and the "
+        f"model is 2D: predicting slice by slice", file=sys.stderr,
+    )
+    shapes = {
+        "probabilities": ((depth, classes, *spatial), np.float16),
+        "labels": ((depth, *spatial), class_dtype(classes)),
+        "instances": ((depth, *spatial), np.uint32),
+    }
+    rows, predict = rows_per_block(classes, spatial), tiling(options, device, progress=False)
+    with contextlib.ExitStack() as stack:
+        out = {
+            name: stack.enter_context(
+                array_output(target, *shapes[name], 2, options.format, per_slice=True)
+            )
+            for name, target in targets.items()
+        }
+        count = 0  # objects in the slices before
+        for z in tqdm(range(depth), unit="slice", desc="predict"):
+            probs = predict_tiled(model, volume[:, z], **predict)
+            if "probabilities" in out:
+                out["probabilities"][z] = probs.astype(np.float16)
+            if "labels" in out:
+                out["labels"][z] = argmax_of(probs, rows)
+            if "instances" in out:
+                fg = foreground_of(probs, foreground, rows)
+                objects = instances_from_foreground(fg, **options.instances).astype(np.uint32)
+                out["instances"][z] = np.where(objects > 0, objects + count, 0)
+                count += int(objects.max())
+    return list(targets.values())
+
+
+def foreground_classes(options: Options, classes: int, targets: dict[str, Path]) -> tuple:
+    """``instances.foreground_classes`` (default: all but 0), checked against the model."""
+    foreground = options.foreground or tuple(range(1, classes))
+    if "instances" in targets and (
+        not foreground or max(foreground) >= classes or min(foreground) < 0
+    ):
+        raise SegunetError(
+            f"instances.foreground_classes={list(foreground)} must name classes of the "
+            f"model's 0..{classes - 1}"
+        )
+    return foreground
+
+
+def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
+    """Rows per block when reducing probabilities: about 64 Mi values at a time."""
+    return max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
+
+
+def tiling(options: Options, device: str, progress: bool) -> dict[str, Any]:
+    """The keyword arguments of :func:`segunet.predict.predict_tiled` from the options."""
+    return dict(
+        tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
+        overlap=options.overlap, tta=options.tta, device=device, progress=progress,
+    )
 
 
 def _open_zarr(path: Path) -> Any:

@@ -14,11 +14,12 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 
+from segunet.atomic import temp_name
 from segunet.errors import SegunetError, short_message
 
 TIFF = (".tif", ".tiff")
@@ -182,10 +183,41 @@ _READERS = {
 # --- writers -------------------------------------------------------------------------------
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh name in the target's folder, so the final rename stays on one file system;
-    the extension is kept so libraries that look at it (imageio) pick the same format."""
-    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+def temp_path(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` (so the final rename stays on one file system)
+    that records its writer, as :mod:`segunet.atomic` names temps: the next run into the
+    folder can tell a killed writer's temp from a live one's
+    (:func:`segunet.atomic.remove_stale_temps`)."""
+    return path.with_name(f"{temp_name(path)}{uuid.uuid4().hex[:8]}.tmp")
+
+
+def output_folder(folder: Path, setting: str) -> Path:
+    """Create ``folder`` if needed and check that files can be made in it, before any long
+    work; one-line SegunetErrors that start with the user's ``setting`` (``output=...``)."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise SegunetError(f"{setting}: {blocker} is a file, not a folder; give a folder")
+    probe = temp_path(folder / "probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink(missing_ok=True)  # a stale-temp sweep may have beaten us to it
+    except OSError as e:
+        what = f"{folder} is not writable" if folder.is_dir() else f"cannot create {folder}"
+        raise SegunetError(
+            f"{setting}: {what} ({e.strerror or short_message(e)}); choose a folder you can "
+            "write to"
+        ) from e
+    return folder
+
+
+def refuse_existing(path: Path, overwrite: bool, alternative: str = "") -> None:
+    """The one rule of every command's outputs: an existing one is kept unless overwrite."""
+    if path.exists() and not overwrite:
+        raise SegunetError(
+            f"output {path} exists: pass overwrite=true to replace it{alternative}, or choose "
+            "another output"
+        )
 
 
 @contextmanager
@@ -196,18 +228,41 @@ def atomic_path(path: Path, beside: Path | None = None) -> Iterator[Path]:
     A file is replaced in one ``os.replace``. A folder (zarr) cannot be: the old one is
     renamed aside first, so at any moment ``path`` is either absent, old or complete.
     """
-    tmp = _temp_beside(beside or path)
+    tmp = temp_path(beside or path)
     try:
         yield tmp
         if tmp.is_dir() and path.exists():
-            old = _temp_beside(path)
+            old = temp_path(path)
             os.replace(path, old)
             os.replace(tmp, path)
             _remove(old)
         else:
             os.replace(tmp, path)
+    except BaseException:
+        finish_zarr_io()
+        raise
     finally:
         _remove(tmp)
+
+
+def finish_zarr_io(timeout: float = 60.0) -> None:
+    """Wait for the reads and writes zarr's I/O thread still runs. Ctrl-C stops the main
+    thread's wait for a zarr write, not the write: it would land in a temp store after its
+    removal (and asyncio would complain at exit of a task left pending)."""
+    import asyncio
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]  # zarr 3's I/O loop, if it was started
+    if loop is None or not loop.is_running():
+        return
+
+    async def others() -> None:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with suppress(Exception):  # best effort: a stuck write must not hang the clean-up
+        asyncio.run_coroutine_threadsafe(others(), loop).result(timeout)
 
 
 def _remove(path: Path) -> None:
@@ -232,7 +287,7 @@ def _write_picture(path: Path, array: np.ndarray, key: str | None) -> None:
     import imageio.v3 as iio
 
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, array)
+        iio.imwrite(tmp, array, extension=path.suffix)  # the temp's name ends in .tmp
 
 
 def _write_npy(path: Path, array: np.ndarray, key: str | None) -> None:
