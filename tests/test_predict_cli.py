@@ -163,7 +163,9 @@ def test_channel_mismatch_and_unreadable_file(run_dir, tmp_path, capsys):
         ("batch_size=null", "batch_size="),
         ("batch_size=0", "batch_size="),
         ("overlap=1", "overlap="),
-        ("instances.threshold=null", "instances.threshold="),
+        ("instances.threshold=1.5", "instances.threshold="),
+        ("instances.seed_threshold=-0.1", "instances.seed_threshold="),
+        ("instances.grow=-1", "instances.grow="),
         ("instances.min_distance=null", "instances.min_distance="),
         ("instances.min_size=-1", "instances.min_size="),
         ("instances.h=-1", "instances.h="),
@@ -466,3 +468,46 @@ def test_stack_depth_that_fits_the_channels_is_channels(tmp_path):
     assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, {}) is not None
     assert stack_for_model(rgb_planes, tmp_path / "x.tif", 3, 2, {}) is None
     assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 3, {}) is None  # a 3D model
+
+
+def boundary_checkpoint(folder, tuned: dict | None):
+    """A tiny 3-class net of the boundary target, with the settings a search chose."""
+    import torch
+
+    path = save_tiny_checkpoint(folder, "unet_valid", out_channels=3)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["data"]["target"] = "boundary"
+    ckpt["postprocess"] = tuned
+    torch.save(ckpt, path)
+    return path
+
+
+def test_instances_decode_the_target_with_the_tuned_settings(tmp_path, capsys):
+    from segunet.postprocess import PostProcess, decode
+
+    settings = {"threshold": 0.3, "min_size": 0, "grow": 0, "seed_threshold": 0.2,
+                "tta": False}
+    ckpt = boundary_checkpoint(tmp_path / "run", {"settings": settings, "metric": "ap"})
+    tifffile.imwrite(tmp_path / "a.tif", picture(0))
+    out = tmp_path / "out"
+    assert main([f"checkpoint={ckpt}", f"input={tmp_path / 'a.tif'}", f"output={out}",
+                 "outputs=probabilities,instances"]) == 0
+    assert "instances of the boundary target, tuned on its validation images" in (
+        capsys.readouterr().err
+    )
+    # The probabilities as predict computes them (its file holds them in float16).
+    from segunet.checkpoint import load_model
+    from segunet.predict import predict_tiled
+
+    model, config = load_model(ckpt)
+    probs = predict_tiled(model, image_for_model(picture(0), tmp_path / "a.tif", 1, 2,
+                                                  config["data"]), device="cpu")
+    np.testing.assert_allclose(tifffile.imread(out / "a_probabilities.tif"), probs, atol=1e-3)
+    expected = decode(probs, "boundary", PostProcess(**settings))
+    np.testing.assert_array_equal(tifffile.imread(out / "a_instances.tif"), expected)
+    # A key given on the command line wins over the tuned value.
+    again = tmp_path / "again"
+    assert main([f"checkpoint={ckpt}", f"input={tmp_path / 'a.tif'}", f"output={again}",
+                 "outputs=instances", "instances.min_size=30"]) == 0
+    expected = decode(probs, "boundary", PostProcess(**{**settings, "min_size": 30}))
+    np.testing.assert_array_equal(tifffile.imread(again / "a_instances.tif"), expected)

@@ -84,7 +84,7 @@ def test_a_perfect_boundary_target_decodes_to_the_exact_instances(dims):
     if dims == 3:  # a third object in depth: slices 3..4 hold another one
         labels[3:, 1:4, 1:4] = 9
     probs = one_hot(boundary_classes(labels), 3)
-    decoded = instances_from_boundary(probs)
+    decoded = instances_from_boundary(probs[1], probs[2])
     assert same_objects(decoded, labels)
     assert same_objects(decode(probs, "boundary"), labels)
 

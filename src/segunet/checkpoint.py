@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,17 +146,37 @@ def mismatch_detail(e: RuntimeError) -> str:
     return str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A checkpoint's model (eval mode), the resolved training config stored with it, the
+    post-processing tuned for it (``None`` if never tuned) and the file read."""
+
+    model: torch.nn.Module
+    config: dict
+    postprocess: dict | None
+    file: Path
+
+
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict]:
-    """The trained model of a checkpoint (or run folder), in eval mode, and the resolved
-    training config stored with it: the model is rebuilt from ``config["model"]``, so no
-    overrides need repeating."""
+    """The trained model of a checkpoint (or run folder's ``last.pt``), in eval mode, and
+    the resolved training config stored with it (see :func:`load_trained`)."""
+    trained = load_trained(path, device, prefer="last")
+    return trained.model, trained.config
+
+
+def load_trained(
+    path: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
+) -> Trained:
+    """The model of a checkpoint file or run folder (its ``best.pt`` where there is one, with
+    ``prefer="best"``): rebuilt from ``config["model"]``, so no overrides need repeating,
+    and only from segunet's own model classes."""
     from hydra.utils import instantiate
 
     from segunet.config import check_targets
 
-    file = resolve_checkpoint(path)
+    file = resolve_checkpoint(path, prefer)
     ckpt = _read_checkpoint(file, device)
     config = ckpt.get("config")
     if not isinstance(config, dict) or "_target_" not in config.get("model", {}):
@@ -178,4 +199,6 @@ def load_model(
         raise SegunetError(
             f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
         ) from e
-    return model.to(device).eval(), config
+    post = ckpt.get("postprocess")
+    return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
+                   file)

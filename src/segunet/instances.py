@@ -149,14 +149,16 @@ def _seeds(height: np.ndarray, mask: np.ndarray, min_distance: int, h: float | N
 
 
 def instances_from_boundary(
-    probs: np.ndarray,
+    interior: np.ndarray,
+    boundary: np.ndarray,
     threshold: float = 0.5,
     seed_threshold: float = 0.5,
     min_size: int = 0,
     connectivity: int = 1,
 ) -> np.ndarray:
     """Objects of a net trained on the ``boundary`` target (classes background, interior,
-    boundary; :mod:`segunet.data.targets`). Returns int32 labels 1..K, background 0.
+    boundary; :mod:`segunet.data.targets`), from its interior and boundary probabilities
+    ``(*spatial)``. Returns int32 labels 1..K, background 0.
 
     Seeds are the connected components of ``P(interior) > seed_threshold``; they are flooded
     over the foreground ``P(interior) + P(boundary) > threshold`` by a watershed on
@@ -166,13 +168,14 @@ def instances_from_boundary(
     """
     from skimage.segmentation import watershed
 
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.ndim < 2 or probs.shape[0] != 3:
-        raise ValueError(f"boundary-target probabilities are (3, *spatial), got {probs.shape}")
-    mask = probs[1] + probs[2] > threshold
+    interior = np.asarray(interior, dtype=np.float32)
+    boundary = np.asarray(boundary, dtype=np.float32)
+    if interior.shape != boundary.shape:
+        raise ValueError(f"interior {interior.shape} and boundary {boundary.shape} differ")
+    mask = interior + boundary > threshold
     structure = ndi.generate_binary_structure(mask.ndim, connectivity)
-    markers = ndi.label(mask & (probs[1] > seed_threshold), structure=structure)[0]
-    labels = watershed(probs[2], markers, mask=mask, connectivity=structure)
+    markers = ndi.label(mask & (interior > seed_threshold), structure=structure)[0]
+    labels = watershed(boundary, markers, mask=mask, connectivity=structure)
     missed = mask & (labels == 0)
     if missed.any():
         extra = ndi.label(missed, structure=structure)[0]

@@ -81,9 +81,26 @@ def decode(probs: np.ndarray, target: str, post: PostProcess = PostProcess()) ->
     return _filtered(_objects(probs, target, post), post.min_size)
 
 
+def decode_foreground(foreground: np.ndarray, post: PostProcess = PostProcess()) -> np.ndarray:
+    """Objects of the ``foreground`` target from the foreground probability ``(*spatial)``
+    alone (what a large image's prediction reduces to, block by block)."""
+    labels = instances_from_foreground(foreground, post.threshold, "components")
+    return _filtered(grow_into_gaps(labels, post.grow), post.min_size)
+
+
+def decode_boundary(
+    interior: np.ndarray, boundary: np.ndarray, post: PostProcess = PostProcess()
+) -> np.ndarray:
+    """Objects of the ``boundary`` target from its interior and boundary probabilities."""
+    return instances_from_boundary(interior, boundary, post.threshold, post.seed_threshold,
+                                   post.min_size)
+
+
 def _objects(probs: np.ndarray, target: str, post: PostProcess) -> np.ndarray:
     if target == "boundary":
-        return instances_from_boundary(probs, post.threshold, post.seed_threshold)
+        if probs.shape[0] != 3:
+            raise ValueError(f"boundary-target probabilities are (3, *spatial), not {probs.shape}")
+        return instances_from_boundary(probs[1], probs[2], post.threshold, post.seed_threshold)
     foreground = foreground_probability(probs, range(1, probs.shape[0]))
     labels = instances_from_foreground(foreground, post.threshold, "components")
     return grow_into_gaps(labels, post.grow)

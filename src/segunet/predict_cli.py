@@ -22,6 +22,7 @@ checked before anything is predicted; temps left by killed runs (see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import math
 import sys
@@ -49,6 +50,8 @@ from segunet.data.io import (
 )
 from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
+from segunet.instances import instances_from_foreground
+from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
 
 OUTPUTS = ("probabilities", "labels", "instances")
 #: Percentiles are computed on at most about this many pixels per channel: a strided subsample
@@ -64,7 +67,7 @@ keys (default):
   tile (auto)               network input tile, e.g. 572,572; rounded down to a valid size
                             (valid nets: at least one whose output spans a pooling step)
   batch_size (8)            tiles per forward pass
-  tta (false)               average over the 8 rotations/reflections (2D) or flips (3D)
+  tta (as tuned, else false)  average over the 8 rotations/reflections (2D) or flips (3D)
   device (auto)             auto, cpu, cuda, cuda:1, ...
   compile (false)           torch.compile the network: on a GPU about 1.5x the tiles/s
                             after a one-off compile (tens of seconds); for many or large
@@ -74,10 +77,17 @@ keys (default):
   overwrite (false)         replace existing outputs (else an existing one is an error)
   skip_existing (false)     keep existing outputs and predict only what is missing: to
                             continue a batch stopped by an error or Ctrl-C
-  instances.method (components)   components or watershed
-  instances.min_size (0)    objects of fewer pixels are removed
-  instances.threshold (0.5), instances.watershed_on (distance), instances.min_distance (3),
-  instances.h (null), instances.foreground_classes (all but 0)
+  instances.method (auto)   auto: the decoding of the checkpoint's training target with
+                            the settings `segunet tune` or training chose on its
+                            validation images (else the defaults); components or
+                            watershed: connected components / a watershed of the foreground
+  instances.threshold (tuned, else 0.5)   foreground probability
+  instances.min_size (tuned, else 0)      objects of fewer pixels are removed
+  instances.seed_threshold (tuned, else 0.5)  boundary target: interior probability of a seed
+  instances.grow (tuned, else 0)          foreground target: close gaps up to 2*grow px
+                            between touching objects
+  instances.watershed_on (distance), instances.min_distance (3), instances.h (null):
+                            the watershed method; instances.foreground_classes (all but 0)
   blend (gaussian), overlap (0.25)   tile blending of same-padded models
 
 output must be a folder you can write to (created if missing); it is checked before the
@@ -99,12 +109,12 @@ example:
 
 DEFAULTS: dict[str, Any] = {
     "checkpoint": REQUIRED, "input": REQUIRED, "output": REQUIRED,
-    "tile": None, "batch_size": "8", "tta": "false", "device": "auto", "compile": "false",
+    "tile": None, "batch_size": "8", "tta": None, "device": "auto", "compile": "false",
     "outputs": ",".join(OUTPUTS), "format": "tif", "overwrite": "false",
     "skip_existing": "false",
     "blend": "gaussian", "overlap": "0.25",
-    "instances.method": "components", "instances.min_size": "0",
-    "instances.threshold": "0.5", "instances.watershed_on": "distance",
+    "instances.method": "auto", "instances.min_size": None, "instances.threshold": None,
+    "instances.seed_threshold": None, "instances.grow": None, "instances.watershed_on": "distance",
     "instances.min_distance": "3", "instances.h": None, "instances.foreground_classes": None,
 }
 
@@ -387,7 +397,7 @@ class Options:
         tile = to_ints(args["tile"], "tile")
         self.tile = tile[0] if tile is not None and len(tile) == 1 else tile  # one: every axis
         self.batch_size = _at_least(to_number(args["batch_size"], "batch_size"), "batch_size", 1)
-        self.tta = to_bool(args["tta"], "tta")
+        self.tta = None if args["tta"] in (None, "null") else to_bool(args["tta"], "tta")
         self.device = args["device"]
         self.compile = to_bool(args["compile"], "compile")
         self.outputs = [o.strip() for o in args["outputs"].split(",") if o.strip()]
@@ -412,34 +422,33 @@ class Options:
         if self.overlap is None or not 0 <= self.overlap < 1:
             raise SegunetError(f"overlap={args['overlap']} is not valid: expected 0 <= overlap < 1")
         method = args["instances.method"]
-        if method not in ("components", "watershed"):
+        if method not in ("auto", "components", "watershed"):
             raise SegunetError(
-                f"instances.method={method} is not valid: expected components or watershed"
+                f"instances.method={method} is not valid: expected auto, components or watershed"
             )
         on = args["instances.watershed_on"]
         if on not in ("distance", "probability"):
             raise SegunetError(
                 f"instances.watershed_on={on} is not valid: expected distance or probability"
             )
-        threshold = to_number(args["instances.threshold"], "instances.threshold", float)
-        if threshold is None or not 0 <= threshold < 1:
-            raise SegunetError(
-                f"instances.threshold={args['instances.threshold']} is not valid: expected a "
-                "probability, 0 <= threshold < 1"
-            )
         h = to_number(args["instances.h"], "instances.h", float)
         if h is not None and h <= 0:
             raise SegunetError(f"instances.h={args['instances.h']} is not valid: expected h > 0 "
                                "(or null for peak_local_max seeds)")
         # Checked here, not after the prediction: a bad value would otherwise stop the run
-        # with the probabilities and labels already written.
+        # with the probabilities and labels already written. None: as tuned (or the default).
+        self.method = method
+        self.given = {
+            "threshold": _probability(args["instances.threshold"], "instances.threshold"),
+            "seed_threshold": _probability(args["instances.seed_threshold"],
+                                           "instances.seed_threshold"),
+            "min_size": _optional_at_least(args["instances.min_size"], "instances.min_size", 0),
+            "grow": _optional_at_least(args["instances.grow"], "instances.grow", 0),
+        }
         self.instances = {
-            "method": method,
-            "min_size": _at_least(
-                to_number(args["instances.min_size"], "instances.min_size") or 0,
-                "instances.min_size", 0,
-            ),
-            "threshold": threshold,
+            "method": "components" if method == "auto" else method,
+            "min_size": self.given["min_size"] or 0,
+            "threshold": 0.5 if self.given["threshold"] is None else self.given["threshold"],
             "watershed_on": on,
             "min_distance": _at_least(
                 to_number(args["instances.min_distance"], "instances.min_distance"),
@@ -456,6 +465,18 @@ class Options:
             raise SegunetError(
                 f"instances.foreground_classes={classes} is not valid: expected e.g. 1,2"
             ) from None
+
+
+def _probability(value: str | None, key: str) -> float | None:
+    number = to_number(value, key, float)
+    if number is not None and not 0 <= number < 1:
+        raise SegunetError(f"{key}={value} is not valid: expected a probability, 0 <= p < 1")
+    return number
+
+
+def _optional_at_least(value: str | None, key: str, low: int) -> int | None:
+    number = to_number(value, key)
+    return None if number is None else _at_least(number, key, low)
 
 
 def _at_least(value: int | None, key: str, low: int) -> int:
@@ -478,7 +499,7 @@ def predict_files(options: Options) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
     does not stop halfway on them."""
-    from segunet.checkpoint import load_model
+    from segunet.checkpoint import load_trained
 
     inputs = expand_inputs(options.input)
     todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
@@ -489,7 +510,12 @@ def predict_files(options: Options) -> list[Path]:
         )
     if todo:  # before the output folder: a bad checkpoint creates nothing
         device = resolve_device(options.device)
-        model, config = load_model(options.checkpoint, device)
+        trained = load_trained(options.checkpoint, device)
+        model, config = trained.model, trained.config
+        options.decoder = Decoder.of(options, config, trained.postprocess)
+        if options.tta is None:
+            options.tta = bool(options.decoder.post and options.decoder.post.tta)
+        print(f"segunet: {trained.file}: {options.decoder.describe()}", file=sys.stderr)
     output_folder(options.output, f"output={options.output}")
     removed = remove_stale_temps(options.output)
     if removed:
@@ -587,7 +613,6 @@ def predict_file(
     """Predict one image and write the requested outputs to ``targets``."""
     from segunet.checkpoint import unwrap
     from segunet.data.io import write_array
-    from segunet.instances import instances_from_foreground
     from segunet.predict import predict_tiled
 
     net = unwrap(model)  # the sizes of a compiled model's network
@@ -630,9 +655,8 @@ def predict_file(
             elif "labels" in targets:
                 written.append(write_array(targets["labels"], argmax_of(probs, rows)))
             if "instances" in targets:
-                fg = foreground_of(probs, foreground, rows)
-                del probs  # only the foreground is needed from here on
-                labels = instances_from_foreground(fg, **options.instances)
+                labels = options.decoder(probs, foreground, rows)
+                del probs
                 written.append(
                     write_array(targets["instances"], labels.astype(label_dtype(labels.max())))
                 )
@@ -651,7 +675,6 @@ def predict_stack(
     ``(Z, Y, X)``. Instances are the 2D objects of each slice, numbered on through the stack
     (uint32), so no two slices share an id. Only one slice's results are in memory."""
     from segunet.checkpoint import unwrap
-    from segunet.instances import instances_from_foreground
     from segunet.predict import predict_tiled
 
     classes = unwrap(model).out_channels
@@ -681,11 +704,50 @@ def predict_stack(
             if "labels" in out:
                 out["labels"][z] = argmax_of(probs, rows)
             if "instances" in out:
-                fg = foreground_of(probs, foreground, rows)
-                objects = instances_from_foreground(fg, **options.instances).astype(np.uint32)
+                objects = options.decoder(probs, foreground, rows).astype(np.uint32)
                 out["instances"][z] = np.where(objects > 0, objects + count, 0)
                 count += int(objects.max())
     return list(targets.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """How the instances are made: with ``instances.method=auto`` the decoding of the
+    checkpoint's training target (:mod:`segunet.postprocess`) with its tuned settings, each
+    overridden by an ``instances.*`` key given; else the components or watershed of the
+    foreground (:func:`segunet.instances.instances_from_foreground`)."""
+
+    target: str
+    post: PostProcess | None  # None: the components/watershed method of ``instances``
+    instances: dict[str, Any]
+    tuned: bool = False
+
+    @classmethod
+    def of(cls, options: Options, config: dict, tuned: dict | None) -> Decoder:
+        target = (config.get("data") or {}).get("target", "foreground")
+        if options.method != "auto":
+            return cls(target, None, options.instances)
+        base = PostProcess.from_dict(tuned["settings"]) if tuned else PostProcess()
+        given = {k: v for k, v in options.given.items() if v is not None}
+        return cls(target, dataclasses.replace(base, **given), {}, tuned is not None)
+
+    def __call__(self, probs: Any, foreground: Sequence[int], rows: int) -> np.ndarray:
+        """Objects of ``probs`` ``(C, *spatial)`` (an array or a zarr store on disk, read
+        ``rows`` at a time: only the maps a decoding needs come into memory)."""
+        if self.post is None:
+            return instances_from_foreground(foreground_of(probs, foreground, rows),
+                                             **self.instances)
+        if self.target == "boundary":
+            interior, boundary = (foreground_of(probs, [k], rows) for k in (1, 2))
+            return decode_boundary(interior, boundary, self.post)
+        return decode_foreground(foreground_of(probs, foreground, rows), self.post)
+
+    def describe(self) -> str:
+        if self.post is None:
+            return f"instances by {self.instances['method']}"
+        settings = ", ".join(f"{k}={v}" for k, v in self.post.as_dict().items())
+        how = "tuned on its validation images" if self.tuned else "defaults (never tuned)"
+        return f"instances of the {self.target} target, {how}: {settings}"
 
 
 def foreground_classes(options: Options, classes: int, targets: dict[str, Path]) -> tuple:
