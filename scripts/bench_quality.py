@@ -32,10 +32,12 @@ segunet's recipes are ``experiment=<dataset>_cpu`` (``--preset cpu`` and ``tiny`
 ``experiment=<dataset>`` (``gpu``) plus the method's overrides and ``data.metric`` of the
 dataset, trained by the real command line in a subprocess, so the bench measures what a user
 gets; ``--preset tiny`` shrinks the CPU recipe to a smoke test (3-level net of 4-16 channels,
-a few steps, 6 trainval images (20 slices in 3D) and 4 test images, a tiny BasicUNet). Every
-model is used as it is after its last step (``checkpoints/last.pt``, what ``segunet predict
-checkpoint=<run>`` loads), and test images are predicted with
-``segunet.predict.predict_tiled`` (test-time augmentation where the search chose it).
+a few steps, 6 trainval images (20 slices in 3D) and 4 test images, a tiny BasicUNet). A
+segunet run is used as ``segunet predict checkpoint=<run>`` uses it: its ``best.pt`` (the
+validation score's best; ``--checkpoint last`` for its final weights, the MONAI baseline's
+protocol: a plain loop selects nothing), decoded with that checkpoint's tuned settings; test
+images are predicted with ``segunet.predict.predict_tiled`` (test-time augmentation where
+the search chose it).
 
 Budget: every method trains the same number of steps at the same batch size (the recipe's
 ``trainer.max_steps`` and ``trainer.batch_size``; ``--preset cpu`` caps the steps so that the
@@ -151,6 +153,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every recipe (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="which checkpoint of a segunet run is scored (default best, as "
+                        "segunet predict)")
     p.add_argument("--shared", type=Path, default=quality_data.SHARED,
                    help=f"the shared data folder (default {quality_data.SHARED})")
     args = p.parse_args(argv)
@@ -429,6 +434,7 @@ class Result:
     run: str
     train_steps: int
     batch_size: int
+    checkpoint_step: int  # the step of the weights scored (best.pt: maybe before the last)
     train_s: float
     postprocess: dict | str  # the settings decoded with, or how the objects were made
     overrides: list[str]
@@ -436,6 +442,7 @@ class Result:
     tune_s: float | None = None
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
     per_image: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    checkpoint: str = ""
     predictions: str = ""
     notes: str = ""
 
@@ -474,27 +481,29 @@ def segunet_results(run: str, methods: Sequence[str], run_dir: Path, train_s: fl
                     overrides: list[str], val: Sequence[Volume] | None,
                     data_cfg: dict | None, spec: Dataset,
                     test: Sequence[HeldOut], device: torch.device,
-                    out_dir: Path) -> list[Result]:
-    """Score a segunet run's methods: its own search's settings, and for ``foreground`` a
-    search restricted to ``grow=0`` on ``val``."""
-    from segunet.checkpoint import load_checkpoint, load_model
+                    out_dir: Path, checkpoint: str = "best") -> list[Result]:
+    """Score a segunet run's methods with its ``checkpoint`` (best or last): that
+    checkpoint's own search's settings, and for ``foreground`` a search restricted to
+    ``grow=0`` on ``val``."""
+    from segunet.checkpoint import load_checkpoint, load_trained
     from segunet.predict import predict_tiled
 
-    model, config = load_model(run_dir, device)  # a run folder: checkpoints/last.pt
-    ckpt = load_checkpoint(run_dir)
+    trained = load_trained(run_dir, device, prefer=checkpoint)
+    model, config, stored = trained.model, trained.config, trained.postprocess
+    step = int(load_checkpoint(trained.file)["step"])
     target = config["data"]["target"]
     if data_cfg is not None and {**config["data"], "target": None} != {**data_cfg, "target": None}:
         raise SystemExit(f"bench_quality: {run_dir} trained on other data than the bench "
                          "composed (its validation images would differ)")
-    stored = ckpt.get("postprocess")
-    steps, batch = int(ckpt["step"]), int(config["trainer"]["batch_size"])
+    steps, batch = int(config["trainer"]["max_steps"]), int(config["trainer"]["batch_size"])
 
     def predict(image: np.ndarray, use_tta: bool) -> np.ndarray:
         return predict_tiled(model, image, device=device, tta=use_tta)
 
     results, settings = [], {}
     for method in methods:
-        r = Result(method, run, steps, batch, train_s, {}, overrides)
+        r = Result(method, run, steps, batch, step, train_s, {}, overrides,
+                   checkpoint=str(trained.file))
         if method == "foreground":  # the same search, gap growth left out
             tune_cfg = instantiate_group(config, "postprocess", str(run_dir))
             grid = {**(tune_cfg.grid or {}), "grow": [0]}
@@ -543,8 +552,8 @@ def monai_results(methods: Sequence[str], data: SegmentationData, recipe: Any,
 
     results, decoders, tta = [], {}, {}
     for method in methods:
-        r = Result(method, "monai", steps, batch, train_s, "argmax + connected components",
-                   overrides)
+        r = Result(method, "monai", steps, batch, steps, train_s,
+                   "argmax + connected components", overrides, checkpoint="final weights")
         decoders[method], tta[method] = monai_objects, False
         if method == "monai_tuned":
             # The foreground recipe's search (its grid, its TTA choice) on the same images.
@@ -600,7 +609,9 @@ def table(results: Sequence[Result], spec: Dataset) -> str:
     for r in results:
         post = r.postprocess if isinstance(r.postprocess, str) else " ".join(
             f"{k}={v}" for k, v in r.postprocess.items())
-        rows.append([r.method, *(f"{r.scores[k]:.4f}" for k in spec.scores), str(r.train_steps),
+        steps = str(r.train_steps) + (
+            f" (ckpt {r.checkpoint_step})" if r.checkpoint_step != r.train_steps else "")
+        rows.append([r.method, *(f"{r.scores[k]:.4f}" for k in spec.scores), steps,
                      f"{r.train_s:.0f}" if r.train_s >= 100 else f"{r.train_s:.1f}", post])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
@@ -658,8 +669,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             methods = [m for m in METHODS if m in args.methods and RUN_OF[m] == run]
             results += segunet_results(run, methods, workdir / run, train_s[run], recipes[run],
                                        data.val if data is not None else None, data_cfg, spec,
-                                       test,
-                                       device, workdir / "predictions")
+                                       test, device, workdir / "predictions", args.checkpoint)
     results.sort(key=lambda r: METHODS.index(r.method))
 
     headline = spec.scores[0]
@@ -671,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "dataset": spec.name, "preset": args.preset, "experiment": experiment,
         "spatial_dims": spec.dims, "metric": spec.metric, "headline": headline,
+        "checkpoint": args.checkpoint,
         "default_method": default, "default_over_monai": ratio,
         "budget": {"steps": int(fg.trainer.max_steps), "batch_size": int(fg.trainer.batch_size),
                    "cap": "equal steps and batch size; wall-clock reported, not capped"},
