@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from segunet import cli, distributed
+from segunet import cli, distributed, errors
 from segunet.data.datasets import StepSampler
 from segunet.errors import SegunetError
 from segunet.train import build_trainer, run
@@ -215,12 +215,12 @@ def test_torchrun_turns_its_failures_into_an_exit_status(monkeypatch, exitcodes,
 
 def test_other_ranks_hold_back_their_error_for_rank_0(monkeypatch, capsys):
     waits = []
-    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    monkeypatch.setattr(errors.time, "sleep", waits.append)
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
-        with pytest.raises(SystemExit), cli.report_errors():
+        with pytest.raises(SystemExit), errors.report_errors():
             raise SegunetError("bad")
-    assert waits == [cli.OTHER_RANKS_REPORT_AFTER_S]
+    assert waits == [errors.OTHER_RANKS_REPORT_AFTER_S]
     assert capsys.readouterr().err.count("segunet: error: bad") == 2
 
 

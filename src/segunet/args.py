@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from segunet.errors import SegunetError
+from segunet.errors import SegunetError, report_errors
 
 REQUIRED = object()  # the default of a key the user must give
 
@@ -89,8 +89,6 @@ def run_command(body: Callable[[], None], usage: str, argv: Sequence[str]) -> in
     if any(a in ("-h", "--help", "help") for a in argv):
         print(usage)
         return 0
-    from segunet.cli import report_errors
-
     try:
         with report_errors(), _first_interrupt_only():
             try:

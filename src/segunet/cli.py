@@ -11,23 +11,16 @@ import argparse
 import contextlib
 import importlib
 import io
-import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segunet.errors import report_errors
+
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-# How long a rank other than 0 holds back its error: every rank meets the same bad setting,
-# rank 0 reports it, and torchrun then stops the others; only an error of one rank's own
-# outlasts the wait. Without it torchrun could stop rank 0 before it says anything.
-OTHER_RANKS_REPORT_AFTER_S = 10.0
 
 USAGE = """usage: segunet <command> [overrides ...]
 
@@ -54,42 +47,6 @@ examples:
   segunet evaluate pred=out/ gt=data/dsb2018/train/masks out=metrics.json
   segunet tune checkpoint=outputs/train/<run> tta=true
 """
-
-
-def _one_line(e: BaseException) -> str:
-    """The most specific message in an exception chain, on one line."""
-    from hydra.errors import InstantiationException
-
-    while isinstance(e, InstantiationException) and e.__cause__ is not None:
-        e = e.__cause__
-    # Hydra lists the available options on indented lines: keep them, on the same line.
-    text = str(e).replace("\n\t", ", ").replace(":,", ":")
-    text = " ".join(text.split())
-    if isinstance(e, (ValueError, TypeError)) and not text.startswith(type(e).__name__):
-        return text
-    return text or type(e).__name__
-
-
-@contextmanager
-def report_errors() -> Iterator[None]:
-    """Turn expected failures into ``segunet: error: <message>`` and exit status 2."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from segunet.errors import SegunetError
-
-    expected = (SegunetError, HydraException, OmegaConfBaseException, FileNotFoundError)
-    try:
-        yield
-    except expected as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        from segunet.distributed import env_world
-
-        if not env_world().main:
-            time.sleep(OTHER_RANKS_REPORT_AFTER_S)
-        print(f"segunet: error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
 
 
 def hydra_args(argv: list[str]) -> argparse.Namespace | None:

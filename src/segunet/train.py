@@ -51,7 +51,7 @@ from segunet.data.datasets import (
     cut_sample,
     to_tensors,
 )
-from segunet.errors import SegunetError, first_line
+from segunet.errors import SegunetError, first_line, report_errors
 from segunet.logger import LoggingConfig, TensorBoardLogger, classes_picture, panel
 from segunet.metrics import OverlapCounter, TaskScorer, metric_key
 from segunet.postprocess import PostProcess, decode
@@ -837,10 +837,13 @@ def _shared_run_dir(run_dir: Path, world: distributed.World) -> Path:
     return shared
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float:
-    from segunet.cli import report_errors
+def main() -> None:
+    """``segunet train``: the Hydra app, reading its overrides from ``sys.argv``."""
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+    app(_train)()
 
+
+def _train(cfg: DictConfig) -> float:
     with report_errors():
         try:
             with interrupts.sigterm_interrupts():

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from segunet.config import config_dir, instantiate_group
 from segunet.data import weightmaps_cache
+from segunet.errors import report_errors
 
 # This command writes no run folder, no .hydra/ and no log file: it only fills the cache.
 QUIET = {
@@ -54,10 +55,7 @@ def precompute(cfg: DictConfig) -> weightmaps_cache.CacheStats:
     return done
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _app(cfg: DictConfig) -> None:
-    from segunet.cli import report_errors
-
     with report_errors():
         precompute(cfg)
 
@@ -67,7 +65,7 @@ def main() -> None:
     given = {arg.split("=", 1)[0].removeprefix("+").removeprefix("override ")
              for arg in sys.argv[1:]}
     sys.argv += [f"{key}={value}" for key, value in QUIET.items() if key not in given]
-    _app()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(_app)()
 
 
 if __name__ == "__main__":
