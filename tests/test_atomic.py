@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from segunet.atomic import write_atomic
 from segunet.checkpoint import save_atomic

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_predict import FailingImage, random_image, unet
+from helpers import FailingImage, random_image, unet
 
 from segunet.merger import BandMerger, ZarrMerger
 from segunet.predict import predict_tiled

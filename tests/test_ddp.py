@@ -5,7 +5,7 @@ import signal
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from segunet import cli, distributed, errors
 from segunet.data.datasets import StepSampler

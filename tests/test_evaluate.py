@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import skimage.metrics as skm
 import torch
+from helpers import blobs
 from scipy import ndimage
 
 from segunet.data.io import read_array, write_array
@@ -28,17 +29,6 @@ from segunet.metrics import (
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def blobs(shape: tuple[int, ...], n: int, seed: int, offset: int = 0) -> np.ndarray:
-    """A random instance map: Voronoi-like regions around ``n`` seeds, some background."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, dtype=np.int64)
-    seeds[tuple(rng.integers(0, s, n) for s in shape)] = np.arange(1, n + 1)
-    _, where = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    labels = seeds[tuple(where)] + offset
-    labels[rng.random(shape) < 0.2] = 0
-    return labels
-
-
 # --- against skimage ----------------------------------------------------------------------
 
 
@@ -48,7 +38,7 @@ def test_rand_and_vi_agree_with_skimage_on_random_labels(seed, ignore):
     rng = np.random.default_rng(seed)
     shape = (30, 41) if seed % 2 else (6, 20, 17)  # 2D and 3D
     gt = rng.integers(0, 7, shape)
-    pred = blobs(shape, 9, seed) if seed < 2 else rng.integers(0, 12, shape)
+    pred = blobs(shape, 9, seed, holes=0.2) if seed < 2 else rng.integers(0, 12, shape)
     error, precision, recall = adapted_rand_error(pred, gt, ignore_labels=ignore)
     sk_error, sk_precision, sk_recall = skm.adapted_rand_error(gt, pred, ignore_labels=ignore)
     # skimage's precision and recall are swapped (scikit-image #6485); the error is symmetric.
@@ -60,7 +50,7 @@ def test_rand_and_vi_agree_with_skimage_on_random_labels(seed, ignore):
 
 
 def test_large_label_values_take_the_sorting_path_and_agree():
-    gt, pred = blobs((40, 40), 12, 5), blobs((40, 40), 15, 6)
+    gt, pred = blobs((40, 40), 12, 5, holes=0.2), blobs((40, 40), 15, 6, holes=0.2)
     big_gt = np.where(gt > 0, gt + 200_000, 0)  # too sparse for the lookup table
     big_pred = np.where(pred > 0, pred * 99_991, 0).astype(np.uint64)
     assert adapted_rand_error(big_pred, big_gt) == pytest.approx(adapted_rand_error(pred, gt))
@@ -122,7 +112,7 @@ GT_ONE[:4, :] = 1  # one object, 32 px
 
 
 def test_perfect_and_empty():
-    gt = blobs((32, 32), 8, 1)
+    gt = blobs((32, 32), 8, 1, holes=0.2)
     pred = np.where(gt > 0, gt * 7 + 100, 0)  # other ids, same objects
     assert set(average_precision(pred, gt).values()) == {1.0}
     assert seg_score(pred, gt) == 1.0
@@ -217,7 +207,7 @@ def test_evaluate_pair_multiclass_is_semantic_only():
 
 
 def test_instance_scores_share_one_table_consistently():
-    pred, gt = blobs((30, 30), 10, 2), blobs((30, 30), 8, 3)
+    pred, gt = blobs((30, 30), 10, 2, holes=0.2), blobs((30, 30), 8, 3, holes=0.2)
     m = instance_scores(pred, gt)
     assert (m["rand_error"], m["rand_precision"], m["rand_recall"]) == pytest.approx(
         adapted_rand_error(pred, gt, ignore_labels=(0,)))
@@ -232,7 +222,7 @@ def test_instance_scores_share_one_table_consistently():
 def folders(tmp_path):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     for i, name in enumerate(["a", "b"]):
-        g = blobs((24, 24), 5, i).astype(np.uint8)
+        g = blobs((24, 24), 5, i, holes=0.2).astype(np.uint8)
         write_array(gt / f"{name}.png", g)
         write_array(pred / f"{name}.tif", g if i == 0 else np.roll(g, 1, axis=0))
     return pred, gt

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import save_tiny_checkpoint
+from helpers import save_tiny_checkpoint
 
 from segunet.checkpoint import load_model
 from segunet.errors import SegunetError

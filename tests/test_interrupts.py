@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from segunet import train
 from segunet.errors import SegunetError

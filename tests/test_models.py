@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import n_params
 from torch import nn
 
 from segunet.errors import SegunetError
@@ -13,10 +14,6 @@ from segunet.models.blocks import DoubleConv, center_crop, he_init
 from segunet.models.shapes import nearest_valid_sizes, output_size, valid_input_size
 
 TINY = (4, 8, 16, 32, 64)  # shapes do not depend on widths, so tests use narrow nets
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def convs(module: nn.Module) -> list[nn.Module]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY
+from helpers import TINY, n_params
 from torch import nn
 
 from segunet.checkpoint import save_atomic
@@ -25,10 +25,6 @@ VARIANTS = {
     "unet3plus": (UNet3Plus, {"deep_supervision": True}),
     "resunet": (ResUNet, {"num_heads": 2, "image_size": 16, "attention_resolution": 8}),
 }
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def build(name: str, spatial_dims: int = 2, **kwargs) -> nn.Module:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import TINY, run_cli
-from tiny_models import save_tiny_checkpoint
+from helpers import TINY, run_cli, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 from segunet.errors import SegunetError
 from segunet.metrics import isbi_scores

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from helpers import FailingImage, random_image, unet, whole_image_reference
 
 from segunet.errors import SegunetError
 from segunet.merger import InMemoryMerger, Merger, ZarrMerger
@@ -24,30 +25,6 @@ from segunet.predict import (
     tile_shapes,
     tile_within,
 )
-
-
-def unet(padding="valid", spatial_dims=2, channels=(4, 8, 16), in_channels=1, out_channels=2):
-    torch.manual_seed(0)
-    return UNet(in_channels, out_channels, spatial_dims, channels, padding=padding)
-
-
-def random_image(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def whole_image_reference(model, image):
-    """The network applied once to the whole image, mirror-padded by the context margin (and
-    at the far end as far as a valid input size needs), cropped back to the image."""
-    spatial = image.shape[1:]
-    smallest = model.valid_input_shape([1] * model.spatial_dims)
-    margin = [(i - o) // 2 for i, o in zip(smallest, model.output_shape(smallest))]
-    total = model.valid_input_shape([n + 2 * m for n, m in zip(spatial, margin)])
-    pad = [(0, 0)] + [(m, t - n - m) for n, m, t in zip(spatial, margin, total)]
-    padded = np.pad(image, pad, mode="reflect")
-    with torch.no_grad():
-        probs = torch.softmax(model.eval()(torch.from_numpy(padded[None])), 1)[0].numpy()
-    return probs[(slice(None), *(slice(0, n) for n in spatial))]
-
 
 # --- pure geometry -----------------------------------------------------------------------
 
@@ -333,19 +310,6 @@ def test_wrong_out_shape_and_options():
         predict_tiled(unet("same"), image, blend="median")
     with pytest.raises(SegunetError, match="overlap"):
         predict_tiled(unet("same"), image, overlap=1.0)
-
-
-class FailingImage:
-    """An array-like whose reads fail after a few tiles, like a truncated file."""
-
-    def __init__(self, array, reads_ok):
-        self.array, self.shape, self.ndim, self.reads_ok = array, array.shape, array.ndim, reads_ok
-
-    def __getitem__(self, index):
-        self.reads_ok -= 1
-        if self.reads_ok < 0:
-            raise OSError("read failed")
-        return self.array[index]
 
 
 class FailingMerger(InMemoryMerger):

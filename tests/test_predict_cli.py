@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from tiny_models import save_tiny_checkpoint
+from helpers import save_tiny_checkpoint
 
 from segunet.data.sources import image_channels_first, prepare_image
 from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main

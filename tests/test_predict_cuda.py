@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from test_predict import random_image, unet, whole_image_reference
+from helpers import random_image, unet, whole_image_reference
 
 from segunet.predict import predict_tiled
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from segunet.errors import SegunetError
 from segunet.resume import config_changes

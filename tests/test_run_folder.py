@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 from segunet import run_folder
 from segunet.atomic import temp_name

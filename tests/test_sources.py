@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import touching_squares
 from hydra.utils import instantiate
 
 from segunet.data.io import write_array
@@ -26,17 +27,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 NO_CACHE = {"cache_dir": None}
 
 
-def blobs(shape=(32, 40), seed=0):
-    """An instance image: two touching squares and a separate one; and a textured image."""
-    inst = np.zeros(shape, np.uint16)
-    inst[4:14, 4:14] = 1
-    inst[4:14, 14:24] = 2  # touches 1
-    inst[20:28, 28:36] = 3
-    rng = np.random.default_rng(seed)
-    image = (inst > 0) * 120 + rng.integers(0, 60, shape)
-    return image.astype(np.uint8), inst
-
-
 def one_line(info, *names):
     message = str(info.value)
     assert "\n" not in message, message
@@ -47,7 +37,7 @@ def one_line(info, *names):
 
 def write_folder(root, n=6, image_ext="png", label_ext="tif", rgb=False, label_fn=None):
     for i in range(n):
-        image, inst = blobs(seed=i)
+        image, inst = touching_squares(seed=i)
         if rgb:
             image = np.stack([image, image // 2, 255 - image], axis=-1)
         write_array(root / "images" / f"img{i:02d}.{image_ext}", image)
@@ -104,7 +94,7 @@ def test_class_balance_weights():
 
 
 def test_weight_maps_in_one_call_match_the_per_image_weight_map():
-    instances = [blobs(seed=i)[1] for i in range(3)]
+    instances = [touching_squares(seed=i)[1] for i in range(3)]
     valid = [np.ones(i.shape, bool) for i in instances]
     valid[1][:, :5] = False
     maps = border_weight_maps(instances, valid, w0=10, sigma=5, cache_dir=None)
@@ -115,7 +105,7 @@ def test_weight_maps_in_one_call_match_the_per_image_weight_map():
 def test_synthetic_and_volume_from_instances_still_work():
     data = synthetic(n_train=2, n_val=1, shape=(64, 64), **NO_CACHE)
     assert len(data.train) == 2 and len(data.val) == 1 and data.in_channels == 1
-    image, inst = blobs()
+    image, inst = touching_squares()
     v = volume_from_instances("x", image.astype(np.float32), inst)
     np.testing.assert_array_equal(v.label, separate_touching(inst) > 0)
     assert v.image.shape == (1, *inst.shape) and v.weight.max() > 5
@@ -137,7 +127,7 @@ def test_folder_of_grey_png_and_instance_tiffs(tmp_path):
     assert (len(data.train), len(data.val)) == (4, 2)
     assert data.num_classes == 2 and data.spatial_dims == 2 and data.in_channels == 1
     v = data.train[0]
-    image, inst = blobs(seed=int(v.name[3:]))
+    image, inst = touching_squares(seed=int(v.name[3:]))
     assert v.image.dtype == np.float32 and v.image.shape == (1, 32, 40)
     np.testing.assert_allclose(v.image, normalize_percentile(image[None]), atol=1e-6)
     np.testing.assert_array_equal(v.label, separate_touching(inst) > 0)
@@ -153,13 +143,13 @@ def test_folder_rgb_kept_or_converted_to_grey(tmp_path):
 
 def test_folder_binary_labels_with_suffix(tmp_path):
     for i in range(3):
-        image, inst = blobs(seed=i)
+        image, inst = touching_squares(seed=i)
         write_array(tmp_path / "img" / f"a{i}.tif", image)
         write_array(tmp_path / "lab" / f"a{i}_mask.png", ((inst > 0) * 255).astype(np.uint8))
     data = folder(tmp_path, images="img", labels="lab", label_suffix="_mask",
                   label_kind="binary", val_fraction=0.3, **NO_CACHE)
     v = data.train[0]
-    np.testing.assert_array_equal(v.label, blobs()[1] > 0)
+    np.testing.assert_array_equal(v.label, touching_squares()[1] > 0)
     # The two touching squares form one component: no border term between them.
     assert v.weight[8, 14] == v.weight[8, 13]
 
@@ -182,7 +172,7 @@ def test_folder_classes_with_ignore_value(tmp_path):
 
 def test_folder_of_3d_stacks(tmp_path):
     for i in range(3):
-        image, inst = blobs(seed=i)
+        image, inst = touching_squares(seed=i)
         write_array(tmp_path / "images" / f"v{i}.tif", np.stack([image] * 4))
         write_array(tmp_path / "masks" / f"v{i}.tif", np.stack([inst] * 4))
     data = folder(tmp_path, spatial_dims=3, val_fraction=0.3, **NO_CACHE)
@@ -227,7 +217,7 @@ def test_folder_errors_are_one_line_naming_the_file(tmp_path):
         folder(tmp_path, **NO_CACHE)
     one_line(info, "img02.png", "img02.tif")
 
-    write_array(tmp_path / "masks" / "img02.tif", blobs()[1] * 7)
+    write_array(tmp_path / "masks" / "img02.tif", touching_squares()[1] * 7)
     with pytest.raises(SegunetError, match=r"expected \{0, 255\}") as info:
         folder(tmp_path, label_kind="binary", **NO_CACHE)
     one_line(info, "img00.tif", "data.foreground_value")
@@ -264,7 +254,7 @@ def test_negative_instance_labels_suggest_ignore_value(tmp_path):
 
 
 def write_stack(root, depth=10):
-    images, labels = zip(*(blobs(seed=z) for z in range(depth)))
+    images, labels = zip(*(touching_squares(seed=z) for z in range(depth)))
     write_array(root / "train-volume.tif", np.stack(images))
     write_array(root / "train-labels.tif", (np.stack(labels) > 0).astype(np.uint8) * 255)
     return np.stack(images), np.stack(labels)
@@ -291,7 +281,7 @@ def test_tiff_stack_as_3d_splits_the_z_slab(tmp_path):
 
 @pytest.mark.parametrize("ext", ["h5", "zarr"])
 def test_volume_file_with_sparse_labels(tmp_path, ext):
-    image, inst = blobs()
+    image, inst = touching_squares()
     raw = np.stack([image] * 8)
     labels = np.stack([inst] * 8).astype(np.int32)
     labels[1::2] = -1  # every other slice unlabelled

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli, whole_image_reference
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_predict import whole_image_reference
 
 from segunet.config import config_dir
 from segunet.data.io import write_array

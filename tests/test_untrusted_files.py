@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import TINY, run_cli
-from tiny_models import save_tiny_checkpoint
+from helpers import TINY, run_cli, save_tiny_checkpoint
 
 from segunet import export, predict_cli
 from segunet.config import check_all_targets, config_dir

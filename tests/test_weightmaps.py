@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
+from helpers import blobs
 
 from segunet.data import weightmaps
 from segunet.data.weightmaps import (
@@ -15,38 +15,30 @@ from segunet.data.weightmaps import (
     separate_touching,
 )
 
-
-def blobs(shape: tuple[int, ...], n: int, radius: float, seed: int) -> np.ndarray:
-    """Random seeds grown to ``radius`` inside their Voronoi cells: close seeds give touching
-    blobs, distant ones isolated blobs."""
-    rng = np.random.default_rng(seed)
-    seeds = np.zeros(shape, np.int32)
-    seeds[tuple(rng.integers(0, s, n) for s in shape)] = np.arange(1, n + 1)
-    dist, nearest = ndi.distance_transform_edt(seeds == 0, return_indices=True)
-    return np.where(dist < radius, seeds[tuple(nearest)], 0)
-
-
 CASES = {
-    "2d touching": dict(instances=blobs((64, 64), 12, 7, seed=0)),
-    "2d distant": dict(instances=blobs((80, 80), 3, 3, seed=1)),
-    "2d separated": dict(instances=separate_touching(blobs((64, 48), 10, 8, seed=2))),
-    "2d near border": dict(instances=blobs((20, 90), 6, 4, seed=3)),
-    "3d": dict(instances=blobs((16, 24, 24), 8, 5, seed=4)),
-    "2d spacing": dict(instances=blobs((48, 64), 9, 6, seed=5), spacing=(1.0, 0.4)),
-    "3d spacing": dict(instances=blobs((12, 24, 20), 7, 5, seed=6), spacing=(2.5, 1.0, 0.8)),
-    "3d thick slices": dict(instances=blobs((10, 30, 28), 9, 6, seed=14), spacing=(3.0, 0.7, 0.7)),
-    "3d large": dict(instances=blobs((40, 44, 36), 14, 7, seed=15), w0=20.0, sigma=6.0),
+    "2d touching": dict(instances=blobs((64, 64), 12, seed=0, radius=7)),
+    "2d distant": dict(instances=blobs((80, 80), 3, seed=1, radius=3)),
+    "2d separated": dict(instances=separate_touching(blobs((64, 48), 10, seed=2, radius=8))),
+    "2d near border": dict(instances=blobs((20, 90), 6, seed=3, radius=4)),
+    "3d": dict(instances=blobs((16, 24, 24), 8, seed=4, radius=5)),
+    "2d spacing": dict(instances=blobs((48, 64), 9, seed=5, radius=6), spacing=(1.0, 0.4)),
+    "3d spacing": dict(instances=blobs((12, 24, 20), 7, seed=6, radius=5),
+                       spacing=(2.5, 1.0, 0.8)),
+    "3d thick slices": dict(instances=blobs((10, 30, 28), 9, seed=14, radius=6),
+                            spacing=(3.0, 0.7, 0.7)),
+    "3d large": dict(instances=blobs((40, 44, 36), 14, seed=15, radius=7), w0=20.0, sigma=6.0),
     "valid mask": dict(
-        instances=blobs((64, 64), 10, 7, seed=7),
+        instances=blobs((64, 64), 10, seed=7, radius=7),
         valid=np.random.default_rng(7).random((64, 64)) < 0.5,
     ),
-    "small w0 sigma": dict(instances=blobs((64, 64), 12, 6, seed=8), w0=3.0, sigma=2.0),
-    "large w0 sigma": dict(instances=blobs((64, 64), 12, 6, seed=9), w0=50.0, sigma=12.0),
-    "no class weights": dict(instances=blobs((64, 64), 12, 6, seed=10), class_weights=None),
-    "sparse labels": dict(instances=blobs((40, 40), 5, 6, seed=11) * 7),
+    "small w0 sigma": dict(instances=blobs((64, 64), 12, seed=8, radius=6), w0=3.0, sigma=2.0),
+    "large w0 sigma": dict(instances=blobs((64, 64), 12, seed=9, radius=6), w0=50.0, sigma=12.0),
+    "no class weights": dict(instances=blobs((64, 64), 12, seed=10, radius=6),
+                             class_weights=None),
+    "sparse labels": dict(instances=blobs((40, 40), 5, seed=11, radius=6) * 7),
     "no instance": dict(instances=np.zeros((20, 30), np.int32)),
-    "one instance": dict(instances=blobs((40, 40), 1, 8, seed=12)),
-    "two instances": dict(instances=blobs((40, 40), 2, 8, seed=13)),
+    "one instance": dict(instances=blobs((40, 40), 1, seed=12, radius=8)),
+    "two instances": dict(instances=blobs((40, 40), 2, seed=13, radius=8)),
     "all foreground": dict(instances=np.ones((10, 12), np.int64)),
 }
 
@@ -69,7 +61,7 @@ def test_fast_equals_direct_random(opencv, monkeypatch):
     for trial in range(8):
         ndim = 3 if trial % 4 == 3 else 2
         shape = tuple(rng.integers(10, 28 if ndim == 3 else 90, ndim))
-        instances = blobs(shape, int(rng.integers(2, 25)), rng.uniform(2, 9), seed=trial)
+        instances = blobs(shape, int(rng.integers(2, 25)), seed=trial, radius=rng.uniform(2, 9))
         if trial % 2:
             instances = separate_touching(instances)
         spacing = None if trial % 3 else tuple(rng.uniform(0.5, 2.0, ndim))
@@ -80,7 +72,7 @@ def test_fast_equals_direct_random(opencv, monkeypatch):
 
 
 def test_huge_and_sparse_labels():
-    instances = blobs((50, 60), 8, 6, seed=30).astype(np.int64)
+    instances = blobs((50, 60), 8, seed=30, radius=6).astype(np.int64)
     huge = np.where(instances > 0, instances * 123_456_789 + 10**12, 0)
     # Another label order merges distances in another order: float32 rounding only.
     np.testing.assert_allclose(border_weight_map(huge), border_weight_map(instances), atol=1e-5)
@@ -98,7 +90,7 @@ def test_cost_grows_with_pixels_not_instances():
 
     for n in (20, 80):
         calls.clear()
-        instances = blobs((200, 200), n, 60 / np.sqrt(n), seed=n)
+        instances = blobs((200, 200), n, seed=n, radius=60 / np.sqrt(n))
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(weightmaps, "_edt", counting)
             border_weight_map(instances)
@@ -129,7 +121,7 @@ def test_hand_computed_two_pixels_on_a_line():
 
 
 def test_balanced_classes_get_equal_total_weight():
-    instances = blobs((50, 70), 9, 6, seed=20)
+    instances = blobs((50, 70), 9, seed=20, radius=6)
     valid = np.random.default_rng(20).random(instances.shape) < 0.7
     for mask in (None, valid):
         w = border_weight_map(instances, w0=0.0, valid=mask)  # w0 = 0: only w_c is left
@@ -149,7 +141,7 @@ def test_single_class_images_have_unit_weight():
     assert np.all(border_weight_map(np.zeros((8, 8), np.int32)) == 1)
     assert np.all(border_weight_map(np.full((4, 5, 6), 3, np.int32)) == 1)
     # One instance: no second-nearest instance, so no border term.
-    one = blobs((30, 30), 1, 5, seed=0)
+    one = blobs((30, 30), 1, seed=0, radius=5)
     np.testing.assert_array_equal(border_weight_map(one), border_weight_map(one, w0=0))
 
 
@@ -195,7 +187,7 @@ def test_separate_touching_by_hand():
 def test_separate_touching_matches_pixel_loop(shape, dtype):
     rng = np.random.default_rng(len(shape))
     noisy = rng.integers(0, 5, shape) * (rng.random(shape) < 0.6)
-    for instances in (noisy, blobs(shape, 6, 4, seed=1)):
+    for instances in (noisy, blobs(shape, 6, seed=1, radius=4)):
         instances = instances.astype(dtype)
         out = separate_touching(instances)
         assert out.dtype == instances.dtype
