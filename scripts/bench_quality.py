@@ -202,7 +202,8 @@ def base_overrides(args: argparse.Namespace, spec: Dataset, experiment: str,
     """What every segunet recipe of this bench shares: the experiment, the data, the metric
     searched for, the preset's size and the budget (``--steps``; the cpu preset's cap)."""
     common = [f"experiment={experiment}", f"data.path='{trainval}'",
-              f"data.metric={spec.metric}", f"data.cache_dir='{args.workdir / 'cache'}'"]
+              f"data.metric={spec.metric}",
+              f"data.targets.cache_dir='{args.workdir / 'cache'}'"]
     if args.device != "auto":
         common.append(f"trainer.device={args.device}")
     if args.preset == "tiny":
@@ -266,9 +267,10 @@ def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> l
     c = data_cfg
 
     def objects(labels: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+        t = c["targets"]
         inst, ignore = sources.instances_from_labels(
-            labels, c["label_kind"], c["foreground_value"], c["ignore_value"], source,
-            c["connectivity"])
+            labels, t["label_kind"], t["foreground_value"], t["ignore_value"], source,
+            t["connectivity"])
         return np.where(ignore, 0, inst), ~ignore
 
     images = []

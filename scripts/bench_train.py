@@ -170,7 +170,7 @@ def case_config(case: Case, args: argparse.Namespace):
         f"trainer.precision={args.precision}",
         f"trainer.channels_last={str(args.channels_last).lower()}",
         f"trainer.compile={args.compile}",
-        "data.cache_dir=null", "logging.tensorboard=false", "logging.progress=false",
+        "data.targets.cache_dir=null", "logging.tensorboard=false", "logging.progress=false",
     ]
     return compose_config(overrides)
 

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     base = [
         "data=dsb2018", f"data.path={args.data}", "optim=adam", f"optim.lr={args.lr}",
         "scheduler=cosine", f"trainer.batch_size={args.batch_size}", f"trainer.seed={args.seed}",
-        f"trainer.device={args.device}", f"data.workers={args.workers}",
+        f"trainer.device={args.device}", f"data.targets.workers={args.workers}",
         f"trainer.num_workers={min(args.workers, 4)}",
         "logging.tensorboard=false", "logging.progress=false",
     ]

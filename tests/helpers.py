@@ -1,5 +1,5 @@
 """What several test modules share: the tiny training setup, the command as a subprocess,
-test images, tiny models and checkpoints."""
+test images, tiny checkpoints and the one-line error of a config."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import HydraException
 from hydra.utils import instantiate
+from omegaconf.errors import OmegaConfBaseException
 from scipy import ndimage as ndi
 from torch import nn
 
 from segunet.checkpoint import save_atomic
+from segunet.config import check_config, instantiate_group
+from segunet.errors import SegunetError, one_line
 from segunet.models import UNet
 
 # A tiny but complete training setup: 3-level U-Net, two small synthetic images.
@@ -38,6 +42,18 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
         [sys.executable, "-m", "segunet.cli", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=240,
     )
+
+
+def config_error(make_cfg, group: str, *overrides: str) -> str:
+    """The one line ``segunet train <overrides>`` reports for its config: composing it,
+    checking every group and building ``group``."""
+    try:
+        cfg = make_cfg(*overrides)
+        check_config(cfg)
+        instantiate_group(cfg, group)
+    except (SegunetError, HydraException, OmegaConfBaseException) as e:
+        return one_line(e)
+    raise AssertionError(f"{overrides} gave no error")
 
 
 # --- test images ---------------------------------------------------------------------------

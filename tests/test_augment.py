@@ -8,10 +8,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from helpers import config_error
 
-from segunet.config import config_dir
+from segunet.config import instantiate_group
 from segunet.data.augment import (
     AugmentConfig,
     Augmenter,
@@ -25,7 +24,6 @@ from segunet.data.augment import (
     random_intensity,
     spline_matrix,
 )
-from segunet.errors import SegunetError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = {"2d": (33, 41), "3d": (9, 17, 21)}
@@ -267,13 +265,13 @@ def test_photometric_albumentations():
     np.testing.assert_array_equal(out, again)
 
 
-def test_config_yamls_survive_hydra():
-    cfg = instantiate(OmegaConf.load(config_dir() / "augment" / "default.yaml"))
+def test_config_yamls_survive_hydra(make_cfg):
+    cfg = instantiate_group(make_cfg("augment=default"), "augment")
     assert isinstance(cfg, AugmentConfig) and cfg.enabled
     assert cfg == AugmentConfig()
     for key in ("scale", "gamma", "contrast", "blur_sigma"):
         assert type(getattr(cfg, key)) is list
-    none = instantiate(OmegaConf.load(config_dir() / "augment" / "none.yaml"))
+    none = instantiate_group(make_cfg("augment=none"), "augment")
     assert not none.enabled
     batch = make_batch(SHAPES["2d"])
     out = Augmenter(none, 2)(batch, gen(0))
@@ -281,14 +279,20 @@ def test_config_yamls_survive_hydra():
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [dict(device="gpu0"), dict(p_elastic=1.5), dict(scale=[1.1, 0.9]), dict(gamma=0.7),
-     dict(elastic_grid=1), dict(rotate="a lot"), dict(flip=1)],
+    ("override", "expected"),
+    [
+        ("device=gpu0", "device='gpu0' is not valid: expected one of auto, cuda, cpu"),
+        ("p_elastic=1.5", "p_elastic=1.5 is not valid: a probability in [0, 1]"),
+        ("scale=[1.1,0.9]", "scale=[1.1, 0.9] is not valid: expected a list [low, high]"),
+        ("gamma=0.7", "gamma=0.7 is not valid: expected a list of float"),
+        ("elastic_grid=1", "elastic_grid=1 is not valid: at least 2 control points"),
+        ("rotate=lots", "rotate='lots' is not valid: expected float"),
+        ("flip=maybe", "flip='maybe' is not valid: expected true or false"),
+    ],
 )
-def test_config_errors_name_the_key(bad):
-    key = next(iter(bad))
-    with pytest.raises(SegunetError, match=f"augment.{key}="):
-        AugmentConfig(**bad)
+def test_config_errors_name_the_key(make_cfg, override, expected):
+    assert config_error(make_cfg, "augment", f"augment.{override}").startswith(
+        f"augment.{expected}")
 
 
 def test_cpu_worker_path_uses_albumentations_for_2d_gray_values(monkeypatch):

@@ -15,7 +15,8 @@ from segunet.train import build_trainer, run
 # Uniform weight maps (no border term, no class balance), no augmentation, no dropout, no
 # BatchNorm: see test_two_processes_train_like_one_with_the_same_global_batch.
 EQUAL_SUMS = [
-    *TINY, "augment=none", "data.w0=0", "data.class_weights=null", "model.dropout=0",
+    *TINY, "augment=none", "data.targets.w0=0", "data.targets.class_weights=null",
+    "model.dropout=0",
     "scheduler=constant", "optim.lr=3e-3", "trainer.max_steps=3", "trainer.val_every=3",
     "logging.log_every=1",
 ]

@@ -111,8 +111,10 @@ def test_segunet_tune_rewrites_the_checkpoint(make_cfg, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("data.target=contour", "data.target='contour' is unknown: use foreground or boundary"),
-        ("data.metric=map", "data.metric='map' is unknown: use one of dice, iou, ap, vrand"),
+        ("data.target=contour",
+         "data.target='contour' is not valid: expected one of foreground, boundary"),
+        ("data.metric=map",
+         "data.metric='map' is not valid: expected one of dice, iou, ap, vrand"),
     ],
 )
 def test_unknown_targets_and_metrics_are_one_line(tmp_path, override, expected):
@@ -122,12 +124,13 @@ def test_unknown_targets_and_metrics_are_one_line(tmp_path, override, expected):
 
 
 def test_targets_and_metrics_the_labels_cannot_support(tmp_path):
-    from segunet.data.sources import stack
+    from segunet.data.sources import Targets, stack
 
     image = np.zeros((4, 16, 16), np.uint8)
     labels = np.zeros((4, 16, 16), np.uint8)
     labels[:, 4:8, 4:8] = 1
-    kwargs = dict(label_kind="classes", num_classes=2, cache_dir=None, val_fraction=0.25)
+    kwargs = dict(targets=Targets(label_kind="classes", num_classes=2, cache_dir=None),
+                  val_fraction=0.25)
     with pytest.raises(SegunetError, match="data.target=boundary needs objects"):
         stack(image, labels, "img", "lab", target="boundary", **kwargs)
     with pytest.raises(SegunetError, match="data.metric=ap scores objects"):

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import torch
 from helpers import TINY, run_cli, save_tiny_checkpoint
+from hydra.errors import ConfigCompositionException
 
 from segunet import export, predict_cli
 from segunet.config import check_all_targets, config_dir
@@ -97,8 +98,12 @@ def test_a_poisoned_config_folder_does_not_run(tmp_path):
 
 def test_a_nested_target_on_the_command_line_is_refused(make_cfg, tmp_path):
     marker = tmp_path / "ran"
-    cfg = make_cfg(*TINY, f"+model.norm={{_target_:{PAYLOAD},self:{marker}}}")
-    with pytest.raises(SegunetError, match=r"model\.norm\._target_"):
+    nested = f"{{_target_:{PAYLOAD},self:{marker}}}"
+    # A typed key takes no config node at all; an added key is refused before building.
+    with pytest.raises(ConfigCompositionException, match=r"model\.norm"):
+        make_cfg(*TINY, f"+model.norm={nested}")
+    cfg = make_cfg(*TINY, f"+model.extra={nested}")
+    with pytest.raises(SegunetError, match=r"model\.extra\._target_"):
         build_trainer(cfg, tmp_path / "run")
     assert not marker.exists()
 

@@ -173,7 +173,7 @@ SMALL = ["data=synthetic", "data.n_train=2", "data.n_val=1", "data.shape=[64,64]
 
 
 def test_precompute_counts_computed_then_reused(make_cfg, tmp_path, capsys):
-    cfg = make_cfg(*SMALL, f"data.cache_dir={tmp_path}")
+    cfg = make_cfg(*SMALL, f"data.targets.cache_dir={tmp_path}")
     first = precompute(cfg)
     assert (first.misses, first.hits) == (3, 0)
     second = precompute(cfg)
@@ -186,7 +186,8 @@ def test_precompute_command_runs(tmp_path):
     code = "from segunet.data.precompute import main; main()"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     run = subprocess.run(
-        [sys.executable, "-c", code, *SMALL, "data.cache_dir=cache", "data.workers=-1"],
+        [sys.executable, "-c", code, *SMALL, "data.targets.cache_dir=cache",
+         "data.targets.workers=-1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stderr

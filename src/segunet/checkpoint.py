@@ -174,7 +174,7 @@ def load_trained(
     and only from segunet's own model classes."""
     from hydra.utils import instantiate
 
-    from segunet.config import check_targets
+    from segunet.config import checked, upgrade
 
     file = resolve_checkpoint(path, prefer)
     ckpt = _read_checkpoint(file, device)
@@ -184,9 +184,10 @@ def load_trained(
             f"{file} holds no model config (config.model._target_): use a checkpoint written "
             "by segunet train"
         )
-    check_targets(config["model"], "model", str(file))
+    config = upgrade(config)
+    node = checked(config, "model", str(file))  # allowed and typed before anything is built
     try:
-        model = instantiate(config["model"])
+        model = instantiate(node, _convert_="all")
     except Exception as e:  # a renamed class or argument since training
         cause = e.__cause__ or e
         raise SegunetError(

@@ -40,7 +40,7 @@ examples:
   segunet train model=attention_unet trainer.max_steps=2000
   segunet train -m model=unet,attention_unet
   segunet train trainer.devices=4
-  segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.workers=-1
+  segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.targets.workers=-1
   segunet data download lucchi
   segunet predict checkpoint=outputs/train/<run> input=images/ output=pred/
   segunet export checkpoint=outputs/train/<run> format=onnx
@@ -72,8 +72,10 @@ def flags_first(argv: list[str], args: argparse.Namespace) -> list[str]:
 
 
 def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
-    """Compose the config once per override value before Hydra runs, so an unknown group
-    option or key fails as one line instead of Hydra's multi-line report. Returns the first
+    """Compose the config once per override value before Hydra runs, and check it (allowed
+    targets, types and values: :func:`segunet.config.check_config`), so an unknown group
+    option, key or value fails as one line instead of Hydra's multi-line report, before Hydra
+    creates a run folder. Returns the first
     composition, with its ``hydra`` section (the run folder it would use). ``args`` is
     :func:`hydra_args`' reading (its ``--config-dir`` and ``--config-name`` count) or a list
     of overrides."""
@@ -81,7 +83,7 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from segunet.config import config_dir
+    from segunet.config import check_config, config_dir
 
     if isinstance(args, list):
         args = hydra_args(args)
@@ -104,8 +106,9 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
             with initialize_config_dir(str(config_dir()), version_base="1.3"):
                 name = args.config_name or "config"
                 first_cfg = compose(name, overrides=trials[0], return_hydra_config=True)
+                check_config(first_cfg)
                 for trial in trials[1:16]:
-                    compose(name, overrides=trial)
+                    check_config(compose(name, overrides=trial))
         finally:
             GlobalHydra.instance().clear()
     return first_cfg

@@ -1,43 +1,65 @@
-"""Where the Hydra configs live, what they may build, and how config errors become one-line
-messages."""
+"""Where segunet's configs live, what they may build, and how a config node is built.
+
+Every group of a config names the constructor that builds it (``_target_``). Before anything
+is built, a node is checked against the allow-list of its group (:data:`ALLOWED_TARGETS`) and
+typed by the schema of its constructor (:mod:`segunet.schema`): :func:`instantiate_group`.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from segunet.errors import SegunetError
+from segunet.schema import schema_for, validate
+
 
 def config_dir() -> Path:
-    """``$SEGUNET_CONFIG_DIR`` if set, else the repository's ``configs/`` (editable install)."""
+    """``$SEGUNET_CONFIG_DIR`` if set, else the repository's ``configs/`` (editable install).
+    The schemas the YAML files extend are registered in Hydra's ConfigStore first
+    (:func:`register_schemas`), so whoever composes them can."""
+    register_schemas()
     env = os.environ.get("SEGUNET_CONFIG_DIR")
     if env:
         return Path(env).expanduser().resolve()
     return Path(__file__).resolve().parents[2] / "configs"
 
 
-def check_fields(obj: object, group: str) -> None:
-    """Type-check a config dataclass after Hydra filled it: ``trainer.max_steps=abc`` should
-    fail here, naming the key, not deep inside the training loop."""
-    import dataclasses
-    import types
-    import typing
+@functools.cache
+def register_schemas() -> None:
+    """Store the schema of every constructor a group may build in Hydra's ConfigStore as
+    ``schema/<group>/<name>`` (e.g. ``schema/model/UNet``): the YAML files of the group
+    extend it in their defaults list (``- /schema/model/UNet@_here_``)."""
+    from hydra.core.config_store import ConfigStore
 
-    from segunet.errors import SegunetError
+    store = ConfigStore.instance()
+    for group, target in schema_targets():
+        store.store(group=f"schema/{group}", name=target.rpartition(".")[2],
+                    node=group_schema(group, target))
 
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if value is None and type(None) in allowed:
-            continue
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool))
-                   for t in allowed if isinstance(t, type)):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise SegunetError(f"{group}.{f.name}={value!r} is not valid: expected {names}")
+
+def schema_targets() -> Iterator[tuple[str, str]]:
+    """``(group, target)`` of every constructor a group may build; torch's optimisers and
+    schedulers are every public subclass of their base."""
+    for group, targets in ALLOWED_TARGETS.items():
+        for target in targets:
+            yield group, target
+    for group, (module_name, _) in TORCH_TARGETS.items():
+        module = importlib.import_module(module_name)
+        for name, _value in inspect.getmembers(module, inspect.isclass):
+            if allowed_target(group, f"{module_name}.{name}"):
+                yield group, f"{module_name}.{name}"
+
+
+def group_schema(group: str, target: str) -> type:
+    """The schema of a ``group`` node that builds ``target``: torch's optimisers and
+    schedulers are built partially (the parameters, the optimiser come later)."""
+    return schema_for(target, partial=group in TORCH_TARGETS)
 
 
 #: The constructors each config group may name as its ``_target_``. Configs and the configs
@@ -74,8 +96,6 @@ def check_targets(node: Any, group: str, source: str) -> None:
     one-line error. Nothing is imported or called to decide."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    from segunet.errors import SegunetError
-
     if isinstance(node, (DictConfig, ListConfig)):
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, dict):
@@ -97,17 +117,18 @@ def check_all_targets(config: Any, source: str) -> None:
     """:func:`check_targets` on every group of a whole config (a training config, or the one
     a checkpoint stores); a ``_target_`` in a group segunet never builds is refused too.
     (``hydra``, Hydra's own settings, is Hydra's to build.)"""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import Container, OmegaConf
 
-    from segunet.errors import SegunetError
-
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
-    for group, node in config.items():
+    for group in config:
+        if group == "hydra":
+            continue
+        node = config[group]
+        if isinstance(node, Container):
+            node = OmegaConf.to_container(node, resolve=True)
         if group in ALLOWED_TARGETS or group in TORCH_TARGETS:
             check_targets(node, group, source)
             continue
-        for path, target in _nested_targets({group: node}) if group != "hydra" else ():
+        for path, target in _nested_targets({group: node}):
             raise SegunetError(
                 f"{source}: {path}._target_={target!r}: segunet builds nothing from "
                 f"'{group}', refusing it"
@@ -119,9 +140,6 @@ def allowed_target(group: str, target: object) -> bool:
     if not isinstance(target, str):
         return False
     if group in TORCH_TARGETS:
-        import importlib
-        import inspect
-
         module_name, base = TORCH_TARGETS[group]
         module, _, name = target.rpartition(".")
         if module != module_name or not name.isidentifier() or name.startswith("_"):
@@ -150,9 +168,48 @@ def _nested_targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         yield from _nested_targets(value, where)
 
 
-def instantiate_group(cfg: Any, group: str, source: str = "the config") -> Any:
-    """``hydra.utils.instantiate(cfg[group])`` once :func:`check_targets` allows it."""
+def checked(cfg: Any, group: str, source: str | None = None) -> Any:
+    """``cfg[group]`` resolved and typed by the schema of its ``_target_``, once
+    :func:`check_targets` allows that; ``source`` (a file) starts the one-line errors."""
+    node = cfg[group]
+    check_targets(node, group, source or "the config")
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if target is None:
+        raise SegunetError(f"{source + ': ' if source else ''}{group} names no _target_ to build")
+    try:
+        return validate(node, group_schema(group, target), group)
+    except SegunetError as e:
+        raise SegunetError(f"{source}: {e}" if source else str(e)) from None
+
+
+def check_config(cfg: Any, source: str | None = None) -> None:
+    """Every group of a whole config allowed (:func:`check_all_targets`) and typed by its
+    schema, before anything is built."""
+    check_all_targets(cfg, source or "the config")
+    for group in cfg:
+        if group in ALLOWED_TARGETS or group in TORCH_TARGETS:
+            checked(cfg, group, source)
+
+
+def instantiate_group(cfg: Any, group: str, source: str | None = None) -> Any:
+    """``hydra.utils.instantiate(cfg[group])`` of the :func:`checked` node, with plain lists
+    and dicts as arguments."""
     from hydra.utils import instantiate
 
-    check_targets(cfg[group], group, source)
-    return instantiate(cfg[group])
+    return instantiate(checked(cfg, group, source), _convert_="all")
+
+
+def upgrade(config: dict) -> dict:
+    """A config stored (in a checkpoint) by an older segunet as today's: the label and
+    weight-map keys of ``data`` moved into ``data.targets``."""
+    import dataclasses
+
+    from segunet.data.sources import Targets
+
+    data = config.get("data")
+    if not isinstance(data, dict) or "targets" in data:
+        return config
+    names = {f.name for f in dataclasses.fields(Targets)}
+    targets = {k: v for k, v in data.items() if k in names}
+    rest = {k: v for k, v in data.items() if k not in names}
+    return {**config, "data": {**rest, "targets": targets}} if targets else config

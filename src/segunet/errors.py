@@ -8,11 +8,17 @@ full traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterator
+import typing
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf.errors import OmegaConfBaseException
 
 # How long a rank other than 0 holds back its error: every rank meets the same bad setting,
 # rank 0 reports it, and torchrun then stops the others; only an error of one rank's own
@@ -40,11 +46,20 @@ def first_line(e: BaseException) -> str:
 
 
 def one_line(e: BaseException) -> str:
-    """The most specific message in an exception chain, on one line."""
+    """The most specific message in an exception chain, on one line. A value OmegaConf
+    refused (a wrong type, an unknown or missing key) says ``key=value`` and what the key
+    takes, from its schema (:func:`explain`)."""
     from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
 
     while isinstance(e, InstantiationException) and e.__cause__ is not None:
         e = e.__cause__
+    cause = e
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    explained = explain(cause) if cause is not None else None
+    if explained:
+        return explained
     # Hydra lists the available options on indented lines: keep them, on the same line.
     text = str(e).replace("\n\t", ", ").replace(":,", ":")
     text = " ".join(text.split())
@@ -69,3 +84,127 @@ def report_errors() -> Iterator[None]:
             time.sleep(OTHER_RANKS_REPORT_AFTER_S)
         print(f"segunet: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+# --- config values, in words (the schemas are segunet.schema's) -----------------------
+
+#: OmegaConf's plain value types.
+PLAIN = (int, float, bool, str)
+
+
+def plain_value(value: Any) -> Any:
+    """A config value as plain Python (lists and dicts, not OmegaConf's nodes)."""
+    from omegaconf import Container, OmegaConf
+
+    return OmegaConf.to_container(value) if isinstance(value, Container) else value
+
+
+def dotted(where: str, key: Any) -> str:
+    """``where.key``, or ``key`` at the top."""
+    return f"{where}.{key}" if where else str(key)
+
+
+def bad_value(key: str, value: Any, expected: str) -> str:
+    """The one message of a value a key does not take."""
+    shown = _show(value) if isinstance(value, (bool, type(None))) else repr(value)
+    return f"{key}={shown} is not valid: expected {expected}"
+
+
+def describe(f: dataclasses.Field) -> str:
+    """What a schema field takes, in words: ``int``, ``one of a, b``, ``a list of int``..."""
+    choices = f.metadata.get("choices") or ()
+    kind, optional = f.type, False
+    if typing.get_origin(kind) is typing.Union:
+        kind, optional = typing.get_args(kind)[0], True
+    if choices:
+        some = "some of" if typing.get_origin(kind) is list else "one of"
+        text = f"{some} " + ", ".join(_show(c) for c in choices)
+    else:
+        text = _type_name(kind)
+    return text + (" or null" if optional else "")
+
+
+def _type_name(kind: Any) -> str:
+    if kind is bool:
+        return "true or false"
+    if kind in PLAIN:
+        return kind.__name__
+    if typing.get_origin(kind) is list:
+        element = typing.get_args(kind)[0]
+        return "a list" + (f" of {_type_name(element)}" if element in PLAIN else "")
+    if typing.get_origin(kind) is dict:
+        return "a mapping"
+    return "any value" if kind is Any else f"the keys of {kind.__name__}"
+
+
+def _show(value: Any) -> str:
+    return {True: "true", False: "false", None: "null"}.get(value, str(value)) if isinstance(
+        value, (bool, type(None))) else str(value)
+
+
+def explain(e: OmegaConfBaseException, where: str = "") -> str | None:
+    """One line for an error OmegaConf raised while merging into a schema: ``key=value`` and
+    what the key takes, an unknown key and the keys there are (and a close one), or the
+    missing key. None when the error names no key."""
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        ValidationError,
+    )
+
+    key = dotted(where, e.full_key) if e.full_key else None
+    if key is None:
+        return None
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and e.parent_node is not None:
+        return unknown_key(key, _leaf_keys(e.parent_node), key.rpartition(".")[0])
+    if isinstance(e, MissingMandatoryValue):
+        return f"missing {key}=..."
+    if isinstance(e, ValidationError):
+        field = _schema_field(e)
+        expected = describe(field) if field is not None else _expected_from(e.msg)
+        return bad_value(key, plain_value(e.value), expected)
+    return None
+
+
+def unknown_key(key: str, known: Sequence[str], node: str = "") -> str:
+    """The one message of a key no schema has, with the keys ``known`` at ``node`` (relative
+    to it) and a close one (``data.w0``: did you mean ``data.targets.w0``?)."""
+    import difflib
+
+    name = key.rpartition(".")[2]
+    leaves = {k.rpartition(".")[2]: k for k in reversed(known)}
+    close = [leaves[n] for n in difflib.get_close_matches(name, list(leaves), n=1)]
+    hint = f": did you mean {dotted(node, close[0])}?" if close else ""
+    return f"unknown key '{key}'{hint} ({f'{node} has' if node else 'keys:'} {', '.join(known)})"
+
+
+def _leaf_keys(node: Any) -> list[str]:
+    """The keys of a config node, nested ones dotted (``targets.w0``), ``_target_`` and the
+    like left out."""
+    from omegaconf import DictConfig
+
+    keys = []
+    for k in node.keys() if isinstance(node, DictConfig) else ():
+        child = node._get_node(k)
+        if str(k).startswith("_"):
+            continue
+        if isinstance(child, DictConfig) and not child._is_none():
+            keys += [f"{k}.{sub}" for sub in _leaf_keys(child)]
+        else:
+            keys.append(str(k))
+    return keys
+
+
+def _schema_field(e: OmegaConfBaseException) -> dataclasses.Field | None:
+    if not (isinstance(e.object_type, type) and dataclasses.is_dataclass(e.object_type)):
+        return None
+    return next((f for f in dataclasses.fields(e.object_type) if f.name == e.key), None)
+
+
+def _expected_from(msg: str) -> str:
+    """What OmegaConf's own message says a value should be (a list element, say)."""
+    for word, text in (("Integer", "int"), ("Float", "float"), ("Boolean", "true or false")):
+        if f"converted to {word}" in msg:
+            return text
+    return "another value"

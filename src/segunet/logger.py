@@ -27,9 +27,11 @@ class LoggingConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from segunet.config import check_fields
+        from segunet.errors import SegunetError
 
-        check_fields(self, "logging")
+        for key in ("log_every", "image_every"):  # steps between: a modulus
+            if getattr(self, key) < 1:
+                raise SegunetError(f"logging.{key}={getattr(self, key)} must be at least 1")
 
 
 def _middle_slice(x: Tensor, spatial_dims: int) -> Tensor:

@@ -448,6 +448,8 @@ def _split_merge(pairs: _Pairs) -> dict[str, int]:
 #: ``data.metric``: what validation reports, ``best.pt`` is chosen by and post-processing is
 #: tuned for. Pixel Dice of the classes, foreground IoU, DSB 2018 mean AP of the objects, or
 #: ISBI 2012 V_Rand of the objects.
+Metric = Literal["dice", "iou", "ap", "vrand"]
+#: What each task metric (``data.metric``) scores.
 TASK_METRICS: dict[str, str] = {
     "dice": "mean foreground Dice of the classes",
     "iou": "foreground IoU",

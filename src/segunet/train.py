@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -41,7 +40,7 @@ from segunet.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from segunet.config import check_all_targets, check_fields, config_dir, instantiate_group
+from segunet.config import check_all_targets, check_config, config_dir, instantiate_group, upgrade
 from segunet.data.augment import AugmentConfig, Augmenter
 from segunet.data.datasets import (
     PatchDataset,
@@ -68,24 +67,19 @@ class TrainerConfig:
     val_every: int = 200
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
     channels_last: bool = True  # CUDA only
     num_workers: int = 0
     grad_clip: float | None = None
     resume: str | None = None
-    compile: bool | str = "auto"  # auto (on for CUDA, off for CPU) | true | false
+    compile: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off for CPU
     devices: int = 1  # processes (one per GPU) that `segunet train` launches through torchrun
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (CUDA, DDP only)
 
     def __post_init__(self) -> None:
-        check_fields(self, "trainer")
         for key in ("max_steps", "batch_size", "val_every", "devices"):
             if getattr(self, key) < 1:
                 raise SegunetError(f"trainer.{key}={getattr(self, key)} must be at least 1")
-        if isinstance(self.compile, str) and self.compile != "auto":
-            raise SegunetError(
-                f"trainer.compile={self.compile!r} is unknown: use auto, true or false"
-            )
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -670,7 +664,7 @@ class Trainer:
         left it: exactly, or with changed optimiser and schedule settings applied from here
         on (:mod:`segunet.resume`)."""
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
-        stored = ckpt.get("config") or {}
+        stored = upgrade(ckpt.get("config") or {})
         changes = resume.config_changes(stored, self.config) if stored else {}
         resume.check_optimizer(changes, str(path))
         try:
@@ -738,7 +732,7 @@ def seed_everything(seed: int) -> None:
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     """Instantiate every config group and wire them into a :class:`Trainer`."""
-    check_all_targets(cfg, "the config")  # before anything is built
+    check_config(cfg)  # every group allowed and typed, before anything is built
     trainer_cfg: TrainerConfig = instantiate_group(cfg, "trainer")
     checkpoint = None
     if trainer_cfg.resume:  # read, and its stored config checked, before building too
@@ -748,15 +742,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     log_cfg: LoggingConfig = instantiate_group(cfg, "logging")
     augment_cfg: AugmentConfig = instantiate_group(cfg, "augment")
     seed_everything(trainer_cfg.seed)  # before the model draws its initial weights
-    model = instantiate(cfg.model)
-    data: SegmentationData = instantiate(cfg.data)
-    criterion = instantiate(cfg.loss)
+    model = instantiate_group(cfg, "model")
+    data: SegmentationData = instantiate_group(cfg, "data")
+    criterion = instantiate_group(cfg, "loss")
     if getattr(model, "deep_supervision", False):
         from segunet.losses import DeepSupervisionLoss
 
         criterion = DeepSupervisionLoss(criterion, getattr(model, "ds_weights", None))
-    optimizer = instantiate(cfg.optim)(model.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer)
+    optimizer = instantiate_group(cfg, "optim")(model.parameters())
+    scheduler = instantiate_group(cfg, "scheduler")(optimizer)
     trainer = Trainer(
         model, data, criterion, optimizer, scheduler, trainer_cfg, log_cfg, run_dir,
         config=OmegaConf.to_container(cfg, resolve=True),

@@ -34,11 +34,6 @@ class TuneConfig:
     tta: bool = False  # also search with test-time augmentation (8 predictions per image)
     grid: dict | None = None  # replaces GRIDS' values per key, e.g. {min_size: [0]}
 
-    def __post_init__(self) -> None:
-        from segunet.config import check_fields
-
-        check_fields(self, "postprocess")
-
 
 def tunable(data: SegmentationData) -> bool:
     """Whether the task has decoding to tune: a metric of objects or of the foreground, and

@@ -28,7 +28,8 @@ import functools
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -400,7 +401,7 @@ class AugmentConfig:
     one in each DataLoader worker, where 2D gray-value changes use albumentations."""
 
     enabled: bool = True
-    device: str = "auto"  # auto | cuda | cpu
+    device: Literal["auto", "cuda", "cpu"] = "auto"
     elastic_sigma: float = 10.0  # px, std of the control displacements (paper: 10)
     elastic_grid: int = 3  # control points per axis (paper: 3 x 3)
     p_elastic: float = 1.0
@@ -416,37 +417,16 @@ class AugmentConfig:
     blur_sigma: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
     def __post_init__(self) -> None:
+        # Types and allowed values are the config layer's (segunet.schema); ranges are here.
         from segunet.errors import SegunetError
 
         def bad(key: str, expected: str) -> SegunetError:
             return SegunetError(f"augment.{key}={getattr(self, key)!r} is not valid: {expected}")
 
-        checks = {  # f.type is a string under `from __future__ import annotations`
-            "bool": (lambda v: isinstance(v, bool), "true or false"),
-            "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-            "float": (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
-            "str": (lambda v: isinstance(v, str), "a string"),
-        }
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in checks:
-                ok, expected = checks[f.type]
-                if not ok(value):
-                    raise bad(f.name, f"expected {expected}")
-                if f.type == "float":
-                    setattr(self, f.name, float(value))
-            else:  # a [low, high] range; Hydra hands lists over as ListConfig
-                try:
-                    pair = [float(v) for v in value]
-                except (TypeError, ValueError):
-                    raise bad(f.name, "expected a list [low, high]") from None
-                if len(pair) != 2 or pair[0] > pair[1] or pair[0] < 0:
-                    raise bad(f.name, "expected a list [low, high] with 0 <= low <= high")
-                setattr(self, f.name, pair)
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise bad(
-                "device", "use auto (on the training device), cuda, or cpu (in the workers)"
-            )
+        for key in ("scale", "gamma", "contrast", "blur_sigma"):
+            pair = getattr(self, key)
+            if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+                raise bad(key, "expected a list [low, high] with 0 <= low <= high")
         if self.elastic_grid < 2:
             raise bad("elastic_grid", "at least 2 control points per axis")
         for key in ("p_elastic", "p_intensity"):

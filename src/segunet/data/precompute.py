@@ -1,12 +1,12 @@
 """``segunet weightmaps data=<dataset>``: compute a dataset's border weight maps into the cache.
 
 Building the data IS the precompute: every data source computes its weight maps through
-:func:`segunet.data.weightmaps_cache.border_weight_maps` with its ``cache_dir`` and
-``workers``, so this command instantiates ``cfg.data`` and reports what the cache counter
-saw. Training later finds every map in the cache. Examples::
+:func:`segunet.data.weightmaps_cache.border_weight_maps` with its ``data.targets.cache_dir``
+and ``data.targets.workers``, so this command instantiates ``cfg.data`` and reports what the
+cache counter saw. Training later finds every map in the cache. Examples::
 
     segunet weightmaps data=isbi2012 data.path=../shared/data/isbi2012
-    segunet weightmaps data=dsb2018 data.workers=-1     # one process per CPU
+    segunet weightmaps data=dsb2018 data.targets.workers=-1     # one process per CPU
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from segunet.config import config_dir, instantiate_group
+from segunet.config import checked, config_dir, instantiate_group
 from segunet.data import weightmaps_cache
 from segunet.errors import report_errors
 
@@ -41,9 +41,9 @@ def precompute(cfg: DictConfig) -> weightmaps_cache.CacheStats:
         stats.hits - before[0], stats.misses - before[1], stats.rebuilt - before[2]
     )
     name = getattr(data, "name", None) or cfg.data.get("_target_", "data")
-    cache_dir = cfg.data.get("cache_dir")
+    cache_dir = checked(cfg, "data").targets.cache_dir
     where = (
-        "not stored (data.cache_dir is null)"
+        "not stored (data.targets.cache_dir is null)"
         if cache_dir is None
         else f"cache: {Path(cache_dir).expanduser().resolve() / 'weightmaps'}"
     )

@@ -7,7 +7,9 @@
 
 Every source returns a :class:`SegmentationData`. Labels become class labels, ignore masks
 and the paper's border weight maps here, once per whole image, before any cropping; images
-are percentile-normalised per image and channel. Label files come in three kinds:
+are percentile-normalised per image and channel. How labels become targets is the
+``data.targets`` node (:class:`Targets`), the same for every source. Label files come in
+three kinds (``data.targets.label_kind``):
 
 - ``instances``: 0 is background, ``k > 0`` object ``k`` (weights from the instances,
   optionally after :func:`~segunet.data.weightmaps.separate_touching`);
@@ -22,7 +24,7 @@ are percentile-normalised per image and channel. Label files come in three kinds
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +38,7 @@ from segunet.data.targets import TARGETS, Target, boundary_classes, check_target
 from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
 from segunet.errors import SegunetError
-from segunet.metrics import OBJECT_METRICS, check_metric
+from segunet.metrics import OBJECT_METRICS, Metric, check_metric
 
 LabelKind = Literal["instances", "binary", "classes"]
 LABEL_KINDS = ("instances", "binary", "classes")
@@ -204,18 +206,20 @@ def instances_from_labels(
                 expected += f" and ignore_value {ignore_value}"
             raise SegunetError(
                 f"labels in {source} hold values {_show(np.unique(labels[~ignore]))}; expected "
-                f"{expected}: set data.foreground_value or data.label_kind"
+                f"{expected}: set data.targets.foreground_value or data.targets.label_kind"
             )
         structure = ndi.generate_binary_structure(labels.ndim, connectivity or labels.ndim)
         instances, _ = ndi.label(foreground & ~ignore, structure=structure)
         return instances, ignore
     if kind != "instances":
-        raise SegunetError(f"data.label_kind={kind!r} is not one of {', '.join(LABEL_KINDS)}")
+        raise SegunetError(
+            f"data.targets.label_kind={kind!r} is not one of {', '.join(LABEL_KINDS)}"
+        )
     bad = (labels < 0) & ~ignore
     if bad.any():
         raise SegunetError(
             f"labels in {source} hold negative values {_show(np.unique(labels[bad]))}; instance "
-            "labels are 0 (background) or object ids: set data.ignore_value if they mark "
+            "labels are 0 (background) or object ids: set data.targets.ignore_value if they mark "
             "unlabelled pixels"
         )
     return np.where(ignore, 0, labels), ignore
@@ -230,7 +234,8 @@ def classes_from_labels(
     if bad.any():
         raise SegunetError(
             f"labels in {source} hold values {_show(np.unique(labels[~ignore]))}; expected "
-            f"class ids 0..{num_classes - 1}: set data.num_classes or data.ignore_value"
+            f"class ids 0..{num_classes - 1}: set data.targets.num_classes or "
+            "data.targets.ignore_value"
         )
     return np.where(ignore, 0, labels).astype(np.int64), ignore
 
@@ -243,7 +248,7 @@ def class_balance_weights(
     if class_weights is None:
         return valid.astype(np.float32)
     if class_weights != "balanced":
-        raise SegunetError(f"data.class_weights={class_weights!r}: use balanced or null")
+        raise SegunetError(f"data.targets.class_weights={class_weights!r}: use balanced or null")
     counts = np.bincount(classes[valid].ravel(), minlength=num_classes).astype(float)
     present = np.count_nonzero(counts)
     per_class = np.divide(counts.sum(), present * counts, out=np.zeros_like(counts),
@@ -364,7 +369,8 @@ def volume_from_instances(
 
 @dataclasses.dataclass(frozen=True)
 class Targets:
-    """How label files become training targets: the settings every file source shares."""
+    """How label files become training targets and weight maps: the ``data.targets`` node,
+    the same for every source."""
 
     label_kind: LabelKind = "instances"
     foreground_value: int = 255
@@ -374,11 +380,17 @@ class Targets:
     connectivity: int | None = None
     w0: float = 10.0
     sigma: float = 5.0
-    class_weights: str | None = "balanced"
+    class_weights: Literal["balanced"] | None = "balanced"
     spacing: Sequence[float] | None = None
     cache_dir: str | None = "data/cache"
     workers: int = 0
-    target: Target = "foreground"
+
+    @classmethod
+    def of(cls, value: Targets | Mapping[str, object] | None) -> Targets:
+        """``value`` as Targets: a config gives a mapping of its keys; None: the defaults."""
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        return cls(**value)
 
     def volumes(
         self,
@@ -386,6 +398,7 @@ class Targets:
         images: Sequence[np.ndarray],
         labels: Sequence[np.ndarray],
         sources: Sequence[str],
+        target: Target = "foreground",
     ) -> list[Volume]:
         """Volumes of prepared images and integer label images (``sources``: the label
         files, for error messages); the weight maps of all in one call."""
@@ -405,31 +418,42 @@ class Targets:
                                   self.ignore_value, src, self.connectivity)
             for lab, src in zip(labels, sources)
         ]
+        return self.of_instances(names, images, [p[0] for p in pairs], [p[1] for p in pairs],
+                                 target)
+
+    def of_instances(
+        self,
+        names: Sequence[str],
+        images: Sequence[np.ndarray],
+        instances: Sequence[np.ndarray],
+        ignores: Sequence[np.ndarray | None],
+        target: Target = "foreground",
+    ) -> list[Volume]:
+        """:func:`volumes_from_instances` with these weight-map settings."""
         return volumes_from_instances(
-            names, images, [p[0] for p in pairs], [p[1] for p in pairs], self.w0, self.sigma,
-            self.class_weights, self.separate_touching, self.spacing, self.cache_dir,
-            self.workers, self.target,
+            names, images, instances, ignores, self.w0, self.sigma, self.class_weights,
+            self.separate_touching, self.spacing, self.cache_dir, self.workers, target,
         )
 
-    def check(self, metric: str) -> None:
+    def check(self, target: Target, metric: Metric) -> None:
         """Refuse a target or metric the labels cannot give, before anything is read."""
-        check_target(self.target)
+        check_target(target)
         check_metric(metric)
         objects = self.label_kind != "classes"
-        if self.target != "foreground" and not objects:
+        if target != "foreground" and not objects:
             raise SegunetError(
-                f"data.target={self.target} needs objects, but data.label_kind=classes labels "
-                "hold classes only: use data.target=foreground, or instance/binary labels"
+                f"data.target={target} needs objects, but data.targets.label_kind=classes "
+                "labels hold classes only: use data.target=foreground, or instance/binary labels"
             )
         if metric in OBJECT_METRICS and not objects:
             raise SegunetError(
-                f"data.metric={metric} scores objects, but data.label_kind=classes labels "
-                "hold classes only: use data.metric=dice or iou"
+                f"data.metric={metric} scores objects, but data.targets.label_kind=classes "
+                "labels hold classes only: use data.metric=dice or iou"
             )
 
-    def num_classes_out(self) -> int:
+    def num_classes_out(self, target: Target) -> int:
         """Classes the network predicts."""
-        return self.num_classes if self.label_kind == "classes" else len(TARGETS[self.target])
+        return self.num_classes if self.label_kind == "classes" else len(TARGETS[target])
 
 
 # --- splits and the returned data ----------------------------------------------------------
@@ -526,24 +550,26 @@ def synthetic(
     n_val: int = 4,
     shape: Sequence[int] = (256, 256),
     seed: int = 0,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_weights: str | None = "balanced",
-    separate_touching: bool = True,
+    targets: Targets = Targets(separate_touching=True),
     sparse_every: int | None = None,
     patch_size: Sequence[int] | None = None,
     foreground_oversample: float = 0.0,
-    cache_dir: str | None = "data/cache",
-    workers: int = 0,
     target: Target = "foreground",
-    metric: str = "dice",
+    metric: Metric = "dice",
 ) -> SegmentationData:
     """The embedded default data: seeded microscopy-like cells (2D) or volumes (3D ``shape``).
 
     Train and validation images come from disjoint seeds. ``sparse_every`` (3D) leaves all
-    but every n-th slice of the training volumes unlabelled.
+    but every n-th slice of the training volumes unlabelled. ``targets``: the weight-map
+    settings (the cells are instance labels).
     """
-    Targets(target=target).check(metric)
+    targets = Targets.of(targets)
+    targets.check(target, metric)
+    if targets.label_kind != "instances":
+        raise SegunetError(
+            f"data.targets.label_kind={targets.label_kind}: synthetic cells are instance "
+            "labels; set data.targets.label_kind=instances"
+        )
     # Training draws patches from the train images and validation scores the val ones: an
     # empty share would only fail later, deep inside the trainer.
     for key, n in (("n_train", n_train), ("n_val", n_val)):
@@ -562,10 +588,7 @@ def synthetic(
         instances.append(inst)
         ignores.append(sparse_slices_ignore(shape, sparse_every, offset=i % sparse_every)
                        if sparse else None)
-    volumes = volumes_from_instances(
-        names, images, instances, ignores, w0, sigma, class_weights, separate_touching,
-        cache_dir=cache_dir, workers=workers, target=target,
-    )
+    volumes = targets.of_instances(names, images, instances, ignores, target)
     return make_data(
         volumes[:n_train], volumes[n_train:], len(TARGETS[target]),
         class_names_for(["background", "cell"], "instances", 2, target), "synthetic",
@@ -579,10 +602,7 @@ def folder(
     labels: str = "masks",
     image_glob: str = "*",
     label_suffix: str = "",
-    label_kind: LabelKind = "instances",
-    foreground_value: int = 255,
-    num_classes: int = 2,
-    ignore_value: int | None = None,
+    targets: Targets = Targets(),
     class_names: Sequence[str] | None = None,
     channels: int | None = None,
     spatial_dims: int = 2,
@@ -590,19 +610,11 @@ def folder(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     max_images: int | None = None,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_weights: str | None = "balanced",
-    separate_touching: bool = False,
-    connectivity: int | None = None,
-    spacing: Sequence[float] | None = None,
-    cache_dir: str | None = "data/cache",
-    workers: int = 0,
     patch_size: Sequence[int] | None = None,
     foreground_oversample: float = 0.0,
     name: str = "folder",
     target: Target = "foreground",
-    metric: str = "dice",
+    metric: Metric = "dice",
 ) -> SegmentationData:
     """Image files in ``path/images`` paired by stem with label files in ``path/labels``.
 
@@ -611,13 +623,12 @@ def folder(
     ``(Z, Y, X)`` (``spatial_dims=3``), any integer or float type; ``channels`` converts RGB
     to grey (1) or grey to RGB (3). ``max_images`` keeps the first images by name (quick
     runs). The validation images are a ``split_seed`` permutation's first ``val_fraction``.
-    ``target`` and ``metric``: what the network learns and what validation scores
+    ``targets``: how the labels become targets and weight maps (:class:`Targets`). ``target``
+    and ``metric``: what the network learns and what validation scores
     (:mod:`segunet.data.targets`, :data:`segunet.metrics.TASK_METRICS`).
     """
-    targets = Targets(label_kind, foreground_value, num_classes, ignore_value,
-                      separate_touching, connectivity, w0, sigma, class_weights, spacing,
-                      cache_dir, workers, target)
-    targets.check(metric)
+    targets = Targets.of(targets)
+    targets.check(target, metric)
     root = Path(path)
     image_dir, label_dir = root / images, root / labels
     for d, key in ((image_dir, "images"), (label_dir, "labels")):
@@ -646,12 +657,12 @@ def folder(
             f"images in {image_dir} have {' and '.join(map(str, counts))} channels: set "
             "data.channels=1 (grey) or 3 (RGB)"
         )
-    volumes = targets.volumes(names, prepared, label_images, sources)
+    volumes = targets.volumes(names, prepared, label_images, sources, target)
     return make_data(
         [v for v in volumes if v.name not in val_names],
         [v for v in volumes if v.name in val_names],
-        targets.num_classes_out(),
-        class_names_for(class_names, label_kind, num_classes, target),
+        targets.num_classes_out(target),
+        class_names_for(class_names, targets.label_kind, targets.num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
         target=target, metric=metric,
     )
@@ -709,9 +720,6 @@ def tiff_stack(
     path: str,
     volume: str = "train-volume.tif",
     labels: str = "train-labels.tif",
-    label_kind: LabelKind = "binary",
-    foreground_value: int = 255,
-    slices_as: Literal["2d", "3d"] = "2d",
     **kwargs: object,
 ) -> SegmentationData:
     """A multi-page image stack ``path/volume`` and its label stack ``path/labels``: the
@@ -720,7 +728,6 @@ def tiff_stack(
     image_file, label_file = root / volume, root / labels
     return stack(
         read_array(image_file), read_array(label_file), str(image_file), str(label_file),
-        label_kind=label_kind, foreground_value=foreground_value, slices_as=slices_as,
         **{"name": root.name or "stack", **kwargs},
     )
 
@@ -729,16 +736,17 @@ def volume_file(
     path: str,
     image_key: str = "raw",
     label_key: str = "labels",
-    label_kind: LabelKind = "instances",
+    targets: Targets = Targets(),
     slices_as: Literal["2d", "3d"] = "3d",
     **kwargs: object,
 ) -> SegmentationData:
     """Raw and label volumes stored as ``image_key`` and ``label_key`` of one HDF5 file or
-    zarr store ``path``. See :func:`stack` for the other settings."""
+    zarr store ``path`` (instance labels by default). See :func:`stack` for the other
+    settings."""
     file, _ = split_key(path)
     return stack(
         read_array(file, image_key), read_array(file, label_key), f"{file}:{image_key}",
-        f"{file}:{label_key}", label_kind=label_kind, slices_as=slices_as,
+        f"{file}:{label_key}", targets=targets, slices_as=slices_as,
         **{"name": file.stem or "volume", **kwargs},
     )
 
@@ -748,29 +756,18 @@ def stack(
     labels: np.ndarray,
     image_source: str,
     label_source: str,
-    label_kind: LabelKind = "binary",
-    foreground_value: int = 255,
-    num_classes: int = 2,
-    ignore_value: int | None = None,
+    targets: Targets = Targets(label_kind="binary"),
     class_names: Sequence[str] | None = None,
     channels: int | None = None,
     slices_as: Literal["2d", "3d"] = "2d",
     percentiles: Sequence[float] | None = (1.0, 99.8),
     val_fraction: float = 0.1,
     max_images: int | None = None,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_weights: str | None = "balanced",
-    separate_touching: bool = False,
-    connectivity: int | None = None,
-    spacing: Sequence[float] | None = None,
-    cache_dir: str | None = "data/cache",
-    workers: int = 0,
     patch_size: Sequence[int] | None = None,
     foreground_oversample: float = 0.0,
     name: str = "stack",
     target: Target = "foreground",
-    metric: str = "dice",
+    metric: Metric = "dice",
 ) -> SegmentationData:
     """A ``(Z, Y, X)`` image stack (or with channels) and its label stack, as 2D slices or
     one 3D volume (``slices_as``).
@@ -778,14 +775,13 @@ def stack(
     The stack is normalised as a whole (one acquisition, one intensity scale). The last
     ``val_fraction`` of the slices validate: whole slices in 2D, the end of the Z slab in
     3D; neighbouring slices are alike, so a contiguous split keeps validation honest.
-    ``max_images`` keeps the first Z slices (quick runs and tests).
+    ``max_images`` keeps the first Z slices (quick runs and tests). ``targets``: how the
+    labels become targets and weight maps (binary labels by default).
     """
     if slices_as not in ("2d", "3d"):
         raise SegunetError(f"data.slices_as={slices_as!r}: use 2d or 3d")
-    targets = Targets(label_kind, foreground_value, num_classes, ignore_value,
-                      separate_touching, connectivity, w0, sigma, class_weights, spacing,
-                      cache_dir, workers, target)
-    targets.check(metric)
+    targets = Targets.of(targets)
+    targets.check(target, metric)
     labels = label_image(labels, 3, label_source, "a stack needs several slices; use "
                          "data=folder for single images")
     image = image_channels_first(np.asarray(image), labels.shape, image_source, label_source)
@@ -804,13 +800,13 @@ def stack(
                  (image[:, cut:], labels[cut:], label_source)]
     volumes = targets.volumes(
         names, [np.ascontiguousarray(p[0]) for p in parts],
-        [np.ascontiguousarray(p[1]) for p in parts], [p[2] for p in parts],
+        [np.ascontiguousarray(p[1]) for p in parts], [p[2] for p in parts], target,
     )
     n_train = len(volumes) - (n_val if slices_as == "2d" else 1)
     return make_data(
         volumes[:n_train], volumes[n_train:],
-        targets.num_classes_out(),
-        class_names_for(class_names, label_kind, num_classes, target),
+        targets.num_classes_out(target),
+        class_names_for(class_names, targets.label_kind, targets.num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
         target=target, metric=metric,
     )
