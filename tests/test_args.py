@@ -1,10 +1,19 @@
-"""The key=value commands' shared runner: errors and Ctrl-C as one line."""
+"""The key=value commands: their arguments through the typed layer, their --help, and
+the shared runner (errors and Ctrl-C as one line)."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import typing
+from pathlib import Path
 
-from segunet.args import run_command
+import pytest
+
+from segunet import evaluate, export, predict_cli, tune
+from segunet.args import parse, run_command
+from segunet.errors import SegunetError
+from segunet.predict_cli import PredictConfig
 
 
 def test_ctrl_c_is_one_line_and_a_second_one_does_not_cut_the_clean_up(capsys):
@@ -22,3 +31,76 @@ def test_ctrl_c_is_one_line_and_a_second_one_does_not_cut_the_clean_up(capsys):
     err = capsys.readouterr().err
     assert err.startswith("segunet: error: interrupted") and err.count("\n") == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_values_are_yaml_but_text_stays_as_typed_and_lists_take_commas():
+    options = parse(PredictConfig, ["checkpoint=run", "input=*.tif", "output=2025-01-01",
+                                    "tile=92", "outputs=labels,instances", "tta=null",
+                                    "instances.foreground_classes=[1, 2]", "overlap=0.5"],
+                    "predict")
+    assert (options.input, options.output, options.tile) == ("*.tif", Path("2025-01-01"), 92)
+    assert options.outputs == ["labels", "instances"] and options.tta is None
+    assert options.instances.foreground_classes == [1, 2] and options.overlap == 0.5
+    assert parse(PredictConfig, ["checkpoint=a", "input=b", "output=c", "tile=92,60"],
+                 "predict").tile == (92, 60)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["input=a"], "missing checkpoint=..., output=..."),
+        (["checkpoint"], "expected key=value, got 'checkpoint'; keys: checkpoint, input,"),
+        (["threshold=0.3"], "unknown key 'threshold': did you mean instances.threshold? (keys:"),
+        (["tile=1", "tile=2"], "'tile' given twice"),
+        (["tta=maybe"], "tta='maybe' is not valid: expected true or false or null"),
+        (["batch_size=null"], "batch_size=null is not valid: expected int"),
+        (["tile=[1,2"], "tile='[1,2' is not valid: expected a list of int or null"),
+        (["format=png"], "format='png' is not valid: expected one of tif, tiff, zarr"),
+        (["instances.method=magic"], "instances.method='magic' is not valid: expected one of "
+         "auto, components, watershed"),
+        (["instances.h=-1"], "instances.h=-1.0 is not valid: expected h > 0"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_the_key_and_what_it_takes(argv, expected):
+    given = ["checkpoint=a", "input=b", "output=c"] if "missing" not in expected else []
+    with pytest.raises(SegunetError) as info:
+        parse(PredictConfig, [*given, *argv], "predict")
+    assert str(info.value).startswith(f"segunet predict: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "defaults"),
+    [
+        (predict_cli, predict_cli.PredictConfig,
+         ["checkpoint (required)", "tile (null)", "batch_size (8)",
+          "outputs (probabilities,labels,instances)", "format (tif)", "overlap (0.25)",
+          "instances.method (auto)", "instances.min_distance (3)"]),
+        (export, export.ExportConfig,
+         ["checkpoint (required)", "format (onnx)", "output (null)", "opset (17)",
+          "verify (true)", "atol (0.0001)"]),
+        (evaluate, evaluate.EvaluateConfig,
+         ["pred (required)", "gt (required)", "out (metrics.json)", "kind (auto)",
+          "num_classes (null)", "pred_suffix (auto)", "gt_suffix ()"]),
+        (tune, tune.TuneCommandConfig, ["checkpoint (required)", "tta (false)", "device (auto)"]),
+    ],
+)
+def test_help_lists_every_key_with_its_default(command, config, defaults, capsys):
+    assert command.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("keys (default):\n")[1].splitlines()
+    keys = [line[2:].split(" (")[0] for line in listed if line[2:3].strip()]
+    assert keys == leaf_keys(config)
+    for default in defaults:
+        assert f"\n  {default}" in out, default
+
+
+def leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    """The dotted keys of a command's arguments, from its dataclass."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if f.init and dataclasses.is_dataclass(hints[f.name]):
+            keys += leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+        elif f.init:
+            keys.append(prefix + f.name)
+    return keys

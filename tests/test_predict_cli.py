@@ -153,7 +153,8 @@ def test_channel_mismatch_and_unreadable_file(run_dir, tmp_path, capsys):
     assert main([*common, f"input={tmp_path / 'missing.tif'}"]) == 2
     assert "no such file" in error_line(capsys)
     assert main([*common, f"input={tmp_path / '*.tif'}", "outputs=edges"]) == 2
-    assert "outputs=edges is not valid" in error_line(capsys)
+    assert ("outputs=['edges'] is not valid: expected some of probabilities, labels, "
+            "instances") in error_line(capsys)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

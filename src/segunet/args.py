@@ -1,85 +1,158 @@
 """``key=value`` arguments of the commands that run outside Hydra (``predict``, ``export``,
-``evaluate``).
+``evaluate``, ``tune``).
 
 Those commands take a checkpoint whose stored config already says what the model is, or no
-model at all, so they need no config composition: a flat set of keys with defaults, checked
-here, is enough.
+model at all, so they compose nothing: their arguments are one dataclass each (e.g.
+:class:`segunet.predict_cli.PredictConfig`), read as
+``OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))`` with its
+schema from :mod:`segunet.schema`. Wrong types, unknown, repeated and missing keys and values
+that are not allowed are therefore the same one-line errors as ``segunet train``'s, and
+``--help`` lists every key with its default (:func:`usage`). Values are YAML, except that a key
+that takes text keeps the text as typed (``input=*.tif``, ``output=2025-01-01``), and a key
+that takes a list also takes ``a,b`` or one value (``tile=572,572``, ``tile=572``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import textwrap
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from segunet.errors import SegunetError, report_errors
+from segunet.errors import SegunetError, bad_value, describe, explain, report_errors, unknown_key
+from segunet.schema import check_choices, schema_of
 
-REQUIRED = object()  # the default of a key the user must give
+T = TypeVar("T")
 
 
-def parse_key_values(
-    argv: Sequence[str], defaults: Mapping[str, Any], command: str
-) -> dict[str, str | Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x", <other defaults>}``; values stay strings
-    (convert with :func:`to_bool` etc.). Unknown keys, repeated keys, arguments without '='
-    and missing required keys are one-line SegunetErrors that list the keys."""
-    known = ", ".join(defaults)
+def option(default: Any, help: str) -> Any:
+    """A field of a command's arguments: its default (``MISSING``: required) and what it
+    does, for ``--help``."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def parse(cls: type[T], argv: Sequence[str], command: str) -> T:
+    """``argv`` (``key=value`` strings) as a ``cls``, built after its schema accepted them
+    (its ``__post_init__`` then checks the ranges)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    fields = leaf_fields(schema_of(cls))
     given: dict[str, str] = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.strip().lstrip("+")  # Hydra habit: +key=value
         if not sep or not key:
-            raise SegunetError(f"segunet {command}: expected key=value, got '{arg}'; keys: {known}")
-        if key not in defaults:
-            raise SegunetError(f"segunet {command}: unknown key '{key}'; keys: {known}")
+            raise SegunetError(
+                f"segunet {command}: expected key=value, got '{arg}'; keys: {', '.join(fields)}"
+            )
+        if key not in fields:
+            raise SegunetError(f"segunet {command}: {unknown_key(key, list(fields))}")
         if key in given:
             raise SegunetError(f"segunet {command}: '{key}' given twice")
         given[key] = value.strip()
-    missing = [k for k, v in defaults.items() if v is REQUIRED and k not in given]
+    cfg = OmegaConf.structured(schema_of(cls))
+    for key, value in given.items():
+        item = f"{key}={as_yaml(fields[key], value)}"
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except YAMLError:
+            expected = describe(fields[key])
+            raise SegunetError(f"segunet {command}: {bad_value(key, value, expected)}") from None
+        except OmegaConfBaseException as e:
+            raise SegunetError(f"segunet {command}: {explain(e) or e}") from None
+    missing = [k for k in fields if k in OmegaConf.missing_keys(cfg)]
     if missing:
-        raise SegunetError(
-            f"segunet {command}: missing {', '.join(f'{k}=...' for k in missing)}"
-        )
-    return {**defaults, **given}
-
-
-def to_bool(value: str | bool, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = value.lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise SegunetError(f"{key}={value!r} is not valid: expected true or false")
-
-
-def to_number(value: str | float | None, key: str, kind: type = int) -> Any:
-    """``int``/``float`` from a string; ``null``/``none`` -> None."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    if value.lower() in ("null", "none", ""):
-        return None
+        raise SegunetError(f"segunet {command}: missing {', '.join(f'{k}=...' for k in missing)}")
     try:
-        return kind(value)
-    except ValueError:
-        raise SegunetError(f"{key}={value!r} is not valid: expected {kind.__name__}") from None
+        check_choices(cfg, schema_of(cls))
+        return build(cls, OmegaConf.to_container(cfg))  # its __post_init__ checks ranges
+    except SegunetError as e:
+        raise SegunetError(f"segunet {command}: {e}") from None
 
 
-def to_ints(value: str | None, key: str) -> tuple[int, ...] | None:
-    """``"572,572"``, ``"[572, 572]"`` or ``"572"`` -> a tuple; ``null``/``auto`` -> None."""
-    if value is None or value.strip().lower() in ("null", "none", "auto", ""):
-        return None
-    parts = [p for p in value.strip().strip("[]()").replace(" ", "").split(",") if p]
-    try:
-        numbers = tuple(int(p) for p in parts)
-    except ValueError:
-        raise SegunetError(f"{key}={value!r} is not valid: expected e.g. 572,572") from None
-    if not numbers or min(numbers) < 1:
-        raise SegunetError(f"{key}={value!r} is not valid: expected positive sizes")
-    return numbers
+def as_yaml(field: dataclasses.Field, value: str) -> str:
+    """The YAML of ``value`` for ``field``: text as typed (quoted), a bare ``a,b`` or
+    single value as a list where the field takes a list, anything else as it is."""
+    kind = _unoptional(field.type)
+    if kind is str and value != "null":
+        return "'" + value.replace("'", "''") + "'"
+    if typing.get_origin(kind) is list and value not in ("", "null") and not value.startswith("["):
+        return f"[{value}]"
+    return value
+
+
+def build(cls: type[T], values: dict[str, Any]) -> T:
+    """``cls(**values)``, nested dataclasses built from their dicts."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kind = _unoptional(hints[name])
+        nested = dataclasses.is_dataclass(kind) and isinstance(value, dict)
+        kwargs[name] = build(kind, value) if nested else value
+    return cls(**kwargs)
+
+
+def leaf_fields(schema: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Dotted key -> schema field of every key a command takes (``instances.method``)."""
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(schema):
+        kind = _unoptional(f.type)
+        if dataclasses.is_dataclass(kind):
+            out |= leaf_fields(kind, f"{prefix}{f.name}.")
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+def _unoptional(kind: Any) -> Any:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+
+
+def usage(cls: type, head: str, width: int = 92) -> str:
+    """``head``, then every key of ``cls`` with its default, allowed values and help."""
+    from omegaconf import MISSING
+
+    lines = [head.rstrip(), "", "keys (default):"]
+    for key, f in leaf_fields(schema_of(cls)).items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else (
+            f.default)
+        shown = "required" if default == MISSING else _yaml_word(default)
+        choices = f.metadata.get("choices")
+        text = (f"one of {', '.join(map(_yaml_word, choices))}; " if choices else "") + (
+            f.metadata.get("help", ""))
+        left = f"  {key} ({shown})"
+        indent = 34
+        wrapped = textwrap.wrap(text, width - indent) or [""]
+        if len(left) >= indent - 1:
+            lines.append(left)
+            lines += [" " * indent + w for w in wrapped]
+        else:
+            lines.append(left.ljust(indent) + wrapped[0])
+            lines += [" " * indent + w for w in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def _yaml_word(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, list):
+        return ",".join(map(_yaml_word, value))
+    return str(value)
+
+
+def check_range(key: str, value: Any, ok: bool, expected: str) -> None:
+    """A value of the right type but out of range: the same one line as a wrong type."""
+    if not ok:
+        raise SegunetError(bad_value(key, value, expected))
 
 
 def run_command(body: Callable[[], None], usage: str, argv: Sequence[str]) -> int:

@@ -9,39 +9,55 @@ JSON file gets the same numbers, written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from omegaconf import MISSING
 
-from segunet.args import REQUIRED, parse_key_values, run_command, to_number
+from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
 from segunet.data.io import SUPPORTED, read_array
 from segunet.errors import SegunetError
-from segunet.metrics import evaluate_pair, resolve_kind
+from segunet.metrics import Kind, evaluate_pair, resolve_kind
 
 USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=metrics.json]
-                        [kind=auto|semantic|instances] [num_classes=N]
-                        [pred_suffix=auto] [gt_suffix=]
+                        [key=value ...]
 
-  pred, gt     a label map each, or two folders of them paired by file stem
-               (TIFF, PNG, HDF5, zarr, .npy)
-  out          the JSON report (per image and mean); out= writes none. Default metrics.json
-  kind         semantic: class maps; instances: 0 = background, each other value one object;
-               auto (default): binary masks are semantic, anything else instances
-  num_classes  classes of a semantic map (default: 2 for masks, else the largest class + 1)
-  pred_suffix  in a folder, use only files whose name ends so, paired without it; auto
-               (default): a `segunet predict` folder gives _instances (_labels if
-               kind=semantic), any other folder every file
-  gt_suffix    the same for the ground-truth folder (default: every file)
+pred and gt are a label map each, or two folders of them paired by file stem (TIFF, PNG,
+HDF5, zarr, .npy). The terminal gets a table of the metrics per image and their mean.
 """
 
-DEFAULTS = {
-    "pred": REQUIRED, "gt": REQUIRED, "out": "metrics.json", "kind": "auto",
-    "num_classes": None, "pred_suffix": "auto", "gt_suffix": "",
-}
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """The arguments of ``segunet evaluate`` (see :func:`evaluate`)."""
+
+    pred: str = option(MISSING, "a predicted label map, or a folder of them")
+    gt: str = option(MISSING, "its ground truth, or a folder of it paired by file stem")
+    out: str = option("metrics.json", "the JSON report (per image and mean); out= writes none")
+    kind: Kind = option(
+        "auto", "semantic: class maps; instances: 0 = background, each other value one "
+        "object; auto: binary masks are semantic, anything else instances")
+    num_classes: int | None = option(
+        None, "classes of a semantic map (null: 2 for masks, else the largest class + 1)")
+    pred_suffix: str = option(
+        "auto", "in a folder, use only files whose name ends so, paired without it; auto: a "
+        "`segunet predict` folder gives _instances (_labels if kind=semantic), any other "
+        "folder every file")
+    gt_suffix: str = option("", "the same for the ground-truth folder (default: every file)")
+
+    def __post_init__(self) -> None:
+        for key in ("pred", "gt"):
+            if not getattr(self, key):
+                raise SegunetError(f"{key}= is empty: give a file or folder")
+        check_range("num_classes", self.num_classes,
+                    self.num_classes is None or self.num_classes >= 1, "a whole number >= 1")
+
+
 PREDICT_OUTPUTS = ("_instances", "_labels", "_probabilities")
 
 
@@ -183,35 +199,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> None:
-        args = parse_key_values(argv, DEFAULTS, "evaluate")
-        for key in ("pred", "gt"):
-            if not args[key]:
-                raise SegunetError(f"segunet evaluate: {key}= is empty: give a file or folder")
-        if args["kind"] not in ("auto", "semantic", "instances"):
-            raise SegunetError(
-                f"segunet evaluate: kind={args['kind']} is not one of auto, semantic, instances"
-            )
-        num_classes = to_number(args["num_classes"], "num_classes")
-        if num_classes is not None and num_classes < 1:
-            raise SegunetError(
-                f"segunet evaluate: num_classes={num_classes} is not a whole number >= 1"
-            )
+        args = parse(EvaluateConfig, argv, "evaluate")
         report = evaluate(
-            Path(args["pred"]), Path(args["gt"]), args["kind"], num_classes,
-            args["pred_suffix"], args["gt_suffix"],
+            Path(args.pred), Path(args.gt), args.kind, args.num_classes, args.pred_suffix,
+            args.gt_suffix,
         )
         print(format_table(report["images"], report["mean"]))  # type: ignore[arg-type]
-        if args["out"]:
+        if args.out:
             text = json.dumps(report, indent=2) + "\n"
             try:
-                write_atomic(args["out"], lambda f: f.write(text.encode()))
+                write_atomic(args.out, lambda f: f.write(text.encode()))
             except OSError as e:
                 raise SegunetError(
-                    f"cannot write {args['out']}: {e.strerror or e}; check the folder is writable"
+                    f"cannot write {args.out}: {e.strerror or e}; check the folder is writable"
                 ) from e
-            print(f"wrote {args['out']}")
+            print(f"wrote {args.out}")
 
-    return run_command(body, USAGE, argv)
+    return run_command(body, usage(EvaluateConfig, USAGE), argv)
 
 
 if __name__ == "__main__":

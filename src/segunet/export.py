@@ -13,6 +13,7 @@ the export size and at the next larger valid size, so a size the trace baked in 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -23,9 +24,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
+from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
 from segunet.checkpoint import load_model, resolve_checkpoint
 from segunet.data.io import output_folder, refuse_existing
@@ -37,16 +39,36 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 AXES = {2: ("height", "width"), 3: ("depth", "height", "width")}
 
 USAGE = """usage: segunet export checkpoint=<file or run folder> [format=onnx|torchscript]
-                      [output=<file or folder>] [overwrite=false] [input_shape=H,W]
-                      [opset=17] [verify=true] [atol=1e-4]
+                      [output=<file or folder>] [key=value ...]
 
 Exports the trained model (rebuilt from the config stored in the checkpoint) with dynamic
 batch and spatial axes, then checks the exported file against PyTorch (max abs diff
-< atol).
-Default output: beside the checkpoint, <name>.onnx or <name>.torchscript.pt (last.onnx for
-checkpoints/last.pt). An output that is an existing folder, or ends in /, gets that default
-file name inside it. An existing file is kept unless overwrite=true, as in segunet predict.
+< atol). An output that is an existing folder, or ends in /, gets the default file name
+inside it. An existing file is kept unless overwrite=true, as in segunet predict.
 """
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """The arguments of ``segunet export`` (see :func:`export_model`)."""
+
+    checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its last.pt)")
+    format: Format = option("onnx", "onnx needs onnx (and onnxruntime to verify)")
+    output: str | None = option(
+        None, "the file, or a folder for the default name; null: beside the checkpoint, "
+        "<name>.onnx or <name>.torchscript.pt (last.onnx for checkpoints/last.pt)")
+    overwrite: bool = option(False, "replace an existing output file")
+    input_shape: list[int] | None = option(
+        None, "spatial size of the example traced and verified, e.g. 64,64; rounded up to a "
+        "valid size; null: the smallest valid size of at least 64 per axis")
+    opset: int = option(17, "the ONNX opset")
+    verify: bool = option(True, "run the export against PyTorch before it is written")
+    atol: float = option(1e-4, "the largest absolute difference verification accepts")
+
+    def __post_init__(self) -> None:
+        shape = self.input_shape
+        check_range("input_shape", shape, not shape or min(shape) >= 1,
+                    "positive sizes, e.g. 64,64")
 
 
 def export_model(
@@ -225,20 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    defaults = {
-        "checkpoint": REQUIRED, "format": "onnx", "output": None, "input_shape": None,
-        "opset": "17", "verify": "true", "atol": "1e-4", "overwrite": "false",
-    }
 
     def body() -> None:
-        args = parse_key_values(argv, defaults, "export")
+        args = parse(ExportConfig, argv, "export")
         path = export_model(
-            args["checkpoint"], format=args["format"], output=args["output"] or None,
-            input_shape=to_ints(args["input_shape"], "input_shape"),
-            opset=to_number(args["opset"], "opset"), verify=to_bool(args["verify"], "verify"),
-            atol=to_number(args["atol"], "atol", float),
-            overwrite=to_bool(args["overwrite"], "overwrite"),
+            args.checkpoint, format=args.format, output=args.output or None,
+            input_shape=args.input_shape, opset=args.opset, verify=args.verify,
+            atol=args.atol, overwrite=args.overwrite,
         )
-        print(f"segunet: exported {args['format']} model to {path}", file=sys.stderr)
+        print(f"segunet: exported {args.format} model to {path}", file=sys.stderr)
 
-    return run_command(body, USAGE, argv)
+    return run_command(body, usage(ExportConfig, USAGE), argv)

@@ -29,12 +29,13 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from omegaconf import MISSING
 from tqdm import tqdm
 
-from segunet.args import REQUIRED, parse_key_values, run_command, to_bool, to_ints, to_number
+from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import remove_stale_temps
 from segunet.data.io import (
     BIGTIFF_BYTES,
@@ -50,8 +51,9 @@ from segunet.data.io import (
 )
 from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
-from segunet.instances import instances_from_foreground
+from segunet.instances import WatershedOn, instances_from_foreground
 from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
+from segunet.predict import Blend
 
 OUTPUTS = ("probabilities", "labels", "instances")
 #: Percentiles are computed on at most about this many pixels per channel: a strided subsample
@@ -62,33 +64,6 @@ ZARR_CHUNK = {2: 512, 3: 64}
 
 USAGE = """usage: segunet predict checkpoint=<file or run folder> input=<file, folder or glob>
                        output=<folder> [key=value ...]
-
-keys (default):
-  tile (auto)               network input tile, e.g. 572,572; rounded down to a valid size
-                            (valid nets: at least one whose output spans a pooling step)
-  batch_size (8)            tiles per forward pass
-  tta (as tuned, else false)  average over the 8 rotations/reflections (2D) or flips (3D)
-  device (auto)             auto, cpu, cuda, cuda:1, ...
-  compile (false)           torch.compile the network: on a GPU about 1.5x the tiles/s
-                            after a one-off compile (tens of seconds); for many or large
-                            images. If compiling fails, one warning and it runs eagerly
-  outputs (probabilities,labels,instances)
-  format (tif)              tif or zarr (zarr: probabilities, labels streamed to disk)
-  overwrite (false)         replace existing outputs (else an existing one is an error)
-  skip_existing (false)     keep existing outputs and predict only what is missing: to
-                            continue a batch stopped by an error or Ctrl-C
-  instances.method (auto)   auto: the decoding of the checkpoint's training target with
-                            the settings `segunet tune` or training chose on its
-                            validation images (else the defaults); components or
-                            watershed: connected components / a watershed of the foreground
-  instances.threshold (tuned, else 0.5)   foreground probability
-  instances.min_size (tuned, else 0)      objects of fewer pixels are removed
-  instances.seed_threshold (tuned, else 0.5)  boundary target: interior probability of a seed
-  instances.grow (tuned, else 0)          foreground target: close gaps up to 2*grow px
-                            between touching objects
-  instances.watershed_on (distance), instances.min_distance (3), instances.h (null):
-                            the watershed method; instances.foreground_classes (all but 0)
-  blend (gaussian), overlap (0.25)   tile blending of same-padded models
 
 output must be a folder you can write to (created if missing); it is checked before the
 prediction starts. Each output is written to a hidden temp name and renamed when complete:
@@ -106,17 +81,6 @@ example:
   segunet predict checkpoint=outputs/train/2025-01-01_12-00-00 input='data/test/*.tif' \\
       output=predictions outputs=labels,instances instances.method=watershed
 """
-
-DEFAULTS: dict[str, Any] = {
-    "checkpoint": REQUIRED, "input": REQUIRED, "output": REQUIRED,
-    "tile": None, "batch_size": "8", "tta": None, "device": "auto", "compile": "false",
-    "outputs": ",".join(OUTPUTS), "format": "tif", "overwrite": "false",
-    "skip_existing": "false",
-    "blend": "gaussian", "overlap": "0.25",
-    "instances.method": "auto", "instances.min_size": None, "instances.threshold": None,
-    "instances.seed_threshold": None, "instances.grow": None, "instances.watershed_on": "distance",
-    "instances.min_distance": "3", "instances.h": None, "instances.foreground_classes": None,
-}
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -388,101 +352,107 @@ def argmax_of(probs: Any, rows: int, out: Any = None) -> Any:
 # --- the command ---------------------------------------------------------------------------
 
 
-class Options:
-    """The parsed and checked ``key=value`` arguments."""
+@dataclasses.dataclass
+class InstancesConfig:
+    """``instances.*``: how the objects of the ``instances`` output are made."""
 
-    def __init__(self, args: dict[str, Any]) -> None:
-        self.checkpoint, self.input = args["checkpoint"], args["input"]
-        self.output = Path(args["output"])
-        tile = to_ints(args["tile"], "tile")
-        self.tile = tile[0] if tile is not None and len(tile) == 1 else tile  # one: every axis
-        self.batch_size = _at_least(to_number(args["batch_size"], "batch_size"), "batch_size", 1)
-        self.tta = None if args["tta"] in (None, "null") else to_bool(args["tta"], "tta")
-        self.device = args["device"]
-        self.compile = to_bool(args["compile"], "compile")
-        self.outputs = [o.strip() for o in args["outputs"].split(",") if o.strip()]
-        unknown = set(self.outputs) - set(OUTPUTS) or not self.outputs
-        if unknown:
-            raise SegunetError(
-                f"outputs={args['outputs']} is not valid: choose from {','.join(OUTPUTS)}"
-            )
-        self.format = args["format"].lower().lstrip(".")
+    method: Literal["auto", "components", "watershed"] = option(
+        "auto", "auto: the decoding of the checkpoint's training target with the settings "
+        "`segunet tune` or training chose on its validation images (else the defaults); "
+        "components or watershed: connected components or a watershed of the foreground")
+    threshold: float | None = option(None, "foreground probability (null: as tuned, else 0.5)")
+    min_size: int | None = option(
+        None, "objects of fewer pixels are removed (null: as tuned, else 0)")
+    seed_threshold: float | None = option(
+        None, "boundary target: interior probability of a seed (null: as tuned, else 0.5)")
+    grow: int | None = option(
+        None, "foreground target: close gaps up to 2*grow px between touching objects "
+        "(null: as tuned, else 0)")
+    watershed_on: WatershedOn = option("distance", "what the watershed method floods")
+    min_distance: int = option(3, "the watershed method: least distance between seeds, px")
+    h: float | None = option(
+        None, "the watershed method: seeds are h-maxima of this height; null: peaks "
+        "(peak_local_max)")
+    foreground_classes: list[int] | None = option(
+        None, "the classes that are foreground, e.g. 1,2 (null: all but 0)")
+
+    def __post_init__(self) -> None:
+        # Checked before predicting: a bad value would otherwise stop the run with the
+        # probabilities and labels already written.
+        for key in ("threshold", "seed_threshold"):
+            value = getattr(self, key)
+            check_range(f"instances.{key}", value, value is None or 0 <= value < 1,
+                        "a probability, 0 <= p < 1")
+        for key, low in (("min_size", 0), ("grow", 0), ("min_distance", 1)):
+            value = getattr(self, key)
+            check_range(f"instances.{key}", value, value is None or value >= low,
+                        f"a whole number >= {low}")
+        check_range("instances.h", self.h, self.h is None or self.h > 0,
+                    "h > 0 (or null for peak_local_max seeds)")
+
+    def given(self) -> dict[str, Any]:
+        """The decoding settings given (None: as tuned, or the default)."""
+        return {"threshold": self.threshold, "seed_threshold": self.seed_threshold,
+                "min_size": self.min_size, "grow": self.grow}
+
+    def of_foreground(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~segunet.instances.instances_from_foreground`."""
+        return {
+            "method": "components" if self.method == "auto" else self.method,
+            "min_size": self.min_size or 0,
+            "threshold": 0.5 if self.threshold is None else self.threshold,
+            "watershed_on": self.watershed_on, "min_distance": self.min_distance, "h": self.h,
+        }
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """The arguments of ``segunet predict`` (see :data:`USAGE`)."""
+
+    checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its best.pt)")
+    input: str = option(MISSING, "an image file, a folder of them or a glob ('data/*.tif')")
+    output: Path = option(MISSING, "the folder the outputs go to (created if missing)")
+    tile: list[int] | None = option(
+        None, "network input tile, e.g. 572,572 (one size: every axis); rounded down to a "
+        "valid size (valid nets: at least one whose output spans a pooling step); null: auto")
+    batch_size: int = option(8, "tiles per forward pass")
+    tta: bool | None = option(
+        None, "average over the 8 rotations/reflections (2D) or flips (3D); null: as tuned, "
+        "else false")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    compile: bool = option(
+        False, "torch.compile the network: on a GPU about 1.5x the tiles/s after a one-off "
+        "compile (tens of seconds); for many or large images. If compiling fails, one "
+        "warning and it runs eagerly")
+    outputs: list[Literal["probabilities", "labels", "instances"]] = option(
+        list(OUTPUTS), "which outputs to write, e.g. labels,instances")
+    format: Literal["tif", "tiff", "zarr"] = option(
+        "tif", "zarr: probabilities and labels are streamed to disk")
+    overwrite: bool = option(False, "replace existing outputs (else an existing one is an error)")
+    skip_existing: bool = option(
+        False, "keep existing outputs and predict only what is missing: to continue a batch "
+        "stopped by an error or Ctrl-C")
+    blend: Blend = option("gaussian", "tile blending of same-padded models")
+    overlap: float = option(0.25, "tile overlap of same-padded models, 0 <= overlap < 1")
+    instances: InstancesConfig = dataclasses.field(default_factory=InstancesConfig)
+    #: How the instances are made: set once the checkpoint is read.
+    decoder: Decoder | None = dataclasses.field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, "a whole number >= 1")
+        check_range("overlap", self.overlap, 0 <= self.overlap < 1, "0 <= overlap < 1")
+        check_range("tile", self.tile, not self.tile or min(self.tile) >= 1,
+                    "positive sizes, e.g. 572,572")
+        check_range("outputs", self.outputs, bool(self.outputs), f"some of {','.join(OUTPUTS)}")
+        if self.tile is not None:  # one size is for every axis
+            self.tile = self.tile[0] if len(self.tile) == 1 else tuple(self.tile)
         self.format = "tif" if self.format == "tiff" else self.format
-        if self.format not in ("tif", "zarr"):
-            raise SegunetError(f"format={args['format']} is not valid: expected tif or zarr")
-        self.overwrite = to_bool(args["overwrite"], "overwrite")
-        self.skip_existing = to_bool(args["skip_existing"], "skip_existing")
         if self.overwrite and self.skip_existing:
             raise SegunetError(
                 "overwrite=true and skip_existing=true contradict each other: replace the "
                 "existing outputs (overwrite) or keep them and predict the rest (skip_existing)"
             )
-        self.blend = args["blend"]
-        self.overlap = to_number(args["overlap"], "overlap", float)
-        if self.overlap is None or not 0 <= self.overlap < 1:
-            raise SegunetError(f"overlap={args['overlap']} is not valid: expected 0 <= overlap < 1")
-        method = args["instances.method"]
-        if method not in ("auto", "components", "watershed"):
-            raise SegunetError(
-                f"instances.method={method} is not valid: expected auto, components or watershed"
-            )
-        on = args["instances.watershed_on"]
-        if on not in ("distance", "probability"):
-            raise SegunetError(
-                f"instances.watershed_on={on} is not valid: expected distance or probability"
-            )
-        h = to_number(args["instances.h"], "instances.h", float)
-        if h is not None and h <= 0:
-            raise SegunetError(f"instances.h={args['instances.h']} is not valid: expected h > 0 "
-                               "(or null for peak_local_max seeds)")
-        # Checked here, not after the prediction: a bad value would otherwise stop the run
-        # with the probabilities and labels already written. None: as tuned (or the default).
-        self.method = method
-        self.given = {
-            "threshold": _probability(args["instances.threshold"], "instances.threshold"),
-            "seed_threshold": _probability(args["instances.seed_threshold"],
-                                           "instances.seed_threshold"),
-            "min_size": _optional_at_least(args["instances.min_size"], "instances.min_size", 0),
-            "grow": _optional_at_least(args["instances.grow"], "instances.grow", 0),
-        }
-        self.instances = {
-            "method": "components" if method == "auto" else method,
-            "min_size": self.given["min_size"] or 0,
-            "threshold": 0.5 if self.given["threshold"] is None else self.given["threshold"],
-            "watershed_on": on,
-            "min_distance": _at_least(
-                to_number(args["instances.min_distance"], "instances.min_distance"),
-                "instances.min_distance", 1,
-            ),
-            "h": h,
-        }
-        classes = args["instances.foreground_classes"]
-        try:
-            self.foreground = None if classes in (None, "", "null") else tuple(
-                int(c) for c in classes.strip("[]()").split(",") if c.strip()
-            )
-        except ValueError:
-            raise SegunetError(
-                f"instances.foreground_classes={classes} is not valid: expected e.g. 1,2"
-            ) from None
-
-
-def _probability(value: str | None, key: str) -> float | None:
-    number = to_number(value, key, float)
-    if number is not None and not 0 <= number < 1:
-        raise SegunetError(f"{key}={value} is not valid: expected a probability, 0 <= p < 1")
-    return number
-
-
-def _optional_at_least(value: str | None, key: str, low: int) -> int | None:
-    number = to_number(value, key)
-    return None if number is None else _at_least(number, key, low)
-
-
-def _at_least(value: int | None, key: str, low: int) -> int:
-    if value is None or value < low:
-        raise SegunetError(f"{key}={value} is not valid: expected a whole number >= {low}")
-    return value
 
 
 def resolve_device(name: str) -> str:
@@ -495,7 +465,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def predict_files(options: Options) -> list[Path]:
+def predict_files(options: PredictConfig) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
     does not stop halfway on them."""
@@ -527,7 +497,7 @@ def predict_files(options: Options) -> list[Path]:
 
 
 def predict_all(
-    todo: dict[Path, dict[str, Path]], model: Any, config: dict, options: Options, device: str
+    todo: dict[Path, dict[str, Path]], model: Any, config: dict, options: PredictConfig, device: str
 ) -> list[Path]:
     """Predict each input of ``todo`` into its outputs, one after another; a failure or
     Ctrl-C says how far the batch got and how to continue it."""
@@ -557,7 +527,7 @@ def predict_all(
     return written
 
 
-def plan_outputs(inputs: Sequence[Path], options: Options) -> dict[Path, dict[str, Path]]:
+def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, dict[str, Path]]:
     """The outputs to write per input: all requested ones, less those that exist with
     ``skip_existing``. Two inputs writing one file, or an existing output without
     ``overwrite``/``skip_existing``, are one-line errors."""
@@ -580,7 +550,7 @@ def plan_outputs(inputs: Sequence[Path], options: Options) -> dict[Path, dict[st
 
 def predict_or_fall_back(
     runner: Any, model: Any, config: dict, path: Path, targets: dict[str, Path],
-    options: Options, device: str,
+    options: PredictConfig, device: str,
 ) -> tuple[list[Path], Any]:
     """:func:`predict_file` with ``runner``; if a compiled runner fails, one warning and the
     eager ``model`` from then on. Returns the files written and the runner to go on with."""
@@ -608,7 +578,8 @@ def compiled(model: Any) -> Any:
 
 
 def predict_file(
-    model: Any, config: dict, path: Path, targets: dict[str, Path], options: Options, device: str
+    model: Any, config: dict, path: Path, targets: dict[str, Path], options: PredictConfig,
+    device: str,
 ) -> list[Path]:
     """Predict one image and write the requested outputs to ``targets``."""
     from segunet.checkpoint import unwrap
@@ -668,7 +639,7 @@ def predict_file(
 
 def predict_stack(
     model: Any, volume: NormalizedImage, path: Path, targets: dict[str, Path],
-    options: Options, device: str, foreground: Sequence[int],
+    options: PredictConfig, device: str, foreground: Sequence[int],
 ) -> list[Path]:
     """Predict a ``(Z, Y, X)`` stack with a 2D model slice by slice, writing each output
     slice by slice as a stack: probabilities ``(Z, C, Y, X)`` float16, labels and instances
@@ -723,12 +694,12 @@ class Decoder:
     tuned: bool = False
 
     @classmethod
-    def of(cls, options: Options, config: dict, tuned: dict | None) -> Decoder:
+    def of(cls, options: PredictConfig, config: dict, tuned: dict | None) -> Decoder:
         target = (config.get("data") or {}).get("target", "foreground")
-        if options.method != "auto":
-            return cls(target, None, options.instances)
+        if options.instances.method != "auto":
+            return cls(target, None, options.instances.of_foreground())
         base = PostProcess.from_dict(tuned["settings"]) if tuned else PostProcess()
-        given = {k: v for k, v in options.given.items() if v is not None}
+        given = {k: v for k, v in options.instances.given().items() if v is not None}
         return cls(target, dataclasses.replace(base, **given), {}, tuned is not None)
 
     def __call__(self, probs: Any, foreground: Sequence[int], rows: int) -> np.ndarray:
@@ -750,9 +721,9 @@ class Decoder:
         return f"instances of the {self.target} target, {how}: {settings}"
 
 
-def foreground_classes(options: Options, classes: int, targets: dict[str, Path]) -> tuple:
+def foreground_classes(options: PredictConfig, classes: int, targets: dict[str, Path]) -> tuple:
     """``instances.foreground_classes`` (default: all but 0), checked against the model."""
-    foreground = options.foreground or tuple(range(1, classes))
+    foreground = tuple(options.instances.foreground_classes or range(1, classes))
     if "instances" in targets and (
         not foreground or max(foreground) >= classes or min(foreground) < 0
     ):
@@ -768,7 +739,7 @@ def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
     return max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
 
 
-def tiling(options: Options, device: str, progress: bool) -> dict[str, Any]:
+def tiling(options: PredictConfig, device: str, progress: bool) -> dict[str, Any]:
     """The keyword arguments of :func:`segunet.predict.predict_tiled` from the options."""
     return dict(
         tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
@@ -793,14 +764,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> None:
-        options = Options(parse_key_values(argv, DEFAULTS, "predict"))
+        options = parse(PredictConfig, argv, "predict")
         written = predict_files(options)
         print(
             f"segunet: wrote {len(written)} file{'s' * (len(written) != 1)} to {options.output}",
             file=sys.stderr,
         )
 
-    return run_command(body, USAGE, argv)
+    return run_command(body, usage(PredictConfig, USAGE), argv)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import MISSING
 from tqdm import tqdm
 
+from segunet.args import option, parse, run_command, usage
 from segunet.data.datasets import SegmentationData, Volume
 from segunet.metrics import TaskScorer, metric_key
 from segunet.postprocess import GRIDS, PostProcess, decode, format_table, search
@@ -117,8 +119,17 @@ Searches the post-processing (probability threshold, minimum object size, waters
 gap growth; with tta=true also test-time augmentation) on the validation images of the
 checkpoint's own training data for the best value of its data.metric, prints the table and
 writes the best settings into the checkpoint, where `segunet predict` uses them by default.
-A run folder means its checkpoints/best.pt (else last.pt).
 """
+
+
+@dataclass
+class TuneCommandConfig:
+    """The arguments of ``segunet tune`` (see :func:`tune_checkpoint`)."""
+
+    checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its best.pt, else "
+                             "last.pt)")
+    tta: bool = option(False, "also search with test-time augmentation")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
 
 
 def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "auto",
@@ -156,17 +167,12 @@ def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "au
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``segunet tune key=value ...``; returns the exit status."""
-    from segunet.args import REQUIRED, parse_key_values, run_command, to_bool
-
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> None:
-        args = parse_key_values(
-            argv, {"checkpoint": REQUIRED, "tta": "false", "device": "auto"}, "tune"
-        )
-        file, result = tune_checkpoint(args["checkpoint"], to_bool(args["tta"], "tta"),
-                                       args["device"])
+        args = parse(TuneCommandConfig, argv, "tune")
+        file, result = tune_checkpoint(args.checkpoint, args.tta, args.device)
         print(report(result), file=sys.stderr)
         print(f"segunet: {describe(result)}; written into {file}", file=sys.stderr)
 
-    return run_command(body, USAGE, argv)
+    return run_command(body, usage(TuneCommandConfig, USAGE), argv)
