@@ -1,11 +1,80 @@
-"""The package's modules import one another without a cycle."""
+"""The package as installed: a wheel holds the code and the configs and trains anywhere; its
+modules import one another without a cycle."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import site
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str | Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """A command as a user outside the checkout runs it: no PYTHONPATH into the sources."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
+    done = subprocess.run([str(a) for a in args], cwd=cwd, env=clean | env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of the checkout, built offline from a copy (the build writes into it)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    dist = tmp_path_factory.mktemp("dist")
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+        "--no-build-isolation", "-w", dist, source, cwd=source)
+    return next(dist.glob("segunet-*.whl"))
+
+
+def test_the_wheel_holds_every_module_and_config(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {str(p.relative_to(ROOT / "src")) for p in (ROOT / "src").rglob("*.py")}
+    configs = {f"segunet/conf/{p.relative_to(ROOT / 'configs')}"
+               for p in (ROOT / "configs").rglob("*") if p.suffix in (".py", ".yaml")}
+    assert "segunet/conf/trainer/default.yaml" in configs
+    assert modules | configs <= names, sorted(modules | configs - names)
+
+
+def test_the_wheel_trains_outside_the_checkout(wheel, tmp_path):
+    """Installed into a fresh venv (which reuses this environment's torch and other
+    dependencies), ``segunet train`` finds its configs in the package, from any folder."""
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                  cwd=tmp_path).stdout.strip()
+    # Only this environment's site folders: its own segunet (editable) is not activated.
+    (Path(purelib) / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+        wheel, cwd=tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    done = run(venv / "bin" / "segunet", "train", "experiment=quickstart", "trainer.max_steps=2",
+               cwd=work, OMP_NUM_THREADS="1")
+    assert "done at step 2" in done.stderr
+    assert len(list(work.glob("outputs/train/*/checkpoints/last.pt"))) == 1
+    # A user's config folder beside the installed configs (no configs/ folder here).
+    mine = work / "conf" / "data"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nn_train: 3\n")
+    done = run(venv / "bin" / "segunet", "train", "--config-dir", work / "conf", "data=mine",
+               "--cfg", "job", "-p", "data", cwd=work)
+    assert "n_train: 3\nn_val: 4\n" in done.stdout and "targets:" in done.stdout
 
 
 def imports(path: Path, package: str) -> set[str]:

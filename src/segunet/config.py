@@ -8,7 +8,7 @@ typed by the schema of its constructor (:mod:`segunet.schema`): :func:`instantia
 from __future__ import annotations
 
 import functools
-import importlib
+import importlib.util
 import inspect
 import os
 from collections.abc import Iterator
@@ -18,16 +18,30 @@ from typing import Any
 from segunet.errors import SegunetError
 from segunet.schema import schema_for, validate
 
+#: The installed package of the YAML configs: the repository's ``configs/`` (pyproject.toml
+#: maps it there), so Hydra also finds them as ``pkg://segunet.conf``.
+CONFIG_PACKAGE = "segunet.conf"
+
 
 def config_dir() -> Path:
-    """``$SEGUNET_CONFIG_DIR`` if set, else the repository's ``configs/`` (editable install).
-    The schemas the YAML files extend are registered in Hydra's ConfigStore first
-    (:func:`register_schemas`), so whoever composes them can."""
+    """The folder of the YAML configs: ``$SEGUNET_CONFIG_DIR`` if set, else the installed
+    package :data:`CONFIG_PACKAGE`, else ``configs/`` of a source checkout used without
+    installing it (``PYTHONPATH=src``). The schemas the YAML files extend are registered in
+    Hydra's ConfigStore first (:func:`register_schemas`), so whoever composes them can."""
     register_schemas()
     env = os.environ.get("SEGUNET_CONFIG_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parents[2] / "configs"
+    spec = importlib.util.find_spec(CONFIG_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if checkout.is_dir():
+        return checkout
+    raise SegunetError(
+        f"segunet's configs are missing (no package {CONFIG_PACKAGE}): reinstall segunet, or "
+        "set SEGUNET_CONFIG_DIR to a copy of its configs folder"
+    )
 
 
 @functools.cache
