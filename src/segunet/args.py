@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from segunet.errors import SegunetError, bad_value, describe, explain, report_errors, unknown_key
+from segunet.interrupts import Interrupted
 from segunet.schema import check_choices, schema_of
 
 T = TypeVar("T")
@@ -192,7 +193,7 @@ def _first_interrupt_only() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupted.append(signum)
-        raise KeyboardInterrupt
+        raise Interrupted
 
     signal.signal(signal.SIGINT, interrupt)
     try:

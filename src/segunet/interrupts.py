@@ -24,6 +24,13 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, as segunet's own SIGINT handlers raise it. A subclass on purpose: CPython
+    marks a bare KeyboardInterrupt that passes through code run from a string (a dataclass
+    being defined during a lazy import) as unhandled, and after segunet has handled it the
+    process still ends by SIGINT at exit (status -2, not 2)."""
+
+
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
