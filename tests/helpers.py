@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,16 @@ def config_error(make_cfg, group: str, *overrides: str) -> str:
     except (SegunetError, HydraException, OmegaConfBaseException) as e:
         return one_line(e)
     raise AssertionError(f"{overrides} gave no error")
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120.0) -> None:
+    """Poll until ``condition()`` holds (not a timing assertion: the limit only stops a hung
+    test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert process.poll() is None, f"the command ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.01)
 
 
 # --- test images ---------------------------------------------------------------------------
@@ -156,3 +167,34 @@ def save_tiny_checkpoint(
     path = folder / "checkpoints" / "last.pt"
     save_atomic({"model": model.state_dict(), "config": config, "step": 2}, path)
     return path
+
+
+def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``segunet <args>`` in this process, in ``cwd``: what :func:`run_cli` returns, without
+    starting Python and importing torch again. Hydra's global state, the logging handlers
+    its runs add, ``sys.argv`` and the working folder are restored afterwards."""
+    import contextlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from segunet import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved = (list(sys.argv), os.getcwd(), list(root.handlers), root.level)
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv[:] = saved[0]
+        os.chdir(saved[1])
+        root.handlers[:] = saved[2]
+        root.setLevel(saved[3])
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(["segunet", *args], code, out.getvalue(), err.getvalue())

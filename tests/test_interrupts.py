@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, wait_for
 
 from segunet import train
 from segunet.errors import SegunetError
@@ -75,7 +74,8 @@ def test_a_second_ctrl_c_while_saving_does_not_lose_the_checkpoint(make_cfg, tmp
 
 def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
     """What a cluster scheduler sends before preempting a job."""
-    args = [*TINY, "trainer.max_steps=100000", "trainer.val_every=100000",
+    # A checkpoint every step: its first one shows that training is under way.
+    args = [*TINY, "trainer.max_steps=100000", "trainer.val_every=1",
             f"hydra.run.dir={tmp_path / 'run'}"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen([sys.executable, "-m", "segunet.cli", "train", *args], cwd=tmp_path,
@@ -83,7 +83,8 @@ def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
     try:
         first = proc.stderr.readline()
         assert first.startswith("segunet: training"), first
-        time.sleep(3)  # some steps in
+        last = tmp_path / "run" / "checkpoints" / "last.pt"
+        wait_for(last.is_file, "first checkpoint", proc)
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         code = proc.wait(timeout=120)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from helpers import TINY, run_cli, save_tiny_checkpoint
+from helpers import TINY, run_in_process, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +37,17 @@ def check(result, file, what) -> None:
 def test_predict_and_export(foreign, tmp_path, name):
     folder, what = foreign
     file = folder / name
-    check(run_cli("predict", f"checkpoint={file}", f"input={folder / 'image.tif'}",
-                  f"output={tmp_path / 'out'}", cwd=tmp_path), file, what[name])
-    check(run_cli("export", f"checkpoint={file}", f"output={tmp_path / 'm.onnx'}",
-                  cwd=tmp_path), file, what[name])
+    check(run_in_process("predict", f"checkpoint={file}", f"input={folder / 'image.tif'}",
+                         f"output={tmp_path / 'out'}", cwd=tmp_path), file, what[name])
+    check(run_in_process("export", f"checkpoint={file}", f"output={tmp_path / 'm.onnx'}",
+                         cwd=tmp_path), file, what[name])
 
 
 def test_trainer_resume(foreign, tmp_path):
     folder, what = foreign
     file = folder / "image.tif"
-    result = run_cli("train", *TINY, f"trainer.resume={file}", f"hydra.run.dir={tmp_path}/run",
-                     cwd=tmp_path)
+    result = run_in_process("train", *TINY, f"trainer.resume={file}",
+                            f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     check(result, file, what["image.tif"])
 
 
@@ -57,6 +57,6 @@ def test_torchscript_export_given_back(tmp_path):
 
     ckpt = save_tiny_checkpoint(tmp_path, "unet_same")
     exported = export_model(ckpt, "torchscript", verify=False)
-    result = run_cli("predict", f"checkpoint={exported}", f"input={exported}",
-                     f"output={tmp_path / 'out'}", cwd=tmp_path)
+    result = run_in_process("predict", f"checkpoint={exported}", f"input={exported}",
+                            f"output={tmp_path / 'out'}", cwd=tmp_path)
     check(result, exported, "a TorchScript model")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, run_cli
+from helpers import TINY, run_in_process
 
 from segunet.errors import SegunetError
 from segunet.metrics import isbi_scores
@@ -101,7 +101,7 @@ def test_segunet_tune_rewrites_the_checkpoint(make_cfg, tmp_path):
     run(make_cfg(*BOUNDARY, "postprocess.enabled=false"), tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     assert torch.load(ckpt, weights_only=True)["postprocess"] is None
-    done = run_cli("tune", f"checkpoint={ckpt}", cwd=tmp_path)
+    done = run_in_process("tune", f"checkpoint={ckpt}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     tuned = torch.load(ckpt, weights_only=True)["postprocess"]
     assert tuned["metric"] == "ap" and tuned["target"] == "boundary"
@@ -118,7 +118,7 @@ def test_segunet_tune_rewrites_the_checkpoint(make_cfg, tmp_path):
     ],
 )
 def test_unknown_targets_and_metrics_are_one_line(tmp_path, override, expected):
-    done = run_cli("train", *TINY, override, cwd=tmp_path)
+    done = run_in_process("train", *TINY, override, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"segunet: error: {expected}"]
 

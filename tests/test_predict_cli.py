@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import imageio.v3 as iio
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from helpers import save_tiny_checkpoint
+from helpers import save_tiny_checkpoint, wait_for
 
 from segunet.data.sources import image_channels_first, prepare_image
 from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main
@@ -327,16 +326,6 @@ def test_skip_existing_continues_a_batch_stopped_by_a_corrupt_file(run_dir, tmp_
     capsys.readouterr()
     assert main([*args, "skip_existing=true"]) == 0  # nothing left to do
     assert "3 of 3 images have all their outputs" in capsys.readouterr().err
-
-
-def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120.0) -> None:
-    """Poll until ``condition()`` holds (not a timing assertion: the limit only stops a hung
-    test)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert process.poll() is None, f"the command ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} within {limit} s"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("case", ["loading", "zarr", "stack"])

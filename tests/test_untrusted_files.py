@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from helpers import TINY, run_cli, save_tiny_checkpoint
+from helpers import TINY, run_in_process, save_tiny_checkpoint
 from hydra.errors import ConfigCompositionException
 
 from segunet import export, predict_cli
@@ -89,7 +89,7 @@ def test_a_poisoned_config_folder_does_not_run(tmp_path):
             f"_target_: {PAYLOAD}\nself: {marker}\n"
         )
     for command, override in (("train", "model=evil"), ("weightmaps", "data=evil")):
-        done = run_cli(command, "--config-dir", str(folder), override, cwd=tmp_path)
+        done = run_in_process(command, "--config-dir", str(folder), override, cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert not marker.exists()
         assert done.stderr.strip().splitlines()[-1].startswith("segunet: error:"), done.stderr
