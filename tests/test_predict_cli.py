@@ -455,7 +455,7 @@ def test_stack_depth_that_fits_the_channels_is_channels(tmp_path):
     rgb_planes = np.zeros((3, *SHAPE), np.uint8)
     grey_model = {"channels": 1, "percentiles": [1, 99.8]}
     assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, grey_model) is None
-    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, {}) is not None
+    assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 2, {}).shape == (1, 3, *SHAPE)
     assert stack_for_model(rgb_planes, tmp_path / "x.tif", 3, 2, {}) is None
     assert stack_for_model(rgb_planes, tmp_path / "x.tif", 1, 3, {}) is None  # a 3D model
 

@@ -10,11 +10,18 @@ from helpers import TINY, config_error, run_in_process, whole_image_reference
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from segunet.config import config_dir
+from segunet.config import config_dir, instantiate_group
+from segunet.data.datasets import SegmentationData
 from segunet.data.io import write_array
 from segunet.errors import SegunetError
 from segunet.metrics import OverlapCounter
+from segunet.schema import locate
 from segunet.train import build_trainer, run
+
+
+def saved_metrics(run_dir: Path) -> dict[str, float]:
+    """The validation metrics the run's last checkpoint holds."""
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["metrics"]
 
 
 def scalars(run_dir: Path) -> EventAccumulator:
@@ -42,11 +49,16 @@ def test_every_config_option_composes_and_instantiates(make_cfg, group):
         if group == "data":
             small = "[8,8,8]" if name == "synthetic3d" else "[32,32]"
             cfg = make_cfg(f"data={name}", "data.n_train=1", "data.n_val=1", f"data.shape={small}")
-        obj = instantiate(cfg[group])
-        if group in ("optim", "scheduler"):
-            assert callable(obj)
+        obj = instantiate_group(cfg, group)
+        target = locate(cfg[group]._target_)
+        if group == "optim":
+            obj = obj([torch.zeros(1, requires_grad=True)])
+        elif group == "scheduler":
+            obj = obj(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+        if group == "data":
+            assert isinstance(obj, SegmentationData) and len(obj.train) == len(obj.val) == 1
         else:
-            assert obj is not None
+            assert type(obj) is target, (name, type(obj))
 
 
 def test_tiny_run_learns_and_writes_events_and_checkpoints(make_cfg, tmp_path):
@@ -65,7 +77,7 @@ def test_tiny_run_learns_and_writes_events_and_checkpoints(make_cfg, tmp_path):
         assert tag in tags["scalars"], tag
     assert {"train/sample", "val/sample"} <= set(tags["images"])
     assert [e.step for e in acc.Scalars("val/dice")] == [20, 40]
-    assert 0.0 <= final["val/dice"] <= 1.0
+    assert final["val/dice"] == pytest.approx(acc.Scalars("val/dice")[-1].value)
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scheduler", "scaler", "step", "rng", "config"} <= set(ckpt)
@@ -81,7 +93,7 @@ def test_augmentation_in_cpu_workers_trains(make_cfg, tmp_path):
     batch = next(iter(trainer.loader()))  # augmented (with albumentations) and cropped there
     assert batch["image"].shape[-2:] == trainer.in_shape
     assert batch["label"].shape[-2:] == trainer.out_shape
-    assert 0.0 <= trainer.fit()["val/dice"] <= 1.0
+    assert trainer.fit()["val/dice"] == pytest.approx(saved_metrics(tmp_path)["dice"])
 
 
 def test_attention_unet_logs_attention_maps(make_cfg, tmp_path):
@@ -181,7 +193,7 @@ def test_3d_unet_trains_on_sparsely_annotated_volumes(make_cfg, tmp_path):
     assert labelled[::3].all() and not labelled[1::3].any()  # one slice in three
     assert trainer.in_shape == (44, 44, 44) and trainer.out_shape == (4, 4, 4)
     final = trainer.fit()
-    assert 0.0 <= final["val/dice"] <= 1.0
+    assert final["val/dice"] == pytest.approx(saved_metrics(tmp_path)["dice"])
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -294,7 +306,7 @@ def test_cuda_fast_path_trains_and_checkpoints_load_on_cpu(make_cfg, tmp_path):
     trainer = build_trainer(cfg, tmp_path)
     assert trainer.amp_dtype is torch.bfloat16 and trainer.augment_on_device()
     final = trainer.fit()
-    assert 0.0 <= final["val/dice"] <= 1.0
+    assert final["val/dice"] == pytest.approx(saved_metrics(tmp_path)["dice"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     cpu_model = instantiate(cfg.model)
     cpu_model.load_state_dict(ckpt["model"])
