@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import TINY, wait_for
+from helpers import TINY, run_in_process, wait_for
 
 from segunet import train
 from segunet.errors import SegunetError
@@ -101,17 +101,14 @@ def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
     )
 
 
-def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path, monkeypatch):
     """While the data loads (weight maps of a large dataset take minutes)."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    code = (
-        "import os, signal, sys; from segunet import train; from segunet.cli import main\n"
-        "def loading(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n"
-        "train.build_trainer = loading\n"
-        "main(['train', *sys.argv[1:]])"
-    )
-    done = subprocess.run([sys.executable, "-c", code, *TINY, f"hydra.run.dir={tmp_path}"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+
+    def loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train, "build_trainer", loading)
+    done = run_in_process("train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "segunet: error: interrupted before training started; nothing was saved"

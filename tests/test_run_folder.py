@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, run_cli
+from helpers import TINY, run_in_process
 
 from segunet import run_folder
 from segunet.atomic import temp_name
@@ -24,7 +24,7 @@ def test_a_folder_a_live_run_holds_is_refused_before_hydra_writes_to_it(tmp_path
     folder = tmp_path / "run"
     lock = run_folder.claim(folder, None)  # as a training process holds it
     try:
-        done = run_cli("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
+        done = run_in_process("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
     finally:
         lock.close()
     assert done.returncode == 2

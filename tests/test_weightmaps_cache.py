@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_in_process
 
 from segunet.data import weightmaps_cache
 from segunet.data.precompute import precompute
@@ -183,13 +182,8 @@ def test_precompute_counts_computed_then_reused(make_cfg, tmp_path, capsys):
 
 
 def test_precompute_command_runs(tmp_path):
-    code = "from segunet.data.precompute import main; main()"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    run = subprocess.run(
-        [sys.executable, "-c", code, *SMALL, "data.targets.cache_dir=cache",
-         "data.targets.workers=-1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=cache",
+                         "data.targets.workers=-1", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "weight maps computed" in run.stdout
     # Only the cache: no run folder, no .hydra, no log file.
