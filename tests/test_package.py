@@ -65,16 +65,9 @@ def test_the_wheel_trains_outside_the_checkout(wheel, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     done = run(venv / "bin" / "segunet", "train", "experiment=quickstart", "trainer.max_steps=2",
-               cwd=work, OMP_NUM_THREADS="1")
+               cwd=work)
     assert "done at step 2" in done.stderr
     assert len(list(work.glob("outputs/train/*/checkpoints/last.pt"))) == 1
-    # A user's config folder beside the installed configs (no configs/ folder here).
-    mine = work / "conf" / "data"
-    mine.mkdir(parents=True)
-    (mine / "mine.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nn_train: 3\n")
-    done = run(venv / "bin" / "segunet", "train", "--config-dir", work / "conf", "data=mine",
-               "--cfg", "job", "-p", "data", cwd=work)
-    assert "n_train: 3\nn_val: 4\n" in done.stdout and "targets:" in done.stdout
 
 
 def imports(path: Path, package: str) -> set[str]:

@@ -154,12 +154,15 @@ def test_3d_unet_trains_on_sparsely_annotated_volumes(make_cfg, tmp_path):
     cfg = make_cfg(
         *TINY, "model=unet3d", "model.channels=[4,8,16]", "data=synthetic3d",
         "data.shape=[20,40,40]", "data.patch_size=null", "data.sparse_every=3",
-        "trainer.max_steps=3", "trainer.val_every=3", "trainer.batch_size=1",
+        "trainer.max_steps=3", "trainer.val_every=3", "trainer.batch_size=4",
     )
     trainer = build_trainer(cfg, tmp_path)
     labelled = ~trainer.data.train[0].ignore
     assert labelled[::3].all() and not labelled[1::3].any()  # one slice in three
     assert trainer.in_shape == (44, 44, 44) and trainer.out_shape == (4, 4, 4)
+    # A batch of 4 patches lets validation take 4 large tiles, not 500 of 44**3 (a 4**3
+    # output each), whose cost says nothing about sparse labels.
+    assert trainer.val_tile == (60, 72, 76)
     final = trainer.fit()
     assert final["val/dice"] == pytest.approx(saved_metrics(tmp_path)["dice"])
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
