@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from segunet.errors import SegunetError, bad_value, describe, explain, report_errors, unknown_key
 from segunet.interrupts import Interrupted
-from segunet.schema import check_choices, schema_of
+from segunet.schema import check_choices, nested_dataclass, schema_of
 
 T = TypeVar("T")
 
@@ -42,10 +42,21 @@ def parse(cls: type[T], argv: Sequence[str], command: str) -> T:
     """``argv`` (``key=value`` strings) as a ``cls``, built after its schema accepted them
     (its ``__post_init__`` then checks the ranges)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
 
     fields = leaf_fields(schema_of(cls))
+    cfg = merged(schema_of(cls), key_values(argv, fields, command), fields, command)
+    missing = [k for k in fields if k in OmegaConf.missing_keys(cfg)]
+    if missing:
+        raise SegunetError(f"segunet {command}: missing {', '.join(f'{k}=...' for k in missing)}")
+    try:
+        check_choices(cfg, schema_of(cls))
+        return build(cls, OmegaConf.to_container(cfg))  # its __post_init__ checks ranges
+    except SegunetError as e:
+        raise SegunetError(f"segunet {command}: {e}") from None
+
+
+def key_values(argv: Sequence[str], fields: dict, command: str) -> dict[str, str]:
+    """``{key: value}`` of ``key=value`` arguments, each a key of ``fields``, once."""
     given: dict[str, str] = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -59,24 +70,27 @@ def parse(cls: type[T], argv: Sequence[str], command: str) -> T:
         if key in given:
             raise SegunetError(f"segunet {command}: '{key}' given twice")
         given[key] = value.strip()
-    cfg = OmegaConf.structured(schema_of(cls))
+    return given
+
+
+def merged(schema: type, given: dict[str, str], fields: dict, command: str) -> Any:
+    """``OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(...))``, one
+    argument at a time, so that a value YAML cannot read names its key too."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    cfg = OmegaConf.structured(schema)
     for key, value in given.items():
-        item = f"{key}={as_yaml(fields[key], value)}"
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(
+                [f"{key}={as_yaml(fields[key], value)}"]))
         except YAMLError:
             expected = describe(fields[key])
             raise SegunetError(f"segunet {command}: {bad_value(key, value, expected)}") from None
         except OmegaConfBaseException as e:
             raise SegunetError(f"segunet {command}: {explain(e) or e}") from None
-    missing = [k for k in fields if k in OmegaConf.missing_keys(cfg)]
-    if missing:
-        raise SegunetError(f"segunet {command}: missing {', '.join(f'{k}=...' for k in missing)}")
-    try:
-        check_choices(cfg, schema_of(cls))
-        return build(cls, OmegaConf.to_container(cfg))  # its __post_init__ checks ranges
-    except SegunetError as e:
-        raise SegunetError(f"segunet {command}: {e}") from None
+    return cfg
 
 
 def as_yaml(field: dataclasses.Field, value: str) -> str:
@@ -95,9 +109,8 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        kind = _unoptional(hints[name])
-        nested = dataclasses.is_dataclass(kind) and isinstance(value, dict)
-        kwargs[name] = build(kind, value) if nested else value
+        nested = nested_dataclass(hints[name])
+        kwargs[name] = build(nested, value) if nested and isinstance(value, dict) else value
     return cls(**kwargs)
 
 
@@ -105,9 +118,9 @@ def leaf_fields(schema: type, prefix: str = "") -> dict[str, dataclasses.Field]:
     """Dotted key -> schema field of every key a command takes (``instances.method``)."""
     out: dict[str, dataclasses.Field] = {}
     for f in dataclasses.fields(schema):
-        kind = _unoptional(f.type)
-        if dataclasses.is_dataclass(kind):
-            out |= leaf_fields(kind, f"{prefix}{f.name}.")
+        nested = nested_dataclass(f.type)
+        if nested is not None:
+            out |= leaf_fields(nested, f"{prefix}{f.name}.")
         else:
             out[f"{prefix}{f.name}"] = f
     return out

@@ -166,7 +166,7 @@ def _field(kind: Any, default: Any, metadata: dict) -> dataclasses.Field:
     schemas by factory, as dataclasses require)."""
     if dataclasses.is_dataclass(default) and not isinstance(default, type):
         values = _plain(dataclasses.asdict(default))
-        factory: Callable[[], Any] = functools.partial(_nested_schema(kind), **values)
+        factory: Callable[[], Any] = functools.partial(nested_dataclass(kind), **values)
         return dataclasses.field(default_factory=factory, metadata=metadata)
     if isinstance(default, (list, tuple, dict)):
         value = _plain(default)
@@ -174,8 +174,10 @@ def _field(kind: Any, default: Any, metadata: dict) -> dataclasses.Field:
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _nested_schema(kind: Any) -> type:
-    return next(a for a in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(a))
+def nested_dataclass(kind: Any) -> type | None:
+    """The dataclass a field of type ``kind`` nests (``X`` or ``X | None``), or None."""
+    return next((a for a in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(a)),
+                None)
 
 
 def _plain(value: Any) -> Any:
@@ -213,17 +215,13 @@ def check_choices(node: DictConfig, schema: type, where: str = "") -> None:
     """Every value of a key with allowed values (a ``Literal``) is one of them."""
     for f in dataclasses.fields(schema):
         value, key = node[f.name], dotted(where, f.name)
-        if dataclasses.is_dataclass(_nested_or_none(f.type)) and value is not None:
-            check_choices(value, _nested_or_none(f.type), key)
+        nested = nested_dataclass(f.type)
+        if nested is not None and value is not None:
+            check_choices(value, nested, key)
         choices = f.metadata.get("choices")
         values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
         if choices and any(v is not None and not _among(v, choices) for v in values):
             raise SegunetError(bad_value(key, plain_value(value), describe(f)))
-
-
-def _nested_or_none(kind: Any) -> Any:
-    return next((a for a in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(a)),
-                None)
 
 
 def _among(value: Any, choices: tuple) -> bool:
