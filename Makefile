@@ -27,9 +27,10 @@ venv: $(STAMP)
 train: $(STAMP)
 	$(BIN)/segunet train experiment=quickstart $(ARGS)
 
+# -n 2: two pytest workers, one per core of a 2-core machine (ARGS='-n 0' runs them in turn).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

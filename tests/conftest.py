@@ -1,8 +1,21 @@
+import os
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from segunet.config import config_dir
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the workers share the cores: each (and what it starts) gets its
+    share of torch's threads, not all of them, which would oversubscribe the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
