@@ -105,12 +105,11 @@ RECIPES = {
     "boundary": ["data.target=boundary", "model.out_channels=3"],
 }
 PRESETS = ("cpu", "gpu", "tiny")
-#: Steps of every method with --preset cpu (at most the experiment's own): the DSB recipe
-#: runs about 0.45 s a step on 2 cores (its config: 2000 steps in ~15 min), MONAI's default
-#: BasicUNet about 5x segunet's CPU net per step at one thread; with two segunet trainings,
-#: one MONAI training and the searches and test predictions (~10 min on DSB), this keeps the
-#: bench near 30 minutes. An estimate: the bench prints its total time to re-size it by.
-CPU_STEPS = {"dsb2018": 800, "isbi2012": 800, "lucchi": 800, "lucchi3d": 200}
+#: Steps of every method with --preset cpu (at most the experiment's own). Measured on DSB
+#: 2018 at 800 steps: MONAI's BasicUNet trained at 2.6 steps/s on 2 cores with 192 px
+#: patches, segunet's CPU net at about 15, and the whole bench took 553 s; at 1200 steps with
+#: 252/256 px patches it is about 30 minutes (the bench prints its total time).
+CPU_STEPS = {"dsb2018": 1200, "isbi2012": 1200, "lucchi": 1200, "lucchi3d": 300}
 TINY_STEPS = 30
 TINY_TEST_IMAGES = 4
 TINY_FEATURES = (4, 4, 8, 16, 32, 4)  # BasicUNet's features for the smoke test

@@ -61,12 +61,12 @@ class PostProcess:
 #: The grid searched per target (``tta`` is added when the caller has both predictions).
 GRIDS: dict[str, dict[str, Sequence[Any]]] = {
     "foreground": {
-        "threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        "threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
         "grow": (0, 1, 2),
         "min_size": (0, 8, 16, 32, 64, 128),
     },
     "boundary": {
-        "threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        "threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
         "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         "min_size": (0, 8, 16, 32, 64, 128),
     },
