@@ -37,6 +37,8 @@ def poisoned(tmp_path: Path, where: str) -> tuple[Path, Path]:
         ckpt["config"]["model"] = payload(marker)
     elif where == "nested":
         ckpt["config"]["model"]["norm"] = payload(marker)
+    elif where == "data":  # what `segunet tune` rebuilds to find the validation images
+        ckpt["config"]["data"] = payload(marker)
     else:
         ckpt["config"]["optim"] = payload(marker)
     path = tmp_path / f"evil-{where}.pt"
@@ -69,6 +71,16 @@ def test_export_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
     assert not marker.exists()
     assert PAYLOAD in error_of(capsys)
     assert not list(tmp_path.glob("*.torchscript.pt"))
+
+
+@pytest.mark.parametrize("where", ["model", "nested", "data"])
+def test_tune_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
+    from segunet import tune
+
+    path, marker = poisoned(tmp_path, where)
+    assert tune.main([f"checkpoint={path}"]) == 2
+    assert not marker.exists()
+    assert PAYLOAD in error_of(capsys)
 
 
 @pytest.mark.parametrize("where", ["model", "nested", "optim"])
