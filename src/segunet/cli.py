@@ -31,7 +31,8 @@ commands:
   weightmaps     precompute and cache the border weight maps of a dataset (data=<name>)
   data download  fetch a public dataset into data/<name> (lucchi, dsb2018; isbi2012 says how)
   predict        overlap-tile prediction of images of any size (checkpoint=... input=... output=...)
-  export         export a checkpoint to ONNX or TorchScript, verified against PyTorch
+  export         export a checkpoint to ONNX, TorchScript or a bioimage.io model package,
+                 verified against PyTorch
   evaluate       score predictions against ground truth (pred=<file|folder> gt=<file|folder>)
   tune           choose a checkpoint's post-processing on its validation images (checkpoint=...)
 

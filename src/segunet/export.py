@@ -1,6 +1,7 @@
-"""Export a trained model to ONNX or TorchScript, verified against PyTorch before it is kept.
+"""Export a trained model to ONNX or TorchScript, verified against PyTorch before it is kept,
+or as a bioimage.io model package of both (:mod:`segunet.bioimageio_export`).
 
-``segunet export checkpoint=<ckpt or run folder> format=onnx|torchscript [output=...]``
+``segunet export checkpoint=<ckpt or run folder> format=onnx|torchscript|bioimageio [output=...]``
 
 The file is traced with dynamic batch and spatial axes and stores the valid-size rule and
 the normalisation in its metadata (:mod:`segunet.traced`). Verification runs the exported
@@ -21,21 +22,26 @@ from omegaconf import MISSING
 
 from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
+from segunet.bioimageio_export import PackageInfo, export_package
 from segunet.checkpoint import load_model, resolve_checkpoint
 from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
 from segunet.traced import exported_bytes, metadata, verify_export
 
-Format = Literal["onnx", "torchscript"]
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+Format = Literal["onnx", "torchscript", "bioimageio"]
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
 
-USAGE = """usage: segunet export checkpoint=<file or run folder> [format=onnx|torchscript]
-                      [output=<file or folder>] [key=value ...]
+USAGE = """usage: segunet export checkpoint=<file or run folder>
+                      [format=onnx|torchscript|bioimageio] [output=<file or folder>]
+                      [key=value ...]
 
 Exports the trained model (rebuilt from the config stored in the checkpoint) with dynamic
 batch and spatial axes, then checks the exported file against PyTorch (max abs diff
-< atol). An output that is an existing folder, or ends in /, gets the default file name
-inside it. An existing file is kept unless overwrite=true, as in segunet predict.
+< atol). format=bioimageio writes a bioimage.io model package (a .zip: TorchScript and ONNX
+weights, test tensors, cover, README) built and validated by bioimageio.spec and, with
+verify=true, tested by bioimageio.core (pip install 'segunet[bioimageio]'). An output that is
+an existing folder, or ends in /, gets the default file name inside it. An existing file is
+kept unless overwrite=true, as in segunet predict.
 """
 
 
@@ -44,22 +50,41 @@ class ExportConfig:
     """The arguments of ``segunet export`` (see :func:`export_model`)."""
 
     checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its last.pt)")
-    format: Format = option("onnx", "onnx needs onnx (and onnxruntime to verify)")
+    format: Format = option(
+        "onnx", "onnx needs onnx (and onnxruntime to verify); bioimageio needs "
+        "segunet[bioimageio]")
     output: str | None = option(
         None, "the file, or a folder for the default name; null: beside the checkpoint, "
-        "<name>.onnx or <name>.torchscript.pt (last.onnx for checkpoints/last.pt)")
+        "<name>.onnx, <name>.torchscript.pt or <name>.bioimageio.zip (last.onnx for "
+        "checkpoints/last.pt); a bioimageio package is a .zip file")
     overwrite: bool = option(False, "replace an existing output file")
     input_shape: list[int] | None = option(
         None, "spatial size of the example traced and verified, e.g. 64,64; rounded up to a "
-        "valid size; null: the smallest valid size of at least 64 per axis")
+        "valid size; null: the smallest valid size of at least 64 per axis (bioimageio: the "
+        "size of the test input cut from test_image; null: the largest valid size of at "
+        "most 256 per axis, 64 in 3D, that the image holds)")
     opset: int = option(17, "the ONNX opset")
-    verify: bool = option(True, "run the export against PyTorch before it is written")
+    verify: bool = option(
+        True, "run the export against PyTorch before it is written (bioimageio: and test the "
+        "package with bioimageio.core)")
     atol: float = option(1e-4, "the largest absolute difference verification accepts")
+    test_image: str | None = option(
+        None, "bioimageio: an image like the training data, for the package's test input "
+        "and cover; null: the first validation image of the training data (rebuilt from "
+        "the checkpoint's config, so that data must be where training found it)")
+    authors: list[str] = option([], "bioimageio: the authors' names")
+    license: str | None = option(
+        None, "bioimageio: an SPDX licence id of the weights, e.g. CC-BY-4.0 or MIT")
+    tags: list[str] = option(
+        [], "bioimageio: tags beyond the derived ones, e.g. fluorescence-light-microscopy,nuclei")
 
     def __post_init__(self) -> None:
         shape = self.input_shape
         check_range("input_shape", shape, not shape or min(shape) >= 1,
                     "positive sizes, e.g. 64,64")
+        given = [k for k in ("test_image", "authors", "license", "tags") if getattr(self, k)]
+        if given and self.format != "bioimageio":
+            raise SegunetError(f"{given[0]}= is for format=bioimageio, not format={self.format}")
 
 
 def export_model(
@@ -71,13 +96,15 @@ def export_model(
     verify: bool = True,
     atol: float = 1e-4,
     overwrite: bool = False,
+    package: PackageInfo | None = None,
 ) -> Path:
     """Export the model of ``checkpoint`` and return the written file.
 
     Args:
         checkpoint: a checkpoint file or a run folder (its ``checkpoints/last.pt``).
-        format: ``"onnx"`` (needs ``onnx``, and ``onnxruntime`` to verify) or
-            ``"torchscript"``.
+        format: ``"onnx"`` (needs ``onnx``, and ``onnxruntime`` to verify),
+            ``"torchscript"`` or ``"bioimageio"`` (a model package of both, see
+            :func:`segunet.bioimageio_export.export_package`).
         output: target file, or a folder to write the default name into; default beside
             the checkpoint, named after it.
         input_shape: spatial size of the example input traced and verified; rounded up to a
@@ -87,11 +114,17 @@ def export_model(
             difference of ``atol`` or more is a SegunetError and nothing is written.
         overwrite: replace an existing output file; else it is a SegunetError, raised
             before the export starts.
+        package: format=bioimageio only: the test image and the metadata of the package.
     """
     if format not in SUFFIX:
-        raise SegunetError(f"format={format!r} is not valid: expected onnx or torchscript")
+        raise SegunetError(
+            f"format={format!r} is not valid: expected onnx, torchscript or bioimageio"
+        )
     file = resolve_checkpoint(checkpoint)
     target = export_target(file, format, output, overwrite)
+    if format == "bioimageio":
+        export_package(file, target, package or PackageInfo(), input_shape, opset, verify, atol)
+        return target
     model, config = load_model(file, "cpu")
     dims = model.spatial_dims
     shape = tuple(input_shape) if input_shape else (64,) * dims
@@ -114,7 +147,8 @@ def export_target(
     checkpoint: Path, format: Format, output: str | os.PathLike | None, overwrite: bool
 ) -> Path:
     """The file to write, checked before the (slow) export: ``output``, or the default name
-    inside ``output`` when it is a folder, or beside ``checkpoint`` without ``output``."""
+    inside ``output`` when it is a folder (existing, or ending in /: a bioimage.io package
+    too, whatever the folder's name), or beside ``checkpoint`` without ``output``."""
     name = checkpoint.stem + SUFFIX[format]
     if output is None:
         target = checkpoint.with_name(name)
@@ -123,6 +157,12 @@ def export_target(
         target = Path(text)
         if target.is_dir() or text.endswith(("/", os.sep)):
             target = target / name
+        elif format == "bioimageio" and target.suffix.lower() != ".zip":
+            # bioimage.io tools tell a package from its rdf.yaml by the .zip suffix.
+            raise SegunetError(
+                f"output={output}: a bioimage.io package is a .zip file; name it "
+                f"{target.name}.zip, or give a folder for {name}"
+            )
     output_folder(target.parent, f"output={output if output is not None else target}")
     refuse_existing(target, overwrite)
     return target
@@ -139,10 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         args = parse(ExportConfig, argv, "export")
+        package = PackageInfo(args.test_image, args.authors, args.license, args.tags)
         path = export_model(
             args.checkpoint, format=args.format, output=args.output or None,
             input_shape=args.input_shape, opset=args.opset, verify=args.verify,
-            atol=args.atol, overwrite=args.overwrite,
+            atol=args.atol, overwrite=args.overwrite, package=package,
         )
         print(f"segunet: exported {args.format} model to {path}", file=sys.stderr)
 

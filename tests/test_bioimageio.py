@@ -1,0 +1,250 @@
+"""``segunet export format=bioimageio``: packages that bioimage.io's own tools load, validate
+and test, that predict what segunet predicts, and one-line refusals of what they cannot say."""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+
+import bioimageio.core
+import bioimageio.spec
+import numpy as np
+import pytest
+import tifffile
+import torch
+from bioimageio.spec.model import v0_5
+from helpers import TINY, run_in_process, save_tiny_checkpoint
+
+from segunet.bioimageio_export import MISSING, Probabilities
+from segunet.checkpoint import load_checkpoint, load_model, save_atomic
+from segunet.data.sources import normalize_percentile
+from segunet.data.synthetic import synthetic_cells
+from segunet.errors import SegunetError
+from segunet.export import main
+from segunet.predict import predict_tiled
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """A quickstart run (a 3-level 4-8-16 net) trained for a few steps, exported by the
+    command with its defaults: beside last.pt, tested on its validation image."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    run = folder / "run"
+    done = run_in_process("train", *TINY, "trainer.max_steps=4", "trainer.val_every=4",
+                          "postprocess.enabled=false", f"hydra.run.dir={run}", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    done = run_in_process("export", f"checkpoint={run}", "format=bioimageio",
+                          "authors=Ada Lovelace", "license=MIT", cwd=folder)
+    package = run / "checkpoints" / "last.bioimageio.zip"
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"segunet: exported bioimageio model to {package}\n"
+    return run, package
+
+
+def test_quickstart_package_passes_bioimageio_core(quickstart):
+    run, package = quickstart
+    summary = bioimageio.core.test_model(package)
+    assert summary.status == "passed", summary.format()
+    descr = bioimageio.spec.load_description(package)
+    assert isinstance(descr, v0_5.ModelDescr) and descr.format_version.startswith("0.5")
+    assert descr.weights.torchscript is not None and descr.weights.onnx is not None
+    names = set(zipfile.ZipFile(package).namelist())
+    assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy",
+            "weights.onnx", "weights.torchscript.pt"} <= names
+
+
+def test_axes_say_the_valid_sizes_and_the_halo_of_the_net(quickstart):
+    run, package = quickstart
+    model, config = load_model(run)
+    smallest = model.valid_input_shape((1, 1))[0]
+    step = model.valid_input_shape((smallest + 1,) * 2)[0] - smallest
+    trimmed = smallest - model.output_shape((smallest,) * 2)[0]  # both sides together
+    descr = bioimageio.spec.load_description(package)
+    inputs, outputs = descr.inputs[0], descr.outputs[0]
+    assert [a.id for a in inputs.axes] == ["batch", "channel", "y", "x"]
+    for axis in inputs.axes[2:]:
+        assert (axis.size.min, axis.size.step) == (smallest, step)
+    for axis in outputs.axes[2:]:
+        assert axis.size.axis_id == axis.id and axis.size.offset == -trimmed
+    assert outputs.axes[1].channel_names == ["background", "foreground"]
+    scale_range = inputs.preprocessing[1]
+    assert scale_range.id == "scale_range"
+    assert (scale_range.kwargs.min_percentile, scale_range.kwargs.max_percentile) == (1.0, 99.8)
+    assert scale_range.kwargs.axes == ["y", "x"]  # per sample and channel, as segunet's
+
+
+@pytest.mark.parametrize("weight_format", ["torchscript", "onnx"])
+def test_package_predicts_what_segunet_predicts(quickstart, weight_format):
+    """bioimageio.core, on an image of another intensity scale, through the package's own
+    preprocessing and weights, against segunet's tiled prediction of the image."""
+    run, package = quickstart
+    image, _ = synthetic_cells((108, 96), seed=7)
+    raw = (image * 3000 + 200).astype(np.uint16)[None]  # (C, Y, X), as a camera gives it
+    descr = bioimageio.spec.load_description(package)
+    pipeline = bioimageio.core.create_prediction_pipeline(descr, weight_format=weight_format)
+    sample = bioimageio.core.predict(model=pipeline, inputs={"input": raw[None]})
+    got = sample.members["output"].data.values[0]
+    model, _ = load_model(run)
+    expected = predict_tiled(model, normalize_percentile(raw, 1.0, 99.8))
+    halo = (raw.shape[1] - got.shape[1]) // 2
+    assert got.shape[1:] == tuple(n - 2 * halo for n in raw.shape[1:]) and halo > 0
+    np.testing.assert_allclose(got, expected[:, halo:-halo, halo:-halo], atol=1e-4)
+
+
+def test_readme_has_the_training_command_and_the_validation_scores(quickstart):
+    run, package = quickstart
+    readme = zipfile.ZipFile(package).read("README.md").decode()
+    metrics = load_checkpoint(run / "checkpoints" / "last.pt")["metrics"]
+    assert "segunet train experiment=quickstart model.channels=[4,8,16]" in readme
+    assert "## Validation" in readme and f"| dice | {metrics['dice']:.4f} |" in readme
+    assert "synthetic" in readme and "crops 20 pixels per side" in readme
+
+
+def member(package, name: str) -> np.ndarray:
+    """The .npy file ``name`` of a package."""
+    with zipfile.ZipFile(package) as z, z.open(name) as f:
+        return np.load(f)
+
+
+def save_with(path, **entries) -> None:
+    """The checkpoint at ``path`` with ``entries`` added, as training would store them."""
+    ckpt = load_checkpoint(path)
+    save_atomic(ckpt | entries, path)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A tiny valid-padded checkpoint and a grey test image for it."""
+    ckpt = save_tiny_checkpoint(tmp_path, "unet_valid")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (70, 60), np.uint8))
+    return ckpt, [f"checkpoint={ckpt}", "format=bioimageio", f"test_image={image}"]
+
+
+def test_pixel_size_becomes_the_scale_and_unit_of_the_axes(tiny, capsys):
+    ckpt, args = tiny
+    save_with(ckpt, pixel_size={"size": [0.5, 0.25], "unit": "micrometer"})
+    assert main([*args, "verify=false"]) == 0, capsys.readouterr().err
+    descr = bioimageio.spec.load_description(ckpt.with_name("last.bioimageio.zip"))
+    for tensor in (descr.inputs[0], descr.outputs[0]):
+        axes = {a.id: a for a in tensor.axes}
+        assert (axes["y"].scale, axes["x"].scale) == (0.5, 0.25)
+        assert axes["y"].unit == axes["x"].unit == "micrometer"
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"pixel_size": {"size": [0.5, 0.5], "unit": "furlong"}},
+         "the bioimage.io spec knows no unit 'furlong'; give the pixel size in one it knows"),
+        ({"pixel_size": {"size": [0.5], "unit": "micrometer"}},
+         "is no positive size per axis of the 2D model"),
+        ("percentiles", "data.percentiles=[0.0, 1.0] cannot be written as bioimage.io's "
+         "scale_range"),
+    ],
+)
+def test_what_the_spec_cannot_say_is_refused_in_one_line(tiny, capsys, entries, message):
+    ckpt, args = tiny
+    if entries == "percentiles":
+        config = load_checkpoint(ckpt)["config"]
+        entries = {"config": config | {"data": config["data"] | {"percentiles": [0.0, 1.0]}}}
+    save_with(ckpt, **entries)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("segunet: error: ") and message in err
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
+
+
+def test_several_outputs_in_eval_mode_are_refused():
+    """Deep-supervision heads that a model still returned in eval mode would be outputs the
+    package does not describe (segunet's own models return one tensor in eval mode)."""
+
+    class Heads(torch.nn.Module):
+        def forward(self, x):
+            return [x, x]
+
+    with pytest.raises(SegunetError, match="Heads returns 2 outputs in eval mode"):
+        Probabilities(Heads()).predict(np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_deep_supervision_exports_its_eval_head(tmp_path, capsys):
+    """UNet++ trained with deep supervision: one output, the eval head, and bioimageio.core's
+    test passes (the export runs it)."""
+    cfg = {"_target_": "segunet.models.UNetPlusPlus", "in_channels": 1, "out_channels": 2,
+           "spatial_dims": 2, "channels": [4, 8, 16], "norm": None, "deep_supervision": True}
+    from hydra.utils import instantiate
+
+    model = instantiate(cfg)
+    save_atomic({"model": model.state_dict(), "config": {"model": cfg, "data": {}}},
+                tmp_path / "last.pt")
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.random.default_rng(1).normal(size=(48, 48)).astype(np.float32))
+    assert main([f"checkpoint={tmp_path / 'last.pt'}", "format=bioimageio",
+                 f"test_image={image}"]) == 0, capsys.readouterr().err
+    package = tmp_path / "last.bioimageio.zip"
+    descr = bioimageio.spec.load_description(package)
+    assert len(descr.outputs) == 1
+    test_output = member(package, "test_output.npy")
+    x = normalize_percentile(tifffile.imread(image)[None], 1.0, 99.8)[None]
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(test_output, expected, atol=1e-5)
+
+
+def test_3d_same_padded_package_passes_bioimageio_core(tmp_path, capsys):
+    ckpt = save_tiny_checkpoint(tmp_path, "unet_same", spatial_dims=3)
+    image = tmp_path / "volume.tif"
+    volume = np.random.default_rng(2).integers(0, 4000, (20, 40, 36)).astype(np.uint16)
+    tifffile.imwrite(image, volume)
+    assert main([f"checkpoint={ckpt}", "format=bioimageio", f"test_image={image}"]) == 0, (
+        capsys.readouterr().err)
+    package = ckpt.with_name("last.bioimageio.zip")
+    assert bioimageio.core.test_model(package).status == "passed"
+    descr = bioimageio.spec.load_description(package)
+    assert [a.id for a in descr.inputs[0].axes] == ["batch", "channel", "z", "y", "x"]
+    assert all(a.size.offset == 0 for a in descr.outputs[0].axes[2:])
+    assert member(package, "test_input.npy").shape == (1, 1, 20, 40, 36)
+
+
+def test_output_folder_zip_name_and_existing_files(tiny, tmp_path, capsys):
+    """output= as for the other formats: a folder (existing, or ending in /) gets the default
+    name, an existing file needs overwrite=true; the file must be a .zip."""
+    ckpt, args = tiny
+    args = [*args, "verify=false"]
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main([*args, f"output={folder}"]) == 0
+    written = folder / "last.bioimageio.zip"
+    assert written.is_file() and zipfile.is_zipfile(written)
+    capsys.readouterr()
+    assert main([*args, f"output={folder}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"output {written} exists" in err and "overwrite=true" in err
+    assert main([*args, f"output={tmp_path / 'model.bioimageio'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a bioimage.io package is a .zip file" in err
+    assert main([*args, f"output={tmp_path / 'named.zip'}"]) == 0
+    assert (tmp_path / "named.zip").is_file()
+
+
+def test_failed_verification_writes_nothing(tiny, capsys):
+    ckpt, args = tiny
+    assert main([*args, "atol=0"]) == 2  # nothing is below 0
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
+
+
+def test_bad_arguments_are_one_line(tiny, capsys, monkeypatch):
+    ckpt, args = tiny
+    assert main([f"checkpoint={ckpt}", "format=onnx", "license=MIT"]) == 2
+    assert "license= is for format=bioimageio, not format=onnx" in capsys.readouterr().err
+    assert main([f"checkpoint={ckpt}", "format=bioimageio"]) == 2  # no data to rebuild
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no test image" in err and "pass test_image=" in err
+    assert main([*args, "license=Not-A-Licence", "verify=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the bioimage.io spec refuses the package: license" in err
+    monkeypatch.setitem(sys.modules, "bioimageio.core", None)  # as if not installed
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"segunet: error: {MISSING}\n"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
