@@ -74,6 +74,16 @@ def test_export_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
 
 
 @pytest.mark.parametrize("where", ["model", "nested", "data"])
+def test_bioimageio_export_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
+    """The package's test image is a validation image of the rebuilt data source."""
+    path, marker = poisoned(tmp_path, where)
+    assert export.main([f"checkpoint={path}", "format=bioimageio"]) == 2
+    assert not marker.exists()
+    assert PAYLOAD in error_of(capsys)
+    assert not list(tmp_path.glob("*.zip"))
+
+
+@pytest.mark.parametrize("where", ["model", "nested", "data"])
 def test_tune_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
     from segunet import tune
 
