@@ -17,6 +17,12 @@ A ``(Z, Y, X)`` stack given to a 2D model whose depth is no channel count the mo
 predicted slice by slice (see :func:`predict_stack`). The checkpoint and the output folder are
 checked before anything is predicted; temps left by killed runs (see
 :func:`segunet.atomic.remove_stale_temps`) are removed at the start.
+
+An input whose pixel size differs from the checkpoint's training one is predicted at the
+training pixel size and its outputs resampled back onto its own grid (see
+:mod:`segunet.resample`). ``format=ome-zarr`` writes one OME-NGFF image per input, the
+probabilities with the labels and instances as its label images (see
+:mod:`segunet.data.omezarr`), streamed as ``format=zarr`` is.
 """
 
 from __future__ import annotations
