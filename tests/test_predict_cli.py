@@ -676,3 +676,21 @@ def test_an_ome_zarr_level_is_predicted_at_its_own_pixel_size(blur_run, tmp_path
     instances = tifffile.imread(out / "scene_instances.tif")
     assert instances.shape == (64, 64) and len(np.unique(instances)) == 7
     assert read_pixel_size(out / "scene_instances.tif") == (1.0, 1.0)
+
+
+def test_a_stack_as_ome_zarr_is_c_z_y_x_with_a_pyramid_in_y_and_x(run_dir, tmp_path):
+    """A 2D model's stack: NGFF's (C, Z, Y, X) order, the slices of the zarr output."""
+    tifffile.imwrite(tmp_path / "s.tif", np.stack([picture(k, (40, 1100)) for k in range(3)]))
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 's.tif'}"]
+    assert main([*args, f"output={tmp_path / 'ome'}", "format=ome-zarr"]) == 0
+    assert main([*args, f"output={tmp_path / 'plain'}", "format=zarr"]) == 0
+    root = zarr.open_group(str(tmp_path / "ome/s.ome.zarr"), mode="r")
+    plain = zarr.open_array(str(tmp_path / "plain/s_probabilities.zarr"))[...]
+    np.testing.assert_array_equal(root["0"][...], plain.transpose(1, 0, 2, 3))
+    assert root["1"].shape == (2, 3, 20, 550) and root["2"].shape == (2, 3, 10, 275)
+    instances = root["labels/instances/0"][...]
+    np.testing.assert_array_equal(instances[0],
+                                  zarr.open_array(str(tmp_path / "plain/s_instances.zarr"))[...])
+    np.testing.assert_array_equal(root["labels/instances/1"][0], instances[0, :, ::2, ::2])
+    axes = root.attrs["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["c", "z", "y", "x"]

@@ -19,6 +19,7 @@ ome-zarr's writers take whole (dask) arrays, not an output filled tile by tile.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from segunet.errors import SegunetError
 #: Chunk edge per spatial axis of written images (2D, 3D), and the size a pyramid's
 #: coarsest level fits in (Y and X halve until then).
 CHUNK = {2: 512, 3: 64}
+#: Values a pyramid level reads at a time, at most (256 MiB of float32).
+BAND_VALUES = 2**26
 #: Class colours of the probability channels (hex RGB, cycled): background grey.
 COLOURS = ("808080", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
 
@@ -223,21 +226,22 @@ class ImageWriter:
 
     def _pyramid(self, group: Any, first: Any, reduce: Any) -> list[Any]:
         """Levels 1, 2, ... of ``first``, each ``reduce`` of the one before, until Y and X
-        fit one chunk; written a band of chunks at a time (3D: slabs of Z)."""
+        fit one chunk; written a band of whole chunks at a time (3D: slabs of Z), thinner
+        where a band would read more than :data:`BAND_VALUES` values."""
         levels = [first]
         while any(n > c for n, c in zip(levels[-1].shape[-2:], self.chunks[-2:])):
             source = levels[-1]
             shape = (*source.shape[:-2], *(-(-n // 2) for n in source.shape[-2:]))
             target = self._create(group, str(len(levels)), shape, source.dtype)
             slabs = self.dims == 3
-            step = target.chunks[1 if slabs else -2]
-            for start in range(0, shape[1 if slabs else -2], step):
+            axis = 1 if slabs else len(shape) - 2
+            per_step = math.prod(source.shape) // source.shape[axis] * (1 if slabs else 2)
+            step = max(1, min(target.chunks[axis], BAND_VALUES // per_step))
+            for start in range(0, shape[axis], step):
                 band = slice(start, start + step)
-                if slabs:
-                    target[:, band] = reduce(source[:, band]).astype(source.dtype)
-                else:
-                    rows = slice(2 * start, 2 * (start + step))
-                    target[..., band, :] = reduce(source[..., rows, :]).astype(source.dtype)
+                read = band if slabs else slice(2 * start, 2 * (start + step))
+                index = (slice(None),) * axis
+                target[(*index, band)] = reduce(source[(*index, read)]).astype(source.dtype)
             levels.append(target)
         return levels
 
@@ -265,8 +269,9 @@ class ImageWriter:
 def _halve_mean(x: Any) -> np.ndarray:
     """2x2 means over the last two axes (an odd edge pixel averaged with itself)."""
     x = np.asarray(x, np.float32)
-    pad = [(0, 0)] * (x.ndim - 2) + [(0, x.shape[-2] % 2), (0, x.shape[-1] % 2)]
-    x = np.pad(x, pad, mode="edge")
+    if x.shape[-2] % 2 or x.shape[-1] % 2:
+        pad = [(0, 0)] * (x.ndim - 2) + [(0, x.shape[-2] % 2), (0, x.shape[-1] % 2)]
+        x = np.pad(x, pad, mode="edge")
     return x.reshape(*x.shape[:-2], x.shape[-2] // 2, 2, x.shape[-1] // 2, 2).mean((-3, -1))
 
 
