@@ -804,9 +804,9 @@ def predict_streamed(
         predict_tiled(model, image, out=model_probs, **tiling(options, device, progress=True))
         # Whole chunks, block by block: nothing in memory whole.
         rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
-        if grid.resampled:
+        if grid.resampled:  # a chunk row at a time: its window on the model's grid is larger
             back = grid.to_input(model_probs)
-            for s in blocks(grid.shape[0], rows):
+            for s in blocks(grid.shape[0], chunk):
                 probs[:, s] = back[:, s]
         if "labels" in out.targets:
             argmax_of(probs, rows, out.array("labels", grid.shape, class_dtype(classes), dims))
