@@ -154,18 +154,27 @@ MODELS = {
 def save_tiny_checkpoint(
     folder: Path, kind: str = "unet_valid", in_channels: int = 1, out_channels: int = 2,
     spatial_dims: int = 2, channels: tuple[int, ...] = (4, 8, 16),
+    pixel_size: list[float] | None = None, weights=None,
 ) -> Path:
     """A model of ``kind`` (by default 3 levels of 4..16 channels) saved as
-    ``folder/checkpoints/last.pt`` (the layout of a run folder); returns the file."""
+    ``folder/checkpoints/last.pt`` (the layout of a run folder); returns the file.
+    ``pixel_size``: the training pixel size it records, as training does; ``weights``: a
+    function that sets the model's weights (else random)."""
     model_cfg = {
         **MODELS[kind], "in_channels": in_channels, "out_channels": out_channels,
         "spatial_dims": spatial_dims, "channels": list(channels), "norm": None, "dropout": 0.0,
     }
     torch.manual_seed(0)
     model = instantiate(model_cfg)
-    config = {"model": model_cfg, "data": {"percentiles": [1.0, 99.8], "channels": None}}
+    if weights is not None:
+        with torch.no_grad():
+            weights(model)
+    config = {"model": model_cfg, "data": {"percentiles": [1.0, 99.8], "channels": None,
+                                           "pixel_size": pixel_size}}
+    record = {"size": pixel_size, "unit": "micrometer"} if pixel_size else None
     path = folder / "checkpoints" / "last.pt"
-    save_atomic({"model": model.state_dict(), "config": config, "step": 2}, path)
+    save_atomic({"model": model.state_dict(), "config": config, "step": 2,
+                 "pixel_size": record}, path)
     return path
 
 

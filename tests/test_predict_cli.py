@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,9 +14,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 from helpers import save_tiny_checkpoint, wait_for
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
 
+from segunet.data.io import read_pixel_size
 from segunet.data.sources import image_channels_first, prepare_image
 from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main
 
@@ -501,3 +506,191 @@ def test_instances_decode_the_target_with_the_tuned_settings(tmp_path, capsys):
                  "outputs=instances", "instances.min_size=30"]) == 0
     expected = decode(probs, "boundary", PostProcess(**{**settings, "min_size": 30}))
     np.testing.assert_array_equal(tifffile.imread(again / "a_instances.tif"), expected)
+
+
+# --- pixel size: resampling to the training one, outputs on the input's grid ---------------
+
+#: One axis of four 3x3 box filters in a row: what the blur model below applies.
+BOX4 = np.convolve(np.convolve(np.ones(3), np.ones(3)), np.convolve(np.ones(3), np.ones(3))) / 81
+
+
+def blur_threshold(model, threshold: float = 0.97, gain: float = 200.0) -> None:
+    """Weights that make a 2-level valid U-Net a known detector of objects of a scale:
+    foreground probability ``sigmoid(gain * (K * x - threshold))``, ``K`` four 3x3 box
+    filters (two convolutions of the first encoder level, two of the last decoder level,
+    through the skip connection; everything else zero). A disc of radius 8 px keeps
+    ``K * x`` at 1 inside; one of radius 4 px peaks at 0.94, below the threshold."""
+    for p in model.parameters():
+        p.zero_()
+    box = torch.full((3, 3), 1 / 9)
+    for conv in (model.encoders[0][0], model.encoders[0][2], model.decoders[0][0],
+                 model.decoders[0][2]):
+        conv.weight[0, 0] = box  # channel 0 to channel 0; the skip is channel 0 of the concat
+    model.head.weight[1, 0] = gain
+    model.head.bias[1] = -gain * threshold
+
+
+def discs(pixel_size: float, shape: tuple[int, int], supersample: int = 8) -> np.ndarray:
+    """The same scene of six discs of radius 4 um (centres in um), rendered at
+    ``pixel_size`` um by area coverage, 0..200."""
+    centres = [(12, 12), (12, 36), (34, 20), (40, 44), (50, 10), (26, 52)]
+    coords = [(np.arange(n * supersample) + 0.5) / supersample * pixel_size for n in shape]
+    yy, xx = np.meshgrid(*coords, indexing="ij")
+    inside = np.zeros(yy.shape, bool)
+    for cy, cx in centres:
+        inside |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 4.0**2
+    coverage = inside.reshape(shape[0], supersample, shape[1], supersample).mean((1, 3))
+    return (200 * coverage).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def blur_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blur")
+    save_tiny_checkpoint(folder, channels=(2, 2), pixel_size=[0.5, 0.5], weights=blur_threshold)
+    return folder
+
+
+def predict_instances(run, image, pixel_size, folder, *extra) -> np.ndarray:
+    tifffile.imwrite(folder / "in.tif", image, resolution=(1e4 / pixel_size,) * 2,
+                     resolutionunit="CENTIMETER")
+    out = folder / "out"
+    args = [f"checkpoint={run}", f"input={folder / 'in.tif'}", f"output={out}",
+            "outputs=instances", "overwrite=true", *extra]
+    assert main(args) == 0
+    return tifffile.imread(out / "in_instances.tif")
+
+
+def test_discs_at_p_and_2p_give_the_same_instances(blur_run, tmp_path):
+    """The issue's test. The model is built, not trained, so that its output is exactly
+    known and, above all, depends on scale: it finds discs of radius 8 px and misses discs
+    of radius 4 px. So the scene at 2p (radius 4 px) is found only if predict resamples it
+    to the training pixel size p (radius 8 px); without resampling it is missed (checked
+    last). The instances of 2p, on its own 64x64 grid, equal those of p taken at the
+    centre of each 2p pixel (p's pixel 2i + 1), except within a pixel of a boundary."""
+    at_p = predict_instances(blur_run, discs(0.5, (128, 128)), 0.5, tmp_path)
+    at_2p = predict_instances(blur_run, discs(1.0, (64, 64)), 1.0, tmp_path)
+    assert at_2p.shape == (64, 64) and len(np.unique(at_p)) == 7  # six discs found at p
+    reference = at_p[1::2, 1::2]
+    matched = np.zeros_like(at_2p)
+    for k in np.unique(at_2p[at_2p > 0]):  # each 2p object onto the p object it overlaps
+        ids, counts = np.unique(reference[at_2p == k], return_counts=True)
+        matched[at_2p == k] = ids[np.argmax(counts)]
+    assert sorted(np.unique(matched)) == sorted(np.unique(reference))  # one to one
+    near_boundary = ndi.binary_dilation(find_boundaries(reference, mode="thick"),
+                                        np.ones((3, 3), bool))
+    assert not np.any((matched != reference) & ~near_boundary)
+    assert predict_instances(blur_run, discs(1.0, (64, 64)), 1.0, tmp_path,
+                             "resample=false").max() == 0
+
+
+def test_an_input_finer_than_training_is_predicted_at_the_training_size(blur_run, tmp_path):
+    """p/2: discs of radius 16 px, predicted on a grid of half the size (radius 8)."""
+    at_p = predict_instances(blur_run, discs(0.5, (128, 128)), 0.5, tmp_path)
+    at_half = predict_instances(blur_run, discs(0.25, (256, 256)), 0.25, tmp_path)
+    assert at_half.shape == (256, 256) and len(np.unique(at_half)) == 7
+    # Each p/2 pixel lies in the p pixel of half its index: the same objects, the same ids.
+    np.testing.assert_array_equal(at_half, np.repeat(np.repeat(at_p, 2, 0), 2, 1))
+
+
+def test_pixel_size_option_overrides_the_file_and_outputs_record_it(blur_run, tmp_path):
+    image = discs(1.0, (64, 64))
+    tifffile.imwrite(tmp_path / "bare.tif", image)  # no pixel size
+    args = [f"checkpoint={blur_run}", f"input={tmp_path / 'bare.tif'}", "outputs=labels"]
+    assert main([*args, f"output={tmp_path / 'a'}"]) == 0
+    assert tifffile.imread(tmp_path / "a/bare_labels.tif").max() == 0  # as is: missed
+    assert main([*args, f"output={tmp_path / 'b'}", "pixel_size=1.0"]) == 0
+    assert tifffile.imread(tmp_path / "b/bare_labels.tif").max() == 1
+    assert read_pixel_size(tmp_path / "b/bare_labels.tif") == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["pixel_size=0"], "pixel_size=\\[0.0\\]: a pixel size must be a positive number"),
+    (["pixel_size=-1,1"], "must be a positive number"),
+    (["pixel_size=5"], "is 10x the model's 0.5 x 0.5 um, beyond the 8x"),
+    (["pixel_size=0.05"], "is 1/10x the model's"),
+])
+def test_bad_pixel_sizes_and_factors_are_one_line_and_write_nothing(
+    blur_run, tmp_path, capsys, extra, match
+):
+    tifffile.imwrite(tmp_path / "in.tif", discs(1.0, (64, 64)))
+    out = tmp_path / "out"
+    args = [f"checkpoint={blur_run}", f"input={tmp_path / 'in.tif'}", f"output={out}", *extra]
+    assert main(args) == 2
+    assert re.search(match, error_line(capsys))
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- OME-Zarr out and in -------------------------------------------------------------------
+
+
+def test_ome_zarr_output_opens_with_ome_zarrs_reader(blur_run, tmp_path):
+    """Image (the probabilities), labels and instances, each a pyramid with the input's
+    pixel size per level, equal to the plain zarr outputs at level 0."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    image = np.tile(discs(0.5, (128, 128)), (5, 5))  # 640 px: levels of 640, 320
+    tifffile.imwrite(tmp_path / "cells.tif", image, resolution=(1e4 / 0.5,) * 2,
+                     resolutionunit="CENTIMETER")
+    args = [f"checkpoint={blur_run}", f"input={tmp_path / 'cells.tif'}"]
+    assert main([*args, f"output={tmp_path / 'ome'}", "format=ome-zarr"]) == 0
+    assert main([*args, f"output={tmp_path / 'plain'}", "format=zarr"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ome").iterdir()) == ["cells.ome.zarr"]
+    nodes = list(Reader(parse_url(str(tmp_path / "ome/cells.ome.zarr"), fmt=FormatV04()))())
+    by_name = {n.metadata.get("name"): n for n in nodes if n.data}
+    assert set(by_name) == {"cells", "labels", "instances"}
+    for name, node in by_name.items():
+        assert [d.shape[-2:] for d in node.data] == [(640, 640), (320, 320)]
+        scales = [t[0]["scale"][-2:] for t in node.metadata["coordinateTransformations"]]
+        assert scales == [[0.5, 0.5], [1.0, 1.0]]
+        assert [a.get("unit") for a in node.metadata["axes"]] == [None, "micrometer",
+                                                                  "micrometer"]
+        plain = zarr.open_array(str(tmp_path / f"plain/cells_{name}.zarr".replace(
+            "cells_cells", "cells_probabilities")))[...]
+        level0 = np.asarray(node.data[0])
+        np.testing.assert_array_equal(level0 if name == "cells" else level0[0], plain)
+    probs = np.asarray(by_name["cells"].data[0], np.float32)
+    half = np.asarray(by_name["cells"].data[1], np.float32)
+    np.testing.assert_allclose(half, probs.reshape(2, 320, 2, 320, 2).mean((2, 4)), atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(by_name["instances"].data[1])[0],
+                                  np.asarray(by_name["instances"].data[0])[0, ::2, ::2])
+    assert by_name["labels"].metadata["visible"] is not None  # read as an NGFF label image
+
+
+def test_an_ome_zarr_level_is_predicted_at_its_own_pixel_size(blur_run, tmp_path):
+    """Level 1 of an OME-Zarr at 1 um is resampled to the model's 0.5 um: found."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_multiscale
+
+    group = zarr.open_group(str(tmp_path / "scene.ome.zarr"), mode="w", zarr_format=2)
+    levels = [discs(0.5, (128, 128)), discs(1.0, (64, 64))]
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "yx"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        write_multiscale(levels, group, fmt=FormatV04(), axes=axes, coordinate_transformations=[
+            [{"type": "scale", "scale": [0.5, 0.5]}], [{"type": "scale", "scale": [1.0, 1.0]}]])
+    out = tmp_path / "out"
+    args = [f"checkpoint={blur_run}", f"output={out}", "outputs=instances"]
+    assert main([*args, f"input={tmp_path / 'scene.ome.zarr'}:s1"]) == 0
+    instances = tifffile.imread(out / "scene_instances.tif")
+    assert instances.shape == (64, 64) and len(np.unique(instances)) == 7
+    assert read_pixel_size(out / "scene_instances.tif") == (1.0, 1.0)
+
+
+def test_a_stack_as_ome_zarr_is_c_z_y_x_with_a_pyramid_in_y_and_x(run_dir, tmp_path):
+    """A 2D model's stack: NGFF's (C, Z, Y, X) order, the slices of the zarr output."""
+    tifffile.imwrite(tmp_path / "s.tif", np.stack([picture(k, (40, 1100)) for k in range(3)]))
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 's.tif'}"]
+    assert main([*args, f"output={tmp_path / 'ome'}", "format=ome-zarr"]) == 0
+    assert main([*args, f"output={tmp_path / 'plain'}", "format=zarr"]) == 0
+    root = zarr.open_group(str(tmp_path / "ome/s.ome.zarr"), mode="r")
+    plain = zarr.open_array(str(tmp_path / "plain/s_probabilities.zarr"))[...]
+    np.testing.assert_array_equal(root["0"][...], plain.transpose(1, 0, 2, 3))
+    assert root["1"].shape == (2, 3, 20, 550) and root["2"].shape == (2, 3, 10, 275)
+    instances = root["labels/instances/0"][...]
+    np.testing.assert_array_equal(instances[0],
+                                  zarr.open_array(str(tmp_path / "plain/s_instances.zarr"))[...])
+    np.testing.assert_array_equal(root["labels/instances/1"][0], instances[0, :, ::2, ::2])
+    axes = root.attrs["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["c", "z", "y", "x"]

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from helpers import touching_squares
 from hydra.utils import instantiate
 
@@ -299,6 +300,47 @@ def test_volume_file_with_sparse_labels(tmp_path, ext):
     with pytest.raises(SegunetError, match="no array 'seg'") as info:
         volume_file(str(path), label_key="seg", targets=NO_CACHE)
     one_line(info, path)
+
+
+# --- pixel size ----------------------------------------------------------------------------
+
+
+def write_calibrated_folder(root, sizes):
+    """Image TIFFs calibrated as ImageJ writes them (pixels per micron), PNG-free."""
+    for i, size in enumerate(sizes):
+        image, inst = touching_squares(seed=i)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(root / "images" / f"img{i:02d}.tif", image, imagej=True,
+                         resolution=(1 / size, 1 / size), metadata={"unit": "micron"})
+        write_array(root / "masks" / f"img{i:02d}.tif", inst)
+    return root
+
+
+def test_folder_records_the_pixel_size_its_images_share_or_the_given_one(tmp_path):
+    write_calibrated_folder(tmp_path, [0.25] * 3)
+    assert folder(tmp_path, val_fraction=0.34, targets=NO_CACHE).pixel_size == (0.25, 0.25)
+    given = folder(tmp_path, val_fraction=0.34, targets=NO_CACHE, pixel_size=[0.5])
+    assert given.pixel_size == (0.5, 0.5)
+    with pytest.raises(SegunetError, match=r"data.pixel_size=\[0.0, 1.0\]: a pixel size must"):
+        folder(tmp_path, val_fraction=0.34, targets=NO_CACHE, pixel_size=[0.0, 1.0])
+
+
+def test_folder_of_differing_pixel_sizes_warns_and_records_none(tmp_path):
+    write_calibrated_folder(tmp_path, [0.25, 0.25, 0.5])
+    with pytest.warns(UserWarning, match="img02.tif.*0.5 x 0.5 um.*set data.pixel_size"):
+        data = folder(tmp_path, val_fraction=0.34, targets=NO_CACHE)
+    assert data.pixel_size is None
+
+
+def test_stack_pixel_size_per_slice_or_volume(tmp_path):
+    images, labels = write_stack(tmp_path)
+    tifffile.imwrite(tmp_path / "train-volume.tif", images, imagej=True, resolution=(2, 4),
+                     metadata={"unit": "um", "spacing": 1.5, "axes": "ZYX"})
+    assert tiff_stack(tmp_path, targets=NO_CACHE).pixel_size == (0.25, 0.5)
+    assert tiff_stack(tmp_path, slices_as="3d", val_fraction=0.3, targets=NO_CACHE
+                      ).pixel_size == (1.5, 0.25, 0.5)
+    assert synthetic(n_train=1, n_val=1, shape=(32, 32), pixel_size=[0.3]).pixel_size == (0.3,
+                                                                                          0.3)
 
 
 # --- presets -------------------------------------------------------------------------------

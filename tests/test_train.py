@@ -437,3 +437,17 @@ def test_the_summary_lists_only_the_checkpoints_written(make_cfg, tmp_path, caps
     run(cfg, tmp_path)
     assert not (tmp_path / "checkpoints" / "best.pt").exists()
     assert f"checkpoints: {tmp_path / 'checkpoints'} (last.pt)\n" in capsys.readouterr().err
+
+
+def test_checkpoints_record_the_training_pixel_size(make_cfg, tmp_path):
+    """As the bioimage.io export reads it: an entry of its own and the stored config."""
+    from segunet.checkpoint import pixel_size_of
+
+    state = build_trainer(make_cfg(*TINY, "data.pixel_size=[0.5,0.25]"), tmp_path).state()
+    assert state["pixel_size"] == {"size": [0.5, 0.25], "unit": "micrometer"}
+    assert state["config"]["data"]["pixel_size"] == [0.5, 0.25]
+    assert pixel_size_of(state) == ([0.5, 0.25], "micrometer")
+    unknown = build_trainer(make_cfg(*TINY), tmp_path / "other").state()
+    assert unknown["pixel_size"] is None and pixel_size_of(unknown) is None
+    assert config_error(make_cfg, "data", *TINY, "data.pixel_size=[-1]").startswith(
+        "data.pixel_size=[-1")

@@ -146,6 +146,32 @@ def mismatch_detail(e: RuntimeError) -> str:
     return str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
 
 
+def pixel_size_record(sizes: Any) -> dict[str, Any] | None:
+    """A checkpoint's ``pixel_size`` entry: ``{"size": [um per spatial axis], "unit":
+    "micrometer"}``, or None when the training data's pixel size is unknown."""
+    if not sizes:
+        return None
+    return {"size": [float(s) for s in sizes], "unit": "micrometer"}
+
+
+def pixel_size_of(ckpt_or_trained: Mapping[str, Any] | Trained) -> tuple[list[float], str] | None:
+    """``(sizes, unit)``: the pixel size the model was trained at, one size per spatial axis
+    (slowest first), or None if unknown. Takes a checkpoint dict or a :class:`Trained`;
+    reads the ``pixel_size`` entry, else the stored ``config.data.pixel_size`` (in um)."""
+    if isinstance(ckpt_or_trained, Trained):
+        ckpt: Mapping[str, Any] = {"pixel_size": ckpt_or_trained.pixel_size,
+                                   "config": ckpt_or_trained.config}
+    else:
+        ckpt = ckpt_or_trained
+    record = ckpt.get("pixel_size")
+    if isinstance(record, Mapping) and record.get("size"):
+        return [float(s) for s in record["size"]], str(record.get("unit") or "micrometer")
+    config = ckpt.get("config")
+    data = config.get("data") if isinstance(config, Mapping) else None
+    sizes = data.get("pixel_size") if isinstance(data, Mapping) else None
+    return ([float(s) for s in sizes], "micrometer") if sizes else None
+
+
 @dataclass(frozen=True)
 class Trained:
     """A checkpoint's model (eval mode), the resolved training config stored with it, the
@@ -155,6 +181,7 @@ class Trained:
     config: dict
     postprocess: dict | None
     file: Path
+    pixel_size: dict | None = None  # the checkpoint's entry (see pixel_size_of)
 
 
 def load_model(
@@ -201,5 +228,6 @@ def load_trained(
             f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
         ) from e
     post = ckpt.get("postprocess")
+    pixel_size = ckpt.get("pixel_size")
     return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
-                   file)
+                   file, pixel_size if isinstance(pixel_size, dict) else None)

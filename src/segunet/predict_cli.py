@@ -17,6 +17,12 @@ A ``(Z, Y, X)`` stack given to a 2D model whose depth is no channel count the mo
 predicted slice by slice (see :func:`predict_stack`). The checkpoint and the output folder are
 checked before anything is predicted; temps left by killed runs (see
 :func:`segunet.atomic.remove_stale_temps`) are removed at the start.
+
+An input whose pixel size differs from the checkpoint's training one is predicted at the
+training pixel size and its outputs resampled back onto its own grid (see
+:mod:`segunet.resample`). ``format=ome-zarr`` writes one OME-NGFF image per input, the
+probabilities with the labels and instances as its label images (see
+:mod:`segunet.data.omezarr`), streamed as ``format=zarr`` is.
 """
 
 from __future__ import annotations
@@ -44,16 +50,19 @@ from segunet.data.io import (
     file_kind,
     output_folder,
     read_array,
+    read_pixel_size,
     refuse_existing,
     short_message,
     split_key,
     temp_path,
 )
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial, tiff_options
 from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
 from segunet.instances import WatershedOn, instances_from_foreground
 from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
 from segunet.predict import Blend
+from segunet.resample import Grid, grid_for
 
 OUTPUTS = ("probabilities", "labels", "instances")
 #: Percentiles are computed on at most about this many pixels per channel: a strided subsample
@@ -115,14 +124,16 @@ def file_kind_or_none(path: Path) -> str | None:
 
 
 def stem_of(path: Path) -> str:
-    """``a/b/cell.tif`` -> ``cell``; ``vol.h5:raw`` -> ``vol``."""
-    return split_key(path)[0].stem
+    """``a/b/cell.tif`` -> ``cell``; ``vol.h5:raw`` -> ``vol``; ``x.ome.zarr`` -> ``x``."""
+    return split_key(path)[0].stem.removesuffix(".ome")
 
 
 def open_array(path: Path, stack: contextlib.ExitStack) -> Any:
     """The raw array of an image file, opened lazily where the format allows: an
-    uncompressed TIFF as a memory map, a compressed one or a zarr store through zarr.
-    Anything else is read whole. Unreadable files are one-line SegunetErrors."""
+    uncompressed TIFF as a memory map, a compressed one or a zarr store through zarr, an
+    OME-Zarr image's level (``image.ome.zarr:<level>``, default the first) as
+    :func:`segunet.data.omezarr.open_image` sees it. Anything else is read whole.
+    Unreadable files are one-line SegunetErrors."""
     file, key = split_key(path)
     if not file.exists():
         raise SegunetError(f"cannot read {file}: no such file")
@@ -133,6 +144,10 @@ def open_array(path: Path, stack: contextlib.ExitStack) -> Any:
 
     try:
         if kind == "zarr":
+            from segunet.data import omezarr
+
+            if omezarr.is_ome_zarr(file):  # the key names the resolution level
+                return omezarr.open_image(file, key).array
             node = zarr.open(store=str(file), mode="r")
             if isinstance(node, zarr.Array) and key is None:
                 return node
@@ -282,6 +297,9 @@ def _fits(channels: int, in_channels: int, data_cfg: dict) -> tuple[bool, int | 
 
 
 def output_paths(output: Path, stem: str, outputs: Sequence[str], fmt: str) -> dict[str, Path]:
+    """Where each output of an input goes; with ``ome-zarr``, all into one image."""
+    if fmt == "ome-zarr":
+        return dict.fromkeys(outputs, output / f"{stem}.ome.zarr")
     suffix = ".zarr" if fmt == "zarr" else ".tif"
     return {name: output / f"{stem}_{name}{suffix}" for name in outputs}
 
@@ -298,12 +316,12 @@ def class_dtype(classes: int) -> np.dtype:
 @contextlib.contextmanager
 def array_output(
     path: Path, shape: Sequence[int], dtype: Any, dims: int, fmt: str = "zarr",
-    per_slice: bool = False,
+    per_slice: bool = False, pixel_size: PixelSize | None = None,
 ) -> Iterator[Any]:
     """An empty array to fill, created at a temp name beside ``path`` and moved onto it once
     filled: zarr, or (``fmt="tif"``) an uncompressed TIFF filled through a memory map, so
     neither comes into memory whole. ``per_slice``: zarr chunks one slice deep along the
-    first axis (stacks written slice by slice)."""
+    first axis (stacks written slice by slice). ``pixel_size``: recorded in a TIFF."""
     lead = len(shape) - dims  # classes (and slices): one chunk holds all of them
     chunks = (*shape[:lead], *(min(s, ZARR_CHUNK[dims]) for s in shape[lead:]))
     chunks = (1, *chunks[1:]) if per_slice else chunks
@@ -318,6 +336,7 @@ def array_output(
         out = tifffile.memmap(
             tmp, shape=tuple(shape), dtype=dtype, photometric="minisblack",
             bigtiff=math.prod(shape) * np.dtype(dtype).itemsize > BIGTIFF_BYTES,
+            **tiff_options(pixel_size),
         )
         yield out
         out.flush()
@@ -426,8 +445,17 @@ class PredictConfig:
         "warning and it runs eagerly")
     outputs: list[Literal["probabilities", "labels", "instances"]] = option(
         list(OUTPUTS), "which outputs to write, e.g. labels,instances")
-    format: Literal["tif", "tiff", "zarr"] = option(
-        "tif", "zarr: probabilities and labels are streamed to disk")
+    format: Literal["tif", "tiff", "zarr", "ome-zarr"] = option(
+        "tif", "zarr: probabilities and labels are streamed to disk; ome-zarr: the same, as "
+        "one OME-NGFF image <stem>.ome.zarr per input (the probabilities, always, with the "
+        "labels and instances under labels/, each a pyramid) for napari, Fiji and ome-zarr")
+    resample: bool = option(
+        True, "an input whose pixel size differs from the model's training one by more "
+        "than 5% is predicted at the training pixel size and its outputs resampled back "
+        "onto its own grid; false: predict every input as it is")
+    pixel_size: list[float] | None = option(
+        None, "the inputs' pixel size in um per spatial axis (one value: all), instead of "
+        "what their files record")
     overwrite: bool = option(False, "replace existing outputs (else an existing one is an error)")
     skip_existing: bool = option(
         False, "keep existing outputs and predict only what is missing: to continue a batch "
@@ -437,6 +465,8 @@ class PredictConfig:
     instances: InstancesConfig = dataclasses.field(default_factory=InstancesConfig)
     #: How the instances are made: set once the checkpoint is read.
     decoder: Decoder | None = dataclasses.field(default=None, init=False)
+    #: The model's training pixel size (um per spatial axis), if the checkpoint has one.
+    trained_pixel_size: PixelSize | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -445,6 +475,8 @@ class PredictConfig:
         check_range("tile", self.tile, not self.tile or min(self.tile) >= 1,
                     "positive sizes, e.g. 572,572")
         check_range("outputs", self.outputs, bool(self.outputs), f"some of {','.join(OUTPUTS)}")
+        if self.pixel_size is not None:  # the count of sizes is checked per input
+            check_pixel_size(self.pixel_size, len(self.pixel_size), "pixel_size")
         if self.tile is not None:  # one size is for every axis
             self.tile = self.tile[0] if len(self.tile) == 1 else tuple(self.tile)
         self.format = "tif" if self.format == "tiff" else self.format
@@ -469,7 +501,7 @@ def predict_files(options: PredictConfig) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
     does not stop halfway on them."""
-    from segunet.checkpoint import load_trained
+    from segunet.checkpoint import load_trained, pixel_size_of
 
     inputs = expand_inputs(options.input)
     todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
@@ -483,6 +515,8 @@ def predict_files(options: PredictConfig) -> list[Path]:
         trained = load_trained(options.checkpoint, device)
         model, config = trained.model, trained.config
         options.decoder = Decoder.of(options, config, trained.postprocess)
+        recorded = pixel_size_of(trained)
+        options.trained_pixel_size = tuple(recorded[0]) if recorded else None
         if options.tta is None:
             options.tta = bool(options.decoder.post and options.decoder.post.tta)
         print(f"segunet: {trained.file}: {options.decoder.describe()}", file=sys.stderr)
@@ -535,7 +569,7 @@ def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, d
     owners: dict[Path, Path] = {}
     for path in inputs:
         plans[path] = output_paths(options.output, stem_of(path), options.outputs, options.format)
-        for target in plans[path].values():
+        for target in dict.fromkeys(plans[path].values()):  # ome-zarr: one for all
             if target in owners:
                 raise SegunetError(
                     f"{owners[target]} and {path} would both write {target}: rename one"
@@ -581,77 +615,232 @@ def predict_file(
     model: Any, config: dict, path: Path, targets: dict[str, Path], options: PredictConfig,
     device: str,
 ) -> list[Path]:
-    """Predict one image and write the requested outputs to ``targets``."""
+    """Predict one image and write the requested outputs to ``targets``: on the model's
+    training pixel grid where the input's pixel size differs (see :mod:`segunet.resample`),
+    the outputs on the input's own grid."""
     from segunet.checkpoint import unwrap
-    from segunet.data.io import write_array
-    from segunet.predict import predict_tiled
 
     net = unwrap(model)  # the sizes of a compiled model's network
     dims, classes = net.spatial_dims, net.out_channels
     foreground = foreground_classes(options, classes, targets)
+    data_cfg = config.get("data") or {}
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
-        data_cfg = config.get("data") or {}
         volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
         if volume is not None:
-            return predict_stack(model, volume, path, targets, options, device, foreground)
+            grid = input_grid(path, volume.shape[2:], options)
+            out = Outputs(targets, options, grid, channel_names(config, classes), path)
+            return predict_stack(model, volume, grid, out, options, device, foreground)
         image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
-        spatial = image.shape[1:]
-        rows = rows_per_block(classes, spatial)
-        predict = tiling(options, device, progress=True)
-        written, temp = [], None
-        try:
-            if options.format == "zarr":
-                # Probabilities go tile by tile to disk (to a hidden store if not requested,
-                # named like every temp so a killed run's is removed by the next).
-                store = targets.get("probabilities") or (
-                    temp := temp_path(options.output / f"{stem_of(path)}_probabilities.zarr")
-                )
-                with array_output(store, (classes, *spatial), np.float16, dims) as out:
-                    predict_tiled(model, image, out=out, **predict)
-                probs = _open_zarr(store)
-                written += [store] if temp is None else []
-            else:
-                probs = predict_tiled(model, image, **predict)
-                if "probabilities" in targets:
-                    written.append(
-                        write_array(targets["probabilities"], probs.astype(np.float16))
-                    )
-            if "labels" in targets and options.format == "zarr":
-                # Whole chunks, block by block: the label map never in memory whole.
-                chunk = ZARR_CHUNK[dims]
-                with array_output(targets["labels"], spatial, class_dtype(classes), dims) as out:
-                    argmax_of(probs, max(chunk, rows // chunk * chunk), out)
-                written.append(targets["labels"])
-            elif "labels" in targets:
-                written.append(write_array(targets["labels"], argmax_of(probs, rows)))
-            if "instances" in targets:
-                labels = options.decoder(probs, foreground, rows)
-                del probs
-                written.append(
-                    write_array(targets["instances"], labels.astype(label_dtype(labels.max())))
-                )
-        finally:
-            if temp is not None:
-                _remove_tree(temp)
-    return written
+        grid = input_grid(path, image.shape[1:], options)
+        out = Outputs(targets, options, grid, channel_names(config, classes), path)
+        if options.format == "tif":
+            return predict_whole(model, grid.to_model(image), grid, out, options, device,
+                                 foreground)
+        return predict_streamed(model, grid.to_model(image), grid, out, options, device,
+                                foreground)
+
+
+def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid:
+    """The input's pixel size (``pixel_size=``, else its file's) and the grid the model
+    predicts it on; a line on stderr when it is resampled, or cannot be."""
+    dims = len(shape)
+    sizes = check_pixel_size(options.pixel_size, dims, "pixel_size")
+    sizes = sizes or spatial(read_pixel_size(path), dims)
+    trained = spatial(options.trained_pixel_size, dims)
+    grid = grid_for(shape, sizes, trained, options.resample, str(path))
+    if grid.resampled:
+        print(f"segunet: {path}: pixel size {describe(sizes)}, the model's {describe(trained)}: "
+              f"predicting at {' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
+    elif options.resample and trained is not None and sizes is None:
+        print(f"segunet: {path} records no pixel size: predicted as it is (pixel_size=... "
+              f"resamples it to the model's {describe(trained)})", file=sys.stderr)
+    return grid
+
+
+def channel_names(config: dict, classes: int) -> list[str]:
+    """The class names of the training data, or ``class 0``, ``class 1``, ..."""
+    names = (config.get("data") or {}).get("class_names")
+    if names and len(names) == classes:
+        return [str(n) for n in names]
+    return [f"class {k}" for k in range(classes)]
+
+
+class Outputs:
+    """Where one input's outputs go, in ``options.format``: a TIFF each (written whole, or
+    slice by slice through a memory map), a zarr store each, or one OME-Zarr image (whose
+    image is always the probabilities). Each is written at a temp name and moved into
+    place when complete, as the ``with`` block ends without an error. The outputs carry the
+    input's pixel size where the format has a place for it."""
+
+    def __init__(
+        self, targets: dict[str, Path], options: PredictConfig, grid: Grid,
+        names: Sequence[str], path: Path,
+    ) -> None:
+        self.targets, self.format, self.names = targets, options.format, list(names)
+        self.folder, self.path, self.stem = options.output, path, stem_of(path)
+        self.pixel_size = grid.pixel_size
+        self.stack = contextlib.ExitStack()
+        self.writer: Any = None  # the OME-Zarr image, once opened
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, *error: Any) -> None:
+        self.stack.__exit__(*error)
+
+    @property
+    def written(self) -> list[Path]:
+        return list(dict.fromkeys(self.targets.values()))
+
+    @property
+    def filled(self) -> list[str]:
+        """The outputs to compute: those asked for (an OME-Zarr's image always)."""
+        image = ["probabilities"] if self.format == "ome-zarr" else []
+        return [name for name in OUTPUTS if name in self.targets or name in image]
+
+    def array(
+        self, name: str, shape: Sequence[int], dtype: Any, dims: int, per_slice: bool = False
+    ) -> Any:
+        """An empty output array ``name`` to fill: ``(C, *spatial)`` probabilities or a
+        ``(*spatial)`` label image of ``dims`` spatial axes; a stack's (``per_slice``) are
+        ``(Z, C, Y, X)`` and ``(Z, Y, X)``, chunked one slice deep. Probabilities of a zarr
+        output that were not asked for go to a hidden store, removed at the end."""
+        if self.format == "ome-zarr":
+            return self._ome(name, shape, dtype, dims, per_slice)
+        if name not in self.targets:
+            return self.scratch(f"{self.stem}_{name}.zarr", shape, dtype, dims)
+        return self.stack.enter_context(array_output(
+            self.targets[name], shape, dtype, dims, self.format, per_slice, self.pixel_size,
+        ))
+
+    def _ome(self, name: str, shape: Sequence[int], dtype: Any, dims: int,
+             per_slice: bool) -> Any:
+        if self.writer is None:  # the probabilities come first: they are the image
+            # NGFF's axes: a stack's (Z, C, Y, X) probabilities become (C, Z, Y, X).
+            classes, *spatial = (shape[1], shape[0], *shape[2:]) if per_slice else shape
+            chunks = (1,) * per_slice + (ZARR_CHUNK[dims],) * dims
+            self.writer = self.stack.enter_context(ome_zarr_output(
+                self.targets[name] if name in self.targets else self.written[0],
+                (classes, *spatial), self.pixel_size, self.names, chunks,
+            ))
+        return self.writer.image if name == "probabilities" else self.writer.label(name, dtype)
+
+    def scratch(self, name: str, shape: Sequence[int], dtype: Any, dims: int) -> Any:
+        """A zarr array at a hidden temp name in the output folder, removed at the end."""
+        import zarr
+
+        store = temp_path(self.folder / name)
+        self.stack.callback(_remove_tree, store)
+        lead = len(shape) - dims
+        chunks = (*shape[:lead], *(min(s, ZARR_CHUNK[dims]) for s in shape[lead:]))
+        return zarr.create_array(store=str(store), shape=tuple(shape), chunks=chunks, dtype=dtype)
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Write a whole output (a TIFF, a zarr store, or a label image of the OME-Zarr)."""
+        from segunet.data.io import write_array
+
+        if self.format == "ome-zarr":
+            self.writer.label(name, array.dtype)[...] = array
+        else:
+            write_array(self.targets[name], array, pixel_size=self.pixel_size)
+
+
+@contextlib.contextmanager
+def ome_zarr_output(
+    path: Path, shape: Sequence[int], pixel_size: PixelSize | None, names: Sequence[str],
+    chunks: Sequence[int],
+) -> Iterator[Any]:
+    """An :class:`~segunet.data.omezarr.ImageWriter` of float16 probabilities at a temp
+    name beside ``path``, completed (pyramids, metadata) and moved onto it at the end."""
+    from segunet.data.omezarr import ImageWriter
+
+    with atomic_path(path) as tmp:
+        writer = ImageWriter(tmp, shape, np.float16, pixel_size, names, chunks)
+        yield writer
+        writer.finish(stem_of(path))
+
+
+def predict_whole(
+    model: Any, image: Any, grid: Grid, out: Outputs, options: PredictConfig, device: str,
+    foreground: Sequence[int],
+) -> list[Path]:
+    """Predict into memory and write each requested output whole (``format=tif``)."""
+    from segunet.predict import predict_tiled
+
+    with out:
+        model_probs = predict_tiled(model, image, **tiling(options, device, progress=True))
+        probs = np.asarray(grid.to_input(model_probs))
+        rows = rows_per_block(probs.shape[0], grid.shape)
+        if "probabilities" in out.targets:
+            out.write("probabilities", probs.astype(np.float16))
+        if "labels" in out.targets:
+            out.write("labels", argmax_of(probs, rows))
+        if "instances" in out.targets:
+            del probs
+            out.write("instances", instances_of(model_probs, grid, options, foreground))
+    return out.written
+
+
+def predict_streamed(
+    model: Any, image: Any, grid: Grid, out: Outputs, options: PredictConfig, device: str,
+    foreground: Sequence[int],
+) -> list[Path]:
+    """Predict band by band into zarr (``format=zarr`` or ``ome-zarr``): the probabilities
+    straight into their output, or, when resampled, into a hidden store on the model's
+    grid that is then resampled band by band into it; the labels block by block from
+    them. Neither comes into memory whole."""
+    from segunet.checkpoint import unwrap
+    from segunet.predict import predict_tiled
+
+    classes, dims = unwrap(model).out_channels, len(grid.shape)
+    chunk = ZARR_CHUNK[dims]
+    with out:
+        probs = out.array("probabilities", (classes, *grid.shape), np.float16, dims)
+        model_probs = probs
+        if grid.resampled:
+            model_probs = out.scratch(f"{out.stem}_model_grid.zarr",
+                                      (classes, *grid.model_shape), np.float16, dims)
+        predict_tiled(model, image, out=model_probs, **tiling(options, device, progress=True))
+        # Whole chunks, block by block: nothing in memory whole.
+        rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
+        if grid.resampled:  # a chunk row at a time: its window on the model's grid is larger
+            back = grid.to_input(model_probs)
+            for s in blocks(grid.shape[0], chunk):
+                probs[:, s] = back[:, s]
+        if "labels" in out.targets:
+            argmax_of(probs, rows, out.array("labels", grid.shape, class_dtype(classes), dims))
+        if "instances" in out.targets:
+            out.write("instances", instances_of(model_probs, grid, options, foreground))
+    return out.written
+
+
+def instances_of(
+    model_probs: Any, grid: Grid, options: PredictConfig, foreground: Sequence[int]
+) -> np.ndarray:
+    """The objects decoded on the model's grid (where the tuned settings, in its pixels,
+    hold) and carried onto the input's by nearest neighbour, as uint16 or uint32."""
+    rows = rows_per_block(model_probs.shape[0], model_probs.shape[1:])
+    labels = grid.labels_to_input(options.decoder(model_probs, foreground, rows))
+    return labels.astype(label_dtype(labels.max()))
 
 
 def predict_stack(
-    model: Any, volume: NormalizedImage, path: Path, targets: dict[str, Path],
-    options: PredictConfig, device: str, foreground: Sequence[int],
+    model: Any, volume: NormalizedImage, grid: Grid, out: Outputs, options: PredictConfig,
+    device: str, foreground: Sequence[int],
 ) -> list[Path]:
     """Predict a ``(Z, Y, X)`` stack with a 2D model slice by slice, writing each output
-    slice by slice as a stack: probabilities ``(Z, C, Y, X)`` float16, labels and instances
-    ``(Z, Y, X)``. Instances are the 2D objects of each slice, numbered on through the stack
-    (uint32), so no two slices share an id. Only one slice's results are in memory."""
+    slice by slice as a stack: probabilities ``(Z, C, Y, X)`` float16 (an OME-Zarr's ``(C,
+    Z, Y, X)``), labels and instances ``(Z, Y, X)``. Instances are the 2D objects of each
+    slice, numbered on through the stack (uint32), so no two slices share an id. Only one
+    slice's results are in memory. ``grid``: a slice's."""
     from segunet.checkpoint import unwrap
     from segunet.predict import predict_tiled
 
     classes = unwrap(model).out_channels
-    depth, spatial = volume.shape[1], volume.shape[2:]
+    depth, spatial = volume.shape[1], grid.shape
     print(
-        f"segunet: {path} is a stack of {depth} slices (shape {volume.raw.shape}) and the "
+        f"segunet: {out.path} is a stack of {depth} slices (shape {volume.raw.shape}) and the "
         f"model is 2D: predicting slice by slice", file=sys.stderr,
     )
     shapes = {
@@ -660,25 +849,29 @@ def predict_stack(
         "instances": ((depth, *spatial), np.uint32),
     }
     rows, predict = rows_per_block(classes, spatial), tiling(options, device, progress=False)
-    with contextlib.ExitStack() as stack:
-        out = {
-            name: stack.enter_context(
-                array_output(target, *shapes[name], 2, options.format, per_slice=True)
-            )
-            for name, target in targets.items()
-        }
+    with out:
+        arrays = {name: out.array(name, *shapes[name], 2, per_slice=True) for name in out.filled}
+        place = {name: _slice_of(name, options.format) for name in arrays}
         count = 0  # objects in the slices before
         for z in tqdm(range(depth), unit="slice", desc="predict"):
-            probs = predict_tiled(model, volume[:, z], **predict)
-            if "probabilities" in out:
-                out["probabilities"][z] = probs.astype(np.float16)
-            if "labels" in out:
-                out["labels"][z] = argmax_of(probs, rows)
-            if "instances" in out:
-                objects = options.decoder(probs, foreground, rows).astype(np.uint32)
-                out["instances"][z] = np.where(objects > 0, objects + count, 0)
+            model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
+            probs = np.asarray(grid.to_input(model_probs))
+            if "probabilities" in arrays:
+                arrays["probabilities"][place["probabilities"](z)] = probs.astype(np.float16)
+            if "labels" in arrays:
+                arrays["labels"][z] = argmax_of(probs, rows)
+            if "instances" in arrays:
+                objects = instances_of(model_probs, grid, options, foreground).astype(np.uint32)
+                arrays["instances"][z] = np.where(objects > 0, objects + count, 0)
                 count += int(objects.max())
-    return list(targets.values())
+    return out.written
+
+
+def _slice_of(name: str, fmt: str) -> Any:
+    """The index of slice ``z`` in an output array of a stack."""
+    if name == "probabilities" and fmt == "ome-zarr":
+        return lambda z: (slice(None), z)
+    return lambda z: z
 
 
 @dataclasses.dataclass(frozen=True)
@@ -745,12 +938,6 @@ def tiling(options: PredictConfig, device: str, progress: bool) -> dict[str, Any
         tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
         overlap=options.overlap, tta=options.tta, device=device, progress=progress,
     )
-
-
-def _open_zarr(path: Path) -> Any:
-    import zarr
-
-    return zarr.open_array(store=str(path), mode="r")
 
 
 def _remove_tree(path: Path) -> None:

@@ -35,6 +35,7 @@ from segunet.checkpoint import (
     clean_state_dict,
     load_checkpoint,
     mismatch_detail,
+    pixel_size_record,
     resolve_checkpoint,
     rng_state,
     save_atomic,
@@ -217,6 +218,9 @@ class Trainer:
         self.cfg, self.log_cfg, self.data = cfg, log, data
         self.run_dir = Path(run_dir)
         self.config = config or {}
+        if isinstance(self.config.get("data"), dict) and data.pixel_size is not None:
+            # What the data source found in the files, for whoever reads the checkpoint.
+            self.config["data"]["pixel_size"] = list(data.pixel_size)
         self.world = distributed.world()
         local_rank = self.world.local_rank if self.world.size > 1 else None
         self.device = resolve_device(cfg.device, local_rank)
@@ -650,6 +654,7 @@ class Trainer:
             "config": self.config,
             "resumes": self.resumes,
             "postprocess": self.tuned,
+            "pixel_size": pixel_size_record(self.data.pixel_size),
         } | ({"rng_ranks": self.rank_rng} if self.rank_rng else {})
 
     def save_checkpoint(self, name: str) -> Path:

@@ -52,6 +52,7 @@ class SegmentationData:
     class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
     target: str = "foreground"  # what the classes are (segunet.data.targets)
     metric: str = "dice"  # what validation scores and best.pt is chosen by
+    pixel_size: tuple[float, ...] | None = None  # um per spatial axis; None: unknown
 
     @property
     def spatial_dims(self) -> int:

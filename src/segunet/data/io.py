@@ -16,10 +16,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from segunet.atomic import temp_name
+from segunet.data.pixelsize import PixelSize, from_element_size, from_tiff, tiff_options
 from segunet.errors import SegunetError, short_message
 
 TIFF = (".tif", ".tiff")
@@ -88,14 +90,19 @@ def read_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     return array
 
 
-def write_array(path: str | os.PathLike, array: np.ndarray, key: str | None = None) -> Path:
+def write_array(
+    path: str | os.PathLike, array: np.ndarray, key: str | None = None,
+    pixel_size: PixelSize | None = None,
+) -> Path:
     """Write ``array`` to ``path`` atomically, its format chosen by the extension.
 
     TIFF is zlib-compressed (BigTIFF beyond :data:`BIGTIFF_BYTES`; ``(H, W, 3|4)`` is written
     as RGB). HDF5 and zarr store it at ``key``, replacing any array of that name and keeping
     the container's other arrays; without a key HDF5 uses ``data`` and zarr makes (or
     replaces) the store as a single array. ``path.h5:key`` works as in :func:`read_array`,
-    also for a container not yet written. Returns the path written.
+    also for a container not yet written. ``pixel_size`` (um per spatial axis) goes into
+    TIFF resolution tags (:func:`~segunet.data.pixelsize.tiff_options`) and HDF5's
+    ``element_size_um``; the other formats have no place for it. Returns the path written.
     """
     text = os.fspath(path)
     head, sep, tail = text.rpartition(":")
@@ -106,8 +113,30 @@ def write_array(path: str | os.PathLike, array: np.ndarray, key: str | None = No
     kind = file_kind(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _library_errors(target, "write"):
-        _WRITERS[kind](target, np.asarray(array), key)
+        _WRITERS[kind](target, np.asarray(array), key, pixel_size)
     return target
+
+
+def read_pixel_size(path: str | os.PathLike, key: str | None = None) -> PixelSize | None:
+    """The pixel size (um per spatial axis, slowest first) that the file at ``path``
+    records, or None (see :mod:`segunet.data.pixelsize`); ``key``: the HDF5 dataset, or
+    the OME-Zarr resolution level."""
+    path, key = split_key(path, key)
+    kind = file_kind(path)
+    with _library_errors(path, "read"):
+        if kind == "tiff":
+            return from_tiff(path)
+        if kind == "hdf5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                dataset = f[pick_key(path, key, hdf5_datasets(f))]
+                return from_element_size(dataset.attrs.get("element_size_um"))
+        if kind == "zarr":
+            from segunet.data import omezarr
+
+            return omezarr.open_image(path, key).pixel_size if omezarr.is_ome_zarr(path) else None
+    return None
 
 
 # --- readers -------------------------------------------------------------------------------
@@ -134,29 +163,40 @@ def _read_hdf5(path: Path, key: str | None) -> np.ndarray:
     import h5py
 
     with h5py.File(path, "r") as f:
-        names: list[str] = []
+        return np.asarray(f[pick_key(path, key, hdf5_datasets(f))][()])
 
-        def collect(name: str, obj: object) -> None:  # returning non-None would stop the visit
-            if isinstance(obj, h5py.Dataset):
-                names.append(name)
 
-        f.visititems(collect)
-        return np.asarray(f[_pick_key(path, key, names)][()])
+def hdf5_datasets(f: Any) -> list[str]:
+    """The paths of every dataset in an open HDF5 file."""
+    import h5py
+
+    names: list[str] = []
+
+    def collect(name: str, obj: object) -> None:  # returning non-None would stop the visit
+        if isinstance(obj, h5py.Dataset):
+            names.append(name)
+
+    f.visititems(collect)
+    return names
 
 
 def _read_zarr(path: Path, key: str | None) -> np.ndarray:
     import zarr
 
+    from segunet.data import omezarr
+
+    if omezarr.is_ome_zarr(path):  # key: the resolution level
+        return np.asarray(omezarr.open_image(path, key).array[...])
     node = zarr.open(store=str(path), mode="r")
     if isinstance(node, zarr.Array):
         if key:
             raise SegunetError(f"cannot read {path}:{key}: {path} is a single array; drop ':{key}'")
         return np.asarray(node[...])
     names = [name for name, obj in node.members(max_depth=None) if isinstance(obj, zarr.Array)]
-    return np.asarray(node[_pick_key(path, key, sorted(names))][...])
+    return np.asarray(node[pick_key(path, key, sorted(names))][...])
 
 
-def _pick_key(path: Path, key: str | None, names: list[str]) -> str:
+def pick_key(path: Path, key: str | None, names: list[str]) -> str:
     """``key`` if the container holds it, else its only array; one-line errors otherwise."""
     listing = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
     if key is not None:
@@ -272,30 +312,32 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _write_tiff(path: Path, array: np.ndarray, key: str | None) -> None:
+def _write_tiff(path: Path, array: np.ndarray, key: str | None, pixel_size: PixelSize | None
+                ) -> None:
     import tifffile
 
     rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
     with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp, array, compression="zlib", bigtiff=array.nbytes > BIGTIFF_BYTES,
-            photometric="rgb" if rgb else "minisblack",
+            photometric="rgb" if rgb else "minisblack", **tiff_options(pixel_size),
         )
 
 
-def _write_picture(path: Path, array: np.ndarray, key: str | None) -> None:
+def _write_picture(path: Path, array: np.ndarray, key: str | None, _: object) -> None:
     import imageio.v3 as iio
 
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, array, extension=path.suffix)  # the temp's name ends in .tmp
 
 
-def _write_npy(path: Path, array: np.ndarray, key: str | None) -> None:
+def _write_npy(path: Path, array: np.ndarray, key: str | None, _: object) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
 
 
-def _write_hdf5(path: Path, array: np.ndarray, key: str | None) -> None:
+def _write_hdf5(path: Path, array: np.ndarray, key: str | None, pixel_size: PixelSize | None
+                ) -> None:
     import h5py
 
     key = (key or "data").strip("/")
@@ -305,10 +347,12 @@ def _write_hdf5(path: Path, array: np.ndarray, key: str | None) -> None:
         with h5py.File(tmp, "a") as f:
             if key in f:
                 del f[key]
-            f.create_dataset(key, data=array, compression="gzip" if array.ndim else None)
+            dataset = f.create_dataset(key, data=array, compression="gzip" if array.ndim else None)
+            if pixel_size is not None:
+                dataset.attrs["element_size_um"] = np.asarray(pixel_size, np.float64)
 
 
-def _write_zarr(path: Path, array: np.ndarray, key: str | None) -> None:
+def _write_zarr(path: Path, array: np.ndarray, key: str | None, _: object) -> None:
     import zarr
 
     if not key:

@@ -24,6 +24,7 @@ three kinds (``data.targets.label_kind``):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segunet.data.datasets import SegmentationData, Volume
-from segunet.data.io import SUPPORTED, read_array, split_key
+from segunet.data.io import SUPPORTED, read_array, read_pixel_size, split_key
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.targets import TARGETS, Target, boundary_classes, check_target, interiors
 from segunet.data.weightmaps import border_weight_map
@@ -519,6 +521,7 @@ def make_data(
     foreground_oversample: float = 0.0,
     target: Target = "foreground",
     metric: str = "dice",
+    pixel_size: PixelSize | None = None,
 ) -> SegmentationData:
     """The :class:`SegmentationData` of a source, with how its patches are drawn."""
     return SegmentationData(
@@ -531,7 +534,38 @@ def make_data(
         foreground_oversample=foreground_oversample,
         target=target,
         metric=metric,
+        pixel_size=pixel_size,
     )
+
+
+def common_pixel_size(recorded: Mapping[str, PixelSize | None], dims: int) -> PixelSize | None:
+    """The pixel size the image files record, if they all record one and agree; else None,
+    with a warning where some disagree or lack one (the images are used as they are: the
+    model then records no pixel size, unless ``data.pixel_size`` gives it)."""
+    sizes = {name: spatial(size, dims) for name, size in recorded.items()}
+    known = {name: size for name, size in sizes.items() if size is not None}
+    if not known:
+        return None
+    first, size = next(iter(known.items()))
+    other = next((n for n, s in sizes.items()
+                  if s is None or not np.allclose(s, size, rtol=1e-3)), None)
+    if other is None:
+        return size
+    warnings.warn(
+        f"{first} records pixel size {describe(size)} but {other} "
+        f"{describe(sizes[other]) if sizes[other] else 'none'}: the model records no pixel "
+        "size; set data.pixel_size=[...] (um per axis) if the images share one",
+        UserWarning, stacklevel=3,
+    )
+    return None
+
+
+def recorded_pixel_size(kwargs: dict, file: Path, key: str | None, dims: int) -> dict:
+    """``kwargs`` of :func:`stack`, their ``pixel_size`` the one ``file`` records if none
+    is given (``data.pixel_size`` sets or overrides it)."""
+    if kwargs.get("pixel_size") is not None:
+        return kwargs
+    return {**kwargs, "pixel_size": spatial(read_pixel_size(file, key), dims)}
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -556,12 +590,14 @@ def synthetic(
     foreground_oversample: float = 0.0,
     target: Target = "foreground",
     metric: Metric = "dice",
+    pixel_size: Sequence[float] | None = None,
 ) -> SegmentationData:
     """The embedded default data: seeded microscopy-like cells (2D) or volumes (3D ``shape``).
 
     Train and validation images come from disjoint seeds. ``sparse_every`` (3D) leaves all
     but every n-th slice of the training volumes unlabelled. ``targets``: the weight-map
-    settings (the cells are instance labels).
+    settings (the cells are instance labels). ``pixel_size``: what the model records as its
+    training pixel size (um per axis; the cells have none of their own).
     """
     targets = Targets.of(targets)
     targets.check(target, metric)
@@ -579,6 +615,7 @@ def synthetic(
                 f"data.{key}={n}: need at least 1 {role} image: set data.{key}=1 or more"
             )
     shape = tuple(int(s) for s in shape)
+    sizes = check_pixel_size(pixel_size, len(shape), "data.pixel_size")
     names, images, instances, ignores = [], [], [], []
     for i in range(n_train + n_val):
         image, inst = synthetic_cells(shape, seed=seed * 100_003 + i)
@@ -593,6 +630,7 @@ def synthetic(
         volumes[:n_train], volumes[n_train:], len(TARGETS[target]),
         class_names_for(["background", "cell"], "instances", 2, target), "synthetic",
         patch_size, foreground_oversample=foreground_oversample, target=target, metric=metric,
+        pixel_size=sizes,
     )
 
 
@@ -615,6 +653,7 @@ def folder(
     name: str = "folder",
     target: Target = "foreground",
     metric: Metric = "dice",
+    pixel_size: Sequence[float] | None = None,
 ) -> SegmentationData:
     """Image files in ``path/images`` paired by stem with label files in ``path/labels``.
 
@@ -625,10 +664,13 @@ def folder(
     runs). The validation images are a ``split_seed`` permutation's first ``val_fraction``.
     ``targets``: how the labels become targets and weight maps (:class:`Targets`). ``target``
     and ``metric``: what the network learns and what validation scores
-    (:mod:`segunet.data.targets`, :data:`segunet.metrics.TASK_METRICS`).
+    (:mod:`segunet.data.targets`, :data:`segunet.metrics.TASK_METRICS`). ``pixel_size``
+    (um per axis) sets the one the model records; by default the one the image files
+    share (:func:`common_pixel_size`).
     """
     targets = Targets.of(targets)
     targets.check(target, metric)
+    sizes = check_pixel_size(pixel_size, spatial_dims, "data.pixel_size")
     root = Path(path)
     image_dir, label_dir = root / images, root / labels
     for d, key in ((image_dir, "images"), (label_dir, "labels")):
@@ -658,13 +700,17 @@ def folder(
             "data.channels=1 (grey) or 3 (RGB)"
         )
     volumes = targets.volumes(names, prepared, label_images, sources, target)
+    if sizes is None:
+        sizes = common_pixel_size(
+            {str(image): read_pixel_size(image) for image, _ in pairs}, spatial_dims
+        )
     return make_data(
         [v for v in volumes if v.name not in val_names],
         [v for v in volumes if v.name in val_names],
         targets.num_classes_out(target),
         class_names_for(class_names, targets.label_kind, targets.num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
-        target=target, metric=metric,
+        target=target, metric=metric, pixel_size=sizes,
     )
 
 
@@ -726,9 +772,10 @@ def tiff_stack(
     ISBI 2012 and Lucchi layout. See :func:`stack` for the other settings."""
     root = Path(path)
     image_file, label_file = root / volume, root / labels
+    dims = 3 if kwargs.get("slices_as") == "3d" else 2
     return stack(
         read_array(image_file), read_array(label_file), str(image_file), str(label_file),
-        **{"name": root.name or "stack", **kwargs},
+        **{"name": root.name or "stack", **recorded_pixel_size(kwargs, image_file, None, dims)},
     )
 
 
@@ -744,10 +791,11 @@ def volume_file(
     zarr store ``path`` (instance labels by default). See :func:`stack` for the other
     settings."""
     file, _ = split_key(path)
+    dims = 3 if slices_as == "3d" else 2
     return stack(
         read_array(file, image_key), read_array(file, label_key), f"{file}:{image_key}",
         f"{file}:{label_key}", targets=targets, slices_as=slices_as,
-        **{"name": file.stem or "volume", **kwargs},
+        **{"name": file.stem or "volume", **recorded_pixel_size(kwargs, file, image_key, dims)},
     )
 
 
@@ -768,6 +816,7 @@ def stack(
     name: str = "stack",
     target: Target = "foreground",
     metric: Metric = "dice",
+    pixel_size: Sequence[float] | None = None,
 ) -> SegmentationData:
     """A ``(Z, Y, X)`` image stack (or with channels) and its label stack, as 2D slices or
     one 3D volume (``slices_as``).
@@ -776,12 +825,14 @@ def stack(
     ``val_fraction`` of the slices validate: whole slices in 2D, the end of the Z slab in
     3D; neighbouring slices are alike, so a contiguous split keeps validation honest.
     ``max_images`` keeps the first Z slices (quick runs and tests). ``targets``: how the
-    labels become targets and weight maps (binary labels by default).
+    labels become targets and weight maps (binary labels by default). ``pixel_size``: um
+    per axis of a slice (2d) or the volume (3d); by default the one the file records.
     """
     if slices_as not in ("2d", "3d"):
         raise SegunetError(f"data.slices_as={slices_as!r}: use 2d or 3d")
     targets = Targets.of(targets)
     targets.check(target, metric)
+    sizes = check_pixel_size(pixel_size, 3 if slices_as == "3d" else 2, "data.pixel_size")
     labels = label_image(labels, 3, label_source, "a stack needs several slices; use "
                          "data=folder for single images")
     image = image_channels_first(np.asarray(image), labels.shape, image_source, label_source)
@@ -808,5 +859,5 @@ def stack(
         targets.num_classes_out(target),
         class_names_for(class_names, targets.label_kind, targets.num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
-        target=target, metric=metric,
+        target=target, metric=metric, pixel_size=sizes,
     )
