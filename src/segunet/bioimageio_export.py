@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from segunet.atomic import write_atomic
-from segunet.checkpoint import load_checkpoint, load_trained
+from segunet.checkpoint import load_checkpoint, load_trained, pixel_size_of
 from segunet.data.io import read_array
 from segunet.data.sources import class_names_for, normalize_percentile
 from segunet.errors import SegunetError
@@ -344,11 +344,11 @@ def readme(trained: Checkpoint, geometry: Geometry, tile: Sequence[int], image_s
 def _data_lines(trained: Checkpoint) -> list[str]:
     data = trained.data
     shown = {k: v for k, v in data.items() if k not in ("targets", "_target_")}
-    scale = trained.ckpt.get("pixel_size") or {}
+    scale = pixel_size_of(trained.ckpt)
     return [
         f"- source: `{data.get('_target_')}` with {_inline(shown)}",
         f"- targets: {_inline(data.get('targets') or {})}",
-        f"- pixel size: {scale.get('size')} {scale.get('unit') or ''}".rstrip() if scale else
+        f"- pixel size: {scale[0]} {scale[1]}" if scale else
         "- pixel size: not recorded (the axes carry no physical scale)",
     ]
 
@@ -477,12 +477,12 @@ def spatial_axes(v: ModuleType, trained: Checkpoint, cls: type, size: Any) -> li
 
 def pixel_scale(v: ModuleType, trained: Checkpoint) -> tuple[list[float], str | None]:
     """Per spatial axis the pixel size of the training data, and its unit, where the
-    checkpoint records one (``ckpt["pixel_size"]``); else 1 and no unit."""
+    checkpoint records one (:func:`segunet.checkpoint.pixel_size_of`); else 1 and no unit."""
     dims = trained.model.spatial_dims
-    record = trained.ckpt.get("pixel_size")
-    if not record or record.get("size") is None:
+    record = pixel_size_of(trained.ckpt)
+    if record is None:
         return [1.0] * dims, None
-    size, unit = [float(s) for s in record["size"]], record.get("unit")
+    size, unit = record
     where = f"{trained.file}: its pixel size {size} {unit or ''}".rstrip()
     if len(size) != dims or min(size) <= 0:
         raise SegunetError(f"{where} is no positive size per axis of the {dims}D model; "
