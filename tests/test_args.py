@@ -134,3 +134,20 @@ def leaf_keys(cls: type, prefix: str = "") -> list[str]:
         elif f.init:
             keys.append(prefix + f.name)
     return keys
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "train"])
+def test_help_into_a_pipe_closed_early_is_quiet(command, tmp_path):
+    """`segunet predict --help | head -1`: the reader leaves; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the help is written
+    with open(tmp_path / "err", "wb") as err:
+        done = subprocess.run([sys.executable, "-m", "segunet.cli", command, "--help"],
+                              stdout=write, stderr=err, check=False)
+    os.close(write)
+    assert done.returncode == 1
+    assert (tmp_path / "err").read_bytes() == b""

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -185,6 +186,16 @@ def wait_for_ranks(launcher: subprocess.Popen) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:
+        # `segunet predict --help | head`: the reader left; no traceback about it. Python's
+        # own flush at exit would raise again, so stdout goes to devnull first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
