@@ -42,7 +42,9 @@ def materialise(dataset: str, out: Path, shared: Path = SHARED) -> dict[str, Pat
     """Write ``out/trainval`` and ``out/test`` for ``dataset``; returns both paths."""
     root = source(dataset, shared)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} not found: bench_quality needs ../shared/data")
+        raise FileNotFoundError(
+            f"{root} not found: pass --shared <the folder that holds {FOLDER[dataset]}>"
+        )
     parts = {"trainval": out / "trainval", "test": out / "test"}
     if dataset == "dsb2018":
         stems = [p.stem for p in sorted((root / "images").glob("*.png"))]
@@ -66,3 +68,25 @@ def materialise(dataset: str, out: Path, shared: Path = SHARED) -> dict[str, Pat
             piece = stack[-n_test:] if part == "test" else stack[:-n_test]
             tifffile.imwrite(path / name, piece, compression="zlib")
     return parts
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the held-out split of one dataset: "
+                                "<out>/trainval (train on it) and <out>/test (score on it).")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("out", type=Path, help="folder for trainval/ and test/")
+    p.add_argument("--shared", type=Path, default=SHARED,
+                   help=f"the shared data folder (default {SHARED})")
+    args = p.parse_args(argv)
+    try:
+        parts = materialise(args.dataset, args.out, args.shared)
+    except FileNotFoundError as e:
+        raise SystemExit(f"quality_data: {e}") from None
+    for part, path in parts.items():
+        print(f"{part}: {path}")
+
+
+if __name__ == "__main__":
+    main()
