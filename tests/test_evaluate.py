@@ -20,6 +20,7 @@ from segunet.metrics import (
     dice_iou,
     evaluate_pair,
     instance_scores,
+    isbi_scores,
     seg_score,
     semantic_scores,
     split_merge_counts,
@@ -335,3 +336,47 @@ def test_a_segunet_predict_folder_pairs_its_instance_maps(tmp_path):
     assert main([f"pred={pred_dir}", f"gt={gt_dir}", f"out={out}"]) == 0
     report = json.loads(out.read_text())
     assert list(report["images"]) == ["a"] and report["mean"]["mean_ap"] == 1.0
+
+
+def test_instance_scores_carry_the_isbi_v_rand_and_v_info():
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        pred = rng.integers(0, 6, (40, 40))
+        gt = rng.integers(0, 4, (40, 40))
+        scores = instance_scores(pred, gt)
+        assert scores["vrand"] == pytest.approx(isbi_scores(pred, gt)["vrand"], abs=1e-12)
+        assert scores["vinfo"] == pytest.approx(isbi_scores(pred, gt)["vinfo"], abs=1e-12)
+
+
+def test_slices_score_a_stack_as_2d_images(tmp_path, capsys):
+    """ISBI 2012 style: a binary cell mask (0 = membrane) as ground truth and a 2D model's
+    instances numbered on through the stack. The cells of the two slices overlap in XY, so
+    as one volume they are one object (a 3D component) and the prediction looks split;
+    slice by slice every cell is found exactly."""
+    gt = np.zeros((2, 12, 12), np.uint8)
+    gt[:, 1:5, 1:5] = 255
+    gt[:, 7:11, 2:10] = 255
+    pred = np.zeros((2, 12, 12), np.uint32)
+    pred[0][gt[0] > 0] = ndimage.label(gt[0] > 0)[0][gt[0] > 0]
+    pred[1][gt[1] > 0] = ndimage.label(gt[1] > 0)[0][gt[1] > 0] + 2  # ids go on: 3, 4
+    write_array(tmp_path / "vol.tif", gt)
+    write_array(tmp_path / "pred.tif", pred)
+    out = tmp_path / "m.json"
+    assert main([f"pred={tmp_path / 'pred.tif'}", f"gt={tmp_path / 'vol.tif'}",
+                 f"out={out}", "slices=true"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["images"]) == {"vol_z000", "vol_z001"}
+    for row in report["images"].values():
+        assert (row["mean_ap"], row["vrand"], row["vinfo"], row["n_gt"]) == (1.0, 1.0, 1.0, 2)
+    assert main([f"pred={tmp_path / 'pred.tif'}", f"gt={tmp_path / 'vol.tif'}",
+                 f"out={out}"]) == 0
+    whole = json.loads(out.read_text())["images"]["vol"]
+    assert whole["n_gt"] == 2 and whole["n_pred"] == 4 and whole["mean_ap"] == 0.0
+
+
+def test_slices_of_a_2d_image_are_one_line(tmp_path, capsys):
+    write_array(tmp_path / "a.tif", np.zeros((8, 8), np.uint8))
+    assert main([f"pred={tmp_path / 'a.tif'}", f"gt={tmp_path / 'a.tif'}", "slices=true",
+                 "out="]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "leave slices out for 2D images")

@@ -49,6 +49,9 @@ class EvaluateConfig:
         "`segunet predict` folder gives _instances (_labels if kind=semantic), any other "
         "folder every file")
     gt_suffix: str = option("", "the same for the ground-truth folder (default: every file)")
+    slices: bool = option(
+        False, "score each (Z, Y, X) stack slice by slice as 2D images, one row each (how 2D "
+        "models are scored on stacks, e.g. ISBI 2012's V_Rand); false: as one 3D volume")
 
     def __post_init__(self) -> None:
         for key in ("pred", "gt"):
@@ -122,18 +125,27 @@ def _some(names: list[str], limit: int = 3) -> str:
 
 
 def score_pair(
-    pred_path: Path, gt_path: Path, kind: str, num_classes: int | None
-) -> tuple[str, dict[str, float]]:
-    """``(kind used, metrics)`` of one pair of files; SegunetError naming both on a mismatch."""
-    pred, gt = read_array(pred_path), read_array(gt_path)
+    pred_path: Path, gt_path: Path, kind: str, num_classes: int | None, slices: bool = False
+) -> list[tuple[str | None, str, dict[str, float]]]:
+    """``(slice or None, kind used, metrics)`` of one pair of files, one entry per slice with
+    ``slices``; SegunetError naming both on a mismatch."""
+    pred, gt = np.asarray(read_array(pred_path)), np.asarray(read_array(gt_path))
     if pred.shape != gt.shape:
         raise SegunetError(
             f"{pred_path} has shape {pred.shape} but {gt_path} has {gt.shape}: "
             "a prediction must match its ground truth pixel for pixel"
         )
+    if slices and pred.ndim != 3:
+        raise SegunetError(
+            f"slices=true scores (Z, Y, X) stacks, but {gt_path} has shape {gt.shape}: "
+            "leave slices out for 2D images"
+        )
+    parts = [(f"z{z:03d}", pred[z], gt[z]) for z in range(pred.shape[0])] if slices else [
+        (None, pred, gt)]
     try:
-        used = resolve_kind(pred, gt, kind, num_classes)  # type: ignore[arg-type]
-        return used, evaluate_pair(pred, gt, kind, num_classes)  # type: ignore[arg-type]
+        return [(part, resolve_kind(p, g, kind, num_classes),  # type: ignore[arg-type]
+                 evaluate_pair(p, g, kind, num_classes))  # type: ignore[arg-type]
+                for part, p, g in parts]
     except ValueError as e:  # e.g. a class beyond num_classes
         raise SegunetError(f"cannot score {pred_path} against {gt_path}: {e}") from e
 
@@ -177,8 +189,10 @@ def evaluate(
     num_classes: int | None = None,
     pred_suffix: str = "auto",
     gt_suffix: str = "",
+    slices: bool = False,
 ) -> dict[str, object]:
-    """The report: kinds used, per-image metrics and their mean over images."""
+    """The report: kinds used, per-image (with ``slices``: per-slice) metrics and their mean
+    over images."""
     from tqdm import tqdm
 
     pairs = pair_files(pred, gt, resolve_suffix(pred, pred_suffix, kind), gt_suffix)
@@ -186,7 +200,9 @@ def evaluate(
     kinds: dict[str, str] = {}
     # disable=None: a progress bar on a terminal only, never in logs or captured output.
     for name, pred_path, gt_path in tqdm(pairs, desc="evaluate", disable=None, leave=False):
-        kinds[name], rows[name] = score_pair(pred_path, gt_path, kind, num_classes)
+        for part, used, scores in score_pair(pred_path, gt_path, kind, num_classes, slices):
+            row = name if part is None else f"{name}_{part}"
+            kinds[row], rows[row] = used, scores
     used = sorted(set(kinds.values()))
     return {
         "pred": str(pred), "gt": str(gt), "kind": used[0] if len(used) == 1 else used,
@@ -202,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(EvaluateConfig, argv, "evaluate")
         report = evaluate(
             Path(args.pred), Path(args.gt), args.kind, args.num_classes, args.pred_suffix,
-            args.gt_suffix,
+            args.gt_suffix, args.slices,
         )
         print(format_table(report["images"], report["mean"]))  # type: ignore[arg-type]
         if args.out:

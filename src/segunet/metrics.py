@@ -536,9 +536,10 @@ def _components(mask: np.ndarray) -> np.ndarray:
 
 def instance_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Every instance metric of two instance maps (0 = background): DSB mean AP, AP@0.5,
-    AP@0.75, CTC SEG, the foreground-restricted Rand error / precision / recall and VI
-    split / merge (ground-truth background ignored, as in ISBI 2012; predicted background is
-    one segment there, as in skimage), split and merge counts, and the object counts."""
+    AP@0.75, CTC SEG, the foreground-restricted Rand error / precision / recall, VI
+    split / merge and the ISBI 2012 V_Rand / V_Info (ground-truth background ignored, as in
+    ISBI 2012; predicted background is one segment there, as in skimage), split and merge
+    counts, and the object counts."""
     table = contingency(pred, gt)  # one table serves every score
     pairs = _object_pairs(table)
     ap = _ap(pairs, DSB_THRESHOLDS)
@@ -550,7 +551,7 @@ def instance_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         "mean_ap": float(np.mean(list(ap.values()))), "ap50": ap[0.5], "ap75": ap[0.75],
         "seg": _seg(pairs),
         "rand_error": error, "rand_precision": precision, "rand_recall": recall,
-        "vi_split": vi_split, "vi_merge": vi_merge,
+        "vi_split": vi_split, "vi_merge": vi_merge, **_isbi(foreground),
         "splits": float(counts["splits"]), "merges": float(counts["merges"]),
         "n_gt": float(pairs.n_gt), "n_pred": float(pairs.n_pred),
     }
