@@ -78,8 +78,10 @@ def test_values_are_yaml_but_text_stays_as_typed_and_lists_take_commas():
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["input=a"], "missing checkpoint=..., output=..."),
-        (["checkpoint"], "expected key=value, got 'checkpoint'; keys: checkpoint, input,"),
+        (["input=a"], "missing output=..."),
+        (["input=a", "output=b"], "give checkpoint=<file or run folder> or model=<nuclei> (a "
+         "model that ships with segunet), not neither"),
+        (["checkpoint"], "expected key=value, got 'checkpoint'; keys: checkpoint, model, input,"),
         (["threshold=0.3"], "unknown key 'threshold': did you mean instances.threshold? (keys:"),
         (["tile=1", "tile=2"], "'tile' given twice"),
         (["tta=maybe"], "tta='maybe' is not valid: expected true or false or null"),
@@ -92,7 +94,8 @@ def test_values_are_yaml_but_text_stays_as_typed_and_lists_take_commas():
     ],
 )
 def test_a_bad_argument_is_one_line_naming_the_key_and_what_it_takes(argv, expected):
-    given = ["checkpoint=a", "input=b", "output=c"] if "missing" not in expected else []
+    alone = "missing" in expected or "not neither" in expected  # argv says all
+    given = [] if alone else ["checkpoint=a", "input=b", "output=c"]
     with pytest.raises(SegunetError) as info:
         parse(PredictConfig, [*given, *argv], "predict")
     assert str(info.value).startswith(f"segunet predict: {expected}")
@@ -102,15 +105,15 @@ def test_a_bad_argument_is_one_line_naming_the_key_and_what_it_takes(argv, expec
     ("command", "config", "defaults"),
     [
         (predict_cli, predict_cli.PredictConfig,
-         ["checkpoint (required)", "tile (null)", "batch_size (8)",
+         ["checkpoint (null)", "model (null)", "tile (null)", "batch_size (8)",
           "outputs (probabilities,labels,instances)", "format (tif)", "overlap (0.25)",
           "instances.method (auto)", "instances.min_distance (3)"]),
         (export, export.ExportConfig,
-         ["checkpoint (required)", "format (onnx)", "output (null)", "opset (17)",
+         ["checkpoint (null)", "model (null)", "format (onnx)", "output (null)", "opset (17)",
           "verify (true)", "atol (0.0001)"]),
         (evaluate, evaluate.EvaluateConfig,
          ["pred (required)", "gt (required)", "out (metrics.json)", "kind (auto)",
-          "num_classes (null)", "pred_suffix (auto)", "gt_suffix ()"]),
+          "num_classes (null)", "pred_suffix (auto)", "gt_suffix ()", "slices (false)"]),
         (tune, tune.TuneCommandConfig, ["checkpoint (required)", "tta (false)", "device (auto)"]),
     ],
 )

@@ -48,6 +48,7 @@ def test_the_wheel_holds_every_module_and_config(wheel):
                for p in (ROOT / "configs").rglob("*") if p.suffix in (".py", ".yaml")}
     assert "segunet/conf/trainer/default.yaml" in configs
     assert modules | configs <= names, sorted(modules | configs - names)
+    assert "segunet/pretrained/nuclei.pt" in names  # model=nuclei without a download
 
 
 def test_the_wheel_trains_outside_the_checkout(wheel, tmp_path):

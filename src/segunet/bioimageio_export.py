@@ -46,6 +46,7 @@ from segunet.checkpoint import load_checkpoint, load_trained, pixel_size_of
 from segunet.data.io import read_array
 from segunet.data.sources import class_names_for, normalize_percentile
 from segunet.errors import SegunetError
+from segunet.pretrained import shipped
 from segunet.traced import exported_bytes, metadata, verify_export
 
 MISSING = ("format=bioimageio needs bioimageio.spec and bioimageio.core: "
@@ -201,6 +202,11 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
         raw = image_for_model(read_array(path), Path(path), model.in_channels,
                               model.spatial_dims, {**trained.data, "percentiles": None})
         return np.asarray(raw[...], np.float32), str(path)
+    if shipped(trained.file):  # its training data is not on the user's machine
+        from segunet.data.synthetic import synthetic_cells
+
+        image = synthetic_cells((256,) * model.spatial_dims, seed=0)[0]
+        return np.asarray(image, np.float32)[None], "a synthetic nuclei image (segunet's own)"
     from segunet.config import instantiate_group
 
     try:
@@ -310,11 +316,14 @@ def class_names(trained: Checkpoint) -> list[str]:
     return names if len(names) == classes else [f"class{i}" for i in range(classes)]
 
 
-def overrides(file: Path) -> list[str] | None:
+def overrides(file: Path, ckpt: dict | None = None) -> list[str] | None:
     """The ``segunet train`` overrides of the run ``file`` is a checkpoint of (Hydra's record
-    in the run folder), or None when it is not in its run folder."""
+    in the run folder, or the record a shipped model carries), or None when unknown."""
     import yaml
 
+    carried = ((ckpt or {}).get("source") or {}).get("overrides")
+    if isinstance(carried, list) and carried:
+        return [str(o) for o in carried]
     for run in (file.parent.parent, file.parent):
         record = run / ".hydra" / "overrides.yaml"
         if record.is_file():
@@ -354,7 +363,7 @@ def _data_lines(trained: Checkpoint) -> list[str]:
 
 
 def _training_lines(trained: Checkpoint) -> list[str]:
-    args, config = overrides(trained.file), trained.config
+    args, config = overrides(trained.file, trained.ckpt), trained.config
     command = ("segunet train " + " ".join(args)) if args is not None else (
         "not recorded (the checkpoint is not in its run folder); the resolved config is "
         "training_config.yaml")

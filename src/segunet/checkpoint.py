@@ -231,3 +231,32 @@ def load_trained(
     pixel_size = ckpt.get("pixel_size")
     return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
                    file, pixel_size if isinstance(pixel_size, dict) else None)
+
+
+#: Parameter names of the output layers: the part of a model that a new task's classes may
+#: change, re-initialised when fine-tuning to another number of classes.
+HEAD_PREFIXES = ("head.", "heads.", "out.")
+
+
+def init_weights(model: torch.nn.Module, path: str | os.PathLike, key: str) -> list[str]:
+    """Load a checkpoint's weights into ``model`` to start a new run from them (no optimiser,
+    schedule or step). Output-layer tensors of another shape (other classes) keep ``model``'s
+    fresh initialisation and are returned; any other difference is a one-line error naming
+    ``key``."""
+    file = resolve_checkpoint(path, prefer="best")
+    given = clean_state_dict(_read_checkpoint(file, "cpu")["model"])
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - given.keys()), sorted(given.keys() - own.keys())
+    misfit = sorted(k for k in own.keys() & given.keys() if own[k].shape != given[k].shape)
+    other = missing + unexpected + [k for k in misfit if not k.startswith(HEAD_PREFIXES)]
+    if other:
+        first = other[0]
+        why = "missing" if first in missing else "unexpected" if first in unexpected else (
+            f"shape {tuple(given[first].shape)}, this model's {tuple(own[first].shape)}"
+        )
+        raise SegunetError(
+            f"{key}={path}: {file} holds another architecture ({first}: {why}); set the model "
+            "options it was trained with (its config.model)"
+        )
+    model.load_state_dict({k: own[k] if k in misfit else v for k, v in given.items()})
+    return misfit

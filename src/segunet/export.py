@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from omegaconf import MISSING
 
 from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
@@ -26,12 +25,13 @@ from segunet.bioimageio_export import PackageInfo, export_package
 from segunet.checkpoint import load_model, resolve_checkpoint
 from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
+from segunet.pretrained import checkpoint_or_model
 from segunet.traced import exported_bytes, metadata, verify_export
 
 Format = Literal["onnx", "torchscript", "bioimageio"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
 
-USAGE = """usage: segunet export checkpoint=<file or run folder>
+USAGE = """usage: segunet export checkpoint=<file or run folder> | model=nuclei
                       [format=onnx|torchscript|bioimageio] [output=<file or folder>]
                       [key=value ...]
 
@@ -49,7 +49,10 @@ kept unless overwrite=true, as in segunet predict.
 class ExportConfig:
     """The arguments of ``segunet export`` (see :func:`export_model`)."""
 
-    checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its last.pt)")
+    checkpoint: str | None = option(
+        None, "a checkpoint file, or a run folder (its last.pt); or give model=")
+    model: str | None = option(
+        None, "a model that ships with segunet instead of a checkpoint: nuclei")
     format: Format = option(
         "onnx", "onnx needs onnx (and onnxruntime to verify); bioimageio needs "
         "segunet[bioimageio]")
@@ -181,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(ExportConfig, argv, "export")
         package = PackageInfo(args.test_image, args.authors, args.license, args.tags)
         path = export_model(
-            args.checkpoint, format=args.format, output=args.output or None,
+            checkpoint_or_model(args.checkpoint, args.model), format=args.format,
+            output=args.output or None,
             input_shape=args.input_shape, opset=args.opset, verify=args.verify,
             atol=args.atol, overwrite=args.overwrite, package=package,
         )

@@ -62,6 +62,7 @@ from segunet.errors import SegunetError, first_line
 from segunet.instances import WatershedOn, instances_from_foreground
 from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
 from segunet.predict import Blend
+from segunet.pretrained import checkpoint_or_model
 from segunet.resample import Grid, grid_for
 
 OUTPUTS = ("probabilities", "labels", "instances")
@@ -73,6 +74,7 @@ ZARR_CHUNK = {2: 512, 3: 64}
 
 USAGE = """usage: segunet predict checkpoint=<file or run folder> input=<file, folder or glob>
                        output=<folder> [key=value ...]
+       segunet predict model=nuclei input=... output=...   (a model that ships with segunet)
 
 output must be a folder you can write to (created if missing); it is checked before the
 prediction starts. Each output is written to a hidden temp name and renamed when complete:
@@ -428,7 +430,11 @@ class InstancesConfig:
 class PredictConfig:
     """The arguments of ``segunet predict`` (see :data:`USAGE`)."""
 
-    checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its best.pt)")
+    checkpoint: str | None = option(
+        None, "a checkpoint file, or a run folder (its best.pt); or give model=")
+    model: str | None = option(
+        None, "a model that ships with segunet instead of a checkpoint: nuclei (DSB 2018 "
+        "fluorescence nuclei)")
     input: str = option(MISSING, "an image file, a folder of them or a glob ('data/*.tif')")
     output: Path = option(MISSING, "the folder the outputs go to (created if missing)")
     tile: list[int] | None = option(
@@ -469,6 +475,7 @@ class PredictConfig:
     trained_pixel_size: PixelSize | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.checkpoint = checkpoint_or_model(self.checkpoint, self.model)
         self.output = Path(self.output)
         check_range("batch_size", self.batch_size, self.batch_size >= 1, "a whole number >= 1")
         check_range("overlap", self.overlap, 0 <= self.overlap < 1, "0 <= overlap < 1")

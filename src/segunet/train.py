@@ -33,6 +33,7 @@ from tqdm import tqdm
 from segunet import distributed, interrupts, resume, run_folder
 from segunet.checkpoint import (
     clean_state_dict,
+    init_weights,
     load_checkpoint,
     mismatch_detail,
     pixel_size_record,
@@ -73,6 +74,10 @@ class TrainerConfig:
     num_workers: int = 0
     grad_clip: float | None = None
     resume: str | None = None
+    # Fine-tuning: the weights of a checkpoint or of a model that ships with segunet (nuclei)
+    # to start from, with a new optimiser and schedule; an output layer of other classes is
+    # re-initialised.
+    init_from: str | None = None
     compile: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off for CPU
     devices: int = 1  # processes (one per GPU) that `segunet train` launches through torchrun
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (CUDA, DDP only)
@@ -81,6 +86,11 @@ class TrainerConfig:
         for key in ("max_steps", "batch_size", "val_every", "devices"):
             if getattr(self, key) < 1:
                 raise SegunetError(f"trainer.{key}={getattr(self, key)} must be at least 1")
+        if self.resume and self.init_from:
+            raise SegunetError(
+                "trainer.resume continues a run, trainer.init_from starts a new one from "
+                "another's weights: give one of them"
+            )
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -748,6 +758,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     augment_cfg: AugmentConfig = instantiate_group(cfg, "augment")
     seed_everything(trainer_cfg.seed)  # before the model draws its initial weights
     model = instantiate_group(cfg, "model")
+    if trainer_cfg.init_from:
+        start_from(model, trainer_cfg.init_from)
     data: SegmentationData = instantiate_group(cfg, "data")
     criterion = instantiate_group(cfg, "loss")
     if getattr(model, "deep_supervision", False):
@@ -765,6 +777,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     if checkpoint is not None:
         trainer.restore(file, checkpoint)
     return trainer
+
+
+def start_from(model: nn.Module, init_from: str) -> None:
+    """``trainer.init_from``: the weights to fine-tune, an output layer of other classes
+    re-initialised with one warning."""
+    from segunet import pretrained
+
+    fresh = init_weights(model, pretrained.resolve(init_from, "trainer.init_from"),
+                         "trainer.init_from")
+    if fresh:
+        warnings.warn(
+            f"trainer.init_from={init_from}: its output layer predicts other classes "
+            f"({', '.join(fresh)} differ in shape): re-initialised, the rest loaded",
+            RuntimeWarning, stacklevel=2,
+        )
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:

@@ -1,0 +1,60 @@
+"""Make a model that ships with segunet from a training run: its best checkpoint stripped to
+what prediction, export and fine-tuning read (weights, config, tuned post-processing, pixel
+size, validation scores), written into ``src/segunet/pretrained/``.
+
+The shipped ``nuclei`` model is the ``boundary`` run of ``bench_quality.py --dataset
+dsb2018 --preset cpu`` (``experiment=dsb2018_cpu`` at the bench's 1200 steps, trained on the
+trainval part of ``scripts/quality_data.py``'s split: its 60 test images were never trained
+or tuned on), so the bench's ``boundary`` row is this file's held-out score::
+
+    python scripts/bench_quality.py --dataset dsb2018 --preset cpu --workdir outputs/bq
+    python scripts/make_pretrained.py --run outputs/bq/boundary --name nuclei
+
+Optimiser, scheduler and RNG states are left out (a fine-tune starts them anew), which keeps
+the file a third of a checkpoint's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from segunet.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
+
+KEEP = ("model", "config", "postprocess", "pixel_size", "metrics", "best_metric", "step")
+TARGET = Path(__file__).resolve().parents[1] / "src" / "segunet" / "pretrained"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a run folder (its best.pt) or a checkpoint")
+    p.add_argument("--name", required=True, help="the shipped model's name, e.g. nuclei")
+    args = p.parse_args()
+    file = resolve_checkpoint(args.run, prefer="best")
+    ckpt = load_checkpoint(file)
+    if not ckpt.get("postprocess"):
+        raise SystemExit(f"{file} has no tuned post-processing: run segunet tune on it first")
+    shipped = {k: ckpt[k] for k in KEEP if k in ckpt}
+    shipped["source"] = {"overrides": _overrides(file)}  # the bioimage.io README shows them
+    out = TARGET / f"{args.name}.pt"
+    save_atomic(shipped, out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) from {file} "
+          f"(step {ckpt.get('step')}, {ckpt['postprocess']['metric']} "
+          f"{ckpt['postprocess']['score']:.4f} on its validation images)")
+
+
+def _overrides(file: Path) -> list[str]:
+    """The run's command-line overrides (Hydra's record), for the model's provenance."""
+    record = file.parents[1] / ".hydra" / "overrides.yaml"
+    if not record.is_file():
+        return []
+    import yaml
+
+    return [str(o) for o in yaml.safe_load(record.read_text()) or []]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

@@ -1,0 +1,102 @@
+"""Models that ship with segunet, and fine-tuning from any checkpoint (trainer.init_from)."""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+
+import bioimageio.core
+import numpy as np
+import pytest
+import tifffile
+import torch
+from helpers import TINY, run_cli, save_tiny_checkpoint
+
+from segunet import export, predict_cli, pretrained
+from segunet.checkpoint import load_trained
+from segunet.data.synthetic import synthetic_cells
+from segunet.errors import SegunetError
+from segunet.metrics import average_precision
+from segunet.train import build_trainer
+
+
+def test_trainer_init_from_loads_the_weights_and_nothing_else(make_cfg, tmp_path):
+    source = save_tiny_checkpoint(tmp_path / "a", channels=(4, 8, 16))
+    given = torch.load(source, weights_only=True)["model"]
+    trainer = build_trainer(make_cfg(*TINY, f"trainer.init_from={source}"), tmp_path / "b")
+    for key, value in trainer.net.state_dict().items():
+        torch.testing.assert_close(value, given[key], rtol=0, atol=0, msg=key)
+    assert trainer.step == 0 and not trainer.optimizer.state  # a new run: new optimiser
+
+
+def test_a_head_of_other_classes_is_reinitialised_with_one_warning(make_cfg, tmp_path):
+    source = save_tiny_checkpoint(tmp_path / "a", out_channels=3)  # e.g. the boundary target
+    given = torch.load(source, weights_only=True)["model"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = build_trainer(make_cfg(*TINY, f"trainer.init_from={source}"), tmp_path / "b")
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "output layer predicts other classes" in messages[0]
+    own = trainer.net.state_dict()
+    assert own["head.weight"].shape[0] == 2
+    for key, value in own.items():
+        if not key.startswith("head."):
+            torch.testing.assert_close(value, given[key], rtol=0, atol=0, msg=key)
+
+
+def test_another_architecture_is_one_line(make_cfg, tmp_path):
+    source = save_tiny_checkpoint(tmp_path / "a", channels=(4, 8))
+    with pytest.raises(SegunetError, match=r"trainer.init_from=.* holds another architecture"):
+        build_trainer(make_cfg(*TINY, f"trainer.init_from={source}"), tmp_path / "b")
+
+
+def test_resume_and_init_from_together_are_refused(tmp_path):
+    done = run_cli("train", *TINY, "trainer.resume=x", "trainer.init_from=y", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: trainer.resume continues a run, trainer.init_from starts a new one "
+        "from another's weights: give one of them"
+    ]
+
+
+def test_unknown_shipped_models_are_one_line(tmp_path, capsys):
+    assert predict_cli.main(["model=cells", f"input={tmp_path}", f"output={tmp_path}"]) == 2
+    assert "model=cells is no model that ships with segunet: use one of nuclei" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SegunetError, match="not both"):
+        pretrained.checkpoint_or_model("a.pt", "nuclei")
+    with pytest.raises(SegunetError, match="not neither"):
+        pretrained.checkpoint_or_model(None, None)
+
+
+def test_the_nuclei_model_is_small_and_was_tuned():
+    nuclei = pretrained.path_of("nuclei")
+    assert nuclei.stat().st_size < 10 * 2**20
+    trained = load_trained(nuclei)
+    assert trained.config["data"]["target"] == "boundary"
+    assert trained.postprocess is not None and trained.postprocess["metric"] == "ap"
+
+
+def test_predict_model_nuclei_finds_nuclei_out_of_the_box(tmp_path):
+    """On segunet's own synthetic nuclei, which it never saw: most are found."""
+    image, truth = synthetic_cells((256, 256), seed=123)
+    raw = np.clip(image * 255 / image.max(), 0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "cells.tif", raw)
+    out = tmp_path / "out"
+    assert predict_cli.main(["model=nuclei", f"input={tmp_path / 'cells.tif'}", f"output={out}",
+                             "outputs=instances"]) == 0
+    found = tifffile.imread(out / "cells_instances.tif")
+    assert average_precision(found, truth)[0.5] > 0.5
+
+
+def test_export_model_nuclei_gives_a_package_bioimageio_core_passes(tmp_path, capsys):
+    """Its training data is not on the user's machine: the test input is segunet's own
+    synthetic nuclei, and bioimage.io's own test runs the package's weights on it."""
+    out = tmp_path / "nuclei.bioimageio.zip"
+    assert export.main(["model=nuclei", "format=bioimageio", f"output={out}",
+                        "license=CC-BY-4.0"]) == 0, capsys.readouterr().err
+    assert bioimageio.core.test_model(out).status == "passed"
+    readme = zipfile.ZipFile(out).read("README.md").decode()
+    assert "a synthetic nuclei image (segunet's own)" in readme
+    assert "segunet train experiment=dsb2018_cpu" in readme  # the command it carries
