@@ -77,7 +77,7 @@ def test_command_line(tmp_path, capsys):
     assert main([f"checkpoint={tmp_path}", "format=tflite"]) == 2
     assert "format='tflite' is not valid" in capsys.readouterr().err
     assert main(["format=onnx"]) == 2
-    assert "missing checkpoint=" in capsys.readouterr().err
+    assert "give checkpoint=<file or run folder> or model=<nuclei>" in capsys.readouterr().err
     assert main([f"checkpoint={tmp_path}", "colour=red"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown key 'colour'" in err
