@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from segunet.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
+from segunet.run_folder import recorded_overrides
 
 KEEP = ("model", "config", "postprocess", "pixel_size", "metrics", "best_metric", "step")
 TARGET = Path(__file__).resolve().parents[1] / "src" / "segunet" / "pretrained"
@@ -39,22 +40,13 @@ def main() -> None:
     if not ckpt.get("postprocess"):
         raise SystemExit(f"{file} has no tuned post-processing: run segunet tune on it first")
     shipped = {k: ckpt[k] for k in KEEP if k in ckpt}
-    shipped["source"] = {"overrides": _overrides(file)}  # the bioimage.io README shows them
+    # The training command, which the bioimage.io README of the shipped model shows.
+    shipped["source"] = {"overrides": recorded_overrides(file) or []}
     out = TARGET / f"{args.name}.pt"
     save_atomic(shipped, out)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) from {file} "
           f"(step {ckpt.get('step')}, {ckpt['postprocess']['metric']} "
           f"{ckpt['postprocess']['score']:.4f} on its validation images)")
-
-
-def _overrides(file: Path) -> list[str]:
-    """The run's command-line overrides (Hydra's record), for the model's provenance."""
-    record = file.parents[1] / ".hydra" / "overrides.yaml"
-    if not record.is_file():
-        return []
-    import yaml
-
-    return [str(o) for o in yaml.safe_load(record.read_text()) or []]
 
 
 if __name__ == "__main__":

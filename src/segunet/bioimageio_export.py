@@ -47,6 +47,7 @@ from segunet.data.io import read_array
 from segunet.data.sources import class_names_for, normalize_percentile
 from segunet.errors import SegunetError
 from segunet.pretrained import shipped
+from segunet.run_folder import recorded_overrides
 from segunet.traced import exported_bytes, metadata, verify_export
 
 MISSING = ("format=bioimageio needs bioimageio.spec and bioimageio.core: "
@@ -319,16 +320,10 @@ def class_names(trained: Checkpoint) -> list[str]:
 def overrides(file: Path, ckpt: dict | None = None) -> list[str] | None:
     """The ``segunet train`` overrides of the run ``file`` is a checkpoint of (Hydra's record
     in the run folder, or the record a shipped model carries), or None when unknown."""
-    import yaml
-
     carried = ((ckpt or {}).get("source") or {}).get("overrides")
     if isinstance(carried, list) and carried:
         return [str(o) for o in carried]
-    for run in (file.parent.parent, file.parent):
-        record = run / ".hydra" / "overrides.yaml"
-        if record.is_file():
-            return [str(o) for o in yaml.safe_load(record.read_text()) or []]
-    return None
+    return recorded_overrides(file)
 
 
 def readme(trained: Checkpoint, geometry: Geometry, tile: Sequence[int], image_source: str) -> str:

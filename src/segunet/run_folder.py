@@ -78,3 +78,16 @@ def check_checkpoints(run_dir: Path, resume: str | None) -> None:
         f"continue that run with trainer.resume={run_dir}, or choose another folder "
         "(hydra.run.dir=...)"
     )
+
+
+def recorded_overrides(checkpoint: Path) -> list[str] | None:
+    """The ``segunet train`` overrides Hydra recorded for the run ``checkpoint`` belongs to
+    (``<run>/.hydra/overrides.yaml``, the checkpoint in ``<run>/checkpoints/`` or in
+    ``<run>/``), or None when it is not in its run folder."""
+    import yaml
+
+    for run in (checkpoint.parent.parent, checkpoint.parent):
+        record = run / ".hydra" / "overrides.yaml"
+        if record.is_file():
+            return [str(o) for o in yaml.safe_load(record.read_text()) or []]
+    return None
