@@ -39,14 +39,18 @@ protocol: a plain loop selects nothing), decoded with that checkpoint's tuned se
 images are predicted with ``segunet.predict.predict_tiled`` (test-time augmentation where
 the search chose it).
 
-Budget: every method trains the same number of steps at the same batch size (the recipe's
-``trainer.max_steps`` and ``trainer.batch_size``; ``--preset cpu`` caps the steps so that the
-whole bench takes about 30 minutes on 2 cores; ``--steps`` sets them). There is no
-wall-clock cap; each training's wall-clock is reported instead. ``train s`` is, for
-segunet, the whole ``segunet train`` process (data preparation with weight maps, training,
-its periodic validation and the post-processing search at the end); for MONAI the training
-loop alone (its data come ready from segunet's source; it neither validates nor searches
-during training). ``tune s`` is a search run here (``monai_tuned``, ``foreground``).
+Budget (``--budget``): ``steps``, the default: every method trains the same number of steps
+at the same batch size (the recipe's ``trainer.max_steps`` and ``trainer.batch_size``;
+``--preset cpu`` caps the steps so that the whole bench takes about 30 minutes on 2 cores;
+``--steps`` sets them); each training's wall-clock is reported, not capped. ``time``: the
+recipes train their own steps, and the MONAI loop trains for as long as the default recipe's
+``segunet train`` took (the question a user asks: what do the same minutes buy?).
+
+``train s`` is, for segunet, the whole ``segunet train`` process (data preparation with
+weight maps, training, its periodic validation and the post-processing search at the end);
+for MONAI the training loop alone (its data come ready from segunet's source; it neither
+validates nor searches during training). ``tune s`` is a search run here (``monai_tuned``,
+``foreground``).
 
 Scores on the test part: DSB 2018 AP@0.5 and mean AP over IoU 0.5:0.95 (the DSB definition,
 mean of per-image scores); ISBI 2012 V_Rand and V_Info (the challenge's foreground-restricted
@@ -145,12 +149,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path,
                    help="split, runs and predictions (default outputs/bench_quality/"
                         "<dataset>_<preset>); its earlier runs are replaced")
-    p.add_argument("--steps", type=int, help="training steps of every method")
+    p.add_argument("--budget", default="steps", choices=("steps", "time"),
+                   help="steps: every method trains the same steps (default); time: the "
+                        "MONAI loop trains for the seconds the default recipe's segunet "
+                        "train took, and the recipe keeps its own steps")
+    p.add_argument("--steps", type=int, help="training steps of every method (with --budget "
+                                             "time: of segunet's recipes)")
     p.add_argument("--test-images", type=int,
                    help="score only the first N test images / slices (tiny: 4)")
     p.add_argument("--experiment", help="experiment config (default <dataset>[_cpu])")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every recipe (repeatable)")
+    p.add_argument("--monai-features", type=lambda v: tuple(int(x) for x in v.split(",")),
+                   help="BasicUNet's six feature counts, e.g. 16,16,32,64,128,16 (the issue's "
+                        "baseline; default MONAI's own, 32,32,64,128,256,32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="which checkpoint of a segunet run is scored (default best, as "
@@ -162,6 +174,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or not args.methods:
         p.error(f"--methods: unknown {unknown}; use {', '.join(METHODS)}")
+    if args.monai_features is not None and len(args.monai_features) != 6:
+        p.error(f"--monai-features: BasicUNet takes 6 feature counts, got "
+                f"{len(args.monai_features)}")
     if args.workdir is None:
         args.workdir = Path("outputs") / "bench_quality" / f"{args.dataset}_{args.preset}"
     if args.out is None:
@@ -208,7 +223,7 @@ def base_overrides(args: argparse.Namespace, spec: Dataset, experiment: str,
     if args.preset == "tiny":
         return common + tiny_overrides(spec.dims, args.steps or TINY_STEPS) + args.override
     steps = args.steps
-    if steps is None and args.preset == "cpu":
+    if steps is None and args.preset == "cpu" and args.budget == "steps":
         own = int(compose(common + args.override).trainer.max_steps)
         steps = min(own, CPU_STEPS[spec.name])
     return common + ([f"trainer.max_steps={steps}"] if steps else []) + args.override
@@ -346,8 +361,10 @@ def round16(size: int) -> int:
 
 def train_monai(volumes: Sequence[Volume], patch: Sequence[int], steps: int, batch: int,
                 device: torch.device, features: Sequence[int] | None = None,
-                seed: int = 0) -> tuple[torch.nn.Module, float]:
-    """A MONAI user's training loop; the model after ``steps`` steps and the loop's seconds."""
+                seed: int = 0, seconds: float | None = None
+                ) -> tuple[torch.nn.Module, float, int]:
+    """A MONAI user's training loop: ``steps`` steps, or with ``seconds`` as many as start
+    within that time. Returns the model, the loop's seconds and the steps it trained."""
     from monai.data import DataLoader
     from monai.data import Dataset as MonaiDataset
     from monai.losses import DiceCELoss
@@ -366,8 +383,10 @@ def train_monai(volumes: Sequence[Volume], patch: Sequence[int], steps: int, bat
              for v in volumes]
     data = MonaiDataset(items, transform)
     # Exactly `steps` batches: images drawn with replacement (an epoch loop would end mid-way).
+    # With a time budget the sampler is effectively endless; the clock ends the loop.
+    cap = steps if seconds is None else 10**7
     sampler = torch.utils.data.RandomSampler(
-        data, replacement=True, num_samples=steps * batch,
+        data, replacement=True, num_samples=cap * batch,
         generator=torch.Generator().manual_seed(seed))
     cuda = device.type == "cuda"
     loader = DataLoader(data, batch_size=batch, sampler=sampler, num_workers=4 if cuda else 0)
@@ -378,9 +397,13 @@ def train_monai(volumes: Sequence[Volume], patch: Sequence[int], steps: int, bat
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
+    done = 0
+    bar = tqdm(total=steps if seconds is None else None, desc="monai: train", unit="step",
+               file=sys.stderr)
     start = time.perf_counter()
-    for batch_data in tqdm(loader, total=steps, desc="monai: train", unit="step",
-                           file=sys.stderr):
+    for batch_data in loader:
+        if seconds is not None and time.perf_counter() - start >= seconds:
+            break
         x, y = (torch.as_tensor(batch_data[k]).to(device) for k in keys)
         with autocast(device):  # bf16 on CUDA, as segunet trains there
             logits = model(x)
@@ -388,9 +411,15 @@ def train_monai(volumes: Sequence[Volume], patch: Sequence[int], steps: int, bat
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if cuda and seconds is not None:
+            torch.cuda.synchronize(device)  # the clock must see the work, not its queueing
+        done += 1
+        bar.update()
     if cuda:
         torch.cuda.synchronize(device)
-    return model.eval(), time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    bar.close()
+    return model.eval(), elapsed, done
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -536,12 +565,15 @@ def shown_settings(post: PostProcess, target: str) -> dict[str, Any]:
 def monai_results(methods: Sequence[str], data: SegmentationData, recipe: Any,
                   recipe_patch: Sequence[int], features: Sequence[int] | None, spec: Dataset,
                   test: Sequence[HeldOut], device: torch.device,
-                  out_dir: Path) -> tuple[list[Result], dict[str, Any]]:
-    """Train the MONAI baseline on the recipe's training images and score its methods."""
+                  out_dir: Path, seconds: float | None = None
+                  ) -> tuple[list[Result], dict[str, Any]]:
+    """Train the MONAI baseline on the recipe's training images (the recipe's steps, or
+    ``seconds`` of training) and score its methods."""
     patch = [round16(p) for p in recipe_patch]
     steps, batch = int(recipe.trainer.max_steps), int(recipe.trainer.batch_size)
     seed = int(recipe.trainer.seed)
-    model, train_s = train_monai(data.train, patch, steps, batch, device, features, seed)
+    model, train_s, steps = train_monai(data.train, patch, steps, batch, device, features,
+                                        seed, seconds)
     setup = {"model": "monai.networks.nets.BasicUNet", "features": features or "MONAI default",
              "patch_size": patch, "recipe_patch_size": list(recipe_patch),
              "loss": "DiceCELoss(to_onehot_y=True, softmax=True)", "optimizer": "Adam 1e-3",
@@ -620,6 +652,19 @@ def table(results: Sequence[Result], spec: Dataset) -> str:
     return "\n".join(lines)
 
 
+def budget(kind: str, recipe: Any, seconds: float | None) -> dict[str, Any]:
+    """What every method was given: the same steps, or the same training seconds."""
+    steps, batch = int(recipe.trainer.max_steps), int(recipe.trainer.batch_size)
+    if kind == "steps":
+        return {"kind": kind, "steps": steps, "batch_size": batch,
+                "cap": f"{steps} steps x batch {batch} per method (wall-clock reported, not "
+                       "capped)"}
+    shown = "the default recipe's" if seconds is None else f"{seconds:.0f} s,"
+    return {"kind": kind, "steps": steps, "batch_size": batch, "seconds": seconds,
+            "cap": f"equal wall-clock ({shown} the whole segunet train of the default "
+                   f"recipe; the MONAI loop alone), batch {batch}"}
+
+
 def default_method(target: str) -> str:
     """The method that is the experiment's own recipe: its target, decoded by its search."""
     return "boundary" if target == "boundary" else "foreground_grow"
@@ -640,6 +685,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     own = compose(base)  # the experiment as it is: which target is its default
     recipes = {run: base + RECIPES[run] for run in RECIPES}
     runs = {RUN_OF[m] for m in args.methods}
+    default = default_method(str(own.data.target))
+    if args.budget == "time" and "monai" in runs and RUN_OF[default] not in runs:
+        raise SystemExit(f"bench_quality: --budget time gives MONAI the wall-clock of the "
+                         f"default recipe ({default}): add it to --methods")
     fg = compose(recipes["foreground"])  # the data, budget and search MONAI shares
 
     train_s = {}
@@ -660,10 +709,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from segunet.train import resolve_patch_size
 
         patch = resolve_patch_size(instantiate_group(fg, "model"), data)
-        features = TINY_FEATURES if args.preset == "tiny" else None
+        features = args.monai_features or (TINY_FEATURES if args.preset == "tiny" else None)
         monai_methods = [m for m in METHODS if m in args.methods and RUN_OF[m] == "monai"]
+        seconds = train_s[RUN_OF[default]] if args.budget == "time" else None
         found, monai_setup = monai_results(monai_methods, data, fg, patch, features, spec,
-                                           test, device, workdir / "predictions")
+                                           test, device, workdir / "predictions", seconds)
         results += found
     for run in ("foreground", "boundary"):
         if run in runs:
@@ -674,7 +724,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results.sort(key=lambda r: METHODS.index(r.method))
 
     headline = spec.scores[0]
-    default = default_method(str(own.data.target))
     by_method = {r.method: r for r in results}
     ratio = None
     if default in by_method and "monai" in by_method and by_method["monai"].scores[headline]:
@@ -684,8 +733,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "spatial_dims": spec.dims, "metric": spec.metric, "headline": headline,
         "checkpoint": args.checkpoint,
         "default_method": default, "default_over_monai": ratio,
-        "budget": {"steps": int(fg.trainer.max_steps), "batch_size": int(fg.trainer.batch_size),
-                   "cap": "equal steps and batch size; wall-clock reported, not capped"},
+        "budget": budget(args.budget, fg, train_s.get(RUN_OF[default])),
         "split": {
             "trainval": str(parts["trainval"]), "test": str(parts["test"]),
             "train": [v.name for v in data.train] if data is not None else None,
@@ -700,8 +748,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_s": time.perf_counter() - started,
     }
     print(f"\nbench_quality: {spec.name}, preset {args.preset} ({experiment}), "
-          f"{len(test)} test images, {report['budget']['steps']} steps x batch "
-          f"{report['budget']['batch_size']} per method, device {device}")
+          f"{len(test)} test images, {report['budget']['cap']}, device {device}")
     print(table(results, spec))
     if default in by_method and "monai" in by_method:
         shown = "undefined (monai scores 0)" if ratio is None else f"{ratio:.3f}"

@@ -103,3 +103,39 @@ def test_bench_quality_tiny_dsb(bench_quality, tmp_path, capsys):
     for name in methods:
         assert f"\n{name} " in printed
     assert "mAP.5:.95" in printed and "boundary / monai" in printed
+
+
+def test_monai_loop_with_a_time_budget_stops_on_the_clock(bench_quality):
+    """``--budget time``: the MONAI loop trains for the seconds it is given, whatever its
+    step count says, and reports the steps it did; without seconds it does exactly its
+    steps."""
+    pytest.importorskip("monai")
+    import torch
+
+    from segunet.data.datasets import Volume
+
+    rng = np.random.default_rng(0)
+    instances = np.zeros((48, 48), np.int32)
+    instances[10:20, 10:20], instances[30:40, 25:35] = 1, 2
+    volume = Volume("a", rng.random((1, 48, 48), dtype=np.float32), (instances > 0).astype(
+        np.int64), np.ones((48, 48), np.float32), np.zeros((48, 48), bool), instances)
+    features = bench_quality.TINY_FEATURES
+    cpu = torch.device("cpu")
+
+    _, seconds, steps = bench_quality.train_monai([volume], [32, 32], 3, 2, cpu, features)
+    assert steps == 3
+
+    _, seconds, steps = bench_quality.train_monai([volume], [32, 32], 3, 2, cpu, features,
+                                                  seconds=1.0)
+    assert steps > 3  # the clock, not the 3 steps, ended it
+    assert 1.0 <= seconds < 1.0 + seconds / steps * 5  # stopped within a few steps of 1 s
+
+
+@pytest.mark.skipif(not DSB.is_dir(), reason=f"{DSB} not found (shared data absent)")
+def test_time_budget_needs_the_default_recipe(bench_quality, tmp_path):
+    """MONAI's seconds are the default recipe's: without it there is no budget to give."""
+    with pytest.raises(SystemExit, match="--budget time gives MONAI the wall-clock of the "
+                                         "default recipe \\(boundary\\)"):
+        bench_quality.main(["--dataset", "dsb2018", "--preset", "tiny", "--budget", "time",
+                            "--methods", "monai,foreground", "--workdir", str(tmp_path),
+                            "--shared", str(SHARED)])
