@@ -2,7 +2,7 @@
 
 ``nuclei``: a U-Net of the boundary target (background / nucleus interior / nucleus
 boundary) trained with ``experiment=dsb2018_cpu`` (4000 steps on a 2-core CPU; its best
-checkpoint, step 3000) on the DSB 2018 nuclei (fluorescence, grey), its post-processing tuned
+checkpoint is the last) on the DSB 2018 nuclei (fluorescence, grey), its post-processing tuned
 on their validation images; the README gives its scores on held-out DSB images
 (``scripts/make_pretrained.py`` says how it was made). Used by ``segunet predict
 model=nuclei``, ``segunet export model=nuclei`` and ``segunet train trainer.init_from=nuclei``.
