@@ -136,6 +136,23 @@ def test_tiles_whose_output_is_shorter_than_the_pooling_step_are_seamless(shape,
     np.testing.assert_allclose(probs, whole_image_reference(model, image), atol=1e-4)
 
 
+def test_batchnorm_is_seamless_and_instance_norm_is_not():
+    """Why the DSB recipe normalises with BatchNorm: in eval mode it is a fixed affine map per
+    channel, so tiles are predicted as the whole image is; instance norm takes each tile's
+    own statistics, so the tiling shows in the result."""
+    image = random_image((1, 101, 77))
+    for norm, seamless in (("batch", True), ("instance", False)):
+        torch.manual_seed(0)
+        model = UNet(1, 2, 2, (4, 8, 16), padding="valid", norm=norm)
+        for m in model.modules():  # statistics as after training, not the identity
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        probs = predict_tiled(model, image, tile_shape=60, batch_size=3)
+        gap = np.abs(probs - whole_image_reference(model, image)).max()
+        assert (gap < 1e-4) == seamless, (norm, gap)
+
+
 def test_valid_net_3d_is_seamless():
     model = unet("valid", spatial_dims=3, channels=(2, 4))  # valid sizes 18, 20, ...; -16
     image = random_image((1, 13, 17, 9))
