@@ -138,6 +138,14 @@ DATASETS = {
 }
 
 
+def feature_counts(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give comma-separated integers, e.g. 16,16,32,64,128,16") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,9 +168,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experiment", help="experiment config (default <dataset>[_cpu])")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every recipe (repeatable)")
-    p.add_argument("--monai-features", type=lambda v: tuple(int(x) for x in v.split(",")),
-                   help="BasicUNet's six feature counts, e.g. 16,16,32,64,128,16 (the issue's "
-                        "baseline; default MONAI's own, 32,32,64,128,256,32)")
+    p.add_argument("--monai-features", type=feature_counts,
+                   help="BasicUNet's six feature counts, e.g. 16,16,32,64,128,16 (segunet's "
+                        "CPU width; default MONAI's own, 32,32,64,128,256,32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="which checkpoint of a segunet run is scored (default best, as "

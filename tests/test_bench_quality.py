@@ -139,3 +139,16 @@ def test_time_budget_needs_the_default_recipe(bench_quality, tmp_path):
         bench_quality.main(["--dataset", "dsb2018", "--preset", "tiny", "--budget", "time",
                             "--methods", "monai,foreground", "--workdir", str(tmp_path),
                             "--shared", str(SHARED)])
+
+
+@pytest.mark.parametrize("value, message", [
+    ("a,b", "give comma-separated integers"),
+    ("16,32", "BasicUNet takes 6 feature counts, got 2"),
+])
+def test_bad_monai_features_are_one_line(bench_quality, capsys, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        bench_quality.parse_args(["--dataset", "dsb2018", "--monai-features", value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert bench_quality.parse_args(["--dataset", "dsb2018", "--monai-features",
+                                     "16,16,32,64,128,16"]).monai_features == (
+        16, 16, 32, 64, 128, 16)
