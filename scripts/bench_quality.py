@@ -94,6 +94,7 @@ import quality_data  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from segunet.atomic import write_atomic  # noqa: E402
 from segunet.config import config_dir, instantiate_group  # noqa: E402
 from segunet.data.datasets import SegmentationData, Volume  # noqa: E402
 from segunet.postprocess import PostProcess, decode  # noqa: E402
@@ -763,7 +764,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{default} / monai, {LABELS[headline]}: {shown}")
     print(f"total {report['total_s']:.0f} s; predictions in {workdir / 'predictions'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = (json.dumps(report, indent=2, default=str) + "\n").encode()
+    write_atomic(args.out, lambda f: f.write(text))  # a crash leaves the old file or none
     print(f"wrote {args.out}")
     return report
 
