@@ -261,3 +261,30 @@ def test_an_unknown_dataset_is_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("segunet: error:") and err.count("\n") == 1
     assert "'nope'" in err and "dsb2018" in err and "lucchi" in err
+
+
+def test_a_dest_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for dest in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert dl.main(["download", "dsb2018", "--dest", str(dest)]) == 2
+        line = error_line(capsys)
+        assert "--dest" in line and "is a file, not a folder" in line
+
+
+def test_ctrl_c_mid_download_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    src, _, _ = lucchi_files(tmp_path)
+    use_lucchi(monkeypatch, src)
+    fetch = dl.fetch
+
+    def interrupted(url, target, *args):
+        fetch(url, target, *args)
+        raise KeyboardInterrupt  # as Ctrl-C would, with a file half-way in
+
+    monkeypatch.setattr(dl, "fetch", interrupted)
+    try:
+        code = dl.main(["download", "lucchi", "--dest", str(tmp_path / "data")])
+    except KeyboardInterrupt:
+        code = "a traceback"
+    assert code == 2
+    assert "interrupted" in error_line(capsys)
+    assert list((tmp_path / "data").iterdir()) == []

@@ -29,7 +29,7 @@ from typing import NoReturn
 import numpy as np
 
 from segunet.atomic import remove_stale_temps, temp_name
-from segunet.data.io import read_array, short_message, write_array
+from segunet.data.io import output_folder, read_array, short_message, write_array
 from segunet.errors import SegunetError
 
 CHUNK = 1 << 20
@@ -303,7 +303,7 @@ def download(
     target = dest / name
     if target.exists() and not force:
         raise SegunetError(f"{target} already exists: pass --force to replace it")
-    dest.mkdir(parents=True, exist_ok=True)
+    output_folder(dest, f"--dest {dest}")  # a file, or not writable: one line, before fetching
     remove_stale_temps(dest)  # what killed downloads left
     # Beside the destination, so the final rename stays on one file system; named as
     # segunet.atomic names temps, so the next download can remove it if this one is killed.
@@ -361,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         target = download(args.name, args.dest, args.force, sha256=args.sha256)
+    except KeyboardInterrupt:  # the temp folder is gone already: say so, no traceback
+        print("segunet: error: interrupted: the partial download was removed and nothing was "
+              "kept; run the same command again", file=sys.stderr)
+        return 2
     except SegunetError as e:
         print(f"segunet: error: {e}", file=sys.stderr)
         return 2
