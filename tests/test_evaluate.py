@@ -527,3 +527,16 @@ def test_whole_number_floats_are_labels(tmp_path, capsys):
                  f"out={out}"]) == 0
     assert json.loads(out.read_text())["images"]["gt"] == pytest.approx(
         evaluate_pair(np.roll(gt, 1, 0), gt))
+
+
+def test_an_ome_zarr_without_the_label_image_says_which_it_has(predicted, tmp_path, capsys):
+    import shutil
+
+    root, folders = predicted
+    image = tmp_path / "a.ome.zarr"
+    shutil.copytree(folders["ome-zarr"] / "a.ome.zarr", image)
+    shutil.rmtree(image / "labels" / "instances")  # as predict outputs=labels writes it
+    assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}", "out="]) == 2
+    line = one_error_line(capsys)
+    assert "no label image 'instances' (it has: labels)" in line and "kind=semantic" in line
+    assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}", "out=", "kind=semantic"]) == 0

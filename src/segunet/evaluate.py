@@ -185,14 +185,14 @@ def read_prediction(path: Path, kind: str) -> np.ndarray:
     labels = path / "labels"
     present = sorted(p.name for p in labels.iterdir() if p.is_dir()) if labels.is_dir() else []
     if name not in present:
-        other = "kind=semantic to score the labels" if "labels" in present else (
-            "kind=instances to score the instances" if "instances" in present else
-            "predict with outputs=labels,instances")
+        fix = "pass kind=semantic to score the labels" if "labels" in present else (
+            "pass kind=instances to score the instances" if "instances" in present else
+            "predict it again with outputs=labels,instances")
         raise SegunetError(
             f"{path} has no label image '{name}' (it has: {', '.join(present) or 'none'}): "
-            f"pass {other}"
+            f"{fix}"
         )
-    array = np.asarray(omezarr.open_image(labels / name).array[...])
+    array = np.asarray(read_array(labels / name))  # itself an OME-Zarr image: (1, *spatial)
     return array[0] if array.ndim > 2 and array.shape[0] == 1 else array
 
 
@@ -205,11 +205,12 @@ def label_map(array: np.ndarray, path: Path) -> np.ndarray:
                 f"{path} holds NaN or infinite values: it is no label map; give the "
                 "_labels or _instances output of segunet predict, or integer labels"
             )
-        if (array != np.round(array)).any():
+        fractions = array[array != np.round(array)]
+        if fractions.size:
             raise SegunetError(
-                f"{path} holds fractional values (e.g. {array[array != np.round(array)][0]:g}):"
-                " it is no label map but, e.g., a probability map; give integer labels (the "
-                "_labels or _instances output of segunet predict)"
+                f"{path} holds fractional values (e.g. {fractions[0]:g}): it is no label map "
+                "but, e.g., a probability map; give integer labels (the _labels or _instances "
+                "output of segunet predict)"
             )
         array = array.astype(np.int64)
     elif array.dtype.kind not in "biu":
