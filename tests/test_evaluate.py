@@ -540,3 +540,19 @@ def test_an_ome_zarr_without_the_label_image_says_which_it_has(predicted, tmp_pa
     line = one_error_line(capsys)
     assert "no label image 'instances' (it has: labels)" in line and "kind=semantic" in line
     assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}", "out=", "kind=semantic"]) == 0
+
+
+def test_a_predict_folder_without_instances_says_what_to_pass(predicted, tmp_path, capsys):
+    """outputs=labels: the folder holds a_labels.tif, yet the error was "no prediction for
+    gt/a.tif"."""
+    import shutil
+
+    root, folders = predicted
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in "ab":
+        shutil.copy(folders["tif"] / f"{name}_labels.tif", labels)
+    assert main([f"pred={labels}", f"gt={root / 'gt'}", "out="]) == 2
+    line = one_error_line(capsys)
+    assert "_labels" in line and "no *_instances maps" in line and "kind=semantic" in line
+    assert main([f"pred={labels}", f"gt={root / 'gt'}", "out=", "kind=semantic"]) == 0

@@ -104,13 +104,23 @@ def _label_files(folder: Path, suffix: str = "") -> dict[str, Path]:
 
 def resolve_suffix(folder: Path, suffix: str, kind: str) -> str:
     """``auto``: the instance (or, for semantic scores, label) maps of a `segunet predict`
-    output folder, recognised by its file names; otherwise every file."""
+    output folder, recognised by its file names; otherwise every file. A predict folder
+    without the maps wanted is a one-line error that says which it has."""
     if suffix != "auto":
         return suffix
     stems = {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
-    if not any(s.endswith(PREDICT_OUTPUTS) for s in stems):
+    has = [o for o in PREDICT_OUTPUTS if any(s.endswith(o) for s in stems)]
+    if not has:
         return ""
-    return "_labels" if kind == "semantic" else "_instances"
+    wanted = "_labels" if kind == "semantic" else "_instances"
+    if wanted not in has:
+        fix = ("pass kind=semantic to score the class maps" if "_labels" in has else
+               f"predict with outputs={wanted[1:]}, or give pred_suffix=")
+        raise SegunetError(
+            f"{folder} holds segunet predict outputs ({', '.join(has)}) but no *{wanted} "
+            f"maps: {fix}"
+        )
+    return wanted
 
 
 def pair_files(
