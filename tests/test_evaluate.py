@@ -398,6 +398,16 @@ def test_far_apart_class_ids_cost_what_the_classes_present_cost(tmp_path, capsys
     assert scores["dice"] == pytest.approx((1 + 99997) / 100000)
     assert scores["iou"] == pytest.approx((1 + 99997) / 100000)
     assert scores["pixel_error"] == pytest.approx(50 / 100)
+    # Random maps of 4 classes, renumbered far apart: the torch counter of the compact maps
+    # gives classes 1..3; the 99996 others are absent from both.
+    rng = np.random.default_rng(1)
+    p, g = rng.integers(0, 4, (30, 30)), rng.integers(0, 4, (30, 30))
+    ids = np.array([0, 1, 50000, 99999])
+    compact = dice_iou(torch.from_numpy(p), torch.from_numpy(g), 4)
+    far = semantic_scores(ids[p], ids[g], 100000)
+    for key in ("dice", "iou"):
+        assert far[key] == pytest.approx((3 * compact[key] + 99996) / 99999)
+    assert far["pixel_error"] == pytest.approx(np.mean(p != g))
 
     write_array(tmp_path / "gt.tif", gt.astype(np.int32))
     write_array(tmp_path / "pred.tif", pred.astype(np.int32))

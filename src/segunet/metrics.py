@@ -176,11 +176,10 @@ def confusion_matrix(
     predicted one, over the pixels where ``valid`` is true (all when None). Dense: its size
     is ``num_classes**2`` whatever the maps hold (:func:`semantic_scores` needs none)."""
     pred, gt = _labelled(pred, gt, valid)
-    table = contingency(pred, gt)
-    _check_classes(table, num_classes)
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    cm[table.gt_labels[table.gt_index], table.pred_labels[table.pred_index]] = table.counts
-    return cm
+    _check_classes(pred, gt, num_classes)
+    k = num_classes
+    pred, gt = pred.reshape(-1).astype(np.int64), gt.reshape(-1).astype(np.int64)
+    return np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
 
 
 def _labelled(
@@ -195,14 +194,37 @@ def _labelled(
     return pred, gt
 
 
-def _check_classes(table: Contingency, num_classes: int) -> None:
-    for name, labels in (("prediction", table.pred_labels), ("ground truth", table.gt_labels)):
-        if labels.size and (labels[0] < 0 or labels[-1] >= num_classes):
-            bad = labels[0] if labels[0] < 0 else labels[-1]
+def _check_classes(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> None:
+    for name, a in (("prediction", pred), ("ground truth", gt)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
             raise ValueError(
-                f"{name} holds class {bad}, outside 0..{num_classes - 1} "
-                f"(num_classes={num_classes})"
+                f"{name} holds class {a.min() if a.min() < 0 else a.max()}, "
+                f"outside 0..{num_classes - 1} (num_classes={num_classes})"
             )
+
+
+def _class_counts(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, inter, size_pred, size_gt)`` of the classes present in either map: their
+    pixels in both, in the prediction, in the ground truth. Through the dense confusion
+    matrix when it is small next to the image (one bincount), else the sparse contingency
+    table, so memory never grows with ``num_classes**2``."""
+    if num_classes**2 <= 4 * pred.size + 2**16:
+        cm = confusion_matrix(pred, gt, num_classes)  # checks the classes
+        inter, size_pred, size_gt = cm.diagonal(), cm.sum(0), cm.sum(1)
+        classes = np.flatnonzero(size_pred + size_gt)
+        return classes, inter[classes], size_pred[classes], size_gt[classes]
+    _check_classes(pred, gt, num_classes)
+    table = contingency(pred, gt)
+    classes = np.union1d(table.gt_labels, table.pred_labels)
+    size_gt, size_pred, inter = (np.zeros(len(classes), np.int64) for _ in range(3))
+    size_gt[np.searchsorted(classes, table.gt_labels)] = table.gt_sizes
+    size_pred[np.searchsorted(classes, table.pred_labels)] = table.pred_sizes
+    gt_of, pred_of = table.gt_labels[table.gt_index], table.pred_labels[table.pred_index]
+    same = gt_of == pred_of
+    inter[np.searchsorted(classes, gt_of[same])] = table.counts[same]
+    return classes, inter, size_pred, size_gt
 
 
 def semantic_scores(
@@ -214,29 +236,23 @@ def semantic_scores(
     module's convention that a class absent from both maps scores 1: the numpy twin of
     :func:`dice_iou`. Pixel error = 1 - (pixels whose class is right) / (labelled pixels),
     the ISBI 2012 challenge's pixel error (Arganda-Carreras et al., Front. Neuroanat. 2015);
-    "labelled" means inside ``valid``. Computed from the sparse contingency table, so memory
-    grows with the classes present, not with ``num_classes``.
+    "labelled" means inside ``valid``. Memory grows with the classes present, not with
+    ``num_classes`` (see :func:`_class_counts`).
     """
     pred, gt = _labelled(pred, gt, valid)
-    table = contingency(pred, gt)
-    _check_classes(table, num_classes)
-    # Per class present in either map: its pixels in each, and where both agree.
-    classes = np.union1d(table.gt_labels, table.pred_labels)
-    size_gt = np.zeros(len(classes))
-    size_gt[np.searchsorted(classes, table.gt_labels)] = table.gt_sizes
-    size_pred = np.zeros(len(classes))
-    size_pred[np.searchsorted(classes, table.pred_labels)] = table.pred_sizes
-    gt_of, pred_of = table.gt_labels[table.gt_index], table.pred_labels[table.pred_index]
-    same = gt_of == pred_of
-    inter = np.zeros(len(classes))
-    inter[np.searchsorted(classes, gt_of[same])] = table.counts[same]
+    if bool(pred.dtype == bool):
+        pred = pred.view(np.uint8)
+    if bool(gt.dtype == bool):
+        gt = gt.view(np.uint8)
+    classes, inter, size_pred, size_gt = (
+        a.astype(np.float64) for a in _class_counts(pred, gt, num_classes))
     first = 1 if num_classes > 1 else 0
     fg = classes >= first
     both = size_pred[fg] + size_gt[fg]
     dice = 2 * inter[fg] / np.maximum(both, 1)
     iou = inter[fg] / np.maximum(both - inter[fg], 1)
-    absent = (num_classes - first) - int(fg.sum())  # each scores 1
-    total = table.total
+    absent = (num_classes - first) - int(fg.sum())  # classes in neither map: each scores 1
+    total = size_gt.sum()
     error = 1.0 - inter.sum() / total if total else 0.0
     return {"dice": float((dice.sum() + absent) / (num_classes - first)),
             "iou": float((iou.sum() + absent) / (num_classes - first)),
