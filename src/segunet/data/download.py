@@ -103,7 +103,7 @@ def extract_members(
     would leave ``out`` or their declared sizes add up to more than ``limit`` bytes (default
     :data:`MAX_UNPACKED`); the bytes are counted while unpacking too, as headers can lie."""
     limit = MAX_UNPACKED if limit is None else limit
-    redo = f"delete {archive.name} if you kept it and download again"
+    redo = "nothing was kept; check where the SHA-256 pinned for it came from"
     with zipfile.ZipFile(archive) as z:
         infos = z.infolist()
         unsafe = next((i.filename for i in infos if not safe_member(i.filename)), None)
