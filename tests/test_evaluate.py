@@ -566,3 +566,22 @@ def test_a_predict_folder_without_instances_says_what_to_pass(predicted, tmp_pat
     line = one_error_line(capsys)
     assert "_labels" in line and "no *_instances maps" in line and "kind=semantic" in line
     assert main([f"pred={labels}", f"gt={root / 'gt'}", "out=", "kind=semantic"]) == 0
+
+
+def test_arrays_named_inside_a_container(tmp_path, capsys):
+    """read_array's own error says "name one, e.g. v.h5:gt", and evaluate answered that with
+    "no such file or folder"."""
+    gt = blobs((16, 18), 4, 2)
+    pred = np.roll(gt, 1, 1)
+    volume = tmp_path / "v.h5"
+    write_array(f"{volume}:gt", gt.astype(np.uint16))
+    write_array(f"{volume}:pred", pred.astype(np.uint16))
+    assert main([f"pred={volume}", f"gt={volume}:gt", "out="]) == 2
+    assert f"{volume}:gt" in one_error_line(capsys)  # the hint: name one
+    assert main([f"pred={volume}:pred", f"gt={volume}:gt"]) == 0
+    report = json.loads((tmp_path / "v_metrics.json").read_text())
+    assert report["images"]["v"] == pytest.approx(evaluate_pair(pred, gt))
+    # The container holds the inputs: never the report, overwrite or not.
+    assert main([f"pred={volume}:pred", f"gt={volume}:gt", f"out={volume}",
+                 "overwrite=true"]) == 2
+    assert "is the pred input" in one_error_line(capsys)

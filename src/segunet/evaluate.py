@@ -26,7 +26,7 @@ from omegaconf import MISSING
 
 from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
-from segunet.data.io import SUPPORTED, read_array, refuse_existing
+from segunet.data.io import SUPPORTED, read_array, refuse_existing, split_key
 from segunet.errors import SegunetError
 from segunet.metrics import Kind, evaluate_pair, resolve_kind
 
@@ -123,17 +123,22 @@ def resolve_suffix(folder: Path, suffix: str, kind: str) -> str:
     return wanted
 
 
+def container(path: Path) -> Path:
+    """The file of ``vol.h5:key`` (an array in an HDF5 file or zarr group); ``path`` else."""
+    return split_key(path)[0]
+
+
 def pair_files(
     pred: Path, gt: Path, pred_suffix: str = "", gt_suffix: str = ""
 ) -> list[tuple[str, Path, Path]]:
     """``(name, pred file, gt file)`` per image: two files, or two folders matched by stem."""
     for path in (pred, gt):
-        if not path.exists():
+        if not container(path).exists():
             raise SegunetError(f"cannot read {path}: no such file or folder; check the path")
     pred_dir = pred.is_dir() and pred.suffix.lower() != ".zarr"
     gt_dir = gt.is_dir() and gt.suffix.lower() != ".zarr"
     if not pred_dir and not gt_dir:
-        return [(gt.stem, pred, gt)]
+        return [(container(gt).stem, pred, gt)]
     if pred_dir != gt_dir:
         raise SegunetError(f"pred={pred} and gt={gt}: give two files or two folders, not one each")
     preds, gts = _label_files(pred, pred_suffix), _label_files(gt, gt_suffix)
@@ -303,13 +308,14 @@ def report_path(out: str, pred: Path) -> Path | None:
         return Path(out)
     if pred.is_dir() and pred.suffix.lower() != ".zarr":
         return pred / "metrics.json"
-    name = pred.name[: -len(OME_ZARR)] if _is_ome(pred) else pred.stem
-    return pred.with_name(f"{name}_metrics.json")
+    file = container(pred)
+    name = file.name[: -len(OME_ZARR)] if _is_ome(file) else file.stem
+    return file.with_name(f"{name}_metrics.json")
 
 
 def check_report_path(out: Path, overwrite: bool, pred: Path, gt: Path) -> None:
     """Before any scoring: the report must not be an input, nor replace a file unasked."""
-    for key, path in (("pred", pred), ("gt", gt)):
+    for key, path in (("pred", container(pred)), ("gt", container(gt))):
         if path.exists() and out.resolve() == path.resolve():
             raise SegunetError(f"out={out} is the {key} input: choose another out= file")
     refuse_existing(out, overwrite)
