@@ -356,8 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     get.add_argument("--force", action="store_true", help="replace an existing copy")
     get.add_argument(
         "--sha256", action="append", default=[], metavar="FILE=HEX",
-        help="the SHA-256 a file must have, for files segunet has none pinned for (from a "
-             "source you trust); repeat per file")
+        help="the SHA-256 a file must have, from a source you trust: for a file segunet "
+             "pins none for (or to replace its pin); repeat per file")
     args = parser.parse_args(argv)
     try:
         target = download(args.name, args.dest, args.force, sha256=args.sha256)
