@@ -112,7 +112,7 @@ def test_a_bad_argument_is_one_line_naming_the_key_and_what_it_takes(argv, expec
          ["checkpoint (null)", "model (null)", "format (onnx)", "output (null)", "opset (17)",
           "verify (true)", "atol (0.0001)"]),
         (evaluate, evaluate.EvaluateConfig,
-         ["pred (required)", "gt (required)", "out (metrics.json)", "kind (auto)",
+         ["pred (required)", "gt (required)", "out (auto)", "overwrite (false)", "kind (auto)",
           "num_classes (null)", "pred_suffix (auto)", "gt_suffix ()", "slices (false)"]),
         (tune, tune.TuneCommandConfig, ["checkpoint (required)", "tta (false)", "device (auto)"]),
     ],

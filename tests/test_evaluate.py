@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import skimage.metrics as skm
 import torch
-from helpers import blobs
+from helpers import blobs, save_tiny_checkpoint
 from scipy import ndimage
 
 from segunet.data.io import read_array, write_array
@@ -369,7 +369,7 @@ def test_slices_score_a_stack_as_2d_images(tmp_path, capsys):
     for row in report["images"].values():
         assert (row["mean_ap"], row["vrand"], row["vinfo"], row["n_gt"]) == (1.0, 1.0, 1.0, 2)
     assert main([f"pred={tmp_path / 'pred.tif'}", f"gt={tmp_path / 'vol.tif'}",
-                 f"out={out}"]) == 0
+                 f"out={out}", "overwrite=true"]) == 0
     whole = json.loads(out.read_text())["images"]["vol"]
     assert whole["n_gt"] == 2 and whole["n_pred"] == 4 and whole["mean_ap"] == 0.0
 
@@ -380,3 +380,208 @@ def test_slices_of_a_2d_image_are_one_line(tmp_path, capsys):
                  "out="]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "leave slices out for 2D images")
+
+
+# --- what a user may hand evaluate -----------------------------------------------------------
+
+
+def test_far_apart_class_ids_cost_what_the_classes_present_cost(tmp_path, capsys):
+    """The issue's case: a semantic map holding class 100000 made a 100001^2 confusion
+    matrix (74.5 GiB). Counted over the classes present it is small; by hand: class 1 is
+    right, classes 2 and 100000 are all wrong, the 99997 classes absent from both score 1."""
+    gt = np.zeros((10, 10), np.int64)
+    gt[:3], gt[5:] = 1, 2
+    pred = gt.copy()
+    pred[5:] = 100000
+    k = 100001
+    scores = semantic_scores(pred, gt, k)
+    assert scores["dice"] == pytest.approx((1 + 99997) / 100000)
+    assert scores["iou"] == pytest.approx((1 + 99997) / 100000)
+    assert scores["pixel_error"] == pytest.approx(50 / 100)
+    # Random maps of 4 classes, renumbered far apart: the torch counter of the compact maps
+    # gives classes 1..3; the 99996 others are absent from both.
+    rng = np.random.default_rng(1)
+    p, g = rng.integers(0, 4, (30, 30)), rng.integers(0, 4, (30, 30))
+    ids = np.array([0, 1, 50000, 99999])
+    compact = dice_iou(torch.from_numpy(p), torch.from_numpy(g), 4)
+    far = semantic_scores(ids[p], ids[g], 100000)
+    for key in ("dice", "iou"):
+        assert far[key] == pytest.approx((3 * compact[key] + 99996) / 99999)
+    assert far["pixel_error"] == pytest.approx(np.mean(p != g))
+
+    write_array(tmp_path / "gt.tif", gt.astype(np.int32))
+    write_array(tmp_path / "pred.tif", pred.astype(np.int32))
+    args = [f"pred={tmp_path / 'pred.tif'}", f"gt={tmp_path / 'gt.tif'}", "kind=semantic"]
+    # Inferred, that many classes would swamp the mean with absent ones: say so.
+    assert main([*args, "out="]) == 2
+    line = one_error_line(capsys)
+    assert "class 100000" in line and f"num_classes={k}" in line
+    out = tmp_path / "m.json"
+    assert main([*args, f"num_classes={k}", f"out={out}"]) == 0
+    assert json.loads(out.read_text())["mean"]["pixel_error"] == pytest.approx(0.5)
+
+
+def test_an_existing_report_is_kept_unless_overwrite(folders, tmp_path, capsys):
+    pred, gt = folders
+    out = tmp_path / "m.json"
+    out.write_text("my notes")
+    assert main([f"pred={pred}", f"gt={gt}", f"out={out}"]) == 2
+    assert "overwrite=true" in one_error_line(capsys) and out.read_text() == "my notes"
+    assert main([f"pred={pred}", f"gt={gt}", f"out={out}", "overwrite=true"]) == 0
+    assert set(json.loads(out.read_text())["images"]) == {"a", "b"}
+    # Never onto an input, overwrite or not.
+    a = gt / "a.png"
+    before = a.read_bytes()
+    assert main([f"pred={pred / 'a.tif'}", f"gt={a}", f"out={a}", "overwrite=true"]) == 2
+    assert "gt input" in one_error_line(capsys) and a.read_bytes() == before
+
+
+def test_the_default_report_goes_next_to_pred_not_into_the_working_folder(
+    folders, tmp_path, monkeypatch, capsys
+):
+    pred, gt = folders
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main([f"pred={pred}", f"gt={gt}"]) == 0
+    assert set(json.loads((pred / "metrics.json").read_text())["images"]) == {"a", "b"}
+    assert main([f"pred={pred / 'a.tif'}", f"gt={gt / 'a.png'}"]) == 0
+    assert json.loads((pred / "a_metrics.json").read_text())["mean"]["mean_ap"] == 1.0
+    assert list(work.iterdir()) == []
+    assert main([f"pred={pred}", f"gt={gt}"]) == 2  # the folder's report exists now
+    assert "overwrite=true" in one_error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """Two images predicted by a tiny checkpoint in each of predict's formats, and their
+    ground truth: ``(root, {format: output folder})``."""
+    from segunet.predict_cli import main as predict
+
+    root = tmp_path_factory.mktemp("predicted")
+    checkpoint = save_tiny_checkpoint(root / "run")
+    for i, name in enumerate("ab"):
+        objects = blobs((40, 44), 5, i, radius=7)
+        noise = np.random.default_rng(i).normal(0, 20, objects.shape)
+        write_array(root / "images" / f"{name}.tif", ((objects > 0) * 200 + noise).astype(
+            np.float32))
+        write_array(root / "gt" / f"{name}.tif", objects.astype(np.uint16))
+    folders = {}
+    for fmt in ("tif", "zarr", "ome-zarr"):
+        folders[fmt] = root / fmt
+        assert predict([f"checkpoint={checkpoint}", f"input={root / 'images'}",
+                        f"output={folders[fmt]}", f"format={fmt}", "device=cpu"]) == 0
+    return root, folders
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr", "ome-zarr"])
+@pytest.mark.parametrize("kind", ["auto", "semantic"])
+def test_evaluate_reads_what_predict_writes_in_every_format(predicted, fmt, kind):
+    """The issue's case: an OME-Zarr folder written by predict gave "no ground truth".
+    Every format scores the instances (labels with kind=semantic) that predict wrote, the
+    reference read straight from the TIFF outputs with tifffile."""
+    import tifffile
+
+    root, folders = predicted
+    out = root / f"{fmt}-{kind}.json"
+    assert main([f"pred={folders[fmt]}", f"gt={root / 'gt'}", f"out={out}", f"kind={kind}"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["images"]) == {"a", "b"}
+    output = "labels" if kind == "semantic" else "instances"
+    for name in "ab":
+        pred = tifffile.imread(folders["tif"] / f"{name}_{output}.tif")
+        gt = tifffile.imread(root / "gt" / f"{name}.tif")
+        assert report["images"][name] == pytest.approx(evaluate_pair(pred, gt, kind))
+
+
+def test_one_ome_zarr_file_against_its_ground_truth(predicted, capsys):
+    root, folders = predicted
+    image = folders["ome-zarr"] / "a.ome.zarr"
+    out = root / "one.json"
+    assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}", f"out={out}"]) == 0
+    reference = evaluate_pair(read_array(folders["tif"] / "a_instances.tif"),
+                              read_array(root / "gt" / "a.tif"))
+    assert json.loads(out.read_text())["images"]["a"] == pytest.approx(reference)
+    assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}"]) == 0  # beside the image
+    assert json.loads((folders["ome-zarr"] / "a_metrics.json").read_text()) == json.loads(
+        out.read_text())
+
+
+@pytest.mark.parametrize("bad, says", [
+    (np.float32(np.nan), "NaN"),
+    (np.float32(0.4), "fractional"),
+    (-1, "negative label -1"),
+])
+def test_what_no_label_map_holds_is_one_line(tmp_path, capsys, bad, says):
+    """A probability map (NaN in it, or fractions) or a negative label was scored as if it
+    were objects, with exit 0."""
+    gt = np.zeros((12, 12), np.int16)
+    gt[2:6, 2:6] = 1
+    dtype = np.float32 if isinstance(bad, np.floating) else np.int16
+    pred = gt.astype(dtype)
+    pred[8, 8] = bad
+    write_array(tmp_path / "gt.tif", gt)
+    write_array(tmp_path / "pred.tif", pred)
+    for p, g in (("pred", "gt"), ("gt", "pred")):  # as the prediction and as ground truth
+        assert main([f"pred={tmp_path / p}.tif", f"gt={tmp_path / g}.tif", "out="]) == 2
+        line = one_error_line(capsys)
+        assert says in line and "pred.tif" in line  # the file that holds it
+
+
+def test_whole_number_floats_are_labels(tmp_path, capsys):
+    gt = blobs((16, 16), 4, 0)
+    write_array(tmp_path / "gt.tif", gt.astype(np.uint16))
+    write_array(tmp_path / "pred.tif", np.roll(gt, 1, 0).astype(np.float32))
+    out = tmp_path / "m.json"
+    assert main([f"pred={tmp_path / 'pred.tif'}", f"gt={tmp_path / 'gt.tif'}",
+                 f"out={out}"]) == 0
+    assert json.loads(out.read_text())["images"]["gt"] == pytest.approx(
+        evaluate_pair(np.roll(gt, 1, 0), gt))
+
+
+def test_an_ome_zarr_without_the_label_image_says_which_it_has(predicted, tmp_path, capsys):
+    import shutil
+
+    root, folders = predicted
+    image = tmp_path / "a.ome.zarr"
+    shutil.copytree(folders["ome-zarr"] / "a.ome.zarr", image)
+    shutil.rmtree(image / "labels" / "instances")  # as predict outputs=labels writes it
+    assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}", "out="]) == 2
+    line = one_error_line(capsys)
+    assert "no label image 'instances' (it has: labels)" in line and "kind=semantic" in line
+    assert main([f"pred={image}", f"gt={root / 'gt' / 'a.tif'}", "out=", "kind=semantic"]) == 0
+
+
+def test_a_predict_folder_without_instances_says_what_to_pass(predicted, tmp_path, capsys):
+    """outputs=labels: the folder holds a_labels.tif, yet the error was "no prediction for
+    gt/a.tif"."""
+    import shutil
+
+    root, folders = predicted
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in "ab":
+        shutil.copy(folders["tif"] / f"{name}_labels.tif", labels)
+    assert main([f"pred={labels}", f"gt={root / 'gt'}", "out="]) == 2
+    line = one_error_line(capsys)
+    assert "_labels" in line and "no *_instances maps" in line and "kind=semantic" in line
+    assert main([f"pred={labels}", f"gt={root / 'gt'}", "out=", "kind=semantic"]) == 0
+
+
+def test_arrays_named_inside_a_container(tmp_path, capsys):
+    """read_array's own error says "name one, e.g. v.h5:gt", and evaluate answered that with
+    "no such file or folder"."""
+    gt = blobs((16, 18), 4, 2)
+    pred = np.roll(gt, 1, 1)
+    volume = tmp_path / "v.h5"
+    write_array(f"{volume}:gt", gt.astype(np.uint16))
+    write_array(f"{volume}:pred", pred.astype(np.uint16))
+    assert main([f"pred={volume}", f"gt={volume}:gt", "out="]) == 2
+    assert f"{volume}:gt" in one_error_line(capsys)  # the hint: name one
+    assert main([f"pred={volume}:pred", f"gt={volume}:gt"]) == 0
+    report = json.loads((tmp_path / "v_metrics.json").read_text())
+    assert report["images"]["v"] == pytest.approx(evaluate_pair(pred, gt))
+    # The container holds the inputs: never the report, overwrite or not.
+    assert main([f"pred={volume}:pred", f"gt={volume}:gt", f"out={volume}",
+                 "overwrite=true"]) == 2
+    assert "is the pred input" in one_error_line(capsys)

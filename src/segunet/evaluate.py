@@ -1,10 +1,16 @@
-"""``segunet evaluate pred=<file|folder> gt=<file|folder> [out=metrics.json] [kind=auto]``:
+"""``segunet evaluate pred=<file|folder> gt=<file|folder> [out=<file>] [kind=auto]``:
 score predicted label maps against ground truth with :func:`segunet.metrics.evaluate_pair`.
 
 Two folders are paired by file stem (``pred/a.tif`` with ``gt/a.png``); any file without a
-partner is an error, so a missing prediction cannot silently raise the mean. The terminal gets
-a table (one row per image, then the mean over images, the DSB 2018 way of averaging); the
-JSON file gets the same numbers, written atomically.
+partner is an error, so a missing prediction cannot silently raise the mean. What ``segunet
+predict`` writes is read in each of its formats: ``<stem>_instances.tif`` / ``.zarr`` (or
+``_labels`` with ``kind=semantic``), and ``<stem>.ome.zarr``, whose label image
+``labels/instances`` (or ``labels/labels``) is scored. Label maps must hold whole numbers
+>= 0: a probability map, NaN or a negative label is refused. The terminal gets a table (one
+row per image, then the mean over images, the DSB 2018 way of averaging); the JSON file gets
+the same numbers, written atomically: by default ``metrics.json`` inside a ``pred`` folder, or
+``<name>_metrics.json`` beside a ``pred`` file; an existing one is kept unless
+``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from omegaconf import MISSING
 
 from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
-from segunet.data.io import SUPPORTED, read_array
+from segunet.data.io import SUPPORTED, read_array, refuse_existing, split_key
 from segunet.errors import SegunetError
 from segunet.metrics import Kind, evaluate_pair, resolve_kind
 
-USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=metrics.json]
+USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=<file>]
                         [key=value ...]
 
 pred and gt are a label map each, or two folders of them paired by file stem (TIFF, PNG,
-HDF5, zarr, .npy). The terminal gets a table of the metrics per image and their mean.
+HDF5, zarr, .npy; a `segunet predict` folder in any of its formats, OME-Zarr included). The
+terminal gets a table of the metrics per image and their mean; the JSON report goes to
+<pred folder>/metrics.json or beside a pred file as <name>_metrics.json unless out= says
+otherwise (out= alone: none), and an existing one is replaced only with overwrite=true.
 """
 
 
@@ -38,12 +47,16 @@ class EvaluateConfig:
 
     pred: str = option(MISSING, "a predicted label map, or a folder of them")
     gt: str = option(MISSING, "its ground truth, or a folder of it paired by file stem")
-    out: str = option("metrics.json", "the JSON report (per image and mean); out= writes none")
+    out: str = option(
+        "auto", "the JSON report (per image and mean); auto: metrics.json inside a pred "
+        "folder, <name>_metrics.json beside a pred file; out= writes none")
+    overwrite: bool = option(False, "replace an existing report (else it is an error)")
     kind: Kind = option(
         "auto", "semantic: class maps; instances: 0 = background, each other value one "
         "object; auto: binary masks are semantic, anything else instances")
     num_classes: int | None = option(
-        None, "classes of a semantic map (null: 2 for masks, else the largest class + 1)")
+        None, "classes of a semantic map (null: 2 for masks, else the largest class + 1, "
+        "up to 256)")
     pred_suffix: str = option(
         "auto", "in a folder, use only files whose name ends so, paired without it; auto: a "
         "`segunet predict` folder gives _instances (_labels if kind=semantic), any other "
@@ -62,18 +75,27 @@ class EvaluateConfig:
 
 
 PREDICT_OUTPUTS = ("_instances", "_labels", "_probabilities")
+OME_ZARR = ".ome.zarr"
+
+
+def _is_ome(path: Path) -> bool:
+    return path.name.lower().endswith(OME_ZARR)
 
 
 def _label_files(folder: Path, suffix: str = "") -> dict[str, Path]:
     """Name -> file for the readable label maps in ``folder`` whose stem ends with ``suffix``
-    (the name is the stem without it); hidden files skipped."""
+    (the name is the stem without it); hidden files skipped. An OME-Zarr image
+    ``<name>.ome.zarr`` holds all of predict's outputs of one input: no suffix applies."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in SUPPORTED:
             continue
-        if not path.stem.endswith(suffix):
+        if _is_ome(path):
+            name = path.name[: -len(OME_ZARR)]
+        elif not path.stem.endswith(suffix):
             continue
-        name = path.stem[: len(path.stem) - len(suffix)]
+        else:
+            name = path.stem[: len(path.stem) - len(suffix)]
         if name in files:
             raise SegunetError(f"{files[name]} and {path} share the name '{name}': keep one")
         files[name] = path
@@ -82,13 +104,28 @@ def _label_files(folder: Path, suffix: str = "") -> dict[str, Path]:
 
 def resolve_suffix(folder: Path, suffix: str, kind: str) -> str:
     """``auto``: the instance (or, for semantic scores, label) maps of a `segunet predict`
-    output folder, recognised by its file names; otherwise every file."""
+    output folder, recognised by its file names; otherwise every file. A predict folder
+    without the maps wanted is a one-line error that says which it has."""
     if suffix != "auto":
         return suffix
     stems = {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
-    if not any(s.endswith(PREDICT_OUTPUTS) for s in stems):
+    has = [o for o in PREDICT_OUTPUTS if any(s.endswith(o) for s in stems)]
+    if not has:
         return ""
-    return "_labels" if kind == "semantic" else "_instances"
+    wanted = "_labels" if kind == "semantic" else "_instances"
+    if wanted not in has:
+        fix = ("pass kind=semantic to score the class maps" if "_labels" in has else
+               f"predict with outputs={wanted[1:]}, or give pred_suffix=")
+        raise SegunetError(
+            f"{folder} holds segunet predict outputs ({', '.join(has)}) but no *{wanted} "
+            f"maps: {fix}"
+        )
+    return wanted
+
+
+def container(path: Path) -> Path:
+    """The file of ``vol.h5:key`` (an array in an HDF5 file or zarr group); ``path`` else."""
+    return split_key(path)[0]
 
 
 def pair_files(
@@ -96,12 +133,12 @@ def pair_files(
 ) -> list[tuple[str, Path, Path]]:
     """``(name, pred file, gt file)`` per image: two files, or two folders matched by stem."""
     for path in (pred, gt):
-        if not path.exists():
+        if not container(path).exists():
             raise SegunetError(f"cannot read {path}: no such file or folder; check the path")
     pred_dir = pred.is_dir() and pred.suffix.lower() != ".zarr"
     gt_dir = gt.is_dir() and gt.suffix.lower() != ".zarr"
     if not pred_dir and not gt_dir:
-        return [(gt.stem, pred, gt)]
+        return [(container(gt).stem, pred, gt)]
     if pred_dir != gt_dir:
         raise SegunetError(f"pred={pred} and gt={gt}: give two files or two folders, not one each")
     preds, gts = _label_files(pred, pred_suffix), _label_files(gt, gt_suffix)
@@ -129,7 +166,8 @@ def score_pair(
 ) -> list[tuple[str | None, str, dict[str, float]]]:
     """``(slice or None, kind used, metrics)`` of one pair of files, one entry per slice with
     ``slices``; SegunetError naming both on a mismatch."""
-    pred, gt = np.asarray(read_array(pred_path)), np.asarray(read_array(gt_path))
+    pred = label_map(read_prediction(pred_path, kind), pred_path)
+    gt = label_map(np.asarray(read_array(gt_path)), gt_path)
     if pred.shape != gt.shape:
         raise SegunetError(
             f"{pred_path} has shape {pred.shape} but {gt_path} has {gt.shape}: "
@@ -148,6 +186,56 @@ def score_pair(
                 for part, p, g in parts]
     except ValueError as e:  # e.g. a class beyond num_classes
         raise SegunetError(f"cannot score {pred_path} against {gt_path}: {e}") from e
+
+
+def read_prediction(path: Path, kind: str) -> np.ndarray:
+    """The label map at ``path``; of an OME-Zarr image (``segunet predict format=ome-zarr``),
+    its label image ``instances`` (``labels`` with ``kind=semantic``), without the label
+    image's channel axis of length 1."""
+    from segunet.data import omezarr
+
+    if not (path.is_dir() and omezarr.is_ome_zarr(path)):
+        return np.asarray(read_array(path))
+    name = "labels" if kind == "semantic" else "instances"
+    labels = path / "labels"
+    present = sorted(p.name for p in labels.iterdir() if p.is_dir()) if labels.is_dir() else []
+    if name not in present:
+        fix = "pass kind=semantic to score the labels" if "labels" in present else (
+            "pass kind=instances to score the instances" if "instances" in present else
+            "predict it again with outputs=labels,instances")
+        raise SegunetError(
+            f"{path} has no label image '{name}' (it has: {', '.join(present) or 'none'}): "
+            f"{fix}"
+        )
+    array = np.asarray(read_array(labels / name))  # itself an OME-Zarr image: (1, *spatial)
+    return array[0] if array.ndim > 2 and array.shape[0] == 1 else array
+
+
+def label_map(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` as an integer label map; a one-line SegunetError naming ``path`` for what no
+    label map holds: NaN or infinity, fractions (a probability map), negative labels."""
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise SegunetError(
+                f"{path} holds NaN or infinite values: it is no label map; give the "
+                "_labels or _instances output of segunet predict, or integer labels"
+            )
+        fractions = array[array != np.round(array)]
+        if fractions.size:
+            raise SegunetError(
+                f"{path} holds fractional values (e.g. {fractions[0]:g}): it is no label map "
+                "but, e.g., a probability map; give integer labels (the _labels or _instances "
+                "output of segunet predict)"
+            )
+        array = array.astype(np.int64)
+    elif array.dtype.kind not in "biu":
+        raise SegunetError(f"{path} holds {array.dtype} values: give an integer label map")
+    if array.dtype.kind == "i" and array.size and array.min() < 0:
+        raise SegunetError(
+            f"{path} holds the negative label {array.min()}: label maps take 0 for background "
+            "and positive object ids or classes; relabel it"
+        )
+    return array
 
 
 def mean_over_images(rows: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -210,26 +298,53 @@ def evaluate(
     }
 
 
+def report_path(out: str, pred: Path) -> Path | None:
+    """Where the JSON report goes: ``out``, none for ``out=``, and for ``auto`` next to
+    ``pred`` (inside a folder of predictions, beside a single file), never into the working
+    folder by default."""
+    if not out:
+        return None
+    if out != "auto":
+        return Path(out)
+    if pred.is_dir() and pred.suffix.lower() != ".zarr":
+        return pred / "metrics.json"
+    file = container(pred)
+    name = file.name[: -len(OME_ZARR)] if _is_ome(file) else file.stem
+    return file.with_name(f"{name}_metrics.json")
+
+
+def check_report_path(out: Path, overwrite: bool, pred: Path, gt: Path) -> None:
+    """Before any scoring: the report must not be an input, nor replace a file unasked."""
+    for key, path in (("pred", container(pred)), ("gt", container(gt))):
+        if path.exists() and out.resolve() == path.resolve():
+            raise SegunetError(f"out={out} is the {key} input: choose another out= file")
+    refuse_existing(out, overwrite)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segunet evaluate``; 0 on success, 2 with one line on stderr on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> None:
         args = parse(EvaluateConfig, argv, "evaluate")
+        pred, gt = Path(args.pred), Path(args.gt)
+        out = report_path(args.out, pred)
+        if out is not None:
+            check_report_path(out, args.overwrite, pred, gt)
         report = evaluate(
-            Path(args.pred), Path(args.gt), args.kind, args.num_classes, args.pred_suffix,
-            args.gt_suffix, args.slices,
+            pred, gt, args.kind, args.num_classes, args.pred_suffix, args.gt_suffix,
+            args.slices,
         )
         print(format_table(report["images"], report["mean"]))  # type: ignore[arg-type]
-        if args.out:
+        if out is not None:
             text = json.dumps(report, indent=2) + "\n"
             try:
-                write_atomic(args.out, lambda f: f.write(text.encode()))
+                write_atomic(out, lambda f: f.write(text.encode()))
             except OSError as e:
                 raise SegunetError(
-                    f"cannot write {args.out}: {e.strerror or e}; check the folder is writable"
+                    f"cannot write {out}: {e.strerror or e}; check the folder is writable"
                 ) from e
-            print(f"wrote {args.out}")
+            print(f"wrote {out}")
 
     return run_command(body, usage(EvaluateConfig, USAGE), argv)
 

@@ -173,21 +173,58 @@ def confusion_matrix(
     pred: np.ndarray, gt: np.ndarray, num_classes: int, valid: np.ndarray | None = None
 ) -> np.ndarray:
     """``(num_classes, num_classes)`` counts, rows the ground-truth class, columns the
-    predicted one, over the pixels where ``valid`` is true (all when None)."""
+    predicted one, over the pixels where ``valid`` is true (all when None). Dense: its size
+    is ``num_classes**2`` whatever the maps hold (:func:`semantic_scores` needs none)."""
+    pred, gt = _labelled(pred, gt, valid)
+    _check_classes(pred, gt, num_classes)
+    k = num_classes
+    pred, gt = pred.reshape(-1).astype(np.int64), gt.reshape(-1).astype(np.int64)
+    return np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+
+
+def _labelled(
+    pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two maps (checked to match) over the pixels where ``valid`` is true."""
     pred, gt = np.asarray(pred), np.asarray(gt)
     _same_shape(pred, gt)
     if valid is not None:
         keep = np.asarray(valid, dtype=bool)
         pred, gt = pred[keep], gt[keep]
-    pred, gt = pred.reshape(-1).astype(np.int64), gt.reshape(-1).astype(np.int64)
+    return pred, gt
+
+
+def _check_classes(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> None:
     for name, a in (("prediction", pred), ("ground truth", gt)):
         if a.size and (a.min() < 0 or a.max() >= num_classes):
             raise ValueError(
                 f"{name} holds class {a.min() if a.min() < 0 else a.max()}, "
                 f"outside 0..{num_classes - 1} (num_classes={num_classes})"
             )
-    k = num_classes
-    return np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+
+
+def _class_counts(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, inter, size_pred, size_gt)`` of the classes present in either map: their
+    pixels in both, in the prediction, in the ground truth. Through the dense confusion
+    matrix when it is small next to the image (one bincount), else the sparse contingency
+    table, so memory never grows with ``num_classes**2``."""
+    if num_classes**2 <= 4 * pred.size + 2**16:
+        cm = confusion_matrix(pred, gt, num_classes)  # checks the classes
+        inter, size_pred, size_gt = cm.diagonal(), cm.sum(0), cm.sum(1)
+        classes = np.flatnonzero(size_pred + size_gt)
+        return classes, inter[classes], size_pred[classes], size_gt[classes]
+    _check_classes(pred, gt, num_classes)
+    table = contingency(pred, gt)
+    classes = np.union1d(table.gt_labels, table.pred_labels)
+    size_gt, size_pred, inter = (np.zeros(len(classes), np.int64) for _ in range(3))
+    size_gt[np.searchsorted(classes, table.gt_labels)] = table.gt_sizes
+    size_pred[np.searchsorted(classes, table.pred_labels)] = table.pred_sizes
+    gt_of, pred_of = table.gt_labels[table.gt_index], table.pred_labels[table.pred_index]
+    same = gt_of == pred_of
+    inter[np.searchsorted(classes, gt_of[same])] = table.counts[same]
+    return classes, inter, size_pred, size_gt
 
 
 def semantic_scores(
@@ -199,19 +236,27 @@ def semantic_scores(
     module's convention that a class absent from both maps scores 1: the numpy twin of
     :func:`dice_iou`. Pixel error = 1 - (pixels whose class is right) / (labelled pixels),
     the ISBI 2012 challenge's pixel error (Arganda-Carreras et al., Front. Neuroanat. 2015);
-    "labelled" means inside ``valid``.
+    "labelled" means inside ``valid``. Memory grows with the classes present, not with
+    ``num_classes`` (see :func:`_class_counts`).
     """
-    cm = confusion_matrix(pred, gt, num_classes, valid).astype(np.float64)
+    pred, gt = _labelled(pred, gt, valid)
+    if bool(pred.dtype == bool):
+        pred = pred.view(np.uint8)
+    if bool(gt.dtype == bool):
+        gt = gt.view(np.uint8)
+    classes, inter, size_pred, size_gt = (
+        a.astype(np.float64) for a in _class_counts(pred, gt, num_classes))
     first = 1 if num_classes > 1 else 0
-    inter = cm.diagonal()[first:]
-    size_pred, size_gt = cm.sum(0)[first:], cm.sum(1)[first:]
-    both = size_pred + size_gt
-    empty = both == 0
-    dice = np.where(empty, 1.0, 2 * inter / np.maximum(both, 1))
-    iou = np.where(empty, 1.0, inter / np.maximum(both - inter, 1))
-    total = cm.sum()
-    error = 1.0 - cm.trace() / total if total else 0.0
-    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "pixel_error": float(error)}
+    fg = classes >= first
+    both = size_pred[fg] + size_gt[fg]
+    dice = 2 * inter[fg] / np.maximum(both, 1)
+    iou = inter[fg] / np.maximum(both - inter[fg], 1)
+    absent = (num_classes - first) - int(fg.sum())  # classes in neither map: each scores 1
+    total = size_gt.sum()
+    error = 1.0 - inter.sum() / total if total else 0.0
+    return {"dice": float((dice.sum() + absent) / (num_classes - first)),
+            "iou": float((iou.sum() + absent) / (num_classes - first)),
+            "pixel_error": float(error)}
 
 
 # --- ISBI 2012: Rand error and variation of information --------------------------------------
@@ -570,6 +615,23 @@ def resolve_kind(pred: np.ndarray, gt: np.ndarray, kind: Kind = "auto",
     return "instances"
 
 
+#: The most classes ``num_classes=None`` infers from a semantic map (its largest class + 1):
+#: what a uint8 label map holds. Beyond it the classes absent from both maps (each scoring
+#: 1) would swamp the mean, so the count must be given.
+MAX_INFERRED_CLASSES = 256
+
+
+def _inferred_classes(pred: np.ndarray, gt: np.ndarray) -> int:
+    top = int(max(pred.max(), gt.max()))
+    if top >= MAX_INFERRED_CLASSES:
+        raise ValueError(
+            f"a semantic map holds class {top}: that would be {top + 1} classes, most of them "
+            f"absent (each scoring 1); give num_classes={top + 1} if that is meant, or "
+            "kind=instances for an instance map"
+        )
+    return top + 1
+
+
 def evaluate_pair(
     pred: np.ndarray, gt: np.ndarray, kind: Kind = "auto", num_classes: int | None = None
 ) -> dict[str, float]:
@@ -577,7 +639,8 @@ def evaluate_pair(
 
     - ``semantic``: class maps. Dice, IoU (mean over foreground classes) and pixel error;
       ``num_classes`` defaults to 2 when both maps are binary masks (any non-zero value is
-      foreground), else to the largest class + 1. A binary pair is also scored as instances:
+      foreground), else to the largest class + 1 (at most :data:`MAX_INFERRED_CLASSES`).
+      A binary pair is also scored as instances:
       the connected components of each mask are its objects.
     - ``instances``: instance maps taken as they are; semantic scores on foreground vs
       background, plus :func:`instance_scores`.
@@ -590,7 +653,7 @@ def evaluate_pair(
     kind = resolve_kind(pred, gt, kind, num_classes)
     if kind == "semantic":
         binary = _is_binary(pred) and _is_binary(gt)
-        k = num_classes or (2 if binary else int(max(pred.max(), gt.max())) + 1)
+        k = num_classes or (2 if binary else _inferred_classes(pred, gt))
         if k != 2:
             return semantic_scores(pred, gt, k)
         if binary:
