@@ -494,16 +494,6 @@ class PredictConfig:
             )
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SegunetError(f"device={name} but no CUDA device is visible: use cpu or auto")
-    return name
-
-
 def predict_files(options: PredictConfig) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
@@ -518,7 +508,9 @@ def predict_files(options: PredictConfig) -> list[Path]:
             f"all their outputs; predicting {len(todo)}", file=sys.stderr,
         )
     if todo:  # before the output folder: a bad checkpoint creates nothing
-        device = resolve_device(options.device)
+        from segunet.distributed import resolve_device
+
+        device = str(resolve_device(options.device))  # before loading: not the file's fault
         trained = load_trained(options.checkpoint, device)
         model, config = trained.model, trained.config
         options.decoder = Decoder.of(options, config, trained.postprocess)

@@ -1,0 +1,88 @@
+"""``segunet predict`` refuses what would give a wrong result or a traceback (issue 19): one
+line that names the file and the fix, nothing written, never exit 0 with non-finite output."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from helpers import TINY, run_in_process, save_tiny_checkpoint
+
+from segunet.predict_cli import main
+
+SHAPE = (50, 60)
+
+
+def error_line(capsys) -> str:
+    """The one error line on stderr, its last line (progress lines aside)."""
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("segunet: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+def picture(seed: int = 0, shape=SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    save_tiny_checkpoint(folder, "unet_valid")
+    return folder
+
+
+def ome_zarr_image(path) -> None:
+    """A 128 x 128 OME-Zarr of 3 levels written by ome-zarr's own writer, which names its
+    levels s0, s1, s2."""
+    from ome_zarr.scale import Scaler
+    from ome_zarr.writer import write_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ome-zarr's deprecation notes
+        write_image(np.tile(picture(3, (32, 32)), (4, 4)), str(path), axes="yx",
+                    scaler=Scaler(max_layer=2))
+
+
+# --- 3. the device option -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["foo", "meta"])
+def test_a_device_that_is_none_is_one_line_about_the_device(run_dir, tmp_path, capsys, device):
+    """device=foo blamed the checkpoint ("the file is corrupt"), device=meta its weights."""
+    tifffile.imwrite(tmp_path / "a.tif", picture())
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", f"output={tmp_path / 'o'}"]
+    assert main([*args, f"device={device}"]) == 2
+    err = error_line(capsys)
+    assert f"device={device} is not a device segunet runs on: use auto, cpu" in err
+    assert "last.pt" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_gpu_that_is_not_visible_is_named(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    tifffile.imwrite(tmp_path / "a.tif", picture())
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", f"output={tmp_path / 'o'}"]
+    assert main([*args, "device=cuda:3"]) == 2
+    assert ("device=cuda:3 but 1 CUDA device is visible: use auto, cpu, cuda, cuda:0"
+            in error_line(capsys))
+
+
+@pytest.mark.parametrize("command", ["tune", "train"])
+def test_tune_and_train_check_the_device_the_same_way(run_dir, tmp_path, command):
+    """tune blamed the checkpoint; train's torch.device("foo") was a traceback."""
+    args = ([f"checkpoint={run_dir}", "device=foo"] if command == "tune"
+            else [*(o for o in TINY if not o.startswith("trainer.device")),
+                  "trainer.device=foo"])
+    done = run_in_process(command, *args, cwd=tmp_path)
+    key = "device" if command == "tune" else "trainer.device"
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(
+        f"segunet: error: {key}=foo is not a device segunet runs on: use auto, cpu")
