@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 from helpers import TINY, run_in_process, save_tiny_checkpoint
 
 from segunet.predict_cli import main
@@ -86,3 +87,25 @@ def test_tune_and_train_check_the_device_the_same_way(run_dir, tmp_path, command
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.splitlines()[-1].startswith(
         f"segunet: error: {key}=foo is not a device segunet runs on: use auto, cpu")
+
+
+# --- 5. OME-Zarr levels by position ---------------------------------------------------------
+
+
+def test_a_numeric_level_picks_the_level_of_an_s0_named_pyramid(run_dir, tmp_path, capsys):
+    """ome-zarr's writer names levels s0, s1, ...: input=x.ome.zarr:1 was refused."""
+    image = tmp_path / "x.ome.zarr"
+    ome_zarr_image(image)
+    root = zarr.open_group(str(image), mode="r")
+    paths = [d["path"] for d in dict(root.attrs.get("ome", root.attrs))["multiscales"][0]
+             ["datasets"]]
+    assert paths[:2] == ["s0", "s1"]  # the naming this is about
+    args = [f"checkpoint={run_dir}", "outputs=labels"]
+    assert main([*args, f"input={image}:1", f"output={tmp_path / 'by_position'}"]) == 0
+    assert main([*args, f"input={image}:s1", f"output={tmp_path / 'by_name'}"]) == 0
+    labels = tifffile.imread(tmp_path / "by_position/x_labels.tif")
+    assert labels.shape == root["s1"].shape
+    np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "by_name/x_labels.tif"))
+    capsys.readouterr()
+    assert main([*args, f"input={image}:7", f"output={tmp_path / 'none'}"]) == 2
+    assert "levels are s0, s1, s2 (or 0..2 by position)" in error_line(capsys)
