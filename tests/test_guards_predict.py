@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from helpers import TINY, run_in_process, save_tiny_checkpoint
+from helpers import TINY, run_cli, run_in_process, save_tiny_checkpoint
 
 from segunet.predict_cli import main
 
@@ -87,6 +87,46 @@ def test_tune_and_train_check_the_device_the_same_way(run_dir, tmp_path, command
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.splitlines()[-1].startswith(
         f"segunet: error: {key}=foo is not a device segunet runs on: use auto, cpu")
+
+
+# --- 4. a truncated TIFF --------------------------------------------------------------------
+
+
+def truncated_tiff(path, seed: int = 1) -> None:
+    """A tiled, zlib-compressed TIFF cut in half: read through zarr, tile by tile."""
+    tifffile.imwrite(path, picture(seed, (256, 256)), compression="zlib", tile=(64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_tiff_is_one_line_naming_it(run_dir, tmp_path):
+    """A DeflateError traceback; as the user runs it, with nothing after the line (zarr's
+    reads of the other broken tiles used to add asyncio's complaints at exit)."""
+    truncated_tiff(tmp_path / "cut.tif")
+    done = run_cli("predict", f"checkpoint={run_dir}", f"input={tmp_path / 'cut.tif'}",
+                   f"output={tmp_path / 'out'}", cwd=tmp_path)
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith(f"segunet: error: cannot read {tmp_path / 'cut.tif'}: ")
+    assert "corrupt or truncated" in last and "Task" not in done.stderr
+    assert files(tmp_path / "out") == []
+
+
+def test_a_truncated_tiff_in_a_folder_stops_with_the_way_to_go_on(run_dir, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", picture(0))
+    truncated_tiff(folder / "b.tif")
+    tifffile.imwrite(folder / "c.tif", picture(2))
+    args = [f"checkpoint={run_dir}", f"input={folder}", f"output={out}"]
+    assert main(args) == 2
+    err = error_line(capsys)
+    assert f"cannot read {folder / 'b.tif'}" in err and "1 of 3 images done" in err
+    assert "rerun with skip_existing=true" in err
+    assert files(out) == ["a_instances.tif", "a_labels.tif", "a_probabilities.tif"]
+    (folder / "b.tif").unlink()  # as the line says: moved away, then continued
+    assert main([*args, "skip_existing=true"]) == 0
+    assert len(files(out)) == 6
 
 
 # --- 5. OME-Zarr levels by position ---------------------------------------------------------

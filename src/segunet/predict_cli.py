@@ -46,6 +46,7 @@ from segunet.atomic import remove_stale_temps
 from segunet.data.io import (
     BIGTIFF_BYTES,
     SUPPORTED,
+    CheckedReads,
     atomic_path,
     file_kind,
     output_folder,
@@ -135,7 +136,16 @@ def open_array(path: Path, stack: contextlib.ExitStack) -> Any:
     uncompressed TIFF as a memory map, a compressed one or a zarr store through zarr, an
     OME-Zarr image's level (``image.ome.zarr:<level>``, default the first) as
     :func:`segunet.data.omezarr.open_image` sees it. Anything else is read whole.
-    Unreadable files are one-line SegunetErrors."""
+    Unreadable files are one-line SegunetErrors, also where a lazily read one turns out
+    truncated or corrupt only when its broken part is read."""
+    file = split_key(path)[0]
+    raw = _open_array(path, stack)
+    return raw if isinstance(raw, np.ndarray) and not isinstance(raw, np.memmap) else (
+        CheckedReads(raw, file)
+    )
+
+
+def _open_array(path: Path, stack: contextlib.ExitStack) -> Any:
     file, key = split_key(path)
     if not file.exists():
         raise SegunetError(f"cannot read {file}: no such file")
@@ -550,6 +560,11 @@ def predict_all(
                 "to predict the rest"
             ) from None
         except SegunetError as e:
+            # A bad file (unreadable, truncated, non-finite, wrong channels) stops the batch
+            # rather than being skipped: it often means a broken copy or export of more than
+            # one file, and a batch that went on would end with the same non-zero exit but
+            # the first failure scrolled far out of sight. Nothing is lost: every finished
+            # output is complete and kept, and skip_existing=true goes on from there.
             if len(todo) == 1:
                 raise
             raise SegunetError(
