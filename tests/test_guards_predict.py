@@ -52,6 +52,44 @@ def ome_zarr_image(path) -> None:
                     scaler=Scaler(max_layer=2))
 
 
+# --- 2. an output that is the input ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["folder", "glob"])
+def test_output_into_the_folder_the_input_lists_is_refused(run_dir, tmp_path, capsys, spec):
+    """A second run with skip_existing=true predicted the first one's outputs as images."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", picture())
+    given = str(folder) if spec == "folder" else str(folder / "*.tif")
+    args = [f"checkpoint={run_dir}", f"input={given}", f"output={folder}", "skip_existing=true"]
+    assert main(args) == 2
+    assert f"output={folder} is the folder that input={given} reads" in error_line(capsys)
+    assert files(folder) == ["a.tif"]
+
+
+def test_a_single_file_may_write_beside_itself(run_dir, tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", picture())
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", f"output={tmp_path}"]
+    assert main([*args, "outputs=labels"]) == 0
+    assert files(tmp_path) == ["a.tif", "a_labels.tif"]
+
+
+@pytest.mark.parametrize("case", ["is", "inside", "replaced"])
+def test_an_output_that_is_or_replaces_the_input_is_refused(run_dir, tmp_path, capsys, case):
+    """format=ome-zarr into the input's folder with overwrite=true replaced the input
+    x.ome.zarr by its own prediction; an output inside the input store wrote into it."""
+    image = tmp_path / "x.ome.zarr"
+    ome_zarr_image(image)
+    before = sorted(p.relative_to(image) for p in image.rglob("*"))
+    output = {"is": image, "inside": image / "out", "replaced": tmp_path}[case]
+    args = [f"checkpoint={run_dir}", f"input={image}", f"output={output}", "format=ome-zarr",
+            "overwrite=true"]
+    assert main(args) == 2
+    assert f"output={output} " in error_line(capsys)
+    assert sorted(p.relative_to(image) for p in image.rglob("*")) == before
+
+
 # --- 3. the device option -------------------------------------------------------------------
 
 

@@ -511,6 +511,7 @@ def predict_files(options: PredictConfig) -> list[Path]:
     from segunet.checkpoint import load_trained, pixel_size_of
 
     inputs = expand_inputs(options.input)
+    refuse_output_in_inputs(inputs, options)
     todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
     if len(todo) < len(inputs):
         print(
@@ -573,6 +574,31 @@ def predict_all(
             ) from e
         written += files
     return written
+
+
+def refuse_output_in_inputs(inputs: Sequence[Path], options: PredictConfig) -> None:
+    """A one-line SegunetError if ``output`` is an input or lies inside one (a zarr store),
+    if an output would replace an input (``format=ome-zarr`` beside ``x.ome.zarr``), or if
+    ``output`` is the folder that ``input`` lists (a folder or a glob): the next run over it
+    would predict the outputs of this one as images."""
+    folder = options.output.resolve()
+    files = {split_key(path)[0].resolve(): path for path in inputs}
+    listed = inputs != [Path(options.input)]  # a folder's listing or a glob's matches
+    for file, path in files.items():
+        targets = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        replaced = [t for t in targets.values() if t.resolve() in files]
+        if file == folder or file in folder.parents:
+            what = f"is the input {path}" if file == folder else f"lies inside the input {path}"
+        elif replaced:
+            what = f"would replace the input {files[replaced[0].resolve()]} by an output"
+        elif listed and file.parent == folder:
+            what = f"is the folder that input={options.input} reads"
+        else:
+            continue
+        raise SegunetError(
+            f"output={options.output} {what}: choose another output folder, so that "
+            "inputs and outputs never mix"
+        )
 
 
 def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, dict[str, Path]]:
