@@ -12,6 +12,7 @@ import torch
 import zarr
 from helpers import TINY, run_cli, run_in_process, save_tiny_checkpoint
 
+from segunet import predict_cli
 from segunet.predict_cli import main
 
 SHAPE = (50, 60)
@@ -50,6 +51,106 @@ def ome_zarr_image(path) -> None:
         warnings.simplefilter("ignore")  # ome-zarr's deprecation notes
         write_image(np.tile(picture(3, (32, 32)), (4, 4)), str(path), axes="yx",
                     scaler=Scaler(max_layer=2))
+
+
+# --- 1. every pixel is checked; nothing non-finite is written --------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_a_nan_outside_the_percentile_sample_is_refused_with_its_count(
+    run_dir, tmp_path, capsys, monkeypatch, fmt
+):
+    """The check read a strided sample (every 2nd pixel of a 4200 x 4200 image): NaN at odd
+    positions passed, and NaN probabilities were written with exit 0. The sample is made
+    small here so that the stride is 2 on a small image."""
+    monkeypatch.setattr(predict_cli, "PERCENTILE_SAMPLE", SHAPE[0] * SHAPE[1] // 4)
+    image = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    image[1, 1] = image[3, 7] = np.nan
+    image[5, 9] = np.inf
+    path = tmp_path / f"img.{fmt}"
+    if fmt == "tif":
+        tifffile.imwrite(path, image)
+    else:
+        zarr.create_array(store=str(path), data=image, chunks=(16, 16))
+    out = tmp_path / "out"
+    assert main(["checkpoint=" + str(run_dir), f"input={path}", f"output={out}"]) == 2
+    err = error_line(capsys)
+    assert str(path) in err and "3 NaN or infinite values" in err
+    assert files(out) == []
+
+
+def test_non_finite_count_reads_in_blocks_and_counts_every_value(monkeypatch):
+    """A lazily read array larger than a block is read block by block (here 2 KiB: one
+    channel is more, so each channel in runs of its rows) and every value counts."""
+    monkeypatch.setattr(predict_cli, "CHECK_BYTES", 2048)
+    x = np.random.default_rng(1).standard_normal((3, 40, 50)).astype(np.float32)
+    x.flat[np.random.default_rng(2).choice(x.size, 37, replace=False)] = np.nan
+    x[2, 39, 49] = -np.inf
+    reads = []
+
+    class Lazy:
+        shape, dtype, ndim = x.shape, x.dtype, x.ndim
+
+        def __getitem__(self, index):
+            block = x[index]
+            reads.append(block.nbytes)
+            return block
+
+    assert predict_cli.non_finite(Lazy()) == int((~np.isfinite(x)).sum())
+    assert max(reads) <= 2048 and sum(reads) == x.nbytes
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
+    """Its probabilities were all NaN, written with exit 0."""
+    save_tiny_checkpoint(tmp_path / "run", weights=lambda m: m.encoders[0][0].weight.fill_(
+        float("nan")))
+    tifffile.imwrite(tmp_path / "a.tif", picture())
+    args = [f"checkpoint={tmp_path / 'run'}", f"input={tmp_path / 'a.tif'}"]
+    assert main([*args, f"output={tmp_path / 'out'}"]) == 2
+    err = error_line(capsys)
+    assert "last.pt holds NaN or infinite weights" in err and "encoders.0.0.weight" in err
+    assert files(tmp_path / "out") == []
+
+
+def test_probabilities_that_overflow_are_not_written(tmp_path, capsys):
+    """Finite but huge weights overflow to inf inside the net: softmax gives NaN. The last
+    check before writing refuses them (this wrote NaN probabilities with exit 0)."""
+    save_tiny_checkpoint(tmp_path / "run", weights=lambda m: [p.fill_(1e30)
+                                                             for p in m.parameters()])
+    tifffile.imwrite(tmp_path / "a.tif", picture())
+    args = [f"checkpoint={tmp_path / 'run'}", f"input={tmp_path / 'a.tif'}"]
+    for fmt in ("tif", "zarr"):
+        out = tmp_path / fmt
+        assert main([*args, f"output={out}", f"format={fmt}"]) == 2
+        assert "NaN or infinite probabilities, so nothing was written" in error_line(capsys)
+        assert files(out) == []
+
+
+def test_values_beyond_float32_after_normalising_are_refused(run_dir, tmp_path, capsys):
+    """Finite float32 values of +-3e38: p99.8 - p1 overflows, NaN probabilities, exit 0."""
+    image = np.random.default_rng(0).uniform(-3e38, 3e38, SHAPE).astype(np.float32)
+    assert np.isfinite(image).all()
+    tifffile.imwrite(tmp_path / "huge.tif", image)
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'huge.tif'}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # one line, no numpy warnings
+        assert main([*args, f"output={tmp_path / 'out'}"]) == 2
+    err = error_line(capsys)
+    assert "huge.tif" in err and "cannot be normalised" in err
+
+
+@pytest.mark.parametrize("values", [np.zeros(SHAPE, np.complex64),
+                                    np.full(SHAPE, "a"),
+                                    np.zeros(SHAPE, [("a", "f4"), ("b", "f4")])],
+                         ids=["complex", "text", "records"])
+def test_pixels_that_are_no_real_numbers_are_refused(run_dir, tmp_path, capsys, values):
+    """complex: the imaginary part dropped with a warning and exit 0; text and records:
+    ValueError / TypeError tracebacks."""
+    np.save(tmp_path / "x.npy", values)
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'x.npy'}"]
+    assert main([*args, f"output={tmp_path / 'out'}"]) == 2
+    err = error_line(capsys)
+    assert "x.npy holds" in err and "integer, float or bool pixels" in err
 
 
 # --- 2. an output that is the input ----------------------------------------------------------

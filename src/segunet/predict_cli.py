@@ -58,7 +58,7 @@ from segunet.data.io import (
     temp_path,
 )
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial, tiff_options
-from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
+from segunet.data.sources import apply_range, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
 from segunet.instances import WatershedOn, instances_from_foreground
 from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
@@ -208,6 +208,7 @@ class NormalizedImage:
         self.shape = (convert_to or channels, *(int(s) for s in spatial))
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
         self.lo = self.scale = None
+        refuse_non_finite(raw, source)
         if percentiles is not None:
             self.lo, self.scale = self._range(percentiles, source)
 
@@ -226,9 +227,16 @@ class NormalizedImage:
         spatial = self.shape[1:]
         stride = max(1, math.ceil((math.prod(spatial) / PERCENTILE_SAMPLE) ** (1 / len(spatial))))
         sample = self._channels_first(tuple(slice(None, None, stride) for _ in spatial))
-        check_finite(sample, source)
         low, high = (float(p) for p in percentiles)
-        return percentile_range(sample, low, high, channel_axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # said below, in one line
+            lo, scale = percentile_range(sample, low, high, channel_axis=0)
+        if not (np.isfinite(lo).all() and np.isfinite(scale).all()):
+            raise SegunetError(
+                f"{source}: its values span more than float32 holds (percentiles {low:g} to "
+                f"{high:g} lie beyond 3.4e38 apart), so they cannot be normalised: rescale "
+                "the image"
+            )
+        return lo, scale
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
@@ -243,6 +251,63 @@ class NormalizedImage:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self[...] if dtype is None else self[...].astype(dtype)
+
+
+#: Bytes of an array read at a time when every value is checked (see :func:`non_finite`).
+CHECK_BYTES = 2**26
+
+
+def value_blocks(shape: Sequence[int], itemsize: int) -> Iterator[tuple[slice | int, ...]]:
+    """Indexes that read an array of ``shape`` in blocks of about :data:`CHECK_BYTES` at
+    most: runs along the first axis, or, where one index of it holds more, each of its
+    indexes in blocks of the next."""
+    if not shape:
+        yield ()
+        return
+    per_index = itemsize * math.prod(shape[1:])
+    if per_index > CHECK_BYTES and len(shape) > 1:
+        for i in range(shape[0]):
+            for rest in value_blocks(shape[1:], itemsize):
+                yield (i, *rest)
+        return
+    for s in blocks(shape[0], max(1, CHECK_BYTES // max(1, per_index))):
+        yield (s,)
+
+
+def non_finite(array: Any) -> int:
+    """How many NaN or infinite values ``array`` holds: every value, read block by block (a
+    lazily read array never comes into memory whole); 0 for integer arrays, unread."""
+    if not np.issubdtype(np.dtype(array.dtype), np.inexact):
+        return 0
+    shape = tuple(int(n) for n in array.shape)
+    return sum(int(np.size(block) - np.count_nonzero(np.isfinite(block)))
+               for block in (np.asarray(array[index])
+                             for index in value_blocks(shape, np.dtype(array.dtype).itemsize)))
+
+
+def refuse_non_finite(raw: Any, source: str) -> None:
+    """A one-line SegunetError if the input holds NaN or infinite values: every pixel is
+    checked, as one in the network's input turns its whole receptive field non-finite."""
+    count = non_finite(raw)
+    if count:
+        raise SegunetError(
+            f"{source} holds {count:,} NaN or infinite value{'s' * (count != 1)} (of "
+            f"{math.prod(raw.shape):,}): replace them in the file (e.g. by 0 or the "
+            "background level) or leave the file out"
+        )
+
+
+def refuse_non_finite_output(probs: Any, path: Path) -> None:
+    """The last check before outputs are moved into place: probabilities that are not all
+    finite (a checkpoint with NaN weights, input values that overflow once normalised) are
+    an error, and the outputs of ``path`` are not written."""
+    count = non_finite(probs)
+    if count:
+        raise SegunetError(
+            f"{path}: the model predicted {count:,} NaN or infinite probabilit"
+            f"{'ies' if count != 1 else 'y'}, so nothing was written for it: check the "
+            "checkpoint (its weights may be non-finite) and the input's value range"
+        )
 
 
 def image_for_model(
@@ -666,6 +731,7 @@ def predict_file(
     data_cfg = config.get("data") or {}
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
+        check_pixel_type(raw, path)
         volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
         if volume is not None:
             grid = input_grid(path, volume.shape[2:], options)
@@ -679,6 +745,17 @@ def predict_file(
                                  foreground)
         return predict_streamed(model, grid.to_model(image), grid, out, options, device,
                                 foreground)
+
+
+def check_pixel_type(raw: Any, path: Path) -> None:
+    """A one-line SegunetError for pixels that are no real numbers (complex values would
+    lose their imaginary part, text or records cannot be converted at all)."""
+    kind = np.dtype(raw.dtype).kind
+    if kind not in "biuf":
+        raise SegunetError(
+            f"{path} holds {np.dtype(raw.dtype)} values: images must hold integer, float or "
+            "bool pixels; convert it (e.g. the magnitude of a complex image)"
+        )
 
 
 def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid:
@@ -810,6 +887,7 @@ def predict_whole(
 
     with out:
         model_probs = predict_tiled(model, image, **tiling(options, device, progress=True))
+        refuse_non_finite_output(model_probs, out.path)
         probs = np.asarray(grid.to_input(model_probs))
         rows = rows_per_block(probs.shape[0], grid.shape)
         if "probabilities" in out.targets:
@@ -842,6 +920,7 @@ def predict_streamed(
             model_probs = out.scratch(f"{out.stem}_model_grid.zarr",
                                       (classes, *grid.model_shape), np.float16, dims)
         predict_tiled(model, image, out=model_probs, **tiling(options, device, progress=True))
+        refuse_non_finite_output(model_probs, out.path)
         # Whole chunks, block by block: nothing in memory whole.
         rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
         if grid.resampled:  # a chunk row at a time: its window on the model's grid is larger
@@ -895,6 +974,7 @@ def predict_stack(
         count = 0  # objects in the slices before
         for z in tqdm(range(depth), unit="slice", desc="predict"):
             model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
+            refuse_non_finite_output(model_probs, out.path)
             probs = np.asarray(grid.to_input(model_probs))
             if "probabilities" in arrays:
                 arrays["probabilities"][place["probabilities"](z)] = probs.astype(np.float16)
