@@ -10,9 +10,10 @@ import pytest
 import tifffile
 import torch
 import zarr
-from helpers import TINY, run_cli, run_in_process, save_tiny_checkpoint
+from helpers import TINY, run_cli, run_in_process, save_tiny_checkpoint, unet
 
 from segunet import predict_cli
+from segunet.predict import tile_shapes
 from segunet.predict_cli import main
 
 SHAPE = (50, 60)
@@ -288,3 +289,48 @@ def test_a_numeric_level_picks_the_level_of_an_s0_named_pyramid(run_dir, tmp_pat
     capsys.readouterr()
     assert main([*args, f"input={image}:7", f"output={tmp_path / 'none'}"]) == 2
     assert "levels are s0, s1, s2 (or 0..2 by position)" in error_line(capsys)
+
+
+# --- 6. a tile larger than the image --------------------------------------------------------
+
+
+def smallest_covering(net, n: int) -> int:
+    """The smallest input size the net takes whose output covers ``n`` pixels and spans a
+    pooling step, searched size by size."""
+    step = 2 ** (net.levels - 1)
+    for size in range(1, 10 * n + 200):
+        if net.valid_input_shape([size])[0] != size:
+            continue
+        out = size if net.padding == "same" else net.output_shape([size, size])[0]
+        if out >= max(n, step if net.padding == "valid" else 1):
+            return size
+    raise AssertionError("none found")
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_tile_larger_than_the_image_is_cut_to_one_that_covers_it(padding):
+    """tile=4000 on a 200 x 200 image computed a 4000 x 4000 tile (8.4 GB, 52 s);
+    tile=100000 was a MemoryError."""
+    net = unet(padding)
+    expected = (smallest_covering(net, 200), smallest_covering(net, 90))
+    assert tile_shapes(net, (200, 90), 100_000)[0] == expected
+    assert tile_shapes(net, (200, 90), (100_000, 3000))[0] == expected
+    assert tile_shapes(net, (200, 90), 4000)[0] == expected
+    small = tile_shapes(net, (2000, 2000), 300)[0]  # smaller than the image: as it was
+    assert small[0] <= 300 and small == tile_shapes(net, (20_000, 20_000), 300)[0]
+
+
+def test_the_cli_says_when_it_cuts_the_tile(run_dir, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", picture())
+    args = [f"checkpoint={run_dir}", f"input={tmp_path / 'a.tif'}", "outputs=probabilities"]
+    assert main([*args, f"output={tmp_path / 'big'}", "tile=1000"]) == 0
+    err = capsys.readouterr().err
+    net = unet()
+    used = " x ".join(str(smallest_covering(net, n)) for n in SHAPE)
+    assert f"tile=1000 is larger than this 50 x 60 px image needs: predicting in tiles of {used}" \
+        in err
+    assert main([*args, f"output={tmp_path / 'auto'}"]) == 0
+    assert "is larger than" not in capsys.readouterr().err
+    # A valid net's result does not depend on the tile.
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "big/a_probabilities.tif"),
+                                  tifffile.imread(tmp_path / "auto/a_probabilities.tif"))

@@ -735,10 +735,12 @@ def predict_file(
         volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
         if volume is not None:
             grid = input_grid(path, volume.shape[2:], options)
+            say_tile_reduced(net, grid.model_shape, options.tile, path)
             out = Outputs(targets, options, grid, channel_names(config, classes), path)
             return predict_stack(model, volume, grid, out, options, device, foreground)
         image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
         grid = input_grid(path, image.shape[1:], options)
+        say_tile_reduced(net, grid.model_shape, options.tile, path)
         out = Outputs(targets, options, grid, channel_names(config, classes), path)
         if options.format == "tif":
             return predict_whole(model, grid.to_model(image), grid, out, options, device,
@@ -756,6 +758,23 @@ def check_pixel_type(raw: Any, path: Path) -> None:
             f"{path} holds {np.dtype(raw.dtype)} values: images must hold integer, float or "
             "bool pixels; convert it (e.g. the magnitude of a complex image)"
         )
+
+
+def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> None:
+    """One line when ``tile=`` is larger than the image needs on some axis: it is cut to the
+    smallest tile that predicts the image in one pass (a larger one computes only padding,
+    and a very large one does not fit in memory)."""
+    from segunet.predict import tile_shapes, whole_image_tile
+
+    if tile is None:
+        return
+    wanted = [tile] * len(shape) if isinstance(tile, int) else list(tile)
+    used = tile_shapes(net, shape, tile)[0]  # a one-line error for the wrong axis count
+    if any(w > n for w, n in zip(wanted, whole_image_tile(net, shape))):
+        given = tile if isinstance(tile, int) else ",".join(map(str, tile))
+        print(f"segunet: {path}: tile={given} is larger than this {' x '.join(map(str, shape))}"
+              f" px image needs: predicting in tiles of {' x '.join(map(str, used))} px",
+              file=sys.stderr)
 
 
 def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid:
