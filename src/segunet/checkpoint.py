@@ -193,6 +193,19 @@ def load_model(
     return trained.model, trained.config
 
 
+def refuse_non_finite_weights(state: Mapping[str, Any], file: Path) -> None:
+    """A one-line SegunetError if a weight of ``state`` is NaN or infinite: such a model
+    predicts NaN everywhere, and every output made with it would be wrong."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise SegunetError(
+            f"{file} holds NaN or infinite weights ({len(bad)} tensor{'s' * (len(bad) != 1)}, "
+            f"e.g. {bad[0]}): it was saved from a run that diverged; use an earlier "
+            "checkpoint of it, or retrain (a lower optim.lr)"
+        )
+
+
 def load_trained(
     path: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
 ) -> Trained:
@@ -221,8 +234,10 @@ def load_trained(
             f"cannot build the model of {file} from its config: "
             f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
         ) from e
+    state = clean_state_dict(ckpt["model"])
+    refuse_non_finite_weights(state, file)
     try:
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise SegunetError(
             f"{file}: weights do not fit its model config ({mismatch_detail(e)})"

@@ -67,11 +67,9 @@ def tile_shapes(
     grid (see :func:`covering_tile`).
     """
     dims = net.spatial_dims
+    whole = whole_image_tile(net, spatial_shape)
     if tile_shape is None:
-        smallest = net.valid_input_shape([1] * dims)
-        context = np.subtract(smallest, net.output_shape(smallest))
-        wanted = [min(n + c, DEFAULT_TILE[dims]) for n, c in zip(spatial_shape, context)]
-        tile = net.valid_input_shape(wanted)
+        tile = net.valid_input_shape([min(w, DEFAULT_TILE[dims]) for w in whole])
     else:
         wanted = [tile_shape] * dims if np.isscalar(tile_shape) else list(tile_shape)
         if len(wanted) != dims:
@@ -79,12 +77,22 @@ def tile_shapes(
                 f"tile_shape {tuple(wanted)} has {len(wanted)} axes but the model is {dims}D: "
                 f"give {dims} sizes or one for all"
             )
+        # No larger than one tile for the whole image: a larger one computes only padding.
+        wanted = [min(int(w), n) for w, n in zip(wanted, whole)]
         tile = tuple(
             lower if lower is not None else upper
             for lower, upper in net.nearest_valid_sizes(wanted)
         )
     tile = covering_tile(net, tile)
     return tuple(tile), net.output_shape(tile)
+
+
+def whole_image_tile(net: nn.Module, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+    """The smallest valid input tile that predicts an image of ``spatial_shape`` in one
+    pass: the image plus a valid net's context (none for a same-padded net)."""
+    smallest = net.valid_input_shape([1] * net.spatial_dims)
+    context = np.subtract(smallest, net.output_shape(smallest))
+    return tuple(net.valid_input_shape([n + c for n, c in zip(spatial_shape, context)]))
 
 
 def covering_tile(net: nn.Module, tile: Sequence[int]) -> tuple[int, ...]:

@@ -46,6 +46,7 @@ from segunet.atomic import remove_stale_temps
 from segunet.data.io import (
     BIGTIFF_BYTES,
     SUPPORTED,
+    CheckedReads,
     atomic_path,
     file_kind,
     output_folder,
@@ -57,7 +58,7 @@ from segunet.data.io import (
     temp_path,
 )
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial, tiff_options
-from segunet.data.sources import apply_range, check_finite, convert_channels, percentile_range
+from segunet.data.sources import apply_range, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
 from segunet.instances import WatershedOn, instances_from_foreground
 from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
@@ -135,7 +136,16 @@ def open_array(path: Path, stack: contextlib.ExitStack) -> Any:
     uncompressed TIFF as a memory map, a compressed one or a zarr store through zarr, an
     OME-Zarr image's level (``image.ome.zarr:<level>``, default the first) as
     :func:`segunet.data.omezarr.open_image` sees it. Anything else is read whole.
-    Unreadable files are one-line SegunetErrors."""
+    Unreadable files are one-line SegunetErrors, also where a lazily read one turns out
+    truncated or corrupt only when its broken part is read."""
+    file = split_key(path)[0]
+    raw = _open_array(path, stack)
+    return raw if isinstance(raw, np.ndarray) and not isinstance(raw, np.memmap) else (
+        CheckedReads(raw, file)
+    )
+
+
+def _open_array(path: Path, stack: contextlib.ExitStack) -> Any:
     file, key = split_key(path)
     if not file.exists():
         raise SegunetError(f"cannot read {file}: no such file")
@@ -198,6 +208,7 @@ class NormalizedImage:
         self.shape = (convert_to or channels, *(int(s) for s in spatial))
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
         self.lo = self.scale = None
+        refuse_non_finite(raw, source)
         if percentiles is not None:
             self.lo, self.scale = self._range(percentiles, source)
 
@@ -216,9 +227,16 @@ class NormalizedImage:
         spatial = self.shape[1:]
         stride = max(1, math.ceil((math.prod(spatial) / PERCENTILE_SAMPLE) ** (1 / len(spatial))))
         sample = self._channels_first(tuple(slice(None, None, stride) for _ in spatial))
-        check_finite(sample, source)
         low, high = (float(p) for p in percentiles)
-        return percentile_range(sample, low, high, channel_axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # said below, in one line
+            lo, scale = percentile_range(sample, low, high, channel_axis=0)
+        if not (np.isfinite(lo).all() and np.isfinite(scale).all()):
+            raise SegunetError(
+                f"{source}: its values span more than float32 holds (percentiles {low:g} to "
+                f"{high:g} lie beyond 3.4e38 apart), so they cannot be normalised: rescale "
+                "the image"
+            )
+        return lo, scale
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
@@ -233,6 +251,63 @@ class NormalizedImage:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self[...] if dtype is None else self[...].astype(dtype)
+
+
+#: Bytes of an array read at a time when every value is checked (see :func:`non_finite`).
+CHECK_BYTES = 2**26
+
+
+def value_blocks(shape: Sequence[int], itemsize: int) -> Iterator[tuple[slice | int, ...]]:
+    """Indexes that read an array of ``shape`` in blocks of about :data:`CHECK_BYTES` at
+    most: runs along the first axis, or, where one index of it holds more, each of its
+    indexes in blocks of the next."""
+    if not shape:
+        yield ()
+        return
+    per_index = itemsize * math.prod(shape[1:])
+    if per_index > CHECK_BYTES and len(shape) > 1:
+        for i in range(shape[0]):
+            for rest in value_blocks(shape[1:], itemsize):
+                yield (i, *rest)
+        return
+    for s in blocks(shape[0], max(1, CHECK_BYTES // max(1, per_index))):
+        yield (s,)
+
+
+def non_finite(array: Any) -> int:
+    """How many NaN or infinite values ``array`` holds: every value, read block by block (a
+    lazily read array never comes into memory whole); 0 for integer arrays, unread."""
+    if not np.issubdtype(np.dtype(array.dtype), np.inexact):
+        return 0
+    shape = tuple(int(n) for n in array.shape)
+    return sum(int(np.size(block) - np.count_nonzero(np.isfinite(block)))
+               for block in (np.asarray(array[index])
+                             for index in value_blocks(shape, np.dtype(array.dtype).itemsize)))
+
+
+def refuse_non_finite(raw: Any, source: str) -> None:
+    """A one-line SegunetError if the input holds NaN or infinite values: every pixel is
+    checked, as one in the network's input turns its whole receptive field non-finite."""
+    count = non_finite(raw)
+    if count:
+        raise SegunetError(
+            f"{source} holds {count:,} NaN or infinite value{'s' * (count != 1)} (of "
+            f"{math.prod(raw.shape):,}): replace them in the file (e.g. by 0 or the "
+            "background level) or leave the file out"
+        )
+
+
+def refuse_non_finite_output(probs: Any, path: Path) -> None:
+    """The last check before outputs are moved into place: probabilities that are not all
+    finite (a checkpoint with NaN weights, input values that overflow once normalised) are
+    an error, and the outputs of ``path`` are not written."""
+    count = non_finite(probs)
+    if count:
+        raise SegunetError(
+            f"{path}: the model predicted {count:,} NaN or infinite probabilit"
+            f"{'ies' if count != 1 else 'y'}, so nothing was written for it: check the "
+            "checkpoint (its weights may be non-finite) and the input's value range"
+        )
 
 
 def image_for_model(
@@ -494,16 +569,6 @@ class PredictConfig:
             )
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SegunetError(f"device={name} but no CUDA device is visible: use cpu or auto")
-    return name
-
-
 def predict_files(options: PredictConfig) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
@@ -511,6 +576,7 @@ def predict_files(options: PredictConfig) -> list[Path]:
     from segunet.checkpoint import load_trained, pixel_size_of
 
     inputs = expand_inputs(options.input)
+    refuse_output_in_inputs(inputs, options)
     todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
     if len(todo) < len(inputs):
         print(
@@ -518,7 +584,9 @@ def predict_files(options: PredictConfig) -> list[Path]:
             f"all their outputs; predicting {len(todo)}", file=sys.stderr,
         )
     if todo:  # before the output folder: a bad checkpoint creates nothing
-        device = resolve_device(options.device)
+        from segunet.distributed import resolve_device
+
+        device = str(resolve_device(options.device))  # before loading: not the file's fault
         trained = load_trained(options.checkpoint, device)
         model, config = trained.model, trained.config
         options.decoder = Decoder.of(options, config, trained.postprocess)
@@ -558,6 +626,11 @@ def predict_all(
                 "to predict the rest"
             ) from None
         except SegunetError as e:
+            # A bad file (unreadable, truncated, non-finite, wrong channels) stops the batch
+            # rather than being skipped: it often means a broken copy or export of more than
+            # one file, and a batch that went on would end with the same non-zero exit but
+            # the first failure scrolled far out of sight. Nothing is lost: every finished
+            # output is complete and kept, and skip_existing=true goes on from there.
             if len(todo) == 1:
                 raise
             raise SegunetError(
@@ -566,6 +639,31 @@ def predict_all(
             ) from e
         written += files
     return written
+
+
+def refuse_output_in_inputs(inputs: Sequence[Path], options: PredictConfig) -> None:
+    """A one-line SegunetError if ``output`` is an input or lies inside one (a zarr store),
+    if an output would replace an input (``format=ome-zarr`` beside ``x.ome.zarr``), or if
+    ``output`` is the folder that ``input`` lists (a folder or a glob): the next run over it
+    would predict the outputs of this one as images."""
+    folder = options.output.resolve()
+    files = {split_key(path)[0].resolve(): path for path in inputs}
+    listed = inputs != [Path(options.input)]  # a folder's listing or a glob's matches
+    for file, path in files.items():
+        targets = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        replaced = [t for t in targets.values() if t.resolve() in files]
+        if file == folder or file in folder.parents:
+            what = f"is the input {path}" if file == folder else f"lies inside the input {path}"
+        elif replaced:
+            what = f"would replace the input {files[replaced[0].resolve()]} by an output"
+        elif listed and file.parent == folder:
+            what = f"is the folder that input={options.input} reads"
+        else:
+            continue
+        raise SegunetError(
+            f"output={options.output} {what}: choose another output folder, so that "
+            "inputs and outputs never mix"
+        )
 
 
 def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, dict[str, Path]]:
@@ -633,19 +731,50 @@ def predict_file(
     data_cfg = config.get("data") or {}
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
+        check_pixel_type(raw, path)
         volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
         if volume is not None:
             grid = input_grid(path, volume.shape[2:], options)
+            say_tile_reduced(net, grid.model_shape, options.tile, path)
             out = Outputs(targets, options, grid, channel_names(config, classes), path)
             return predict_stack(model, volume, grid, out, options, device, foreground)
         image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
         grid = input_grid(path, image.shape[1:], options)
+        say_tile_reduced(net, grid.model_shape, options.tile, path)
         out = Outputs(targets, options, grid, channel_names(config, classes), path)
         if options.format == "tif":
             return predict_whole(model, grid.to_model(image), grid, out, options, device,
                                  foreground)
         return predict_streamed(model, grid.to_model(image), grid, out, options, device,
                                 foreground)
+
+
+def check_pixel_type(raw: Any, path: Path) -> None:
+    """A one-line SegunetError for pixels that are no real numbers (complex values would
+    lose their imaginary part, text or records cannot be converted at all)."""
+    kind = np.dtype(raw.dtype).kind
+    if kind not in "biuf":
+        raise SegunetError(
+            f"{path} holds {np.dtype(raw.dtype)} values: images must hold integer, float or "
+            "bool pixels; convert it (e.g. the magnitude of a complex image)"
+        )
+
+
+def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> None:
+    """One line when ``tile=`` is larger than the image needs on some axis: it is cut to the
+    smallest tile that predicts the image in one pass (a larger one computes only padding,
+    and a very large one does not fit in memory)."""
+    from segunet.predict import tile_shapes, whole_image_tile
+
+    if tile is None:
+        return
+    wanted = [tile] * len(shape) if isinstance(tile, int) else list(tile)
+    used = tile_shapes(net, shape, tile)[0]  # a one-line error for the wrong axis count
+    if any(w > n for w, n in zip(wanted, whole_image_tile(net, shape))):
+        given = tile if isinstance(tile, int) else ",".join(map(str, tile))
+        print(f"segunet: {path}: tile={given} is larger than this {' x '.join(map(str, shape))}"
+              f" px image needs: predicting in tiles of {' x '.join(map(str, used))} px",
+              file=sys.stderr)
 
 
 def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid:
@@ -777,6 +906,7 @@ def predict_whole(
 
     with out:
         model_probs = predict_tiled(model, image, **tiling(options, device, progress=True))
+        refuse_non_finite_output(model_probs, out.path)
         probs = np.asarray(grid.to_input(model_probs))
         rows = rows_per_block(probs.shape[0], grid.shape)
         if "probabilities" in out.targets:
@@ -809,6 +939,7 @@ def predict_streamed(
             model_probs = out.scratch(f"{out.stem}_model_grid.zarr",
                                       (classes, *grid.model_shape), np.float16, dims)
         predict_tiled(model, image, out=model_probs, **tiling(options, device, progress=True))
+        refuse_non_finite_output(model_probs, out.path)
         # Whole chunks, block by block: nothing in memory whole.
         rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
         if grid.resampled:  # a chunk row at a time: its window on the model's grid is larger
@@ -862,6 +993,7 @@ def predict_stack(
         count = 0  # objects in the slices before
         for z in tqdm(range(depth), unit="slice", desc="predict"):
             model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
+            refuse_non_finite_output(model_probs, out.path)
             probs = np.asarray(grid.to_input(model_probs))
             if "probabilities" in arrays:
                 arrays["probabilities"][place["probabilities"](z)] = probs.astype(np.float16)

@@ -93,19 +93,6 @@ class TrainerConfig:
             )
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``trainer.device`` as a device; under DDP (``local_rank`` given) CUDA means this
-    process's own GPU, ``cuda:LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegunetError(f"trainer.device={name} but no CUDA device is visible: use cpu or auto")
-    if device.type == "cuda" and local_rank is not None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def resolve_compile(value: bool | str, device: torch.device) -> bool:
     """``trainer.compile``: ``auto`` compiles on CUDA only (on the CPU compiling costs more
     time than a short run saves)."""
@@ -139,7 +126,8 @@ def check_launch(cfg: DictConfig, world_size: int) -> None:
     made before launching them, so a bad setting stops as one line and no processes."""
     trainer_cfg: TrainerConfig = instantiate_group(cfg, "trainer")
     distributed.check_device(trainer_cfg.device, world_size)
-    device = resolve_device(trainer_cfg.device, 0 if world_size > 1 else None)
+    rank = 0 if world_size > 1 else None
+    device = distributed.resolve_device(trainer_cfg.device, "trainer.device", rank)
     if trainer_cfg.precision != "auto":  # auto never fails, and would query the GPU here
         resolve_precision(trainer_cfg.precision, device)
     sync_batchnorm(trainer_cfg, device, world_size)
@@ -233,7 +221,7 @@ class Trainer:
             self.config["data"]["pixel_size"] = list(data.pixel_size)
         self.world = distributed.world()
         local_rank = self.world.local_rank if self.world.size > 1 else None
-        self.device = resolve_device(cfg.device, local_rank)
+        self.device = distributed.resolve_device(cfg.device, "trainer.device", local_rank)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             # Patches have one fixed size, so cuDNN's autotuning is paid once and then wins.

@@ -139,13 +139,12 @@ def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "au
 
     from segunet.checkpoint import load_model, resolve_checkpoint, save_atomic
     from segunet.config import instantiate_group
+    from segunet.distributed import resolve_device
     from segunet.errors import SegunetError
     from segunet.predict import predict_tiled
 
     file = resolve_checkpoint(checkpoint, prefer="best")
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else (
-        "cpu" if device == "auto" else device
-    )
+    device = str(resolve_device(device))  # before loading: not the file's fault
     model, config = load_model(file, device)
     data: SegmentationData = instantiate_group(config, "data", str(file))
     if not tunable(data):

@@ -139,6 +139,27 @@ def read_pixel_size(path: str | os.PathLike, key: str | None = None) -> PixelSiz
     return None
 
 
+class CheckedReads:
+    """A lazily read array (memmap, zarr) whose reads fail as :func:`read_array`'s do: a
+    truncated or corrupt file is noticed only when its broken part is read, and a
+    decompressor's own error (``DeflateError``) would not say which file it was."""
+
+    def __init__(self, array: Any, path: Path) -> None:
+        self.array, self.path = array, path
+        self.shape, self.ndim, self.dtype = tuple(array.shape), array.ndim, array.dtype
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        with _library_errors(self.path, "read"):
+            try:
+                return np.asarray(self.array[index])
+            except Exception:
+                finish_zarr_io()  # zarr's reads of the other broken chunks: no noise at exit
+                raise
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self[...] if dtype is None else self[...].astype(dtype)
+
+
 # --- readers -------------------------------------------------------------------------------
 
 

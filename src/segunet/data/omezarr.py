@@ -101,11 +101,11 @@ def open_image(path: Path, level: str | None = None) -> OmeImage:
     if spec is None:
         raise SegunetError(f"{path} has no OME-NGFF multiscales metadata: it is no OME-Zarr image")
     paths = list(spec.datasets)
-    level = paths[0] if level is None else level.strip("/")
+    level = paths[0] if level is None else _level_path(level.strip("/"), paths)
     if level not in paths:
         raise SegunetError(
-            f"{path} has no resolution level '{level}'; its levels are {', '.join(paths)}: "
-            f"name one as {path}:<level>"
+            f"{path} has no resolution level '{level}'; its levels are {', '.join(paths)} "
+            f"(or 0..{len(paths) - 1} by position): name one as {path}:<level>"
         )
     axes = node.metadata["axes"]
     transforms = (node.metadata.get("coordinateTransformations") or [None] * len(paths))
@@ -113,6 +113,15 @@ def open_image(path: Path, level: str | None = None) -> OmeImage:
     keep = _kept_axes(axes, array.shape)
     sizes = _scale(axes, transforms[paths.index(level)], keep)
     return OmeImage(Squeezed(array, keep) if len(keep) < array.ndim else array, sizes, level)
+
+
+def _level_path(level: str, paths: Sequence[str]) -> str:
+    """A level's dataset path: ``level`` itself if the image has a level of that name, else
+    a whole number is its position in the multiscales list (writers name levels ``0, 1, ...``
+    or ``s0, s1, ...``; the position means the same on both)."""
+    if level in paths or not level.isdigit() or int(level) >= len(paths):
+        return level
+    return paths[int(level)]
 
 
 def _kept_axes(axes: Sequence[Mapping], shape: Sequence[int]) -> list[int]:
