@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import hydra
 import numpy as np
@@ -57,6 +57,7 @@ from segunet.logger import LoggingConfig, TensorBoardLogger, classes_picture, pa
 from segunet.metrics import OverlapCounter, TaskScorer, metric_key
 from segunet.postprocess import PostProcess, decode
 from segunet.predict import predict_tiled, tile_within
+from segunet.schema import Range, check_ranges
 from segunet.tune import TuneConfig, describe, report, tunable, tune_on
 
 
@@ -64,28 +65,27 @@ from segunet.tune import TuneConfig, describe, report, tunable, tune_on
 class TrainerConfig:
     """The ``trainer`` config group."""
 
-    max_steps: int = 2000
-    batch_size: int = 4
-    val_every: int = 200
+    max_steps: Annotated[int, Range(ge=1)] = 2000
+    batch_size: Annotated[int, Range(ge=1)] = 4
+    val_every: Annotated[int, Range(ge=1)] = 200
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
     channels_last: bool = True  # CUDA only
-    num_workers: int = 0
-    grad_clip: float | None = None
+    num_workers: Annotated[int, Range(ge=0)] = 0
+    grad_clip: Annotated[float, Range(gt=0)] | None = None  # the norm's limit: 0 or less flips
     resume: str | None = None
     # Fine-tuning: the weights of a checkpoint or of a model that ships with segunet (nuclei)
     # to start from, with a new optimiser and schedule; an output layer of other classes is
     # re-initialised.
     init_from: str | None = None
     compile: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off for CPU
-    devices: int = 1  # processes (one per GPU) that `segunet train` launches through torchrun
+    # processes (one per GPU) that `segunet train` launches through torchrun
+    devices: Annotated[int, Range(ge=1)] = 1
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (CUDA, DDP only)
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "val_every", "devices"):
-            if getattr(self, key) < 1:
-                raise SegunetError(f"trainer.{key}={getattr(self, key)} must be at least 1")
+        check_ranges(self, "trainer")
         if self.resume and self.init_from:
             raise SegunetError(
                 "trainer.resume continues a run, trainer.init_from starts a new one from "
