@@ -60,6 +60,10 @@ from segunet.predict import predict_tiled, tile_within
 from segunet.schema import Range, check_ranges
 from segunet.tune import TuneConfig, describe, report, tunable, tune_on
 
+#: fp16's GradScaler skips a step whose gradients overflowed and lowers its scale: a skipped
+#: step now and then is how it finds the scale; this many in a row, the run has diverged.
+MAX_SKIPPED_STEPS = 10
+
 
 @dataclass
 class TrainerConfig:
@@ -186,6 +190,33 @@ def validation_tile(
     return tile, max(1, budget // math.prod(tile))
 
 
+class Divergence:
+    """Steps whose loss or gradients are not finite, counted on the device (no host sync per
+    step): the step at which ``limit`` of them came in a row, or 0 while none did."""
+
+    def __init__(self, device: torch.device, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+        self.first = torch.zeros((), dtype=torch.int64, device=device)
+
+    def update(self, finite: torch.Tensor, step: int) -> None:
+        self.in_a_row = torch.where(finite, 0, self.in_a_row + 1)
+        self.first = torch.where((self.in_a_row >= self.limit) & (self.first == 0), step,
+                                 self.first)
+
+    def step(self) -> int:
+        """The step it diverged at, or 0 (a host sync)."""
+        return int(self.first)
+
+
+def grad_norm(parameters: Sequence[nn.Parameter]) -> torch.Tensor:
+    """The total 2-norm of the gradients (finite unless one of them is not)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def check_compatible(model: nn.Module, data: SegmentationData) -> None:
     """Model and data must agree before any compute is spent; say which setting to change."""
     name = data.name
@@ -241,6 +272,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype is torch.float16
         )
+        self.divergence = Divergence(
+            self.device, MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 1
+        )
+        self.last_good: tuple[Path, int] | None = None  # the newest last.pt, and its step
         self.in_shape = resolve_patch_size(model, data)
         self.out_shape = tuple(model.output_shape(self.in_shape))
         # Plain contiguous unless channels_last: augmentation can hand back a strided view,
@@ -344,7 +379,11 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        else:
+            norm = grad_norm(list(self.net.parameters()))
+        self.divergence.update(torch.isfinite(loss.detach()) & torch.isfinite(norm),
+                               self.step + 1)
         with interrupts.deferred():  # weights, schedule and step count move together
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -469,6 +508,7 @@ class Trainer:
                 timed_steps += 1
             bar.update(1)
             if self.step % self.log_cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                self.check_finite()  # before a non-finite loss is logged
                 if self.world.main:
                     # The only host sync of the loop: once per logging window.
                     values = self._train_scalars(batch, logits, loss_sum / window_steps)
@@ -481,6 +521,7 @@ class Trainer:
                 loss_sum.zero_()
                 window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
             if self.step % self.log_cfg.image_every == 0:
+                self.check_finite()
                 self._log_picture("train/sample", batch)
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
                 self._validate_and_save()
@@ -524,6 +565,7 @@ class Trainer:
         if self.world.size > 1:  # to the end: torchrun's own SIGINT follows the terminal's
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         with interrupts.ignored():
+            self.check_finite()  # weights past a divergence are not saved
             self.save_checkpoint("last.pt")
         if not self.world.main:
             # Rank 0 saved and says so. Exiting 0 leaves torchrun waiting for it, where a
@@ -538,10 +580,14 @@ class Trainer:
     def _validate_and_save(self) -> None:
         """Rank 0 validates and writes the checkpoints while the other ranks wait for its
         metrics; every rank's RNG state goes into the checkpoint for an exact resume."""
+        self.check_finite()
         if self.world.size > 1:
             self.rank_rng = distributed.all_gather(rng_state())
         if self.world.main:
             self.metrics = self.validate()
+            bad = [f"{k}={v}" for k, v in self.metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise self.diverged(self.step, f"validation gave {', '.join(bad)}")
             self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
             improved = self.metrics[self.score_key] > self.best
             if improved:
@@ -672,7 +718,37 @@ class Trainer:
         path = self.run_dir / "checkpoints" / name
         if self.world.main:
             save_atomic(self.state(), path)
+        if name == "last.pt":
+            self.last_good = (path, self.step)
         return path
+
+    def check_finite(self) -> None:
+        """Stop at a divergence (:class:`Divergence`), before anything of it is saved or
+        logged."""
+        step = self.divergence.step()
+        if step:
+            what = "the loss or a gradient was not finite (nan or inf)"
+            if self.divergence.limit > 1:
+                what += (f" for {self.divergence.limit} steps in a row, which fp16's gradient "
+                         "scaler skipped")
+            raise self.diverged(step, what)
+
+    def diverged(self, step: int, what: str) -> SegunetError:
+        """The one line of a run that went bad at ``step``: what was kept, the likely causes
+        and how to go on."""
+        lr = self.optimizer.defaults.get("lr")
+        if self.last_good is None:
+            kept, fix = "nothing was saved", "rerun with a lower optim.lr"
+        else:
+            path, good = self.last_good
+            kept = f"{path} of step {good} is the last good checkpoint"
+            fix = f"continue from it with trainer.resume={path} and a lower optim.lr"
+        return SegunetError(
+            f"training diverged at step {step}: {what}; stopped, {kept}. Likely causes: too "
+            f"high a learning rate (optim.lr={lr:g}; lower it or set trainer.grad_clip), bad "
+            "values in the training data, or a corrupt weight-map cache "
+            f"(data.targets.cache_dir); {fix}"
+        )
 
     def restore(self, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
         """Continue a run where its checkpoint (``ckpt``, read from ``path`` if not given)
@@ -690,6 +766,7 @@ class Trainer:
                 "with the model overrides of that run (see its .hydra/overrides.yaml)"
             ) from e
         self.step = int(ckpt["step"])
+        self.last_good = (Path(path), self.step)
         if resume.schedule_changed(changes):
             resume.apply_new_schedule(self.optimizer, self.scheduler, ckpt["optimizer"], self.step)
         else:
