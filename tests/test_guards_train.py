@@ -9,13 +9,16 @@ import math
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from helpers import TINY, run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segunet import train
 from segunet.config import check_config, group_schema, schema_targets
+from segunet.data.sources import folder
 from segunet.errors import SegunetError, one_line
 from segunet.schema import nested_dataclass
 from segunet.train import build_trainer
@@ -71,6 +74,10 @@ def refusal(make_cfg, *overrides: str) -> str:
         # a cross-key check of a dataclass group, also before the run folder
         (["augment.scale=[1.1,0.9]"], "augment.scale=[1.1, 0.9] is not valid: expected a list "
          "[low, high] with 0 <= low <= high"),
+        # my own: a traceback from numpy, and a schedule that trains nothing
+        (["trainer.seed=-1"], "trainer.seed=-1 must be at least 0"),
+        (["scheduler=constant", "scheduler.factor=0", "scheduler.total_iters=10"],
+         "scheduler.factor=0 must be in (0, 1]"),
     ],
 )
 def test_an_out_of_range_value_is_refused_by_the_config_check(make_cfg, overrides, expected):
@@ -89,8 +96,7 @@ def test_in_range_values_and_null_pass(make_cfg):
 
 
 #: Numbers any value of which is meaningful (ids, seeds of generators that take any int).
-ANY_NUMBER = {"data.targets.foreground_value", "data.targets.ignore_value", "loss.ignore_index",
-              "trainer.seed"}
+ANY_NUMBER = {"data.targets.foreground_value", "data.targets.ignore_value", "loss.ignore_index"}
 
 
 def numeric_keys(schema: type, where: str):
@@ -246,3 +252,48 @@ def test_a_run_of_skipped_steps_is_a_divergence(make_cfg, tmp_path, monkeypatch)
         f"finite (nan or inf) for {limit} steps in a row")
     assert 2 < limit < 15  # the 3 skipped steps above pass, these 15 do not
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+# --- training data that cannot teach anything ---------------------------------------------
+
+
+def write_folder(root: Path, labels, n: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        tifffile.imwrite(root / "images" / f"a{i}.tif",
+                         rng.integers(0, 255, (96, 96)).astype(np.uint8))
+        tifffile.imwrite(root / "masks" / f"a{i}.tif", labels(i))
+    return root
+
+
+def folder_run(tmp_path: Path, *overrides: str):
+    args = [t for t in QUICK if not t.startswith(("data.n_", "data.shape"))]
+    return run_in_process("train", *args, "data=folder", f"data.path={tmp_path / 'data'}",
+                          "data.val_fraction=0.34", "trainer.max_steps=2",
+                          "trainer.val_every=2", *overrides,
+                          f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+
+
+def test_training_labels_without_foreground_are_refused(tmp_path):
+    write_folder(tmp_path / "data", lambda i: np.zeros((96, 96), np.uint16))
+    done = folder_run(tmp_path)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("segunet: error: the labels of the 2 training images of data "
+                           "'folder' hold no foreground"), line
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
+@pytest.mark.parametrize("percentiles", [[99.8, 1.0], [1.0]])
+def test_percentiles_must_be_low_then_high(tmp_path, percentiles):
+    """Reversed, they trained on the negative of every image; one value was a traceback."""
+    blob = np.zeros((96, 96), np.uint16)
+    blob[30:60, 30:60] = 1
+    root = write_folder(tmp_path / "data", lambda i: blob)
+    with pytest.raises(SegunetError) as info:
+        folder(root, percentiles=percentiles, val_fraction=0.34)
+    assert str(info.value) == (
+        f"data.percentiles={percentiles} is not valid: expected [low, high] with low < high "
+        "(e.g. [1, 99.8]), or null to keep the values as they are")

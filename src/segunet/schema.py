@@ -126,7 +126,7 @@ TORCH_RANGES: dict[str, Range] = {
     "total_iters": Range(ge=0),
     "total_steps": Range(ge=1),
     "eta_min": Range(ge=0),
-    "factor": Range(ge=0, le=1),
+    "factor": Range(gt=0, le=1),  # ConstantLR: 0 would train nothing for total_iters steps
     "start_factor": Range(gt=0, le=1),
     "end_factor": Range(ge=0, le=1),
     "power": Range(ge=0),

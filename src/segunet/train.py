@@ -72,7 +72,7 @@ class TrainerConfig:
     max_steps: Annotated[int, Range(ge=1)] = 2000
     batch_size: Annotated[int, Range(ge=1)] = 4
     val_every: Annotated[int, Range(ge=1)] = 200
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0  # numpy's generators take no negative seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
     channels_last: bool = True  # CUDA only
@@ -235,6 +235,13 @@ def check_compatible(model: nn.Module, data: SegmentationData) -> None:
         raise SegunetError(
             f"model.out_channels={model.out_channels} but data '{name}' has "
             f"{data.num_classes} classes: set model.out_channels={data.num_classes}"
+        )
+    if not any((v.label[~v.ignore] > 0).any() for v in data.train):
+        # A net trained on background alone predicts nothing and still scores "done".
+        raise SegunetError(
+            f"the labels of the {len(data.train)} training images of data '{name}' hold no "
+            "foreground (every pixel is background or ignored): check the label files, "
+            "data.targets.label_kind and data.targets.foreground_value"
         )
 
 

@@ -191,6 +191,16 @@ def prepare_image(
     return normalize_percentile(image, low, high, channel_axis=0)
 
 
+def check_percentiles(percentiles: Sequence[float] | None) -> None:
+    """``data.percentiles`` is null or ``[low, high]`` with low < high: reversed, they would
+    turn every image into its negative and train on it without a word."""
+    if percentiles is not None and (len(percentiles) != 2 or percentiles[0] >= percentiles[1]):
+        raise SegunetError(
+            f"data.percentiles={list(percentiles)} is not valid: expected [low, high] with "
+            "low < high (e.g. [1, 99.8]), or null to keep the values as they are"
+        )
+
+
 def _show(values: np.ndarray, limit: int = 8) -> str:
     """``{0, 1, 7, ...}``: the first ``limit`` values, for error messages."""
     shown = ", ".join(str(int(v)) for v in values[:limit])
@@ -686,6 +696,7 @@ def folder(
     """
     targets = Targets.of(targets)
     targets.check(target, metric)
+    check_percentiles(percentiles)
     sizes = check_pixel_size(pixel_size, spatial_dims, "data.pixel_size")
     root = Path(path)
     image_dir, label_dir = root / images, root / labels
@@ -848,6 +859,7 @@ def stack(
         raise SegunetError(f"data.slices_as={slices_as!r}: use 2d or 3d")
     targets = Targets.of(targets)
     targets.check(target, metric)
+    check_percentiles(percentiles)
     sizes = check_pixel_size(pixel_size, 3 if slices_as == "3d" else 2, "data.pixel_size")
     labels = label_image(labels, 3, label_source, "a stack needs several slices; use "
                          "data=folder for single images")
