@@ -77,16 +77,15 @@ class Range:
         """``must be > 0``, ``must all be at least 1``, ``must be in [0, 1) (or null)``..."""
         if self.words:
             return self.words
-        low = (f"({_number(self.gt)}" if self.gt is not None
-               else f"[{_number(self.ge)}" if self.ge is not None else None)
-        high = (f"{_number(self.lt)})" if self.lt is not None
-                else f"{_number(self.le)}]" if self.le is not None else None)
-        if low and high:
-            bound = f"in {low}, {high}"
-        elif low:
-            bound = f"at least {low[1:]}" if low[0] == "[" else f"> {low[1:]}"
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if low is not None and high is not None:
+            left, right = "([" [self.gt is None], ")]" [self.lt is None]
+            bound = f"in {left}{_number(low)}, {_number(high)}{right}"
+        elif low is not None:
+            bound = f"> {_number(low)}" if self.gt is not None else f"at least {_number(low)}"
         else:
-            bound = f"at most {high[:-1]}" if high[-1] == "]" else f"< {high[:-1]}"
+            bound = f"< {_number(high)}" if self.lt is not None else f"at most {_number(high)}"
         return f"must {'all ' if each else ''}be {bound}" + (" (or null)" if optional else "")
 
 
@@ -156,7 +155,7 @@ def schema_for(target: str, partial: bool = False) -> type:
     extra = [("_target_", str, dataclasses.field(default=target))]
     if partial:
         extra.append(("_partial_", bool, dataclasses.field(default=True)))
-    ranges = TORCH_RANGES if partial else {}
+    ranges = TORCH_RANGES if partial else None
     return _schema(locate(target), extra, skip=1 if partial else 0, ranges=ranges)
 
 
@@ -166,11 +165,13 @@ def schema_of(cls: type) -> type:
     return _schema(cls, [], 0)
 
 
-def _schema(obj: Any, extra: list, skip: int, ranges: Mapping[str, Range] = {}) -> type:  # noqa: B006 (read only)
+def _schema(obj: Any, extra: list, skip: int, ranges: Mapping[str, Range] | None = None) -> type:
+    """The schema of ``obj``'s parameters; ``ranges``: those of parameters by name, where
+    their hints have none (torch's)."""
     fields = []
     for name, hint, default, metadata in _parameters(obj, skip):
         kind, choices = translate(hint)
-        bounds = metadata.get("range") or range_of(hint) or ranges.get(name)
+        bounds = metadata.get("range") or range_of(hint) or (ranges or {}).get(name)
         fields.append((name, kind, _field(
             kind, default, {**metadata, "choices": choices, "range": bounds})))
     return dataclasses.make_dataclass(obj.__name__, [*extra, *fields])
