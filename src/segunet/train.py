@@ -212,6 +212,8 @@ class Divergence:
 def grad_norm(parameters: Sequence[nn.Parameter]) -> torch.Tensor:
     """The total 2-norm of the gradients (finite unless one of them is not)."""
     grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
     if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
         return nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
