@@ -192,6 +192,18 @@ def test_a_divergence_keeps_the_last_good_checkpoint_and_the_run_resumes(tmp_pat
     assert torch.load(last, weights_only=True)["step"] == 6 and finite_checkpoint(last)
 
 
+def test_data_bad_from_the_first_step_is_blamed_not_the_learning_rate(tmp_path):
+    """Weight maps of 1e40 overflow float32 to inf: main trained on them to "done"."""
+    run = tmp_path / "run"
+    done = run_in_process("train", *QUICK, "trainer.max_steps=3", "trainer.val_every=3",
+                          "data.targets.w0=1e40", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("segunet: error: training diverged at step 1: "), line
+    assert "(data.targets.w0)" in line and "optim.lr" not in line, line
+    assert not list(run.glob("checkpoints/*.pt"))
+
+
 def test_ctrl_c_after_a_divergence_saves_no_nan_checkpoint(make_cfg, tmp_path):
     trainer = build_trainer(make_cfg(*QUICK, "trainer.max_steps=9", "optim.lr=1e12"), tmp_path)
     batches = iter(trainer.loader())

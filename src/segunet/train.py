@@ -285,6 +285,7 @@ class Trainer:
             self.device, MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 1
         )
         self.last_good: tuple[Path, int] | None = None  # the newest last.pt, and its step
+        self.start_step = 0  # where this process's training began (fit)
         self.in_shape = resolve_patch_size(model, data)
         self.out_shape = tuple(model.output_shape(self.in_shape))
         # Plain contiguous unless channels_last: augmentation can hand back a strided view,
@@ -475,6 +476,7 @@ class Trainer:
                 f"the run is already at step {self.step} >= trainer.max_steps="
                 f"{self.cfg.max_steps}: raise trainer.max_steps to train further"
             )
+        self.start_step = self.step
         bar = tqdm(
             total=self.cfg.max_steps, initial=self.step,
             disable=not (self.log_cfg.progress and self.world.main),
@@ -744,19 +746,30 @@ class Trainer:
 
     def diverged(self, step: int, what: str) -> SegunetError:
         """The one line of a run that went bad at ``step``: what was kept, the likely causes
-        and how to go on."""
-        lr = self.optimizer.defaults.get("lr")
+        and how to go on. Bad from this process's first step on, the learning rate had not
+        acted yet: the data is to blame."""
+        from_the_start = step <= self.start_step + self.divergence.limit
+        if from_the_start:
+            causes = ("training data that is not finite or too large, as the learning rate "
+                      "had not acted yet: the images, the weight maps (data.targets.w0) or a "
+                      "corrupt weight-map cache (data.targets.cache_dir=null computes them "
+                      "anew)")
+            change = "the data fixed"
+        else:
+            lr = self.optimizer.defaults.get("lr")
+            causes = (f"too high a learning rate (optim.lr={lr:g}; lower it or set "
+                      "trainer.grad_clip), bad values in the training data, or a corrupt "
+                      "weight-map cache (data.targets.cache_dir)")
+            change = "a lower optim.lr"
         if self.last_good is None:
-            kept, fix = "nothing was saved", "rerun with a lower optim.lr"
+            kept, fix = "nothing was saved", f"rerun with {change}"
         else:
             path, good = self.last_good
             kept = f"{path} of step {good} is the last good checkpoint"
-            fix = f"continue from it with trainer.resume={path} and a lower optim.lr"
+            fix = f"continue from it with trainer.resume={path} and {change}"
         return SegunetError(
-            f"training diverged at step {step}: {what}; stopped, {kept}. Likely causes: too "
-            f"high a learning rate (optim.lr={lr:g}; lower it or set trainer.grad_clip), bad "
-            "values in the training data, or a corrupt weight-map cache "
-            f"(data.targets.cache_dir); {fix}"
+            f"training diverged at step {step}: {what}; stopped, {kept}. Likely cause: "
+            f"{causes}; {fix}"
         )
 
     def restore(self, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
