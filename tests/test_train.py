@@ -429,14 +429,16 @@ def test_hydra_flags_of_the_readme_work(tmp_path):
 
 def test_the_summary_lists_only_the_checkpoints_written(make_cfg, tmp_path, capsys,
                                                         monkeypatch):
-    """A run whose validation Dice is never a number (no foreground anywhere) writes no
-    best.pt; its summary must not list one."""
-    cfg = make_cfg(*TINY, "trainer.max_steps=2", "trainer.val_every=2")
+    """A run resumed into a new folder whose validation never beats the best of the run it
+    continues writes no best.pt there; its summary must not list one. (A validation score
+    that is not a number stops the run instead: test_guards_train.)"""
     monkeypatch.setattr("segunet.train.Trainer.validate", lambda self: {
-        "loss": 0.5, "dice": float("nan"), "iou": float("nan")})
-    run(cfg, tmp_path)
-    assert not (tmp_path / "checkpoints" / "best.pt").exists()
-    assert f"checkpoints: {tmp_path / 'checkpoints'} (last.pt)\n" in capsys.readouterr().err
+        "loss": 0.5, "dice": 0.5, "iou": 0.3})
+    run(make_cfg(*TINY, "trainer.max_steps=2", "trainer.val_every=2"), tmp_path / "a")
+    run(make_cfg(*TINY, "trainer.max_steps=4", "trainer.val_every=2",
+                 f"trainer.resume={tmp_path / 'a'}"), tmp_path / "b")
+    assert not (tmp_path / "b" / "checkpoints" / "best.pt").exists()
+    assert f"checkpoints: {tmp_path / 'b' / 'checkpoints'} (last.pt)\n" in capsys.readouterr().err
 
 
 def test_checkpoints_record_the_training_pixel_size(make_cfg, tmp_path):

@@ -7,6 +7,7 @@ typed by the schema of its constructor (:mod:`segunet.schema`): :func:`instantia
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from segunet.errors import SegunetError
-from segunet.schema import schema_for, validate
+from segunet.schema import locate, schema_for, validate
 
 #: The installed package of the YAML configs: the repository's ``configs/`` (pyproject.toml
 #: maps it there), so Hydra also finds them as ``pkg://segunet.conf``.
@@ -197,12 +198,27 @@ def checked(cfg: Any, group: str, source: str | None = None) -> Any:
 
 
 def check_config(cfg: Any, source: str | None = None) -> None:
-    """Every group of a whole config allowed (:func:`check_all_targets`) and typed by its
-    schema, before anything is built."""
+    """Every group of a whole config allowed (:func:`check_all_targets`), typed by its
+    schema and within its ranges, before anything is built; a group that is a plain
+    dataclass (``trainer``, ``augment``...) is built too, for the checks across its keys."""
     check_all_targets(cfg, source or "the config")
-    for group in cfg:
+    # trainer first: other groups take its values (scheduler.T_max: ${trainer.max_steps}),
+    # and a bad one is the key the user set.
+    for group in sorted(cfg, key=lambda g: g != "trainer"):
         if group in ALLOWED_TARGETS or group in TORCH_TARGETS:
-            checked(cfg, group, source)
+            node = checked(cfg, group, source)
+            if dataclasses.is_dataclass(locate(node._target_)):
+                _build_dataclass(node, source)
+
+
+def _build_dataclass(node: Any, source: str | None) -> None:
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node)
+    try:
+        locate(values.pop("_target_"))(**values)
+    except SegunetError as e:
+        raise SegunetError(f"{source}: {e}" if source else str(e)) from None
 
 
 def instantiate_group(cfg: Any, group: str, source: str | None = None) -> Any:
@@ -216,8 +232,6 @@ def instantiate_group(cfg: Any, group: str, source: str | None = None) -> Any:
 def upgrade(config: dict) -> dict:
     """A config stored (in a checkpoint) by an older segunet as today's: the label and
     weight-map keys of ``data`` moved into ``data.targets``."""
-    import dataclasses
-
     from segunet.data.sources import Targets
 
     data = config.get("data")

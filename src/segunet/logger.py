@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from segunet.data.datasets import SegmentationData, Volume
+from segunet.schema import Range, check_ranges
 
 
 @dataclass
@@ -22,16 +24,12 @@ class LoggingConfig:
     """The ``logging`` config group."""
 
     tensorboard: bool = True
-    log_every: int = 20
-    image_every: int = 100
+    log_every: Annotated[int, Range(ge=1)] = 20  # steps between: a modulus
+    image_every: Annotated[int, Range(ge=1)] = 100
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from segunet.errors import SegunetError
-
-        for key in ("log_every", "image_every"):  # steps between: a modulus
-            if getattr(self, key) < 1:
-                raise SegunetError(f"logging.{key}={getattr(self, key)} must be at least 1")
+        check_ranges(self, "logging")
 
 
 def _middle_slice(x: Tensor, spatial_dims: int) -> Tensor:

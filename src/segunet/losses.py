@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segunet.schema import NonNegative
+
 
 def effective_weight(
     target: Tensor,
@@ -71,8 +73,8 @@ class DiceCrossEntropy(nn.Module):
     def __init__(
         self,
         ignore_index: int | None = None,
-        lambda_ce: float = 1.0,
-        lambda_dice: float = 1.0,
+        lambda_ce: NonNegative = 1.0,
+        lambda_dice: NonNegative = 1.0,
         include_background: bool = False,
     ) -> None:
         super().__init__()

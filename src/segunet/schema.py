@@ -12,9 +12,11 @@ fields, so each key, its default and its type are declared once, where they are 
   unknown key and a missing value, naming the key;
 - ``Literal[...]`` (and ``bool | Literal[...]``) lists the allowed values, which
   :func:`validate` checks after the merge (OmegaConf has no Literal);
-- other unions take their one plain type (``float | Tensor`` is a float), else anything.
-
-Range checks (``>= 1``, a probability) stay with the code that knows them.
+- other unions take their one plain type (``float | Tensor`` is a float), else anything;
+- ``Annotated[float, Range(gt=0)]`` (or a dataclass field's ``metadata={"range": ...}``)
+  bounds a number, or every number of a list, which :func:`validate` checks with the
+  allowed values; torch's optimisers and schedulers, whose signatures are not segunet's,
+  take theirs by parameter name from :data:`TORCH_RANGES`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import math
 import os
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -43,6 +46,93 @@ FORWARDS = {
 }
 #: Options of ``hydra.utils.instantiate`` that a node may carry; the builder sets its own.
 INSTANTIATE_OPTIONS = ("_convert_", "_recursive_")
+
+
+# --- ranges --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The numbers a key takes: ``Annotated[float, Range(gt=0)]``; ``words`` replaces the
+    default wording of the message (``must be > 0``)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    words: str | None = None
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True  # a wrong type is OmegaConf's to refuse
+        return not (
+            math.isnan(value)
+            or (self.gt is not None and value <= self.gt)
+            or (self.ge is not None and value < self.ge)
+            or (self.lt is not None and value >= self.lt)
+            or (self.le is not None and value > self.le)
+        )
+
+    def phrase(self, each: bool = False, optional: bool = False) -> str:
+        """``must be > 0``, ``must all be at least 1``, ``must be in [0, 1) (or null)``..."""
+        if self.words:
+            return self.words
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if low is not None and high is not None:
+            left, right = "([" [self.gt is None], ")]" [self.lt is None]
+            bound = f"in {left}{_number(low)}, {_number(high)}{right}"
+        elif low is not None:
+            bound = f"> {_number(low)}" if self.gt is not None else f"at least {_number(low)}"
+        else:
+            bound = f"< {_number(high)}" if self.lt is not None else f"at most {_number(high)}"
+        return f"must {'all ' if each else ''}be {bound}" + (" (or null)" if optional else "")
+
+
+def _number(value: Any) -> str:
+    """A number as a user would type it: ``1`` for 1.0, else Python's shortest form."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return str(value)
+
+
+#: Common ranges, for hints: ``n: Count = 1``, ``sizes: Sequence[Positive]``.
+Count = Annotated[int, Range(ge=1)]
+Positive = Annotated[float, Range(gt=0)]
+NonNegative = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+SpatialDims = Annotated[int, Range(ge=2, le=3)]
+Dropout = Annotated[float, Range(ge=0, lt=1)]
+
+#: Ranges of the keyword arguments of torch's optimisers and schedulers, by name (where
+#: torch itself would refuse the value with a traceback, or train on nonsense).
+TORCH_RANGES: dict[str, Range] = {
+    "lr": Range(gt=0),
+    "max_lr": Range(gt=0),
+    "eps": Range(ge=0),
+    "weight_decay": Range(ge=0),
+    "momentum": Range(ge=0, lt=1),
+    "dampening": Range(ge=0, le=1),
+    "betas": Range(ge=0, lt=1),
+    "alpha": Range(ge=0),
+    "rho": Range(ge=0, le=1),
+    "lr_decay": Range(ge=0),
+    "gamma": Range(gt=0),
+    "step_size": Range(ge=1),
+    "T_max": Range(ge=1),
+    "T_0": Range(ge=1),
+    "T_mult": Range(ge=1),
+    "total_iters": Range(ge=0),
+    "total_steps": Range(ge=1),
+    "eta_min": Range(ge=0),
+    "factor": Range(gt=0, le=1),  # ConstantLR: 0 would train nothing for total_iters steps
+    "start_factor": Range(gt=0, le=1),
+    "end_factor": Range(ge=0, le=1),
+    "power": Range(ge=0),
+    "milestones": Range(ge=1),
+    "patience": Range(ge=0),
+    "min_lr": Range(ge=0),
+}
 
 
 # --- schemas -------------------------------------------------------------------------------
@@ -65,7 +155,8 @@ def schema_for(target: str, partial: bool = False) -> type:
     extra = [("_target_", str, dataclasses.field(default=target))]
     if partial:
         extra.append(("_partial_", bool, dataclasses.field(default=True)))
-    return _schema(locate(target), extra, skip=1 if partial else 0)
+    ranges = TORCH_RANGES if partial else None
+    return _schema(locate(target), extra, skip=1 if partial else 0, ranges=ranges)
 
 
 @functools.cache
@@ -74,12 +165,24 @@ def schema_of(cls: type) -> type:
     return _schema(cls, [], 0)
 
 
-def _schema(obj: Any, extra: list, skip: int) -> type:
+def _schema(obj: Any, extra: list, skip: int, ranges: Mapping[str, Range] | None = None) -> type:
+    """The schema of ``obj``'s parameters; ``ranges``: those of parameters by name, where
+    their hints have none (torch's)."""
     fields = []
     for name, hint, default, metadata in _parameters(obj, skip):
         kind, choices = translate(hint)
-        fields.append((name, kind, _field(kind, default, {**metadata, "choices": choices})))
+        bounds = metadata.get("range") or range_of(hint) or (ranges or {}).get(name)
+        fields.append((name, kind, _field(
+            kind, default, {**metadata, "choices": choices, "range": bounds})))
     return dataclasses.make_dataclass(obj.__name__, [*extra, *fields])
+
+
+def range_of(hint: Any) -> Range | None:
+    """The :class:`Range` of a type hint: of ``Annotated[...]``, also inside ``| None`` and
+    as a list's element type."""
+    if typing.get_origin(hint) is Annotated:
+        return next((m for m in hint.__metadata__ if isinstance(m, Range)), None)
+    return next(filter(None, map(range_of, typing.get_args(hint))), None)
 
 
 def _parameters(obj: Any, skip: int) -> list[tuple[str, Any, Any, Mapping]]:
@@ -87,7 +190,7 @@ def _parameters(obj: Any, skip: int) -> list[tuple[str, Any, Any, Mapping]]:
     keyword parameters (those after the first ``skip``; ``**kwargs`` as :data:`FORWARDS`
     says); a parameter without a default is required (``MISSING``)."""
     if dataclasses.is_dataclass(obj):
-        hints = typing.get_type_hints(obj)
+        hints = typing.get_type_hints(obj, include_extras=True)
         return [(f.name, hints[f.name], _default_of(f), f.metadata)
                 for f in dataclasses.fields(obj) if f.init]
     hints = _hints(obj.__init__ if inspect.isclass(obj) else obj)
@@ -110,7 +213,7 @@ def _parameters(obj: Any, skip: int) -> list[tuple[str, Any, Any, Mapping]]:
 
 def _hints(fn: Callable) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception:  # an annotation only a type checker can resolve: typed as anything
         return {}
 
@@ -126,6 +229,8 @@ def _default_of(f: dataclasses.Field) -> Any:
 def translate(hint: Any) -> tuple[Any, tuple]:
     """``(OmegaConf's type, allowed values)`` of a Python type hint (see the module doc)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:  # its Range is range_of's
+        return translate(args[0])
     if hint in PLAIN:
         return hint, ()
     if hint in (Path, os.PathLike):  # a path is typed as text
@@ -212,7 +317,8 @@ def validate(node: Mapping | DictConfig, schema: type, where: str = "") -> DictC
 
 
 def check_choices(node: DictConfig, schema: type, where: str = "") -> None:
-    """Every value of a key with allowed values (a ``Literal``) is one of them."""
+    """Every value of a key with allowed values (a ``Literal``) is one of them, and every
+    number of a key with a :class:`Range` within it."""
     for f in dataclasses.fields(schema):
         value, key = node[f.name], dotted(where, f.name)
         nested = nested_dataclass(f.type)
@@ -222,6 +328,31 @@ def check_choices(node: DictConfig, schema: type, where: str = "") -> None:
         values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
         if choices and any(v is not None and not _among(v, choices) for v in values):
             raise SegunetError(bad_value(key, plain_value(value), describe(f)))
+        check_range(key, plain_value(value), f.metadata.get("range"),
+                    optional=typing.get_origin(f.type) is Union)
+
+
+def check_range(key: str, value: Any, bounds: Range | None, optional: bool = False) -> None:
+    """A number (or every number of a list) within ``bounds``, else the one line
+    ``key=value must be ...``."""
+    each = isinstance(value, list)
+    if bounds is None or all(bounds.holds(v) for v in (value if each else [value])):
+        return
+    shown = f"[{', '.join(map(_number, value))}]" if each else _number(value)
+    raise SegunetError(f"{key}={shown} {bounds.phrase(each, optional)}")
+
+
+def check_ranges(obj: Any, where: str) -> None:
+    """:func:`check_range` of every field of a dataclass built in Python (a config group's
+    own ``__post_init__``), by the ranges its hints declare."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        hint = hints[f.name]
+        optional = type(None) in typing.get_args(hint)
+        bounds = f.metadata.get("range") or range_of(hint)
+        check_range(dotted(where, f.name), list(value) if isinstance(value, tuple) else value,
+                    bounds, optional)
 
 
 def _among(value: Any, choices: tuple) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import hydra
 import numpy as np
@@ -57,35 +57,39 @@ from segunet.logger import LoggingConfig, TensorBoardLogger, classes_picture, pa
 from segunet.metrics import OverlapCounter, TaskScorer, metric_key
 from segunet.postprocess import PostProcess, decode
 from segunet.predict import predict_tiled, tile_within
+from segunet.schema import Range, check_ranges
 from segunet.tune import TuneConfig, describe, report, tunable, tune_on
+
+#: fp16's GradScaler skips a step whose gradients overflowed and lowers its scale: a skipped
+#: step now and then is how it finds the scale; this many in a row, the run has diverged.
+MAX_SKIPPED_STEPS = 10
 
 
 @dataclass
 class TrainerConfig:
     """The ``trainer`` config group."""
 
-    max_steps: int = 2000
-    batch_size: int = 4
-    val_every: int = 200
-    seed: int = 0
+    max_steps: Annotated[int, Range(ge=1)] = 2000
+    batch_size: Annotated[int, Range(ge=1)] = 4
+    val_every: Annotated[int, Range(ge=1)] = 200
+    seed: Annotated[int, Range(ge=0)] = 0  # numpy's generators take no negative seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, else fp32
     channels_last: bool = True  # CUDA only
-    num_workers: int = 0
-    grad_clip: float | None = None
+    num_workers: Annotated[int, Range(ge=0)] = 0
+    grad_clip: Annotated[float, Range(gt=0)] | None = None  # the norm's limit: 0 or less flips
     resume: str | None = None
     # Fine-tuning: the weights of a checkpoint or of a model that ships with segunet (nuclei)
     # to start from, with a new optimiser and schedule; an output layer of other classes is
     # re-initialised.
     init_from: str | None = None
     compile: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off for CPU
-    devices: int = 1  # processes (one per GPU) that `segunet train` launches through torchrun
+    # processes (one per GPU) that `segunet train` launches through torchrun
+    devices: Annotated[int, Range(ge=1)] = 1
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (CUDA, DDP only)
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "val_every", "devices"):
-            if getattr(self, key) < 1:
-                raise SegunetError(f"trainer.{key}={getattr(self, key)} must be at least 1")
+        check_ranges(self, "trainer")
         if self.resume and self.init_from:
             raise SegunetError(
                 "trainer.resume continues a run, trainer.init_from starts a new one from "
@@ -174,6 +178,35 @@ def validation_tile(
     return tile, max(1, budget // math.prod(tile))
 
 
+class Divergence:
+    """Steps whose loss or gradients are not finite, counted on the device (no host sync per
+    step): the step at which ``limit`` of them came in a row, or 0 while none did."""
+
+    def __init__(self, device: torch.device, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+        self.first = torch.zeros((), dtype=torch.int64, device=device)
+
+    def update(self, finite: torch.Tensor, step: int) -> None:
+        self.in_a_row = torch.where(finite, 0, self.in_a_row + 1)
+        self.first = torch.where((self.in_a_row >= self.limit) & (self.first == 0), step,
+                                 self.first)
+
+    def step(self) -> int:
+        """The step it diverged at, or 0 (a host sync)."""
+        return int(self.first)
+
+
+def grad_norm(parameters: Sequence[nn.Parameter]) -> torch.Tensor:
+    """The total 2-norm of the gradients (finite unless one of them is not)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def check_compatible(model: nn.Module, data: SegmentationData) -> None:
     """Model and data must agree before any compute is spent; say which setting to change."""
     name = data.name
@@ -192,6 +225,13 @@ def check_compatible(model: nn.Module, data: SegmentationData) -> None:
         raise SegunetError(
             f"model.out_channels={model.out_channels} but data '{name}' has "
             f"{data.num_classes} classes: set model.out_channels={data.num_classes}"
+        )
+    if not any((v.label[~v.ignore] > 0).any() for v in data.train):
+        # A net trained on background alone predicts nothing and still scores "done".
+        raise SegunetError(
+            f"the labels of the {len(data.train)} training images of data '{name}' hold no "
+            "foreground (every pixel is background or ignored): check the label files, "
+            "data.targets.label_kind and data.targets.foreground_value"
         )
 
 
@@ -229,6 +269,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype is torch.float16
         )
+        self.divergence = Divergence(
+            self.device, MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 1
+        )
+        self.last_good: tuple[Path, int] | None = None  # the newest last.pt, and its step
+        self.start_step = 0  # where this process's training began (fit)
         self.in_shape = resolve_patch_size(model, data)
         self.out_shape = tuple(model.output_shape(self.in_shape))
         # Plain contiguous unless channels_last: augmentation can hand back a strided view,
@@ -332,7 +377,11 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        else:
+            norm = grad_norm(list(self.net.parameters()))
+        self.divergence.update(torch.isfinite(loss.detach()) & torch.isfinite(norm),
+                               self.step + 1)
         with interrupts.deferred():  # weights, schedule and step count move together
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -415,6 +464,7 @@ class Trainer:
                 f"the run is already at step {self.step} >= trainer.max_steps="
                 f"{self.cfg.max_steps}: raise trainer.max_steps to train further"
             )
+        self.start_step = self.step
         bar = tqdm(
             total=self.cfg.max_steps, initial=self.step,
             disable=not (self.log_cfg.progress and self.world.main),
@@ -457,6 +507,7 @@ class Trainer:
                 timed_steps += 1
             bar.update(1)
             if self.step % self.log_cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                self.check_finite()  # before a non-finite loss is logged
                 if self.world.main:
                     # The only host sync of the loop: once per logging window.
                     values = self._train_scalars(batch, logits, loss_sum / window_steps)
@@ -469,6 +520,7 @@ class Trainer:
                 loss_sum.zero_()
                 window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
             if self.step % self.log_cfg.image_every == 0:
+                self.check_finite()
                 self._log_picture("train/sample", batch)
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.max_steps:
                 self._validate_and_save()
@@ -512,6 +564,7 @@ class Trainer:
         if self.world.size > 1:  # to the end: torchrun's own SIGINT follows the terminal's
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         with interrupts.ignored():
+            self.check_finite()  # weights past a divergence are not saved
             self.save_checkpoint("last.pt")
         if not self.world.main:
             # Rank 0 saved and says so. Exiting 0 leaves torchrun waiting for it, where a
@@ -526,10 +579,14 @@ class Trainer:
     def _validate_and_save(self) -> None:
         """Rank 0 validates and writes the checkpoints while the other ranks wait for its
         metrics; every rank's RNG state goes into the checkpoint for an exact resume."""
+        self.check_finite()
         if self.world.size > 1:
             self.rank_rng = distributed.all_gather(rng_state())
         if self.world.main:
             self.metrics = self.validate()
+            bad = [f"{k}={v}" for k, v in self.metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise self.diverged(self.step, f"validation gave {', '.join(bad)}")
             self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
             improved = self.metrics[self.score_key] > self.best
             if improved:
@@ -660,7 +717,48 @@ class Trainer:
         path = self.run_dir / "checkpoints" / name
         if self.world.main:
             save_atomic(self.state(), path)
+        if name == "last.pt":
+            self.last_good = (path, self.step)
         return path
+
+    def check_finite(self) -> None:
+        """Stop at a divergence (:class:`Divergence`), before anything of it is saved or
+        logged."""
+        step = self.divergence.step()
+        if step:
+            what = "the loss or a gradient was not finite (nan or inf)"
+            if self.divergence.limit > 1:
+                what += (f" for {self.divergence.limit} steps in a row, which fp16's gradient "
+                         "scaler skipped")
+            raise self.diverged(step, what)
+
+    def diverged(self, step: int, what: str) -> SegunetError:
+        """The one line of a run that went bad at ``step``: what was kept, the likely causes
+        and how to go on. Bad from this process's first step on, the learning rate had not
+        acted yet: the data is to blame."""
+        from_the_start = step <= self.start_step + self.divergence.limit
+        if from_the_start:
+            causes = ("training data that is not finite or too large, as the learning rate "
+                      "had not acted yet: the images, the weight maps (data.targets.w0) or a "
+                      "corrupt weight-map cache (data.targets.cache_dir=null computes them "
+                      "anew)")
+            change = "the data fixed"
+        else:
+            lr = self.optimizer.defaults.get("lr")
+            causes = (f"too high a learning rate (optim.lr={lr:g}; lower it or set "
+                      "trainer.grad_clip), bad values in the training data, or a corrupt "
+                      "weight-map cache (data.targets.cache_dir)")
+            change = "a lower optim.lr"
+        if self.last_good is None:
+            kept, fix = "nothing was saved", f"rerun with {change}"
+        else:
+            path, good = self.last_good
+            kept = f"{path} of step {good} is the last good checkpoint"
+            fix = f"continue from it with trainer.resume={path} and {change}"
+        return SegunetError(
+            f"training diverged at step {step}: {what}; stopped, {kept}. Likely cause: "
+            f"{causes}; {fix}"
+        )
 
     def restore(self, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
         """Continue a run where its checkpoint (``ckpt``, read from ``path`` if not given)
@@ -678,6 +776,7 @@ class Trainer:
                 "with the model overrides of that run (see its .hydra/overrides.yaml)"
             ) from e
         self.step = int(ckpt["step"])
+        self.last_good = (Path(path), self.step)
         if resume.schedule_changed(changes):
             resume.apply_new_schedule(self.optimizer, self.scheduler, ckpt["optimizer"], self.step)
         else:

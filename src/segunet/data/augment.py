@@ -29,12 +29,17 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from segunet.schema import NonNegative, Positive, Range, check_ranges
+
+GRID_WORDS = "is not valid: at least 2 control points per axis"
+Probability = Annotated[float, Range(ge=0, le=1, words="is not valid: a probability in [0, 1]")]
 
 SPATIAL_KEYS = ("image", "label", "weight", "ignore")
 
@@ -402,42 +407,34 @@ class AugmentConfig:
 
     enabled: bool = True
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    elastic_sigma: float = 10.0  # px, std of the control displacements (paper: 10)
-    elastic_grid: int = 3  # control points per axis (paper: 3 x 3)
-    p_elastic: float = 1.0
-    rotate: float = 15.0  # degrees, in the image plane
-    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    elastic_sigma: NonNegative = 10.0  # px, std of the control displacements (paper: 10)
+    # control points per axis (paper: 3 x 3)
+    elastic_grid: Annotated[int, Range(ge=2, words=GRID_WORDS)] = 3
+    p_elastic: Probability = 1.0
+    rotate: NonNegative = 15.0  # degrees, in the image plane
+    scale: list[Positive] = field(default_factory=lambda: [0.9, 1.1])
     flip: bool = True
     rot90: bool = True  # in the image plane, when it is square
-    p_intensity: float = 0.5  # per intensity transform and sample
-    gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
-    brightness: float = 0.1
-    contrast: list[float] = field(default_factory=lambda: [0.8, 1.2])
-    noise_std: float = 0.05
-    blur_sigma: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    p_intensity: Probability = 0.5  # per intensity transform and sample
+    gamma: list[Positive] = field(default_factory=lambda: [0.7, 1.5])
+    brightness: NonNegative = 0.1
+    contrast: list[NonNegative] = field(default_factory=lambda: [0.8, 1.2])
+    noise_std: NonNegative = 0.05
+    blur_sigma: list[NonNegative] = field(default_factory=lambda: [0.0, 1.0])
 
     def __post_init__(self) -> None:
-        # Types and allowed values are the config layer's (segunet.schema); ranges are here.
+        # Types and allowed values are the config layer's (segunet.schema), and so are the
+        # ranges of each number; the order of a [low, high] pair is here.
         from segunet.errors import SegunetError
 
-        def bad(key: str, expected: str) -> SegunetError:
-            return SegunetError(f"augment.{key}={getattr(self, key)!r} is not valid: {expected}")
-
+        check_ranges(self, "augment")
         for key in ("scale", "gamma", "contrast", "blur_sigma"):
             pair = getattr(self, key)
             if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
-                raise bad(key, "expected a list [low, high] with 0 <= low <= high")
-        if self.elastic_grid < 2:
-            raise bad("elastic_grid", "at least 2 control points per axis")
-        for key in ("p_elastic", "p_intensity"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise bad(key, "a probability in [0, 1]")
-        for key in ("elastic_sigma", "rotate", "brightness", "noise_std"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
-        for key in ("scale", "gamma"):
-            if getattr(self, key)[0] <= 0:
-                raise bad(key, "must be > 0")
+                raise SegunetError(
+                    f"augment.{key}={pair!r} is not valid: expected a list [low, high] with "
+                    "0 <= low <= high"
+                )
 
 
 class Augmenter:

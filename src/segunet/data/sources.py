@@ -27,7 +27,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -41,6 +41,19 @@ from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
 from segunet.errors import SegunetError
 from segunet.metrics import OBJECT_METRICS, Metric, check_metric
+from segunet.schema import (
+    Count,
+    Fraction,
+    NonNegative,
+    Positive,
+    Range,
+    SpatialDims,
+    check_ranges,
+)
+
+Seed = Annotated[int, Range(ge=0)]  # numpy's generators take no negative seed
+Percentile = Annotated[float, Range(ge=0, le=100)]
+ValFraction = Annotated[float, Range(gt=0, lt=1)]
 
 LabelKind = Literal["instances", "binary", "classes"]
 LABEL_KINDS = ("instances", "binary", "classes")
@@ -176,6 +189,16 @@ def prepare_image(
         return np.ascontiguousarray(image, dtype=np.float32)
     low, high = (float(p) for p in percentiles)
     return normalize_percentile(image, low, high, channel_axis=0)
+
+
+def check_percentiles(percentiles: Sequence[float] | None) -> None:
+    """``data.percentiles`` is null or ``[low, high]`` with low < high: reversed, they would
+    turn every image into its negative and train on it without a word."""
+    if percentiles is not None and (len(percentiles) != 2 or percentiles[0] >= percentiles[1]):
+        raise SegunetError(
+            f"data.percentiles={list(percentiles)} is not valid: expected [low, high] with "
+            "low < high (e.g. [1, 99.8]), or null to keep the values as they are"
+        )
 
 
 def _show(values: np.ndarray, limit: int = 8) -> str:
@@ -376,16 +399,19 @@ class Targets:
 
     label_kind: LabelKind = "instances"
     foreground_value: int = 255
-    num_classes: int = 2
+    num_classes: Annotated[int, Range(ge=2)] = 2  # with the background
     ignore_value: int | None = None
     separate_touching: bool = False
-    connectivity: int | None = None
-    w0: float = 10.0
-    sigma: float = 5.0
+    connectivity: Count | None = None
+    w0: NonNegative = 10.0
+    sigma: Positive = 5.0  # divides: 0 gives NaN weights
     class_weights: Literal["balanced"] | None = "balanced"
-    spacing: Sequence[float] | None = None
+    spacing: Sequence[Positive] | None = None
     cache_dir: str | None = "data/cache"
-    workers: int = 0
+    workers: Annotated[int, Range(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "data.targets")
 
     @classmethod
     def of(cls, value: Targets | Mapping[str, object] | None) -> Targets:
@@ -580,17 +606,17 @@ def sparse_slices_ignore(shape: Sequence[int], every: int, offset: int = 0) -> n
 
 
 def synthetic(
-    n_train: int = 24,
-    n_val: int = 4,
-    shape: Sequence[int] = (256, 256),
-    seed: int = 0,
+    n_train: Count = 24,
+    n_val: Count = 4,
+    shape: Sequence[Count] = (256, 256),
+    seed: Seed = 0,
     targets: Targets = Targets(separate_touching=True),
-    sparse_every: int | None = None,
-    patch_size: Sequence[int] | None = None,
-    foreground_oversample: float = 0.0,
+    sparse_every: Count | None = None,
+    patch_size: Sequence[Count] | None = None,
+    foreground_oversample: Fraction = 0.0,
     target: Target = "foreground",
     metric: Metric = "dice",
-    pixel_size: Sequence[float] | None = None,
+    pixel_size: Sequence[Positive] | None = None,
 ) -> SegmentationData:
     """The embedded default data: seeded microscopy-like cells (2D) or volumes (3D ``shape``).
 
@@ -642,18 +668,18 @@ def folder(
     label_suffix: str = "",
     targets: Targets = Targets(),
     class_names: Sequence[str] | None = None,
-    channels: int | None = None,
-    spatial_dims: int = 2,
-    percentiles: Sequence[float] | None = (1.0, 99.8),
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    max_images: int | None = None,
-    patch_size: Sequence[int] | None = None,
-    foreground_oversample: float = 0.0,
+    channels: Count | None = None,
+    spatial_dims: SpatialDims = 2,
+    percentiles: Sequence[Percentile] | None = (1.0, 99.8),
+    val_fraction: ValFraction = 0.1,
+    split_seed: Seed = 0,
+    max_images: Count | None = None,
+    patch_size: Sequence[Count] | None = None,
+    foreground_oversample: Fraction = 0.0,
     name: str = "folder",
     target: Target = "foreground",
     metric: Metric = "dice",
-    pixel_size: Sequence[float] | None = None,
+    pixel_size: Sequence[Positive] | None = None,
 ) -> SegmentationData:
     """Image files in ``path/images`` paired by stem with label files in ``path/labels``.
 
@@ -670,6 +696,7 @@ def folder(
     """
     targets = Targets.of(targets)
     targets.check(target, metric)
+    check_percentiles(percentiles)
     sizes = check_pixel_size(pixel_size, spatial_dims, "data.pixel_size")
     root = Path(path)
     image_dir, label_dir = root / images, root / labels
@@ -806,17 +833,17 @@ def stack(
     label_source: str,
     targets: Targets = Targets(label_kind="binary"),
     class_names: Sequence[str] | None = None,
-    channels: int | None = None,
+    channels: Count | None = None,
     slices_as: Literal["2d", "3d"] = "2d",
-    percentiles: Sequence[float] | None = (1.0, 99.8),
-    val_fraction: float = 0.1,
-    max_images: int | None = None,
-    patch_size: Sequence[int] | None = None,
-    foreground_oversample: float = 0.0,
+    percentiles: Sequence[Percentile] | None = (1.0, 99.8),
+    val_fraction: ValFraction = 0.1,
+    max_images: Count | None = None,
+    patch_size: Sequence[Count] | None = None,
+    foreground_oversample: Fraction = 0.0,
     name: str = "stack",
     target: Target = "foreground",
     metric: Metric = "dice",
-    pixel_size: Sequence[float] | None = None,
+    pixel_size: Sequence[Positive] | None = None,
 ) -> SegmentationData:
     """A ``(Z, Y, X)`` image stack (or with channels) and its label stack, as 2D slices or
     one 3D volume (``slices_as``).
@@ -832,6 +859,7 @@ def stack(
         raise SegunetError(f"data.slices_as={slices_as!r}: use 2d or 3d")
     targets = Targets.of(targets)
     targets.check(target, metric)
+    check_percentiles(percentiles)
     sizes = check_pixel_size(pixel_size, 3 if slices_as == "3d" else 2, "data.pixel_size")
     labels = label_image(labels, 3, label_source, "a stack needs several slices; use "
                          "data=folder for single images")

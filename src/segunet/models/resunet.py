@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from segunet.models.blocks import Padding, conv
 from segunet.models.unet import ModelInputError, SizeRules, whole_number
+from segunet.schema import Count, Dropout, SpatialDims
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -157,16 +158,16 @@ class ResUNet(SizeRules, nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        spatial_dims: int = 2,
-        channels: Sequence[int] = (64, 128, 256, 512),
+        in_channels: Count = 1,
+        out_channels: Count = 2,
+        spatial_dims: SpatialDims = 2,
+        channels: Sequence[Count] = (64, 128, 256, 512),
         padding: Padding = "same",
-        num_res_blocks: int = 2,
-        dropout: float = 0.0,
-        num_heads: int = 4,
-        attention_resolution: int = 16,
-        image_size: int = 256,
+        num_res_blocks: Count = 2,
+        dropout: Dropout = 0.0,
+        num_heads: Count = 4,
+        attention_resolution: Count = 16,
+        image_size: Count = 256,
     ) -> None:
         super().__init__()
         channels = self._init_sizes(

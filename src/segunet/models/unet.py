@@ -26,6 +26,7 @@ from segunet.models.blocks import (
     up_conv,
 )
 from segunet.models.shapes import nearest_valid_sizes, output_size, valid_input_size
+from segunet.schema import Count, Dropout, SpatialDims
 
 
 class ModelInputError(SegunetError, ValueError):
@@ -168,14 +169,14 @@ class UNet(SizeRules, nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        spatial_dims: int = 2,
-        channels: Sequence[int] = (64, 128, 256, 512, 1024),
+        in_channels: Count = 1,
+        out_channels: Count = 2,
+        spatial_dims: SpatialDims = 2,
+        channels: Sequence[Count] = (64, 128, 256, 512, 1024),
         padding: Padding = "valid",
         norm: NormKind | None = None,
         double_before_pool: bool = False,
-        dropout: float = 0.0,
+        dropout: Dropout = 0.0,
     ) -> None:
         super().__init__()
         channels = self._init_sizes(

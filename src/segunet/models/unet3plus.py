@@ -22,6 +22,7 @@ from segunet.models.blocks import (
     max_pool,
 )
 from segunet.models.unet import SizeRules, check_ds_weights, whole_number
+from segunet.schema import Count, NonNegative, SpatialDims
 
 
 class UNet3Plus(SizeRules, nn.Module):
@@ -52,15 +53,15 @@ class UNet3Plus(SizeRules, nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        spatial_dims: int = 2,
-        channels: Sequence[int] = (64, 128, 256, 512, 1024),
+        in_channels: Count = 1,
+        out_channels: Count = 2,
+        spatial_dims: SpatialDims = 2,
+        channels: Sequence[Count] = (64, 128, 256, 512, 1024),
         padding: Padding = "same",
         norm: NormKind | None = "batch",
-        cat_channels: int | None = None,
+        cat_channels: Count | None = None,
         deep_supervision: bool = False,
-        ds_weights: Sequence[float] | None = None,
+        ds_weights: Sequence[NonNegative] | None = None,
     ) -> None:
         super().__init__()
         channels = self._init_sizes(

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from segunet.models.blocks import DoubleConv, NormKind, Padding, conv, he_init, max_pool, up_conv
 from segunet.models.unet import ModelInputError, SizeRules, check_ds_weights
+from segunet.schema import Count, NonNegative, SpatialDims
 
 
 class UNetPlusPlus(SizeRules, nn.Module):
@@ -45,15 +46,15 @@ class UNetPlusPlus(SizeRules, nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        spatial_dims: int = 2,
-        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        in_channels: Count = 1,
+        out_channels: Count = 2,
+        spatial_dims: SpatialDims = 2,
+        channels: Sequence[Count] = (32, 64, 128, 256, 512),
         padding: Padding = "same",
         norm: NormKind | None = "batch",
         deep_supervision: bool = True,
-        ds_weights: Sequence[float] | None = None,
-        prune_depth: int | None = None,
+        ds_weights: Sequence[NonNegative] | None = None,
+        prune_depth: Count | None = None,
     ) -> None:
         super().__init__()
         channels = self._init_sizes(
