@@ -208,15 +208,10 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
 
         image = synthetic_cells((256,) * model.spatial_dims, seed=0)[0]
         return np.asarray(image, np.float32)[None], "a synthetic nuclei image (segunet's own)"
-    from segunet.config import instantiate_group
+    from segunet.config import stored_data
 
-    try:
-        data = instantiate_group(trained.config, "data", str(trained.file))
-    except SegunetError as e:
-        raise SegunetError(
-            f"no test image: rebuilding the training data failed ({e}); pass "
-            "test_image=<an image like the training data>"
-        ) from None
+    data = stored_data(trained.config, str(trained.file),
+                       "pass test_image=<an image like the training data>")
     volume = data.val[0]
     return volume.image, f"the validation image {volume.name} of the training data"
 

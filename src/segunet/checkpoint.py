@@ -102,7 +102,31 @@ def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
         raise SegunetError(_unreadable(file, e)) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
+    from segunet.config import check_literal
+
+    # Taken literally by every command that reads it: no ${...} resolved against this machine.
+    check_literal(ckpt.get("config"), str(file))
+    check_weights(ckpt["model"], file)
     return ckpt
+
+
+def check_weights(state: Any, file: Path) -> None:
+    """Refuse a ``model`` entry that is no state dict, a tensor that is a view larger than
+    the data stored for it (a few bytes claiming gigabytes), or a weight that is NaN or
+    infinite (the run diverged: every prediction would be NaN)."""
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise SegunetError(f"{file} is not a segunet checkpoint (its 'model' entry holds no "
+                           "weights); pass a .pt file written by segunet train")
+    for key, tensor in state.items():
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise SegunetError(f"{file}: weight {key} of shape {tuple(tensor.shape)} is larger "
+                               "than the data stored for it; the file was not written by "
+                               "segunet train")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SegunetError(f"{file}: weight {key} holds NaN or infinite values (the run "
+                               "diverged); use a checkpoint of an earlier step, e.g. best.pt")
 
 
 _MAGIC = {
@@ -199,8 +223,6 @@ def load_trained(
     """The model of a checkpoint file or run folder (its ``best.pt`` where there is one, with
     ``prefer="best"``): rebuilt from ``config["model"]``, so no overrides need repeating,
     and only from segunet's own model classes."""
-    from hydra.utils import instantiate
-
     from segunet.config import checked, upgrade
 
     file = resolve_checkpoint(path, prefer)
@@ -213,24 +235,37 @@ def load_trained(
         )
     config = upgrade(config)
     node = checked(config, "model", str(file))  # allowed and typed before anything is built
+    state = clean_state_dict(ckpt["model"])
+    # First without memory (on the meta device): a config that does not fit the weights it
+    # came with (say channels of 65536) never allocates its gigabytes; then for real, the
+    # size of the weights stored in the file.
+    for where in ("meta", "cpu"):
+        with torch.device(where):
+            model = _build(node, file)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise SegunetError(
+                f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
+            ) from e
+    post = ckpt.get("postprocess")
+    pixel_size = ckpt.get("pixel_size")
+    return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
+                   file, pixel_size if isinstance(pixel_size, dict) else None)
+
+
+def _build(node: Any, file: Path) -> torch.nn.Module:
+    """The model of a checked config node."""
+    from hydra.utils import instantiate
+
     try:
-        model = instantiate(node, _convert_="all")
+        return instantiate(node, _convert_="all")
     except Exception as e:  # a renamed class or argument since training
         cause = e.__cause__ or e
         raise SegunetError(
             f"cannot build the model of {file} from its config: "
             f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
         ) from e
-    try:
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
-    except RuntimeError as e:
-        raise SegunetError(
-            f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
-        ) from e
-    post = ckpt.get("postprocess")
-    pixel_size = ckpt.get("pixel_size")
-    return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
-                   file, pixel_size if isinstance(pixel_size, dict) else None)
 
 
 #: Parameter names of the output layers: the part of a model that a new task's classes may
