@@ -242,8 +242,8 @@ def load_trained(
     for where in ("meta", "cpu"):
         with torch.device(where):
             model = _build(node, file)
-        try:
-            model.load_state_dict(state)
+        try:  # assign: the meta model takes the tensors as they are (a copy is a no-op)
+            model.load_state_dict(state, assign=where == "meta")
         except RuntimeError as e:
             raise SegunetError(
                 f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
