@@ -271,7 +271,8 @@ def test_moved_training_data_names_the_option_of_each_command(folder_run, tmp_pa
     assert "pass data_path=<where the training data is now>" in line
     assert "data.path (now" not in line
     assert export.main([f"checkpoint={path}", "format=bioimageio"]) == 2
-    assert "pass test_image=<an image like the training data>" in error_of(capsys)
+    assert "no test image without it: pass test_image=<an image like the training data>" in (
+        error_of(capsys))
     assert tune.main([f"checkpoint={path}", f"data_path={data}"]) == 0, capsys.readouterr().err
     assert torch.load(path, weights_only=True)["postprocess"]["metric"] == "ap"
 

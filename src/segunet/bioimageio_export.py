@@ -211,7 +211,8 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
     from segunet.config import stored_data
 
     data = stored_data(trained.config, str(trained.file),
-                       "pass test_image=<an image like the training data>")
+                       "no test image without it: pass test_image=<an image like the "
+                       "training data>")
     volume = data.val[0]
     return volume.image, f"the validation image {volume.name} of the training data"
 
