@@ -310,10 +310,15 @@ def huge_views(ckpt):
         # allocates nothing (it tried to allocate 154 GB).
         (blow_up_model, "weights do not fit its model config (size mismatch for "
                         "bottom.0.weight"),
+        # A recorded pixel size that is no number: a ValueError traceback.
+        (lambda ckpt: ckpt.update(pixel_size={"size": ["abc"], "unit": "micrometer"}),
+         "its pixel_size ['abc'] is not valid: expected positive sizes"),
+        (set_key("data.pixel_size", ["0.5um"]),
+         "its config.data.pixel_size ['0.5um'] is not valid: expected positive sizes"),
     ],
 )
-def test_weights_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_path, capsys,
-                                                              edit, expected):
+def test_entries_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_path, capsys,
+                                                             edit, expected):
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
     path = received(folder_run, tmp_path, edit)
@@ -321,3 +326,31 @@ def test_weights_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_pa
     assert predict_cli.main([f"checkpoint={path}", f"input={image}", f"output={out}"]) == 2
     assert expected in error_of(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        # A numpy ufunc traceback from the decoding.
+        ({"threshold": "abc"}, "postprocess.settings.threshold='abc' is not valid: expected "
+                               "float"),
+        # Every pixel foreground, one object per image, exit 0.
+        ({"threshold": -2.0}, "postprocess.settings.threshold=-2.0 is not valid: expected 0 "
+                              "to 1"),
+    ],
+)
+def test_tuned_settings_out_of_range_are_refused_and_tune_replaces_them(
+        folder_run, tmp_path, capsys, settings, expected):
+    from segunet import tune
+
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
+    path = received(folder_run, tmp_path, lambda ckpt: ckpt.update(
+        postprocess={"settings": settings, "metric": "ap", "target": "foreground"}))
+    args = [f"checkpoint={path}", f"input={image}", f"output={tmp_path / 'out'}"]
+    assert predict_cli.main(args) == 2
+    line = error_of(capsys)
+    assert expected in line and f"segunet tune checkpoint={path} searches it again" in line
+    assert not (tmp_path / "out").exists()
+    assert tune.main([f"checkpoint={path}"]) == 0, capsys.readouterr().err
+    assert predict_cli.main(args) == 0, capsys.readouterr().err

@@ -8,6 +8,7 @@ state dict from a compiled or distributed run loads into a bare model.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -189,11 +190,23 @@ def pixel_size_of(ckpt_or_trained: Mapping[str, Any] | Trained) -> tuple[list[fl
         ckpt = ckpt_or_trained
     record = ckpt.get("pixel_size")
     if isinstance(record, Mapping) and record.get("size"):
-        return [float(s) for s in record["size"]], str(record.get("unit") or "micrometer")
+        return _sizes(record["size"], "pixel_size"), str(record.get("unit") or "micrometer")
     config = ckpt.get("config")
     data = config.get("data") if isinstance(config, Mapping) else None
     sizes = data.get("pixel_size") if isinstance(data, Mapping) else None
-    return ([float(s) for s in sizes], "micrometer") if sizes else None
+    return (_sizes(sizes, "config.data.pixel_size"), "micrometer") if sizes else None
+
+
+def _sizes(values: Any, key: str) -> list[float]:
+    """Recorded pixel sizes as floats: positive and finite, or a one-line error."""
+    try:
+        sizes = [float(v) for v in values]
+    except (TypeError, ValueError):
+        sizes = []
+    if not sizes or not all(math.isfinite(v) and v > 0 for v in sizes):
+        raise SegunetError(f"its {key} {values!r} is not valid: expected positive sizes in um, "
+                           "one per axis")
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -213,16 +226,18 @@ def load_model(
 ) -> tuple[torch.nn.Module, dict]:
     """The trained model of a checkpoint (or run folder's ``last.pt``), in eval mode, and
     the resolved training config stored with it (see :func:`load_trained`)."""
-    trained = load_trained(path, device, prefer="last")
+    trained = load_trained(path, device, prefer="last", tuned=False)
     return trained.model, trained.config
 
 
 def load_trained(
-    path: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
+    path: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best",
+    tuned: bool = True,
 ) -> Trained:
     """The model of a checkpoint file or run folder (its ``best.pt`` where there is one, with
     ``prefer="best"``): rebuilt from ``config["model"]``, so no overrides need repeating,
-    and only from segunet's own model classes."""
+    and only from segunet's own model classes. ``tuned=False``: its tuned post-processing
+    is neither read nor checked (``postprocess`` is None), for who replaces or ignores it."""
     from segunet.config import checked, upgrade
 
     file = resolve_checkpoint(path, prefer)
@@ -248,10 +263,38 @@ def load_trained(
             raise SegunetError(
                 f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
             ) from e
-    post = ckpt.get("postprocess")
+    post = ckpt.get("postprocess") if tuned else None
     pixel_size = ckpt.get("pixel_size")
-    return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
-                   file, pixel_size if isinstance(pixel_size, dict) else None)
+    trained = Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
+                      file, pixel_size if isinstance(pixel_size, dict) else None)
+    try:  # what predict reads besides the model, checked as the model is
+        pixel_size_of(trained)
+    except SegunetError as e:
+        raise SegunetError(f"{file}: {e}; use a checkpoint written by segunet train") from None
+    check_tuned(trained.postprocess, file)
+    return trained
+
+
+def check_tuned(post: Mapping[str, Any] | None, file: Path) -> None:
+    """The tuned post-processing of checkpoint ``file``, typed and in range, or one line."""
+    from segunet.postprocess import PostProcess
+    from segunet.schema import schema_of, validate
+
+    if post is None:
+        return
+    try:
+        settings = post.get("settings")
+        if not isinstance(settings, Mapping):
+            raise SegunetError("its postprocess entry holds no settings")
+        merged = validate(settings, schema_of(PostProcess), "postprocess.settings")
+        for key, low, high in (("threshold", 0, 1), ("seed_threshold", 0, 1),
+                               ("min_size", 0, math.inf), ("grow", 0, math.inf)):
+            if not low <= merged[key] <= high:
+                raise SegunetError(f"postprocess.settings.{key}={merged[key]} is not valid: "
+                                   f"expected {low} to {high}")
+    except SegunetError as e:
+        raise SegunetError(f"{file}: {e}; segunet tune checkpoint={file} searches it "
+                           "again") from None
 
 
 def _build(node: Any, file: Path) -> torch.nn.Module:
