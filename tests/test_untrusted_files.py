@@ -354,3 +354,14 @@ def test_tuned_settings_out_of_range_are_refused_and_tune_replaces_them(
     assert not (tmp_path / "out").exists()
     assert tune.main([f"checkpoint={path}"]) == 0, capsys.readouterr().err
     assert predict_cli.main(args) == 0, capsys.readouterr().err
+
+
+def test_tune_never_rewrites_a_shipped_model(tmp_path, capsys):
+    """With data_path= its training data can be found anywhere; the file stays as shipped."""
+    from segunet import pretrained, tune
+
+    shipped = pretrained.path_of("nuclei")
+    before = shipped.read_bytes()
+    assert tune.main([f"checkpoint={shipped}", f"data_path={tmp_path}"]) == 2
+    assert "ships with segunet and is not rewritten" in error_of(capsys)
+    assert shipped.read_bytes() == before

@@ -147,8 +147,14 @@ def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "au
     from segunet.config import stored_data
     from segunet.errors import SegunetError
     from segunet.predict import predict_tiled
+    from segunet.pretrained import shipped
 
     file = resolve_checkpoint(checkpoint, prefer="best")
+    if shipped(file):  # tuning rewrites the checkpoint: never segunet's installed package
+        raise SegunetError(
+            f"checkpoint={checkpoint}: {file} ships with segunet and is not rewritten; tune a "
+            f"copy (cp {file} {file.name})"
+        )
     device = "cuda" if device == "auto" and torch.cuda.is_available() else (
         "cpu" if device == "auto" else device
     )
