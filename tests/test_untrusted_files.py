@@ -365,3 +365,27 @@ def test_tune_never_rewrites_a_shipped_model(tmp_path, capsys):
     assert tune.main([f"checkpoint={shipped}", f"data_path={tmp_path}"]) == 2
     assert "ships with segunet and is not rewritten" in error_of(capsys)
     assert shipped.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["overrides", "metrics"])
+def test_a_bioimageio_package_of_a_damaged_run_folder(folder_run, tmp_path, capsys, damage):
+    """The README of a package reads the run's .hydra/overrides.yaml and the scores stored
+    in the checkpoint: a broken YAML file or a score that is no number was a traceback.
+    What cannot be read is left out of the README; the package is still written."""
+    import zipfile
+
+    path = received(folder_run, tmp_path, set_key("data.path", str(tmp_path)))  # data unread
+    if damage == "overrides":
+        (path.parent.parent / ".hydra").mkdir()
+        (path.parent.parent / ".hydra" / "overrides.yaml").write_text("a: [\n")
+    else:
+        ckpt = torch.load(path, weights_only=True)
+        torch.save({**ckpt, "metrics": {"ap": "high"}, "best_metric": "x"}, path)
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
+    out = tmp_path / "package.zip"
+    assert export.main([f"checkpoint={path}", "format=bioimageio", f"test_image={image}",
+                        "verify=false", f"output={out}"]) == 0, capsys.readouterr().err
+    readme = zipfile.ZipFile(out).read("README.md").decode()
+    if damage == "metrics":
+        assert "| ap | unknown |" in readme and "during training: unknown" in readme
