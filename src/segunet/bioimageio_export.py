@@ -392,7 +392,7 @@ def _validation_lines(trained: Checkpoint) -> list[str]:
 
 def _score(value: Any) -> str:
     """A recorded score in the README: a number to 4 places; anything else (a received
-    file's) is not shown."""
+    file's) is "unknown"."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return f"{value:.4f}" if number else "unknown"
 

@@ -30,6 +30,7 @@ from segunet.pretrained import checkpoint_or_model, shipped
 from segunet.traced import exported_bytes, metadata, verify_export
 
 Format = Literal["onnx", "torchscript", "bioimageio"]
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
 #: The most pixels (voxels) of the example input traced and verified: 2048 x 2048.
 MAX_EXAMPLE = 2048 * 2048
 #: The oldest ONNX opset that has the dynamic slicing the models' skip connections need.
@@ -43,7 +44,7 @@ def max_opset() -> int:
     except ImportError:
         return 17
     return int(getattr(_constants, "ONNX_MAX_OPSET", 17))
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
+
 
 USAGE = """usage: segunet export checkpoint=<file or run folder> | model=nuclei
                       [format=onnx|torchscript|bioimageio] [output=<file or folder>]
