@@ -315,6 +315,12 @@ def huge_views(ckpt):
          "its pixel_size ['abc'] is not valid: expected positive sizes"),
         (set_key("data.pixel_size", ["0.5um"]),
          "its config.data.pixel_size ['0.5um'] is not valid: expected positive sizes"),
+        # What predict normalises by: ValueError and AttributeError tracebacks.
+        (set_key("data.percentiles", "abc"), "its config.data.percentiles 'abc' is not valid"),
+        (set_key("data.percentiles", [-5, 200]),
+         "its config.data.percentiles [-5, 200] is not valid: expected two percentiles 0 <= "
+         "low <= high <= 100"),
+        (lambda ckpt: ckpt["config"].update(data=5), "its config.data is no mapping"),
     ],
 )
 def test_entries_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_path, capsys,

@@ -268,11 +268,25 @@ def load_trained(
     trained = Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
                       file, pixel_size if isinstance(pixel_size, dict) else None)
     try:  # what predict reads besides the model, checked as the model is
+        check_normalisation(config.get("data") or {})
         pixel_size_of(trained)
     except SegunetError as e:
         raise SegunetError(f"{file}: {e}; use a checkpoint written by segunet train") from None
     check_tuned(trained.postprocess, file)
     return trained
+
+
+def check_normalisation(data: Any) -> None:
+    """The stored ``data`` node's intensity percentiles (what predict normalises images
+    by): null, or two numbers 0 <= low <= high <= 100; else a one-line error."""
+    if not isinstance(data, Mapping):
+        raise SegunetError("its config.data is no mapping of data settings")
+    p = data.get("percentiles", [1.0, 99.8])
+    numbers = isinstance(p, (list, tuple)) and len(p) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+    if p is not None and not (numbers and 0 <= p[0] <= p[1] <= 100):
+        raise SegunetError(f"its config.data.percentiles {p!r} is not valid: expected two "
+                           "percentiles 0 <= low <= high <= 100, or null")
 
 
 def check_tuned(post: Mapping[str, Any] | None, file: Path) -> None:
