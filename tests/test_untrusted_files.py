@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from helpers import TINY, run_in_process, save_tiny_checkpoint
+from helpers import TINY, blobs, run_in_process, save_tiny_checkpoint
 from hydra.errors import ConfigCompositionException
 
 from segunet import export, predict_cli
@@ -157,8 +157,6 @@ SECRET = "s3cr3t-t0ken-value"
 def folder_run(tmp_path_factory):
     """A run trained a few steps on a folder of three images (its object metric makes it
     tunable), its checkpoint the template of the received files below."""
-    from helpers import blobs
-
     root = tmp_path_factory.mktemp("folder_run")
     for i in range(3):
         labels = blobs((96, 96), 6, i, radius=8)
@@ -189,6 +187,8 @@ def received(template: Path, folder: Path, edit) -> Path:
 
 
 def set_key(dotted: str, value):
+    """An edit of :func:`received` that sets ``config.<dotted>`` to ``value``."""
+
     def edit(ckpt):
         *parents, last = dotted.split(".")
         node = ckpt["config"]
