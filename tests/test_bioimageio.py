@@ -229,7 +229,7 @@ def test_output_folder_zip_name_and_existing_files(tiny, tmp_path, capsys):
 
 def test_failed_verification_writes_nothing(tiny, capsys):
     ckpt, args = tiny
-    assert main([*args, "atol=0"]) == 2  # nothing is below 0
+    assert main([*args, "atol=1e-30"]) == 2  # ONNX Runtime's convolutions differ by more
     assert "differs from PyTorch" in capsys.readouterr().err
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
 

@@ -208,15 +208,11 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
 
         image = synthetic_cells((256,) * model.spatial_dims, seed=0)[0]
         return np.asarray(image, np.float32)[None], "a synthetic nuclei image (segunet's own)"
-    from segunet.config import instantiate_group
+    from segunet.config import stored_data
 
-    try:
-        data = instantiate_group(trained.config, "data", str(trained.file))
-    except SegunetError as e:
-        raise SegunetError(
-            f"no test image: rebuilding the training data failed ({e}); pass "
-            "test_image=<an image like the training data>"
-        ) from None
+    data = stored_data(trained.config, str(trained.file),
+                       "no test image without it: pass test_image=<an image like the "
+                       "training data>")
     volume = data.val[0]
     return volume.image, f"the validation image {volume.name} of the training data"
 
@@ -320,10 +316,15 @@ def class_names(trained: Checkpoint) -> list[str]:
 def overrides(file: Path, ckpt: dict | None = None) -> list[str] | None:
     """The ``segunet train`` overrides of the run ``file`` is a checkpoint of (Hydra's record
     in the run folder, or the record a shipped model carries), or None when unknown."""
+    import yaml
+
     carried = ((ckpt or {}).get("source") or {}).get("overrides")
     if isinstance(carried, list) and carried:
         return [str(o) for o in carried]
-    return recorded_overrides(file)
+    try:
+        return recorded_overrides(file)
+    except yaml.YAMLError:  # a damaged record: the command is unknown, as without one
+        return None
 
 
 def readme(trained: Checkpoint, geometry: Geometry, tile: Sequence[int], image_source: str) -> str:
@@ -373,12 +374,12 @@ def _validation_lines(trained: Checkpoint) -> list[str]:
     from segunet.tune import describe as tuned
 
     ckpt = trained.ckpt
-    scores = [f"| {k} | {v:.4f} |" for k, v in (ckpt.get("metrics") or {}).items()]
-    best = float(ckpt.get("best_metric", float("nan")))
+    scores = [f"| {k} | {_score(v)} |" for k, v in (ckpt.get("metrics") or {}).items()]
+    best = _score(ckpt.get("best_metric"))
     post = ckpt.get("postprocess")
     return [
         f"Scores on the validation images at step {ckpt.get('step')} (best "
-        f"{trained.data.get('metric', 'dice')} during training: {best:.4f}):",
+        f"{trained.data.get('metric', 'dice')} during training: {best}):",
         "",
         "| metric | value |",
         "| --- | --- |",
@@ -387,6 +388,13 @@ def _validation_lines(trained: Checkpoint) -> list[str]:
         ("- " + tuned(post)) if isinstance(post, dict) and "settings" in post else
         "- post-processing: not tuned",
     ]
+
+
+def _score(value: Any) -> str:
+    """A recorded score in the README: a number to 4 places; anything else (a received
+    file's) is "unknown"."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.4f}" if number else "unknown"
 
 
 def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:

@@ -8,6 +8,7 @@ state dict from a compiled or distributed run loads into a bare model.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -102,7 +103,31 @@ def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
         raise SegunetError(_unreadable(file, e)) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
+    from segunet.config import check_literal
+
+    # Taken literally by every command that reads it: no ${...} resolved against this machine.
+    check_literal(ckpt.get("config"), str(file))
+    check_weights(ckpt["model"], file)
     return ckpt
+
+
+def check_weights(state: Any, file: Path) -> None:
+    """Refuse a ``model`` entry that is no state dict, a tensor that is a view larger than
+    the data stored for it (a few bytes claiming gigabytes), or a weight that is NaN or
+    infinite (the run diverged: every prediction would be NaN)."""
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise SegunetError(f"{file} is not a segunet checkpoint (its 'model' entry holds no "
+                           "weights); pass a .pt file written by segunet train")
+    for key, tensor in state.items():
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise SegunetError(f"{file}: weight {key} of shape {tuple(tensor.shape)} is larger "
+                               "than the data stored for it; the file was not written by "
+                               "segunet train")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SegunetError(f"{file}: weight {key} holds NaN or infinite values (the run "
+                               "diverged); use a checkpoint of an earlier step, e.g. best.pt")
 
 
 _MAGIC = {
@@ -165,11 +190,23 @@ def pixel_size_of(ckpt_or_trained: Mapping[str, Any] | Trained) -> tuple[list[fl
         ckpt = ckpt_or_trained
     record = ckpt.get("pixel_size")
     if isinstance(record, Mapping) and record.get("size"):
-        return [float(s) for s in record["size"]], str(record.get("unit") or "micrometer")
+        return _sizes(record["size"], "pixel_size"), str(record.get("unit") or "micrometer")
     config = ckpt.get("config")
     data = config.get("data") if isinstance(config, Mapping) else None
     sizes = data.get("pixel_size") if isinstance(data, Mapping) else None
-    return ([float(s) for s in sizes], "micrometer") if sizes else None
+    return (_sizes(sizes, "config.data.pixel_size"), "micrometer") if sizes else None
+
+
+def _sizes(values: Any, key: str) -> list[float]:
+    """Recorded pixel sizes as floats: positive and finite, or a one-line error."""
+    try:
+        sizes = [float(v) for v in values]
+    except (TypeError, ValueError):
+        sizes = []
+    if not sizes or not all(math.isfinite(v) and v > 0 for v in sizes):
+        raise SegunetError(f"its {key} {values!r} is not valid: expected positive sizes in um, "
+                           "one per axis")
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -189,31 +226,18 @@ def load_model(
 ) -> tuple[torch.nn.Module, dict]:
     """The trained model of a checkpoint (or run folder's ``last.pt``), in eval mode, and
     the resolved training config stored with it (see :func:`load_trained`)."""
-    trained = load_trained(path, device, prefer="last")
+    trained = load_trained(path, device, prefer="last", tuned=False)
     return trained.model, trained.config
 
 
-def refuse_non_finite_weights(state: Mapping[str, Any], file: Path) -> None:
-    """A one-line SegunetError if a weight of ``state`` is NaN or infinite: such a model
-    predicts NaN everywhere, and every output made with it would be wrong."""
-    bad = [k for k, v in state.items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
-    if bad:
-        raise SegunetError(
-            f"{file} holds NaN or infinite weights ({len(bad)} tensor{'s' * (len(bad) != 1)}, "
-            f"e.g. {bad[0]}): it was saved from a run that diverged; use an earlier "
-            "checkpoint of it, or retrain (a lower optim.lr)"
-        )
-
-
 def load_trained(
-    path: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best"
+    path: str | os.PathLike, device: str | torch.device = "cpu", prefer: str = "best",
+    tuned: bool = True,
 ) -> Trained:
     """The model of a checkpoint file or run folder (its ``best.pt`` where there is one, with
     ``prefer="best"``): rebuilt from ``config["model"]``, so no overrides need repeating,
-    and only from segunet's own model classes."""
-    from hydra.utils import instantiate
-
+    and only from segunet's own model classes. ``tuned=False``: its tuned post-processing
+    is neither read nor checked (``postprocess`` is None), for who replaces or ignores it."""
     from segunet.config import checked, upgrade
 
     file = resolve_checkpoint(path, prefer)
@@ -226,26 +250,79 @@ def load_trained(
         )
     config = upgrade(config)
     node = checked(config, "model", str(file))  # allowed and typed before anything is built
+    state = clean_state_dict(ckpt["model"])
+    # First without memory (on the meta device): a config that does not fit the weights it
+    # came with (say channels of 65536) never allocates its gigabytes; then for real, the
+    # size of the weights stored in the file.
+    for where in ("meta", "cpu"):
+        with torch.device(where):
+            model = _build(node, file)
+        try:  # assign: the meta model takes the tensors as they are (a copy is a no-op)
+            model.load_state_dict(state, assign=where == "meta")
+        except RuntimeError as e:
+            raise SegunetError(
+                f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
+            ) from e
+    post = ckpt.get("postprocess") if tuned else None
+    pixel_size = ckpt.get("pixel_size")
+    trained = Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
+                      file, pixel_size if isinstance(pixel_size, dict) else None)
+    try:  # what predict reads besides the model, checked as the model is
+        check_normalisation(config.get("data") or {})
+        pixel_size_of(trained)
+    except SegunetError as e:
+        raise SegunetError(f"{file}: {e}; use a checkpoint written by segunet train") from None
+    check_tuned(trained.postprocess, file)
+    return trained
+
+
+def check_normalisation(data: Any) -> None:
+    """The stored ``data`` node's intensity percentiles (what predict normalises images
+    by): null, or two numbers 0 <= low <= high <= 100; else a one-line error."""
+    if not isinstance(data, Mapping):
+        raise SegunetError("its config.data is no mapping of data settings")
+    p = data.get("percentiles", [1.0, 99.8])
+    numbers = isinstance(p, (list, tuple)) and len(p) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+    if p is not None and not (numbers and 0 <= p[0] <= p[1] <= 100):
+        raise SegunetError(f"its config.data.percentiles {p!r} is not valid: expected two "
+                           "percentiles 0 <= low <= high <= 100, or null")
+
+
+def check_tuned(post: Mapping[str, Any] | None, file: Path) -> None:
+    """The tuned post-processing of checkpoint ``file``, typed and in range, or one line."""
+    from segunet.postprocess import PostProcess
+    from segunet.schema import schema_of, validate
+
+    if post is None:
+        return
     try:
-        model = instantiate(node, _convert_="all")
+        settings = post.get("settings")
+        if not isinstance(settings, Mapping):
+            raise SegunetError("its postprocess entry holds no settings")
+        merged = validate(settings, schema_of(PostProcess), "postprocess.settings")
+        for key, low, high in (("threshold", 0, 1), ("seed_threshold", 0, 1),
+                               ("min_size", 0, math.inf), ("grow", 0, math.inf)):
+            if not low <= merged[key] <= high:
+                raise SegunetError(f"postprocess.settings.{key}={merged[key]} is not valid: "
+                                   f"expected {low} to {high}")
+    except SegunetError as e:
+        raise SegunetError(f"{file}: {e}; segunet tune checkpoint={file} searches it "
+                           "again") from None
+
+
+def _build(node: Any, file: Path) -> torch.nn.Module:
+    """The model of a checked config node."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all")
     except Exception as e:  # a renamed class or argument since training
         cause = e.__cause__ or e
         raise SegunetError(
             f"cannot build the model of {file} from its config: "
             f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
         ) from e
-    state = clean_state_dict(ckpt["model"])
-    refuse_non_finite_weights(state, file)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise SegunetError(
-            f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
-        ) from e
-    post = ckpt.get("postprocess")
-    pixel_size = ckpt.get("pixel_size")
-    return Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
-                   file, pixel_size if isinstance(pixel_size, dict) else None)
 
 
 #: Parameter names of the output layers: the part of a model that a new task's classes may

@@ -229,6 +229,54 @@ def instantiate_group(cfg: Any, group: str, source: str | None = None) -> Any:
     return instantiate(checked(cfg, group, source), _convert_="all")
 
 
+def stored_data(config: dict, source: str, fix: str, path: str | None = None) -> Any:
+    """The training data of a checkpoint's stored ``config``, rebuilt (``segunet tune``, a
+    bioimage.io package's test image): from ``path`` instead of its ``data.path`` when given,
+    and with no weight-map cache (its ``cache_dir`` is a folder of the machine that trained
+    it: nothing is written there). One-line errors name ``source`` and end in ``fix``, an
+    option of the command that reads the checkpoint."""
+    from hydra.errors import InstantiationException
+
+    from segunet.data.io import split_key
+    from segunet.errors import one_line
+
+    data = dict(config.get("data") or {})
+    if path is not None:
+        data["path"] = path
+    if isinstance(data.get("targets"), dict):
+        data["targets"] = {**data["targets"], "cache_dir": None}
+    where = data.get("path")
+    if isinstance(where, str) and not split_key(where)[0].exists():
+        raise SegunetError(
+            f"{source}: its training data {where} (data.path) is not there; {fix}"
+        )
+    try:
+        return instantiate_group({**config, "data": data}, "data", source)
+    except (SegunetError, InstantiationException) as e:
+        raise SegunetError(
+            f"{source}: rebuilding its training data failed ({one_line(e)}); {fix}"
+        ) from None
+
+
+def check_literal(config: Any, source: str, where: str = "config") -> None:
+    """Refuse a stored config (a checkpoint's) that holds an OmegaConf interpolation or
+    resolver call (``${...}``) anywhere: segunet stores its configs resolved, so one is
+    foreign, and resolving it would read the user's environment or other keys
+    (``${oc.env:TOKEN}``). The one-line error names the key, never a value."""
+    if isinstance(config, str):
+        if "${" in config:
+            raise SegunetError(
+                f"{source}: {where} holds an interpolation (${{...}}); segunet stores its "
+                "configs resolved, so this file was edited: refusing to resolve it (use a "
+                "checkpoint written by segunet train)"
+            )
+        return
+    items = config.items() if isinstance(config, dict) else (
+        enumerate(config) if isinstance(config, (list, tuple)) else ())
+    for key, value in items:
+        check_literal(value, source, f"{where}.{key}")
+
+
 def upgrade(config: dict) -> dict:
     """A config stored (in a checkpoint) by an older segunet as today's: the label and
     weight-map keys of ``data`` moved into ``data.targets``."""

@@ -12,6 +12,7 @@ caught.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +26,25 @@ from segunet.bioimageio_export import PackageInfo, export_package
 from segunet.checkpoint import load_model, resolve_checkpoint
 from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
-from segunet.pretrained import checkpoint_or_model
+from segunet.pretrained import checkpoint_or_model, shipped
 from segunet.traced import exported_bytes, metadata, verify_export
 
 Format = Literal["onnx", "torchscript", "bioimageio"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
+#: The most pixels (voxels) of the example input traced and verified: 2048 x 2048.
+MAX_EXAMPLE = 2048 * 2048
+#: The oldest ONNX opset that has the dynamic slicing the models' skip connections need.
+MIN_OPSET = 10
+
+
+def max_opset() -> int:
+    """The newest ONNX opset the installed torch exports (torch names it nowhere public)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return 17
+    return int(getattr(_constants, "ONNX_MAX_OPSET", 17))
+
 
 USAGE = """usage: segunet export checkpoint=<file or run folder> | model=nuclei
                       [format=onnx|torchscript|bioimageio] [output=<file or folder>]
@@ -59,7 +74,8 @@ class ExportConfig:
     output: str | None = option(
         None, "the file, or a folder for the default name; null: beside the checkpoint, "
         "<name>.onnx, <name>.torchscript.pt or <name>.bioimageio.zip (last.onnx for "
-        "checkpoints/last.pt); a bioimageio package is a .zip file")
+        "checkpoints/last.pt; for model=: in the working folder); a bioimageio package is a "
+        ".zip file")
     overwrite: bool = option(False, "replace an existing output file")
     input_shape: list[int] | None = option(
         None, "spatial size of the example traced and verified, e.g. 64,64; rounded up to a "
@@ -85,6 +101,17 @@ class ExportConfig:
         shape = self.input_shape
         check_range("input_shape", shape, not shape or min(shape) >= 1,
                     "positive sizes, e.g. 64,64")
+        # The example is only traced and checked (the axes stay dynamic): no need for more.
+        check_range("input_shape", shape, not shape or math.prod(shape) <= MAX_EXAMPLE,
+                    f"at most {MAX_EXAMPLE} pixels in all, e.g. 2048,2048 or 160,160,160 "
+                    "(the exported model takes any valid size)")
+        check_range("atol", self.atol, math.isfinite(self.atol) and self.atol > 0,
+                    "a positive number, e.g. 1e-4")
+        if self.format != "torchscript":
+            top = max_opset()
+            check_range("opset", self.opset, MIN_OPSET <= self.opset <= top,
+                        f"an ONNX opset from {MIN_OPSET} (dynamic slicing) to {top} (this torch's "
+                        "newest)")
         given = [k for k in ("test_image", "authors", "license", "tags") if getattr(self, k)]
         if given and self.format != "bioimageio":
             raise SegunetError(f"{given[0]}= is for format=bioimageio, not format={self.format}")
@@ -109,7 +136,7 @@ def export_model(
             ``"torchscript"`` or ``"bioimageio"`` (a model package of both, see
             :func:`segunet.bioimageio_export.export_package`).
         output: target file, or a folder to write the default name into; default beside
-            the checkpoint, named after it.
+            the checkpoint, named after it (a shipped model's: in the working folder).
         input_shape: spatial size of the example input traced and verified; rounded up to a
             valid size. Default: the smallest valid size of at least 64 per axis.
         opset: ONNX opset.
@@ -154,7 +181,8 @@ def export_target(
     too, whatever the folder's name), or beside ``checkpoint`` without ``output``."""
     name = checkpoint.stem + SUFFIX[format]
     if output is None:
-        target = checkpoint.with_name(name)
+        # A shipped model's folder is segunet's installed package: never written into.
+        target = Path.cwd() / name if shipped(checkpoint) else checkpoint.with_name(name)
     else:
         text = os.fspath(output)
         target = Path(text)
@@ -166,7 +194,14 @@ def export_target(
                 f"output={output}: a bioimage.io package is a .zip file; name it "
                 f"{target.name}.zip, or give a folder for {name}"
             )
-    output_folder(target.parent, f"output={output if output is not None else target}")
+    key = f"output={output if output is not None else target}"
+    if shipped(target):
+        raise SegunetError(f"{key}: {target.parent} is segunet's own installed package; give "
+                           "output=<a file or folder elsewhere>")
+    if target.exists() and os.path.samefile(target, checkpoint):
+        raise SegunetError(f"{key} is the checkpoint being exported ({checkpoint}); give "
+                           "output=<another file or a folder>")
+    output_folder(target.parent, key)
     refuse_existing(target, overwrite)
     return target
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segunet.errors import SegunetError
+from segunet.errors import SegunetError, short_message
 from segunet.models.shapes import valid_input_size
 
 TraceFormat = Literal["onnx", "torchscript"]
@@ -101,14 +101,20 @@ def _onnx_bytes(
     spatial = AXES[example.ndim - 2]
     image, out = names
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model, (example,), buffer, dynamo=False, opset_version=opset,
-        input_names=[image], output_names=[out],
-        dynamic_axes={
-            image: {0: "batch", **{i + 2: a for i, a in enumerate(spatial)}},
-            out: {0: "batch", **{i + 2: f"out_{a}" for i, a in enumerate(spatial)}},
-        },
-    )
+    try:
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, opset_version=opset,
+            input_names=[image], output_names=[out],
+            dynamic_axes={
+                image: {0: "batch", **{i + 2: a for i, a in enumerate(spatial)}},
+                out: {0: "batch", **{i + 2: f"out_{a}" for i, a in enumerate(spatial)}},
+            },
+        )
+    except RuntimeError as e:  # an opset torch lacks, or one too old for the model's ops
+        raise SegunetError(
+            f"opset={opset}: torch.onnx.export failed ({short_message(e)}); the default "
+            "opset=17 exports segunet's models"
+        ) from None
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, meta)
     return proto.SerializeToString()

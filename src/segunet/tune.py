@@ -114,6 +114,7 @@ def report(result: Mapping[str, Any]) -> str:
 # --- the command ---------------------------------------------------------------------------
 
 USAGE = """usage: segunet tune checkpoint=<file or run folder> [tta=false] [device=auto]
+                    [data_path=<the training data, if it moved>]
 
 Searches the post-processing (probability threshold, minimum object size, watershed seeds,
 gap growth; with tta=true also test-time augmentation) on the validation images of the
@@ -130,23 +131,35 @@ class TuneCommandConfig:
                              "last.pt)")
     tta: bool = option(False, "also search with test-time augmentation")
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    data_path: str | None = option(
+        None, "where the training data is now, if it moved since training; null: the "
+        "checkpoint's data.path")
 
 
 def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "auto",
-                    progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Tune the checkpoint's decoding on its validation data and write it into the file."""
+                    progress: bool = True, data_path: str | None = None,
+                    ) -> tuple[Path, dict[str, Any]]:
+    """Tune the checkpoint's decoding on its validation data (read from ``data_path``
+    instead of its ``data.path`` when given) and write it into the file."""
     import torch
 
     from segunet.checkpoint import load_model, resolve_checkpoint, save_atomic
-    from segunet.config import instantiate_group
+    from segunet.config import stored_data
     from segunet.distributed import resolve_device
     from segunet.errors import SegunetError
     from segunet.predict import predict_tiled
+    from segunet.pretrained import shipped
 
     file = resolve_checkpoint(checkpoint, prefer="best")
+    if shipped(file):  # tuning rewrites the checkpoint: never segunet's installed package
+        raise SegunetError(
+            f"checkpoint={checkpoint}: {file} ships with segunet and is not rewritten; tune a "
+            f"copy (cp {file} {file.name})"
+        )
     device = str(resolve_device(device))  # before loading: not the file's fault
     model, config = load_model(file, device)
-    data: SegmentationData = instantiate_group(config, "data", str(file))
+    data: SegmentationData = stored_data(
+        config, str(file), "pass data_path=<where the training data is now>", data_path)
     if not tunable(data):
         raise SegunetError(
             f"{file}: data.metric={data.metric} has no decoding to tune: train with "
@@ -170,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         args = parse(TuneCommandConfig, argv, "tune")
-        file, result = tune_checkpoint(args.checkpoint, args.tta, args.device)
+        file, result = tune_checkpoint(args.checkpoint, args.tta, args.device,
+                                       data_path=args.data_path)
         print(report(result), file=sys.stderr)
         print(f"segunet: {describe(result)}; written into {file}", file=sys.stderr)
 
