@@ -118,15 +118,32 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
 
 def pin_run_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
     """Check the folder a single run would train into before Hydra writes its ``.hydra/``
-    files there (another live run, another run's checkpoints), and name it explicitly so
-    Hydra uses the one checked (its clock may have moved on a second)."""
+    files there (another live run, another run's checkpoints, a folder it cannot write), and
+    name it explicitly so Hydra uses the one checked (its clock may have moved on a second).
+    A folder that already holds a run's record (a resume into it) keeps it until the run is
+    accepted: Hydra writes none, training does once it starts (:func:`run_folder.write_record`)."""
     from segunet import run_folder
 
     run_dir = Path(str(cfg.hydra.run.dir))
     with report_errors():
         run_folder.check(run_dir, cfg.trainer.get("resume"))
     given = any(a.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for a in rest)
-    return rest if given else [*rest, f"hydra.run.dir={run_dir}"]
+    pinned = rest if given else [*rest, f"hydra.run.dir={run_dir}"]
+    own = any(a.split("=", 1)[0].lstrip("+") == "hydra.output_subdir" for a in rest)
+    defer = run_folder.holds_record(run_dir) and not own
+    return [*pinned, run_folder.DEFER_RECORD] if defer else pinned
+
+
+def pin_sweep_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
+    """Make the folder a ``-m`` sweep writes its runs into, or refuse it in one line, and
+    name it explicitly, as :func:`pin_run_folder` does for one run."""
+    from segunet import run_folder
+
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    with report_errors():
+        run_folder.make(sweep_dir, "hydra.sweep.dir")
+    given = any(a.split("=", 1)[0].lstrip("+") == "hydra.sweep.dir" for a in rest)
+    return rest if given else [*rest, f"hydra.sweep.dir={sweep_dir}"]
 
 
 def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
@@ -229,8 +246,7 @@ def _main(argv: list[str] | None) -> None:
 
                 if not launched_by_torchrun():  # else this process is already one of the ranks
                     sys.exit(launch_ddp(cfg, rest))
-            if not args.multirun:
-                rest = pin_run_folder(cfg, rest)
+            rest = pin_sweep_folder(cfg, rest) if args.multirun else pin_run_folder(cfg, rest)
     # Hydra parses sys.argv itself; hand it the overrides under the command's name.
     sys.argv = [f"segunet-{command}", *rest]
     app()

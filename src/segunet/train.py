@@ -814,6 +814,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if world.main:  # held to the end of the run; the ranks share rank 0's folder
             lock = run_folder.claim(run_dir, trainer_cfg.resume)
         trainer = build_trainer(cfg, run_dir)
+        if world.main and trainer.step < trainer.cfg.max_steps:  # else fit() refuses it
+            _write_deferred_record(cfg, run_dir)
         if world.main:
             ranks = f" x {world.size} processes" if world.size > 1 else ""
             print(
@@ -832,6 +834,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if lock is not None:
             lock.close()
         distributed.shutdown()
+
+
+def _write_deferred_record(cfg: DictConfig, run_dir: Path) -> None:
+    """The run's ``.hydra`` record, which ``segunet train`` had Hydra hold back in a folder
+    that already held one (:data:`run_folder.DEFER_RECORD`) until the run was accepted."""
+    if HydraConfig.initialized() and run_folder.DEFER_RECORD in HydraConfig.get().overrides.hydra:
+        run_folder.write_record(run_dir, cfg, HydraConfig.instance().cfg)
 
 
 def summary(trainer: Trainer, final: dict[str, float]) -> str:
