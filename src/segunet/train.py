@@ -440,7 +440,10 @@ class Trainer:
             self._save_on_interrupt(e)
         bar.close()
         if self.world.main and self.tune_cfg.enabled and tunable(self.data):
-            self._tune_checkpoints()
+            try:
+                self._tune_checkpoints()
+            except KeyboardInterrupt as e:
+                raise self._search_interrupted(e) from None
         final = {f"val/{k}": v for k, v in self.metrics.items()}
         final[f"val/best_{self.score_key}"] = self.best
         self.tb.hparams(self._hparams(), {f"hparam/{k}": v for k, v in final.items()})
@@ -503,6 +506,16 @@ class Trainer:
             model.load_state_dict(clean_state_dict(ckpt["model"]))
             ckpt["postprocess"] = self._tune(model, "best.pt")
         save_atomic(ckpt, best)
+
+    def _search_interrupted(self, e: KeyboardInterrupt) -> SegunetError:
+        """Ctrl-C or SIGTERM in the search after training: the trained checkpoints stay (each
+        written whole), the search can run again on its own."""
+        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+        return SegunetError(
+            f"{what} during the post-processing search after training; the checkpoints of "
+            f"step {self.step} are saved in {self.run_dir / 'checkpoints'}; run the search "
+            f"again with segunet tune checkpoint={self.run_dir}"
+        )
 
     def _tune(self, model: nn.Module, name: str) -> dict[str, Any]:
         def predict(image: np.ndarray, tta: bool) -> np.ndarray:
