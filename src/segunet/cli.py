@@ -12,13 +12,14 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from segunet.errors import report_errors
+from segunet.errors import SegunetError, report_errors
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -71,6 +72,84 @@ def flags_first(argv: list[str], args: argparse.Namespace) -> list[str]:
     for override in args.overrides:
         flags.remove(override)
     return [*flags, *args.overrides]
+
+
+def readable_overrides(args: argparse.Namespace) -> list[str]:
+    """``args.overrides`` as Hydra's override grammar reads them. A value that is plain text
+    but for letters outside ASCII (``data.path=/data/ünï``), which the grammar cannot read
+    bare, is quoted for it; any other override it cannot read, and a comma list outside a
+    ``-m`` sweep, is one line that shows how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    readable = []
+    for given in args.overrides:
+        arg, override = given, _parsed(parser, given)
+        if override is None:
+            arg = _quoted_non_ascii(given, parser)
+            override = _parsed(parser, arg) if arg else None
+        if override is None:
+            raise SegunetError(_unreadable(given))
+        if override.is_sweep_override() and not args.multirun:
+            key, _, value = arg.partition("=")
+            raise SegunetError(
+                f"{arg}: a comma separates the values of a sweep, run with -m; for a list write "
+                f"{key}=[{value}], for text that holds a comma quote it: "
+                f"{shell_quoted(key, value)}"
+            )
+        readable.append(arg)
+    return readable
+
+
+def _parsed(parser: Any, arg: str) -> Any:
+    """Hydra's reading of the override ``arg``, or None where its grammar cannot read it."""
+    from hydra.errors import HydraException
+
+    try:
+        return parser.parse_override(arg)
+    except HydraException:
+        return None
+
+
+def _quoted_non_ascii(arg: str, parser: Any) -> str | None:
+    """``key='value'`` where ``value`` is plain text to Hydra's grammar once its non-ASCII
+    letters are left out, else None."""
+    key, sep, value = arg.partition("=")
+    if not sep or value.isascii() or not key.isascii():
+        return None
+    ascii_only = re.sub(r"[^\x00-\x7f]", "x", value)
+    plain = _parsed(parser, f"{key}={ascii_only}")
+    if plain is None or plain.is_sweep_override() or not isinstance(plain.value(), str):
+        return None
+    return f"{key}={hydra_quoted(value)}"
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as a quoted string of Hydra's override grammar: ``'...'`` with its quotes
+    escaped, and the backslashes before them and before the closing quote doubled."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
+
+
+def shell_quoted(key: str, value: str) -> str:
+    """``key=value`` quoted for Hydra, then for a POSIX shell (``"data.path='/x/a,b'"``):
+    what to type so that ``key`` gets ``value`` as text."""
+    text = f"{key}={hydra_quoted(value)}"
+    text = re.sub(r'\\(?=[\\$`"]|$)', r"\\\\", text)  # backslashes the shell would eat
+    return '"' + re.sub(r'([$`"])', r"\\\1", text) + '"'
+
+
+def _unreadable(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    if not sep:
+        return (
+            f"cannot read '{arg}': overrides are key=value (e.g. trainer.max_steps=100), "
+            "Hydra's flags start with - (e.g. --cfg job)"
+        )
+    return (
+        f"cannot read the override {arg}: a value holding quotes, brackets, =, #, ~ or other "
+        "characters Hydra's override grammar gives a meaning must be quoted, inside the "
+        f"shell's quotes: {shell_quoted(key, value)}"
+    )
 
 
 def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
@@ -238,6 +317,10 @@ def _main(argv: list[str] | None) -> None:
     rest = rest if args is None else flags_first(rest, args)
     informs = args is None or args.help or args.hydra_help or args.info or args.shell_completion
     if not informs and args.config_path is None:
+        with report_errors():
+            readable = readable_overrides(args)
+        rest = [*rest[: len(rest) - len(readable)], *readable]  # flags_first: overrides last
+        args.overrides = readable
         cfg = check_overrides(args)
         devices = cfg.trainer.get("devices", 1) if command == "train" else 1
         if command == "train" and not args.cfg:

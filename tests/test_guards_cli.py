@@ -1,0 +1,92 @@
+"""The ``segunet train`` command line: values Hydra's override grammar cannot read bare, paths
+with commas, quotes and letters outside ASCII, in train and in predict alike."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from helpers import run_in_process, save_tiny_checkpoint
+
+FOLDER = ["experiment=quickstart", "data=folder", "--cfg", "job"]
+
+
+def typed_in_bash(text: str) -> str:
+    """The one argument bash passes on for ``text`` typed on its command line."""
+    done = subprocess.run(["bash", "-c", f"printf %s {text}"], capture_output=True, text=True,
+                          check=True)
+    return done.stdout
+
+
+def data_path(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)["data"]["path"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/x/q'uote", "/x/a=b", "/x/[a]", "/x/a#b", "/x/ü'b", '/x/a"b$c`d\\', "/x/a\\'b"]
+)
+def test_a_value_hydra_cannot_read_is_one_line_that_shows_the_quoting(tmp_path, path):
+    done = run_in_process("train", *FOLDER, f"data.path={path}", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    prefix = f"segunet: error: cannot read the override data.path={path}: "
+    assert lines[0].startswith(prefix) and "must be quoted, inside the shell's quotes: " in lines[0]
+    # What it says to type, typed into bash, gives Hydra the very path.
+    suggestion = lines[0].rsplit("inside the shell's quotes: ", 1)[1]
+    argument = typed_in_bash(suggestion)
+    assert data_path(run_in_process("train", *FOLDER, argument, cwd=tmp_path)) == path
+
+
+def test_a_comma_outside_a_sweep_says_how_to_quote_it(tmp_path):
+    done = run_in_process("train", *FOLDER, "data.path=/x/a,b", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: data.path=/x/a,b: a comma separates the values of a sweep, run with "
+        "-m; for a list write data.path=[/x/a,b], for text that holds a comma quote it: "
+        "\"data.path='/x/a,b'\""
+    ]
+    assert data_path(run_in_process("train", *FOLDER, "data.path='/x/a,b'", cwd=tmp_path)) == (
+        "/x/a,b"
+    )
+
+
+@pytest.mark.parametrize("path", ["/x/ünï", "/données/été 2024/run", "/x/日本"])
+def test_a_path_with_letters_outside_ascii_works_bare(tmp_path, path):
+    done = run_in_process("train", *FOLDER, f"data.path={path}", cwd=tmp_path)
+    assert data_path(done) == path
+
+
+def test_a_run_folder_with_letters_outside_ascii_is_used(tmp_path):
+    folder = tmp_path / "été"
+    done = run_in_process(
+        "train", "experiment=quickstart", "model.channels=[4,8,16]", "data.n_train=1",
+        "data.n_val=1", "data.shape=[96,96]", "data.patch_size=[76,76]", "trainer.batch_size=1",
+        "trainer.device=cpu", "logging.progress=false", "trainer.max_steps=1",
+        f"hydra.run.dir={folder}", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (folder / "checkpoints" / "last.pt").is_file()
+
+
+def test_predict_takes_paths_bare_or_quoted_as_train_does(tmp_path):
+    """The same command-line habit works in both: a path typed bare, or quoted for Hydra."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "run")
+    folder = tmp_path / "a,b ünï q'uote"
+    folder.mkdir()
+    tifffile.imwrite(folder / "x.tif", np.random.default_rng(0).random((40, 40), np.float32))
+    bare = run_in_process("predict", f"checkpoint={checkpoint}", f"input={folder}",
+                          f"output={tmp_path / 'bare'}", cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    # As train takes them: inside Hydra's quotes, its own quotes escaped with a backslash.
+    quoted = [f"{key}='" + str(path).replace("'", "\\'") + "'"
+              for key, path in (("input", folder), ("output", tmp_path / "quoted,'1'"))]
+    done = run_in_process("predict", f"checkpoint={checkpoint}", *quoted, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in (tmp_path / "bare").iterdir())
+    assert written and sorted(p.name for p in (tmp_path / "quoted,'1'").iterdir()) == written
+
