@@ -90,3 +90,59 @@ def test_predict_takes_paths_bare_or_quoted_as_train_does(tmp_path):
     written = sorted(p.name for p in (tmp_path / "bare").iterdir())
     assert written and sorted(p.name for p in (tmp_path / "quoted,'1'").iterdir()) == written
 
+
+SWEEP = ["experiment=quickstart", "model.channels=[4,8,16]", "data.n_train=1", "data.n_val=1",
+         "data.shape=[96,96]", "data.patch_size=[76,76]", "trainer.batch_size=1",
+         "trainer.device=cpu", "logging.progress=false", "trainer.max_steps=1"]
+
+
+def test_a_sweep_runs_every_job_and_lists_the_failed_ones(tmp_path):
+    missing = "nope.pt"  # relative: a swept path's slashes would nest the job's folder
+    sweep = tmp_path / "sweep"
+    done = run_in_process("train", "-m", *SWEEP, f"trainer.init_from={missing},null",
+                          f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 2
+    # Job 0 failed; job 1 still ran to the end.
+    (ok,) = sweep.glob("1_*")
+    assert (ok / "checkpoints" / "last.pt").is_file()
+    (failed,) = sweep.glob("0_*")
+    assert not (failed / "checkpoints").exists()
+    reason = f"no checkpoint at {missing}: pass a .pt file or a run folder containing " \
+             "checkpoints/last.pt"
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr
+    assert f"segunet: error: sweep job #0: {reason}" in lines
+    assert lines[-2:] == [
+        f"segunet: error: sweep job #0 ({failed}) failed: {reason}",
+        "segunet: error: 1 of 2 sweep jobs failed (listed above); the others ran to the end",
+    ]
+
+
+def test_a_sweep_without_failures_ends_with_status_0(tmp_path):
+    done = run_in_process("train", "-m", *SWEEP, "trainer.seed=0,1",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "sweep").glob("*/checkpoints/last.pt"))) == 2
+    assert "error" not in done.stderr
+
+
+def test_ctrl_c_in_a_sweep_stops_the_sweep(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from segunet import train
+
+    def loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train, "build_trainer", loading)
+    try:
+        done = run_in_process("train", "-m", *SWEEP, "trainer.seed=0,1",
+                              f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "segunet: error: interrupted before training started; nothing was saved"
+    )
+    assert not list((tmp_path / "sweep").glob("1_*"))  # the second job never started
