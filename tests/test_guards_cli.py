@@ -146,3 +146,40 @@ def test_ctrl_c_in_a_sweep_stops_the_sweep(tmp_path, monkeypatch):
         "segunet: error: interrupted before training started; nothing was saved"
     )
     assert not list((tmp_path / "sweep").glob("1_*"))  # the second job never started
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V", "version"])
+def test_version(tmp_path, flag):
+    from importlib.metadata import version
+
+    done = run_in_process(flag, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"segunet {version('segunet')}"
+
+
+def test_a_mistyped_command_names_the_close_one(tmp_path):
+    done = run_in_process("trian", "experiment=quickstart", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == (
+        "segunet: error: unknown command 'trian': did you mean train?"
+    )
+
+
+@pytest.mark.parametrize("override", ["hydra.run.dir=", "trainer.resume=", "data.path="])
+def test_an_override_with_no_value_is_refused_before_anything_runs(tmp_path, override):
+    """``hydra.run.dir=`` trained into the working folder; ``trainer.resume=`` started a new
+    run; ``data.path=`` failed later with 'set data.path (now )'."""
+    setup = ["experiment=quickstart", "data=folder"] if override == "data.path=" else SWEEP
+    done = run_in_process("train", *setup, override, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"segunet: error: {override} has no value: give {override[:-1]} one, or leave it out "
+        "(an unset shell variable in it leaves it empty)"
+    ]
+    assert not any(tmp_path.iterdir())  # nothing written, in the working folder least of all
+
+
+def test_empty_text_stays_possible_where_it_is_the_default(tmp_path):
+    done = run_in_process("train", *FOLDER, "data.path=x", "data.label_suffix=", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["data"]["label_suffix"] == ""

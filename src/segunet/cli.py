@@ -49,7 +49,20 @@ examples:
   segunet export checkpoint=outputs/train/<run> format=onnx
   segunet evaluate pred=out/ gt=data/dsb2018/train/masks out=metrics.json
   segunet tune checkpoint=outputs/train/<run> tta=true
+
+segunet --version prints the version.
 """
+
+
+COMMANDS = ("train", "weightmaps", "data", "predict", "export", "evaluate", "tune")
+
+
+def close_command(command: str) -> str:
+    """``: did you mean train?`` for a command close to one (``trian``), else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(command, COMMANDS, n=1)
+    return f": did you mean {close[0]}?" if close else ""
 
 
 def hydra_args(argv: list[str]) -> argparse.Namespace | None:
@@ -187,12 +200,33 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
             with initialize_config_dir(str(config_dir()), version_base="1.3"):
                 name = args.config_name or "config"
                 first_cfg = compose(name, overrides=trials[0], return_hydra_config=True)
+                empty = [o for o in parsed if o.input_line.endswith("=") and not o.is_delete()]
+                if empty:
+                    rest = [t for t in trials[0] if t not in {o.input_line for o in empty}]
+                    check_empty(empty, compose(name, overrides=rest, return_hydra_config=True))
                 check_config(first_cfg)
                 for trial in trials[1:16]:
                     check_config(compose(name, overrides=trial))
         finally:
             GlobalHydra.instance().clear()
     return first_cfg
+
+
+def check_empty(empty: list[Any], defaults: DictConfig) -> None:
+    """Refuse ``key=`` with nothing after it (a value lost to the shell, a slip) where the
+    key's value would otherwise not be empty text: an empty ``hydra.run.dir`` trains into
+    the working folder, an empty ``trainer.resume`` starts afresh, an empty ``data.path``
+    fails later with an odd message. ``defaults``: the config without those overrides.
+    ``key=''`` still sets empty text on purpose."""
+    from omegaconf import OmegaConf
+
+    for override in empty:
+        key = override.key_or_group
+        if OmegaConf.select(defaults, key, default=None) != "":
+            raise SegunetError(
+                f"{override.input_line} has no value: give {key} one, or leave it out (an "
+                "unset shell variable in it leaves it empty)"
+            )
 
 
 def pin_run_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
@@ -296,6 +330,11 @@ def _main(argv: list[str] | None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version", "version"):
+        from segunet import __version__
+
+        print(f"segunet {__version__}")
+        sys.exit(0)
     command, rest = argv[0], argv[1:]
     if command == "data":
         from segunet.data.download import main as data_main
@@ -311,7 +350,8 @@ def _main(argv: list[str] | None) -> None:
     elif command == "weightmaps":
         from segunet.data.precompute import main as app
     else:
-        print(f"segunet: error: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+        print(f"segunet: error: unknown command '{command}'{close_command(command)}\n\n{USAGE}",
+              file=sys.stderr)
         sys.exit(2)
     args = hydra_args(rest)
     rest = rest if args is None else flags_first(rest, args)

@@ -964,9 +964,10 @@ def _report_sweep() -> None:
         return
     for num, folder, reason in failed:
         print(f"segunet: error: sweep job #{num} ({folder}) failed: {reason}", file=sys.stderr)
+    others = "; the others ran to the end" if len(failed) < _sweep["jobs"] else ""
     print(
-        f"segunet: error: {len(failed)} of {_sweep['jobs']} sweep jobs failed (listed above); "
-        "the others ran to the end",
+        f"segunet: error: {len(failed)} of {_sweep['jobs']} sweep jobs failed (listed above)"
+        f"{others}",
         file=sys.stderr,
     )
     sys.exit(2)
