@@ -183,3 +183,18 @@ def test_empty_text_stays_possible_where_it_is_the_default(tmp_path):
     done = run_in_process("train", *FOLDER, "data.path=x", "data.label_suffix=", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["data"]["label_suffix"] == ""
+
+
+def test_a_swept_path_keeps_each_job_folder_inside_the_sweep_folder(tmp_path):
+    """Job folders are named ``<n>_<overrides>``: a path's slashes nested them, and its
+    ``..`` led them out of the sweep folder."""
+    sweep = tmp_path / "a" / "sweep"
+    escape = "../../../../outside/x.pt"
+    done = run_in_process("train", "-m", *SWEEP, f"trainer.init_from={escape},null",
+                          f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert done.returncode == 2  # job 0 has no such checkpoint
+    records = sorted(tmp_path.rglob(".hydra"))
+    assert [r.parent.parent for r in records] == [sweep, sweep]
+    assert sorted(r.parent.name.split("_")[0] for r in records) == ["0", "1"]
+    assert (records[1].parent / "checkpoints" / "last.pt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]

@@ -249,14 +249,24 @@ def pin_run_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
 
 def pin_sweep_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
     """Make the folder a ``-m`` sweep writes its runs into, or refuse it in one line, and
-    name it explicitly, as :func:`pin_run_folder` does for one run."""
+    name it explicitly, as :func:`pin_run_folder` does for one run. Keys whose values hold a
+    ``/`` stay out of the jobs' folder names (``<n>_<overrides>``): their slashes would
+    nest the folder, and ``..`` in them lead it out of the sweep's."""
     from segunet import run_folder
 
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     with report_errors():
         run_folder.make(sweep_dir, "hydra.sweep.dir")
-    given = any(a.split("=", 1)[0].lstrip("+") == "hydra.sweep.dir" for a in rest)
-    return rest if given else [*rest, f"hydra.sweep.dir={sweep_dir}"]
+    overrides = [a.split("=", 1) for a in rest if "=" in a and not a.startswith("-")]
+    given = {key.lstrip("+") for key, _ in overrides}
+    pinned = rest if "hydra.sweep.dir" in given else [*rest, f"hydra.sweep.dir={sweep_dir}"]
+    naming = "hydra.job.config.override_dirname.exclude_keys"
+    slashed = [key.lstrip("+~") for key, value in overrides
+               if "/" in value and not key.lstrip("+~").startswith("hydra.")]
+    if not slashed or naming in given or "hydra.sweep.subdir" in given:
+        return pinned
+    excluded = [*cfg.hydra.job.config.override_dirname.exclude_keys, *slashed]
+    return [*pinned, f"{naming}=[{','.join(dict.fromkeys(excluded))}]"]
 
 
 def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
