@@ -148,3 +148,27 @@ def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
     again = run_in_process("tune", f"checkpoint={run_dir}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "written into" in again.stderr
+
+
+@pytest.mark.parametrize("sweep", [[], ["-m"]])
+def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, sweep):
+    """Before ``segunet train`` hands over to Hydra (importing torch, composing and checking
+    the config take seconds): no traceback."""
+    from segunet import cli
+
+    compose = cli.check_overrides
+
+    def composing(*args, **kwargs):
+        ctrl_c()
+        return compose(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "check_overrides", composing)
+    done = run_in_process("train", *sweep, *TINY, f"hydra.run.dir={tmp_path / 'run'}",
+                          cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: interrupted: the sweep stopped; its finished jobs keep their run folders"
+        if sweep else "segunet: error: interrupted before training started; nothing was saved"
+    ]
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was

@@ -356,13 +356,34 @@ def _main(argv: list[str] | None) -> None:
                   "tune": "tune"}[command]
         sys.exit(importlib.import_module(f"segunet.{module}").main(rest))
     if command == "train":
+        from segunet import interrupts
+
+        with interrupts.ctrl_c_interrupts():
+            try:
+                _hydra_command("train", rest)
+            except KeyboardInterrupt:  # before training takes Ctrl-C over: loading, composing
+                sweep = any(a in ("-m", "--multirun") for a in rest)
+                print("segunet: error: " + (
+                    "interrupted: the sweep stopped; its finished jobs keep their run folders"
+                    if sweep else "interrupted before training started; nothing was saved"
+                ), file=sys.stderr)
+                sys.exit(2)
+        return
+    if command == "weightmaps":
+        _hydra_command(command, rest)
+        return
+    print(f"segunet: error: unknown command '{command}'{close_command(command)}\n\n{USAGE}",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def _hydra_command(command: str, rest: list[str]) -> None:
+    """``segunet train`` or ``segunet weightmaps``: check the overrides and the run folder,
+    then hand over to the Hydra app."""
+    if command == "train":
         from segunet.train import main as app
-    elif command == "weightmaps":
-        from segunet.data.precompute import main as app
     else:
-        print(f"segunet: error: unknown command '{command}'{close_command(command)}\n\n{USAGE}",
-              file=sys.stderr)
-        sys.exit(2)
+        from segunet.data.precompute import main as app
     args = hydra_args(rest)
     rest = rest if args is None else flags_first(rest, args)
     informs = args is None or args.help or args.hydra_help or args.info or args.shell_completion
