@@ -187,3 +187,23 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path):
         f"segunet: error: hydra.sweep.dir={tmp_path / 'f' / 'x'}: cannot make or write that "
         "folder (Not a directory): choose a folder you can write to"
     ]
+
+
+def test_a_multi_process_run_into_a_folder_with_a_record_holds_it_back_too(tmp_path,
+                                                                           monkeypatch):
+    """torchrun's rank 0 would otherwise rewrite the record before the resume is checked."""
+    from segunet import cli
+
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    launched = []
+
+    class Done:
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda command: launched.append(command) or Done())
+    done = run_in_process("train", *QUICK, "trainer.devices=2", f"hydra.run.dir={folder}",
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "hydra.output_subdir=null" in launched[0]

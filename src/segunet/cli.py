@@ -296,7 +296,7 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
         return 2
     with report_errors():
         check_launch(cfg, n)
-    pin_run_folder(cfg, overrides)  # the folder torchrun's ranks will share
+    overrides = pin_run_folder(cfg, overrides)  # the folder torchrun's ranks will share
     run_dir = Path(str(cfg.hydra.run.dir))
     command = distributed.launch_command(n, overrides, run_dir)
     print(f"segunet: launching {n} processes: torchrun {' '.join(command[3:])}", file=sys.stderr)
