@@ -198,3 +198,21 @@ def test_a_swept_path_keeps_each_job_folder_inside_the_sweep_folder(tmp_path):
     assert sorted(r.parent.name.split("_")[0] for r in records) == ["0", "1"]
     assert (records[1].parent / "checkpoints" / "last.pt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_sweep_with_cfg_is_one_line(tmp_path):
+    """Hydra raised a ValueError (a traceback) for -m with --cfg."""
+    done = run_in_process("train", "-m", "trainer.seed=0,1", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: -m and --cfg together: give one (--cfg job prints one configuration: "
+        "leave out -m and give one value per key)"
+    ]
+
+
+def test_a_range_sweep_outside_m_says_to_add_it(tmp_path):
+    done = run_in_process("train", "trainer.seed=range(0,3)", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: trainer.seed=range(0,3) is a sweep: run it with -m"
+    ]

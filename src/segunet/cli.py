@@ -87,6 +87,18 @@ def flags_first(argv: list[str], args: argparse.Namespace) -> list[str]:
     return [*flags, *args.overrides]
 
 
+def check_modes(args: argparse.Namespace) -> None:
+    """Hydra does one of run, sweep (``-m``) and print (``--cfg``) at a time; asked for two,
+    it raises a ValueError (a traceback)."""
+    modes = [flag for flag, given in (("--run", args.run), ("-m", args.multirun),
+                                      ("--cfg", args.cfg)) if given]
+    if len(modes) > 1:
+        raise SegunetError(
+            f"{' and '.join(modes)} together: give one (--cfg job prints one configuration: "
+            "leave out -m and give one value per key)"
+        )
+
+
 def readable_overrides(args: argparse.Namespace) -> list[str]:
     """``args.overrides`` as Hydra's override grammar reads them. A value that is plain text
     but for letters outside ASCII (``data.path=/data/ünï``), which the grammar cannot read
@@ -104,14 +116,21 @@ def readable_overrides(args: argparse.Namespace) -> list[str]:
         if override is None:
             raise SegunetError(_unreadable(given))
         if override.is_sweep_override() and not args.multirun:
-            key, _, value = arg.partition("=")
-            raise SegunetError(
-                f"{arg}: a comma separates the values of a sweep, run with -m; for a list write "
-                f"{key}=[{value}], for text that holds a comma quote it: "
-                f"{shell_quoted(key, value)}"
-            )
+            raise SegunetError(_not_a_sweep(arg, override))
         readable.append(arg)
     return readable
+
+
+def _not_a_sweep(arg: str, override: Any) -> str:
+    from hydra.core.override_parser.types import ValueType
+
+    key, _, value = arg.partition("=")
+    if override.value_type != ValueType.SIMPLE_CHOICE_SWEEP:  # range(...), glob(...)
+        return f"{arg} is a sweep: run it with -m"
+    return (
+        f"{arg}: a comma separates the values of a sweep, run with -m; for a list write "
+        f"{key}=[{value}], for text that holds a comma quote it: {shell_quoted(key, value)}"
+    )
 
 
 def _parsed(parser: Any, arg: str) -> Any:
@@ -389,6 +408,7 @@ def _hydra_command(command: str, rest: list[str]) -> None:
     informs = args is None or args.help or args.hydra_help or args.info or args.shell_completion
     if not informs and args.config_path is None:
         with report_errors():
+            check_modes(args)
             readable = readable_overrides(args)
         rest = [*rest[: len(rest) - len(readable)], *readable]  # flags_first: overrides last
         args.overrides = readable
