@@ -11,6 +11,8 @@ import tifffile
 import yaml
 from helpers import run_in_process, save_tiny_checkpoint
 
+from segunet.config import config_dir
+
 FOLDER = ["experiment=quickstart", "data=folder", "--cfg", "job"]
 
 
@@ -215,4 +217,14 @@ def test_a_range_sweep_outside_m_says_to_add_it(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "segunet: error: trainer.seed=range(0,3) is a sweep: run it with -m"
+    ]
+
+
+def test_a_mistyped_group_option_names_the_close_one_without_the_search_path(tmp_path):
+    done = run_in_process("train", "experiment=quickstat", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode == 2
+    options = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: Could not find 'experiment/quickstat': did you mean "
+        f"experiment=quickstart? (experiment has {', '.join(options)})"
     ]

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,7 +217,7 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
                 trials = [[*t, v] for t in trials for v in values]
         GlobalHydra.instance().clear()
         try:
-            with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            with initialize_config_dir(str(config_dir()), version_base="1.3"), _options_named():
                 name = args.config_name or "config"
                 first_cfg = compose(name, overrides=trials[0], return_hydra_config=True)
                 empty = [o for o in parsed if o.input_line.endswith("=") and not o.is_delete()]
@@ -229,6 +230,28 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
         finally:
             GlobalHydra.instance().clear()
     return first_cfg
+
+
+@contextlib.contextmanager
+def _options_named() -> Iterator[None]:
+    """A group option that does not exist (``experiment=nope``) as one line with the options
+    there are and a close one, without Hydra's search path."""
+    import difflib
+
+    from hydra.errors import MissingConfigException
+
+    try:
+        yield
+    except MissingConfigException as e:
+        if not e.options or not e.missing_cfg_file or "/" not in e.missing_cfg_file:
+            raise SegunetError(str(e).split("\nConfig search path")[0]) from None
+        group, name = e.missing_cfg_file.rsplit("/", 1)
+        close = difflib.get_close_matches(name, list(e.options), n=1)
+        hint = f": did you mean {group}={close[0]}?" if close else ""
+        raise SegunetError(
+            f"Could not find '{e.missing_cfg_file}'{hint} ({group} has "
+            f"{', '.join(e.options)})"
+        ) from None
 
 
 def check_empty(empty: list[Any], defaults: DictConfig) -> None:
