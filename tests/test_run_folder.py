@@ -144,6 +144,12 @@ def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp_path):
     assert refused.returncode == 2
     assert "holds a different model" in refused.stderr
     assert record_of(folder) == before
+    # Refused for its step count (the run is already there): the same.
+    done = run_in_process("train", *TINY, "trainer.max_steps=2", "trainer.val_every=1",
+                          f"trainer.resume={folder}", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "raise trainer.max_steps" in done.stderr
+    assert record_of(folder) == before
 
 
 def test_an_accepted_resume_records_its_own_overrides_as_hydra_would(tmp_path):
