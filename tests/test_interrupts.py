@@ -113,3 +113,62 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path, monkeypatch):
     assert done.stderr.strip().splitlines() == [
         "segunet: error: interrupted before training started; nothing was saved"
     ]
+
+
+def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
+    tmp_path, monkeypatch
+):
+    """The ``tune: predict`` phase at the end of ``segunet train``: training is done and
+    saved; the line says so and how to run the search alone."""
+    run_dir = tmp_path / "run"
+    searches = []
+    real_tune_on = train.tune_on
+
+    def interrupted_search(*args, **kwargs):
+        searches.append(1)
+        if len(searches) == 1:
+            ctrl_c()
+        return real_tune_on(*args, **kwargs)
+
+    monkeypatch.setattr(train, "tune_on", interrupted_search)
+    done = run_in_process(
+        "train", *TINY, "data.metric=ap", "trainer.max_steps=2", "trainer.val_every=2",
+        "postprocess.grid={threshold:[0.5],min_size:[0]}", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "segunet: error: interrupted during the post-processing search after training; the "
+        f"checkpoints of step 2 are saved in {run_dir / 'checkpoints'}; run the search again "
+        f"with segunet tune checkpoint={run_dir}"
+    )
+    for name in ("last.pt", "best.pt"):
+        assert torch.load(run_dir / "checkpoints" / name, weights_only=True)["step"] == 2
+    # The advice works.
+    again = run_in_process("tune", f"checkpoint={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "written into" in again.stderr
+
+
+@pytest.mark.parametrize("sweep", [[], ["-m"]])
+def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, sweep):
+    """Before ``segunet train`` hands over to Hydra (importing torch, composing and checking
+    the config take seconds): no traceback."""
+    from segunet import cli
+
+    compose = cli.check_overrides
+
+    def composing(*args, **kwargs):
+        ctrl_c()
+        return compose(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "check_overrides", composing)
+    done = run_in_process("train", *sweep, *TINY, f"hydra.run.dir={tmp_path / 'run'}",
+                          cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "segunet: error: interrupted: the sweep stopped; its finished jobs keep their run folders"
+        if sweep else "segunet: error: interrupted before training started; nothing was saved"
+    ]
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was

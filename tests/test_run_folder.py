@@ -125,3 +125,91 @@ def test_a_run_lock_names_its_process(tmp_path):
         lock.close()
     assert text == f"pid {os.getpid()} on {os.uname().nodename}\n"
     run_folder.claim(tmp_path, None).close()
+
+
+def record_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / ".hydra").iterdir())}
+
+
+def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp_path):
+    """The record the refusal points to ("see its .hydra/overrides.yaml"), which bioimage.io
+    export reads too, still describes the run that wrote the checkpoint."""
+    folder = tmp_path / "run"
+    first = run_in_process("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = record_of(folder)
+    assert set(before) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    refused = run_in_process("train", *TINY, "trainer.max_steps=4", "model=attention_unet",
+                             f"trainer.resume={folder}", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "holds a different model" in refused.stderr
+    assert record_of(folder) == before
+    # Refused for its step count (the run is already there): the same.
+    done = run_in_process("train", *TINY, "trainer.max_steps=2", "trainer.val_every=1",
+                          f"trainer.resume={folder}", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "raise trainer.max_steps" in done.stderr
+    assert record_of(folder) == before
+
+
+def test_an_accepted_resume_records_its_own_overrides_as_hydra_would(tmp_path):
+    import yaml
+
+    folder = tmp_path / "run"
+    assert run_in_process("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
+    hydras_own = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    resumed = [*TINY, "trainer.max_steps=4", "trainer.val_every=2", f"trainer.resume={folder}"]
+    done = run_in_process("train", *resumed, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = folder / ".hydra"
+    assert yaml.safe_load((record / "overrides.yaml").read_text()) == resumed
+    assert yaml.safe_load((record / "config.yaml").read_text())["trainer"]["max_steps"] == 4
+    hydra = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]
+    assert hydra["output_subdir"] == ".hydra"
+    assert hydra["overrides"]["task"] == resumed
+    assert hydra["overrides"]["hydra"] == hydras_own["overrides"]["hydra"]
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_file", "proc"])
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    folder = {"under_a_file": tmp_path / "f" / "run", "a_file": tmp_path / "f",
+              "proc": Path("/proc/segunet-run")}[where]
+    done = run_in_process("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"segunet: error: hydra.run.dir={folder}: cannot make or write "
+                               "that folder (")
+    assert lines[0].endswith("): choose a folder you can write to")
+
+
+def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    done = run_in_process("train", "-m", *QUICK, f"hydra.sweep.dir={tmp_path / 'f' / 'x'}",
+                          cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"segunet: error: hydra.sweep.dir={tmp_path / 'f' / 'x'}: cannot make or write that "
+        "folder (Not a directory): choose a folder you can write to"
+    ]
+
+
+def test_a_multi_process_run_into_a_folder_with_a_record_holds_it_back_too(tmp_path,
+                                                                           monkeypatch):
+    """torchrun's rank 0 would otherwise rewrite the record before the resume is checked."""
+    from segunet import cli
+
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    launched = []
+
+    class Done:
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda command: launched.append(command) or Done())
+    done = run_in_process("train", *QUICK, "trainer.devices=2", f"hydra.run.dir={folder}",
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "hydra.output_subdir=null" in launched[0]

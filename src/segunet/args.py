@@ -8,8 +8,10 @@ model at all, so they compose nothing: their arguments are one dataclass each (e
 schema from :mod:`segunet.schema`. Wrong types, unknown, repeated and missing keys and values
 that are not allowed are therefore the same one-line errors as ``segunet train``'s, and
 ``--help`` lists every key with its default (:func:`usage`). Values are YAML, except that a key
-that takes text keeps the text as typed (``input=*.tif``, ``output=2025-01-01``), and a key
-that takes a list also takes ``a,b`` or one value (``tile=572,572``, ``tile=572``).
+that takes text keeps the text as typed (``input=*.tif``, ``output=2025-01-01``,
+``input=/x/a,b``) or quoted as ``segunet train`` needs it (``"input='/x/a,b'"``: the quotes
+go), and a key that takes a list also takes ``a,b`` or one value (``tile=572,572``,
+``tile=572``).
 """
 
 from __future__ import annotations
@@ -98,10 +100,26 @@ def as_yaml(field: dataclasses.Field, value: str) -> str:
     single value as a list where the field takes a list, anything else as it is."""
     kind = _unoptional(field.type)
     if kind is str and value != "null":
-        return "'" + value.replace("'", "''") + "'"
+        return "'" + unquoted(value).replace("'", "''") + "'"
     if typing.get_origin(kind) is list and value not in ("", "null") and not value.startswith("["):
         return f"[{value}]"
     return value
+
+
+def unquoted(value: str) -> str:
+    """Text quoted as ``segunet train`` needs it (Hydra's override grammar: ``'/x/a,b'``,
+    ``"/x/q'uote"``) without its quotes, so both commands take the same command line; text
+    not wholly inside a pair of quotes as it is."""
+    if len(value) < 2 or value[0] not in "'\"" or value[-1] != value[0]:
+        return value
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        text = OverridesParser.create().parse_override(f"key={value}").value()
+    except HydraException:
+        return value
+    return text if isinstance(text, str) else value
 
 
 def build(cls: type[T], values: dict[str, Any]) -> T:

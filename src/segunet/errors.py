@@ -68,16 +68,21 @@ def one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-@contextmanager
-def report_errors() -> Iterator[None]:
-    """Turn expected failures into ``segunet: error: <message>`` and exit status 2."""
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures :func:`report_errors` reports in one line; anything else is a bug, and
+    shows its traceback."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    expected = (SegunetError, HydraException, OmegaConfBaseException, FileNotFoundError)
+    return (SegunetError, HydraException, OmegaConfBaseException, FileNotFoundError)
+
+
+@contextmanager
+def report_errors() -> Iterator[None]:
+    """Turn expected failures into ``segunet: error: <message>`` and exit status 2."""
     try:
         yield
-    except expected as e:
+    except expected_errors() as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun's rank (distributed.env_world)

@@ -478,7 +478,10 @@ class Trainer:
             self._save_on_interrupt(e)
         bar.close()
         if self.world.main and self.tune_cfg.enabled and tunable(self.data):
-            self._tune_checkpoints()
+            try:
+                self._tune_checkpoints()
+            except KeyboardInterrupt as e:
+                raise self._search_interrupted(e) from None
         final = {f"val/{k}": v for k, v in self.metrics.items()}
         final[f"val/best_{self.score_key}"] = self.best
         self.tb.hparams(self._hparams(), {f"hparam/{k}": v for k, v in final.items()})
@@ -543,6 +546,16 @@ class Trainer:
             model.load_state_dict(clean_state_dict(ckpt["model"]))
             ckpt["postprocess"] = self._tune(model, "best.pt")
         save_atomic(ckpt, best)
+
+    def _search_interrupted(self, e: KeyboardInterrupt) -> SegunetError:
+        """Ctrl-C or SIGTERM in the search after training: the trained checkpoints stay (each
+        written whole), the search can run again on its own."""
+        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+        return SegunetError(
+            f"{what} during the post-processing search after training; the checkpoints of "
+            f"step {self.step} are saved in {self.run_dir / 'checkpoints'}; run the search "
+            f"again with segunet tune checkpoint={self.run_dir}"
+        )
 
     def _tune(self, model: nn.Module, name: str) -> dict[str, Any]:
         def predict(image: np.ndarray, tta: bool) -> np.ndarray:
@@ -901,6 +914,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if world.main:  # held to the end of the run; the ranks share rank 0's folder
             lock = run_folder.claim(run_dir, trainer_cfg.resume)
         trainer = build_trainer(cfg, run_dir)
+        if world.main and trainer.step < trainer.cfg.max_steps:  # else fit() refuses it
+            _write_deferred_record(cfg, run_dir)
         if world.main:
             ranks = f" x {world.size} processes" if world.size > 1 else ""
             print(
@@ -919,6 +934,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if lock is not None:
             lock.close()
         distributed.shutdown()
+
+
+def _write_deferred_record(cfg: DictConfig, run_dir: Path) -> None:
+    """The run's ``.hydra`` record, which ``segunet train`` had Hydra hold back in a folder
+    that already held one (:data:`run_folder.DEFER_RECORD`) until the run was accepted."""
+    if HydraConfig.initialized() and run_folder.DEFER_RECORD in HydraConfig.get().overrides.hydra:
+        run_folder.write_record(run_dir, cfg, HydraConfig.instance().cfg)
 
 
 def summary(trainer: Trainer, final: dict[str, float]) -> str:
@@ -950,23 +972,92 @@ def _shared_run_dir(run_dir: Path, world: distributed.World) -> Path:
     return shared
 
 
+#: This process's ``-m`` sweep: how many jobs ran, and (number, run folder, one-line reason)
+#: of each that failed.
+_sweep: dict[str, Any] = {"jobs": 0, "failed": []}
+
+
 def main() -> None:
-    """``segunet train``: the Hydra app, reading its overrides from ``sys.argv``."""
+    """``segunet train``: the Hydra app, reading its overrides from ``sys.argv``. A ``-m``
+    sweep runs every job, then lists the failed ones and exits with status 2."""
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-    app(_train)()
+    _sweep.update(jobs=0, failed=[])
+    try:
+        app(_train)()
+    finally:
+        _report_sweep()
 
 
 def _train(cfg: DictConfig) -> float:
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg)
     with report_errors():
-        try:
-            with interrupts.sigterm_interrupts():
-                final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except KeyboardInterrupt as e:  # fit() handles its own: this is before training
-            what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else (
-                "interrupted"
-            )
-            raise SegunetError(f"{what} before training started; nothing was saved") from None
+        return _train_job(cfg)
+
+
+def _train_job(cfg: DictConfig) -> float:
+    try:
+        with interrupts.sigterm_interrupts():
+            final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except KeyboardInterrupt as e:  # fit() handles its own: this is before training
+        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else (
+            "interrupted"
+        )
+        raise SegunetError(f"{what} before training started; nothing was saved") from None
     return final.get("val/dice", float("nan"))
+
+
+def _sweep_job(cfg: DictConfig) -> float:
+    """One job of a ``-m`` sweep. Hydra's launcher runs the jobs in this process, and one
+    that raised would end the sweep: a failure is said in one line and recorded, and the
+    next job runs. Ctrl-C or SIGTERM ends the sweep."""
+    import traceback
+
+    from segunet.errors import expected_errors, one_line, short_message
+
+    _sweep["jobs"] += 1
+    try:
+        return _train_job(cfg)
+    except Exception as e:  # noqa: BLE001 (every job runs; the list at the end says which failed)
+        if _interrupted(e):
+            with report_errors():
+                raise
+        expected = isinstance(e, expected_errors())
+        if not expected:
+            traceback.print_exc()  # a bug: its traceback, then the next job
+        reason = one_line(e) if expected else short_message(e)
+        job = HydraConfig.get()
+        print(f"segunet: error: sweep job #{job.job.num}: {reason}", file=sys.stderr)
+        _sweep["failed"].append((job.job.num, job.runtime.output_dir, reason))
+        return float("nan")
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` stands for Ctrl-C or SIGTERM (raised while handling one)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _report_sweep() -> None:
+    """After a sweep: each failed job in one line, then how many, and exit status 2."""
+    failed = _sweep["failed"]
+    if not failed:
+        return
+    for num, folder, reason in failed:
+        print(f"segunet: error: sweep job #{num} ({folder}) failed: {reason}", file=sys.stderr)
+    others = "; the others ran to the end" if len(failed) < _sweep["jobs"] else ""
+    print(
+        f"segunet: error: {len(failed)} of {_sweep['jobs']} sweep jobs failed (listed above)"
+        f"{others}",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 
 if __name__ == "__main__":
