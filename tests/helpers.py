@@ -57,6 +57,15 @@ def config_error(make_cfg, group: str, *overrides: str) -> str:
     raise AssertionError(f"{overrides} gave no error")
 
 
+def error_line(capsys) -> str:
+    """The one ``segunet: error:`` line on stderr, which must be its last (progress lines
+    aside)."""
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("segunet: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
 def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 120.0) -> None:
     """Poll until ``condition()`` holds (not a timing assertion: the limit only stops a hung
     test)."""

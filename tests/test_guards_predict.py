@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from helpers import TINY, run_cli, run_in_process, save_tiny_checkpoint, unet
+from helpers import TINY, error_line, run_cli, run_in_process, save_tiny_checkpoint, unet
 
 from segunet import predict_cli
 from segunet.predict import tile_shapes
@@ -18,13 +18,6 @@ from segunet.predict_cli import main
 
 SHAPE = (50, 60)
 
-
-def error_line(capsys) -> str:
-    """The one error line on stderr, its last line (progress lines aside)."""
-    lines = capsys.readouterr().err.splitlines()
-    errors = [line for line in lines if line.startswith("segunet: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines
-    return errors[0]
 
 
 def picture(seed: int = 0, shape=SHAPE) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 import torch
 import zarr
-from helpers import save_tiny_checkpoint, wait_for
+from helpers import error_line, save_tiny_checkpoint, wait_for
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
@@ -26,13 +26,6 @@ from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main
 
 SHAPE = (50, 60)
 
-
-def error_line(capsys) -> str:
-    """The one error line on stderr (progress lines aside)."""
-    lines = capsys.readouterr().err.splitlines()
-    errors = [line for line in lines if line.startswith("segunet: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
