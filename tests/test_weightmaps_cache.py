@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -105,8 +106,27 @@ def damage_key(path: Path) -> None:
             np.savez_compressed(f, weight=weight, key=np.array("0" * 64), checksum=checksum)
 
 
+def poison(value: float):
+    """An entry whose key and checksum match but whose map holds ``value`` (a poisoned
+    shared cache): only the values themselves can tell."""
+
+    def damage(path: Path) -> None:
+        with np.load(path) as entry:
+            weight, key = entry["weight"].copy(), entry["key"]
+        weight[3, 3] = value
+        with open(path, "wb") as f:
+            np.savez_compressed(f, weight=weight, key=key,
+                                checksum=np.array(weightmaps_cache._checksum(weight)))
+
+    damage.__name__ = f"damage_poison_{value}"
+    return damage
+
+
 @pytest.mark.parametrize(
-    "damage", [damage_truncate, damage_garbage, damage_shape, damage_checksum, damage_key]
+    "damage",
+    [damage_truncate, damage_garbage, damage_shape, damage_checksum, damage_key,
+     poison(np.nan), poison(np.inf), poison(-1.0), poison(1e38)],
+    ids=lambda damage: damage.__name__,
 )
 def test_damaged_entry_is_reported_and_rebuilt(tmp_path, caplog, damage):
     x = cells(1)[0]
@@ -188,3 +208,63 @@ def test_precompute_command_runs(tmp_path):
     assert "weight maps computed" in run.stdout
     # Only the cache: no run folder, no .hydra, no log file.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_a_map_of_nan_is_never_stored(tmp_path, monkeypatch):
+    """Whatever goes wrong in the formula, the cache holds finite maps only."""
+    x = cells(1)[0]
+    monkeypatch.setattr(weightmaps_cache, "border_weight_map",
+                        lambda *args, **kwargs: np.full(x.shape, np.nan, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        border_weight_maps([x], cache_dir=tmp_path)
+    assert entries(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["cache", "cache/sub", "cache/weightmaps"])
+def test_cache_folder_that_is_a_file_is_one_line_up_front(tmp_path, where):
+    file = tmp_path / where.removesuffix("/sub").removesuffix("/weightmaps")
+    if where == "cache/weightmaps":
+        file = tmp_path / "cache" / "weightmaps"
+        file.parent.mkdir()
+    file.write_text("not a folder")
+    run = run_in_process("weightmaps", *SMALL, f"data.targets.cache_dir={tmp_path / where}",
+                         cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"segunet: error: the weight map cache folder data.targets.cache_dir={tmp_path / where} "
+        f"cannot be made: {file} is a file; set data.targets.cache_dir to a folder (or null for "
+        "no cache)"
+    ]
+    assert file.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("w0=nan", "data.targets.w0=nan is not valid: expected a finite number >= 0"),
+    ("w0=-3", "data.targets.w0=-3.0 is not valid: expected a finite number >= 0"),
+    ("w0=1e39", "data.targets.w0=1e+39 is not valid: expected a finite number >= 0"),
+    ("sigma=nan", "data.targets.sigma=nan is not valid: expected a finite number > 0"),
+    ("sigma=0", "data.targets.sigma=0.0 is not valid: expected a finite number > 0"),
+    ("spacing=[-1,1]", "data.targets.spacing=[-1.0, 1.0] is not valid: expected sizes > 0"),
+    ("spacing=[1,1,1]", "data.targets.spacing=[1.0, 1.0, 1.0] has 3 sizes for 2D label images"),
+    ("workers=-7", "data.targets.workers=-7 is not valid: expected 0 (this process), -1"),
+])
+def test_weight_map_settings_out_of_range_are_one_line(tmp_path, override, expected):
+    """Today NaN, negative and huge values compute maps without a border term, or of NaN
+    and inf, and cache them with exit 0."""
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=cache",
+                         f"data.targets.{override}", cwd=tmp_path)
+    assert run.returncode == 2, run.stdout
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith(f"segunet: error: {expected}"), line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_precompute_shows_progress_over_the_objects_of_a_large_image(tmp_path, monkeypatch):
+    """One image of 90,000 cells took minutes with nothing printed; its objects now have a
+    bar (shown after PROGRESS_DELAY seconds: 0 here, so that the test waits for nothing)."""
+    from segunet.data import weightmaps
+
+    monkeypatch.setattr(weightmaps, "PROGRESS_DELAY", 0.0, raising=False)
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=null", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"objects: +0%.*\| 0/\d+ ", run.stderr), run.stderr

@@ -24,6 +24,7 @@ three kinds (``data.targets.label_kind``):
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,12 +40,15 @@ from segunet.data.synthetic import synthetic_cells
 from segunet.data.targets import TARGETS, Target, boundary_classes, check_target, interiors
 from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
-from segunet.errors import SegunetError
+from segunet.data.weightmaps_cache import cache_root
+from segunet.errors import SegunetError, bad_value
 from segunet.metrics import OBJECT_METRICS, Metric, check_metric
 
 LabelKind = Literal["instances", "binary", "classes"]
 LABEL_KINDS = ("instances", "binary", "classes")
 
+#: The largest float32: weight maps are float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: ITU-R BT.709 luma weights (as skimage's rgb2gray) for turning RGB into grey.
 LUMA = (0.2125, 0.7154, 0.0721)
 
@@ -317,6 +321,12 @@ def volumes_from_instances(
     pixels where objects touch, and is added to class weights balanced over the three.
     """
     check_target(target)
+    wrong = [i.ndim for i in instances if spacing is not None and len(spacing) != i.ndim]
+    if wrong:
+        raise SegunetError(
+            f"data.targets.spacing={list(spacing)} has {len(spacing)} sizes for {wrong[0]}D "
+            f"label images: give {wrong[0]} (slowest axis first), or null"
+        )
     ignores = [None] * len(names) if ignores is None else list(ignores)
     ignores = [np.zeros(i.shape, bool) if g is None else g.astype(bool)
                for i, g in zip(instances, ignores)]
@@ -438,9 +448,11 @@ class Targets:
         )
 
     def check(self, target: Target, metric: Metric) -> None:
-        """Refuse a target or metric the labels cannot give, before anything is read."""
+        """Refuse a target or metric the labels cannot give, and weight-map settings out of
+        range, before anything is read."""
         check_target(target)
         check_metric(metric)
+        self.check_ranges()
         objects = self.label_kind != "classes"
         if target != "foreground" and not objects:
             raise SegunetError(
@@ -452,6 +464,28 @@ class Targets:
                 f"data.metric={metric} scores objects, but data.targets.label_kind=classes "
                 "labels hold classes only: use data.metric=dice or iou"
             )
+
+    def check_ranges(self) -> None:
+        """One line per value a weight map cannot use: NaN, infinite or negative ``w0``
+        (float32), a ``sigma`` or ``spacing`` not positive, ``workers`` below -1, a cache
+        folder that is a file."""
+        finite = math.isfinite
+        checks = [
+            ("w0", self.w0, finite(self.w0) and 0 <= self.w0 <= FLOAT32_MAX / 2,
+             "a finite number >= 0 (0: no border term)"),
+            ("sigma", self.sigma, finite(self.sigma) and self.sigma > 0,
+             "a finite number > 0 (pixels, or the units of spacing)"),
+            ("spacing", self.spacing, self.spacing is None or all(
+                finite(s) and s > 0 for s in self.spacing), "sizes > 0 per axis, or null"),
+            ("workers", self.workers, self.workers >= -1,
+             "0 (this process), -1 (one per CPU) or a number of processes"),
+        ]
+        for key, value, ok, expected in checks:
+            if not ok:
+                shown = list(value) if isinstance(value, Sequence) else value
+                raise SegunetError(bad_value(f"data.targets.{key}", shown, expected))
+        if self.cache_dir is not None:
+            cache_root(self.cache_dir)
 
     def num_classes_out(self, target: Target) -> int:
         """Classes the network predicts."""
