@@ -160,10 +160,11 @@ def until(condition, what: str, limit: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def slow_weightmaps(tmp_path: Path) -> subprocess.Popen:
-    """``segunet weightmaps data.targets.workers=2`` on 4 images of 160,000 one-pixel cells
-    each (minutes of work), in its own process group as a terminal runs it; returns once
-    both workers compute."""
+def slow_weightmaps(tmp_path: Path, command: tuple[str, ...] = ("weightmaps",)
+                    ) -> subprocess.Popen:
+    """``segunet <command> data.targets.workers=2`` on 4 images of 160,000 one-pixel cells
+    each (minutes of weight maps), in its own process group as a terminal runs it; returns
+    once both workers compute."""
     for folder in ("images", "masks"):
         (tmp_path / "data" / folder).mkdir(parents=True)
     cells = np.zeros((800, 800), np.int32)
@@ -174,7 +175,7 @@ def slow_weightmaps(tmp_path: Path) -> subprocess.Popen:
         tifffile.imwrite(tmp_path / "data" / "masks" / f"{i}.tif", cells)
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "segunet.cli", "weightmaps", "data=folder", "data.path=data",
+        [sys.executable, "-m", "segunet.cli", *command, "data=folder", "data.path=data",
          "data.val_fraction=0.5", "data.targets.workers=2", "data.targets.cache_dir=cache"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
@@ -219,3 +220,21 @@ def test_weightmaps_workers_end_when_their_parent_is_killed(tmp_path):
         for w in workers:
             if running(w):
                 os.kill(w, signal.SIGKILL)
+
+
+@linux_only
+def test_train_stops_its_weight_map_workers_too(tmp_path):
+    """``segunet train`` builds its data through the same pool. A scheduler's SIGTERM to
+    the command alone: it waited for the workers to finish their maps (minutes)."""
+    proc = slow_weightmaps(tmp_path, ("train", "model.channels=[4,8,16]", "trainer.device=cpu",
+                                      "logging.progress=false", "hydra.run.dir=run"))
+    workers = workers_of(proc.pid)
+    try:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(
+        "segunet: error: terminated (SIGTERM) before training started")
+    until(lambda: not any(running(w) for w in workers), "end of the workers", 10)

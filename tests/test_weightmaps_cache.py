@@ -268,3 +268,26 @@ def test_precompute_shows_progress_over_the_objects_of_a_large_image(tmp_path, m
     run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=null", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert re.search(r"objects: +0%.*\| 0/\d+ ", run.stderr), run.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, which root can't write")
+def test_cache_folder_that_cannot_be_made_is_one_line_naming_the_key(tmp_path):
+    """Read-only file systems refuse it before any map is computed (a test running as root
+    cannot make a read-only folder: /proc stands in)."""
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=/proc/segunet-cache",
+                         cwd=tmp_path)
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("segunet: error: cannot store weight maps in "
+                           "data.targets.cache_dir=/proc/segunet-cache: "), line
+    assert line.endswith("set data.targets.cache_dir to a writable folder, or null for no "
+                         "cache"), line
+
+
+def test_a_read_only_cache_that_holds_every_map_is_used(tmp_path, monkeypatch):
+    x = cells(1)[0]
+    expected = border_weight_maps([x], cache_dir=tmp_path)
+    monkeypatch.setattr(Path, "mkdir", lambda *args, **kwargs: pytest.fail("writes"))
+    got = border_weight_maps([x], cache_dir=tmp_path)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert stats.hits == 1

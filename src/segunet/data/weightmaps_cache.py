@@ -118,6 +118,8 @@ def border_weight_maps(
         if maps[i] is None:
             jobs.append((i, instances, valid, path))
     stats.hits += n - len(jobs)
+    if root is not None and jobs:
+        _make_writable(root, cache_dir)
 
     # delay: a bar for work a person waits on, not for a few quick maps.
     bar = tqdm(total=n, initial=n - len(jobs), desc="weight maps", unit="map",
@@ -144,6 +146,20 @@ def cache_root(cache_dir: str | Path) -> Path:
                 )
             break
     return root
+
+
+def _make_writable(root: Path, cache_dir: str | Path) -> None:
+    """Create the cache folder before any map is computed; a folder that cannot be (a
+    read-only or virtual file system) is one line naming the key. A read-only cache that
+    holds every map is read without this."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SegunetError(
+            f"cannot store weight maps in data.targets.cache_dir={cache_dir}: "
+            f"{e.strerror or e} ({e.filename or root}); set data.targets.cache_dir to a "
+            "writable folder, or null for no cache"
+        ) from e
 
 
 def cache_key(
