@@ -60,7 +60,8 @@ def sigterm_interrupts() -> Iterator[None]:
 def interruptible() -> Iterator[None]:
     """Within the block, Ctrl-C raises :class:`Interrupted` and SIGTERM :class:`Terminated`,
     once: further ones are ignored until the block is left, so that the clean-up a command
-    does on its way out (worker processes killed, one line printed) is not cut short."""
+    does on its way out (worker processes killed, one line printed) is not cut short. A
+    signal already ignored (a background job's Ctrl-C) stays ignored."""
     if not _main_thread():
         yield
         return
@@ -70,7 +71,8 @@ def interruptible() -> Iterator[None]:
             signal.signal(s, signal.SIG_IGN)
         raise Terminated if signum == signal.SIGTERM else Interrupted
 
-    previous = {s: signal.signal(s, stop) for s in SIGNALS}
+    previous = {s: signal.signal(s, stop) for s in SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
