@@ -238,3 +238,23 @@ def test_train_stops_its_weight_map_workers_too(tmp_path):
     assert err.strip().splitlines()[-1].startswith(
         "segunet: error: terminated (SIGTERM) before training started")
     until(lambda: not any(running(w) for w in workers), "end of the workers", 10)
+
+
+@linux_only
+def test_weightmaps_worker_killed_is_one_line_with_the_fix(tmp_path):
+    """The kernel's out-of-memory killer ends a worker: the others end too, and the line
+    says which setting to lower."""
+    proc = slow_weightmaps(tmp_path)
+    workers = workers_of(proc.pid)
+    try:
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "segunet: error: a weight map worker process ended abruptly (killed, or out of "
+        "memory?): set data.targets.workers lower, or 0 to compute in this process; the maps "
+        "computed so far are cached"
+    )
+    until(lambda: not any(running(w) for w in workers), "end of the workers", 10)

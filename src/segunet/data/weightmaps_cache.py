@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -206,9 +207,15 @@ def _compute(
                    for i, instances, valid, path in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()
-    except BaseException:
+    except BaseException as e:
         with interrupts.ignored():  # a second Ctrl-C must not cut the clean-up short
             _kill_workers(pool)
+        if isinstance(e, BrokenProcessPool):
+            raise SegunetError(
+                "a weight map worker process ended abruptly (killed, or out of memory?): set "
+                "data.targets.workers lower, or 0 to compute in this process; the maps "
+                "computed so far are cached"
+            ) from e
         raise
     pool.shutdown()
 
