@@ -125,7 +125,7 @@ def poison(value: float):
 @pytest.mark.parametrize(
     "damage",
     [damage_truncate, damage_garbage, damage_shape, damage_checksum, damage_key,
-     poison(np.nan), poison(np.inf), poison(-1.0), poison(1e38)],
+     poison(np.nan), poison(np.inf), poison(-1.0), poison(64 * 72 + 10.5)],
     ids=lambda damage: damage.__name__,
 )
 def test_damaged_entry_is_reported_and_rebuilt(tmp_path, caplog, damage):

@@ -103,7 +103,6 @@ def border_weight_maps(
     root = None if cache_dir is None else cache_root(cache_dir)
     if root is not None:
         _remove_stale_tmp(root)
-    bound = _largest_weight(params)
 
     maps: list[np.ndarray | None] = [None] * n
     jobs: list[tuple[int, np.ndarray, np.ndarray | None, Path | None]] = []
@@ -115,6 +114,7 @@ def border_weight_maps(
         if root is not None:
             key = cache_key(instances, valid, **params)
             path = root / key[:2] / f"{key}.npz"
+            bound = _largest_weight(params, instances.size)
             maps[i] = _load(path, key, instances.shape, names[i], bound)
         if maps[i] is None:
             jobs.append((i, instances, valid, path))
@@ -289,10 +289,11 @@ def _checksum(weight: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(weight)).cast("B")).hexdigest()
 
 
-def _largest_weight(params: dict[str, Any]) -> float:
-    """An upper bound on any weight: ``w_c`` (at most the pixel count, bounded here by 2**40,
-    or 1 unbalanced) plus ``w0``."""
-    return (2.0**40 if params["class_weights"] else 1.0) + params["w0"]
+def _largest_weight(params: dict[str, Any], pixels: int) -> float:
+    """The largest weight a map of ``pixels`` can hold: ``w_c`` (``N / (C * N_c)``, at most
+    the pixel count ``N``; 1 unbalanced) plus ``w0``, and float32 rounding."""
+    largest = (float(pixels) if params["class_weights"] else 1.0) + params["w0"]
+    return largest * (1 + 1e-6)
 
 
 def _load(
