@@ -62,9 +62,12 @@ def refusal(make_cfg, *overrides: str) -> str:
         (["data.foreground_oversample=2"], "data.foreground_oversample=2 must be in [0, 1]"),
         (["data.seed=-1"], "data.seed=-1 must be at least 0"),
         (["data.pixel_size=[0,1]"], "data.pixel_size=[0, 1] must all be > 0 (or null)"),
-        (["data.targets.w0=-1"], "data.targets.w0=-1 must be at least 0"),
-        (["data.targets.sigma=0"], "data.targets.sigma=0 must be > 0"),
-        (["data.targets.workers=-1"], "data.targets.workers=-1 must be at least 0"),
+        (["data.targets.w0=-1"],
+         "data.targets.w0=-1 must be a finite number >= 0 (0: no border term)"),
+        (["data.targets.sigma=0"],
+         "data.targets.sigma=0 must be a finite number > 0 (pixels, or the units of spacing)"),
+        (["data.targets.workers=-2"], "data.targets.workers=-2 must be 0 (this process), -1 (one "
+         "per CPU) or a number of processes"),
         (["data.targets.num_classes=1"], "data.targets.num_classes=1 must be at least 2"),
         (["augment.rotate=-5"], "augment.rotate=-5 must be at least 0"),
         (["augment.scale=[-1,2]"], "augment.scale=[-1, 2] must all be > 0"),
@@ -193,10 +196,11 @@ def test_a_divergence_keeps_the_last_good_checkpoint_and_the_run_resumes(tmp_pat
 
 
 def test_data_bad_from_the_first_step_is_blamed_not_the_learning_rate(tmp_path):
-    """Weight maps of 1e40 overflow float32 to inf: main trained on them to "done"."""
+    """Weights near float32's largest (the largest w0 allowed) overflow the loss to inf:
+    main trained on such to "done"."""
     run = tmp_path / "run"
     done = run_in_process("train", *QUICK, "trainer.max_steps=3", "trainer.val_every=3",
-                          "data.targets.w0=1e40", f"hydra.run.dir={run}", cwd=tmp_path)
+                          "data.targets.w0=1.7e38", f"hydra.run.dir={run}", cwd=tmp_path)
     assert done.returncode == 2
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("segunet: error: training diverged at step 1: "), line

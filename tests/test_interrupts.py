@@ -1,13 +1,19 @@
-"""Ctrl-C and SIGTERM in training: a whole step, a whole checkpoint, one line."""
+"""Ctrl-C and SIGTERM in training: a whole step, a whole checkpoint, one line; and in
+``segunet weightmaps``: one line, and no worker process outlives the command."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from helpers import TINY, run_in_process, wait_for
 
@@ -172,3 +178,142 @@ def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, 
     ]
     assert not (tmp_path / "run").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was
+
+
+# --- `segunet weightmaps` with worker processes --------------------------------------------
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter from /proc (None: gone; "Z": ended, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def running(pid: int) -> bool:
+    return state(pid) not in (None, "Z")
+
+
+def workers_of(pid: int) -> list[int]:
+    """The running multiprocessing workers whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline and running(int(stat.parent.name)):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def until(condition, what: str, limit: float = 60.0) -> None:
+    """Poll until ``condition()`` holds (the limit only stops a hung test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.05)
+
+
+def slow_weightmaps(tmp_path: Path, command: tuple[str, ...] = ("weightmaps",)
+                    ) -> subprocess.Popen:
+    """``segunet <command> data.targets.workers=2`` on 4 images of 160,000 one-pixel cells
+    each (minutes of weight maps), in its own process group as a terminal runs it; returns
+    once both workers compute."""
+    for folder in ("images", "masks"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    cells = np.zeros((800, 800), np.int32)
+    cells[::2, ::2] = np.arange(1, 400 * 400 + 1).reshape(400, 400)
+    for i in range(4):
+        tifffile.imwrite(tmp_path / "data" / "images" / f"{i}.tif",
+                         np.random.default_rng(i).integers(0, 255, (800, 800), np.uint8))
+        tifffile.imwrite(tmp_path / "data" / "masks" / f"{i}.tif", cells)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segunet.cli", *command, "data=folder", "data.path=data",
+         "data.val_fraction=0.5", "data.targets.workers=2", "data.targets.cache_dir=cache"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )
+    until(lambda: len(workers_of(proc.pid)) == 2 or proc.poll() is not None, "workers")
+    assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+@linux_only
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_weightmaps_stops_at_once_in_one_line_and_ends_its_workers(tmp_path, how):
+    """Ctrl-C reaches the whole process group (the terminal's); a scheduler's SIGTERM too."""
+    proc = slow_weightmaps(tmp_path)
+    workers = workers_of(proc.pid)
+    try:
+        os.killpg(proc.pid, how)
+        # Far less than the minutes the maps still need: the workers are not waited for.
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in err.splitlines() if line.startswith("segunet")]
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    what = "interrupted" if how == signal.SIGINT else r"terminated \(SIGTERM\)"
+    cache = (tmp_path / "cache" / "weightmaps").resolve()
+    assert len(lines) == 1 and re.fullmatch(
+        f"segunet: error: {what} after 0 weight maps computed and 0 reused; the computed ones "
+        f"are cached in {re.escape(str(cache))}: rerun the same command to resume \\(cached "
+        "maps are reused\\)", lines[0]), err
+    until(lambda: not any(running(w) for w in workers), "end of the workers", 10)
+
+
+@linux_only
+def test_weightmaps_workers_end_when_their_parent_is_killed(tmp_path):
+    proc = slow_weightmaps(tmp_path)
+    workers = workers_of(proc.pid)
+    try:
+        proc.kill()  # SIGKILL: the parent cleans up nothing
+        proc.wait(timeout=30)
+        until(lambda: not any(running(w) for w in workers), "end of the orphaned workers", 10)
+    finally:
+        for w in workers:
+            if running(w):
+                os.kill(w, signal.SIGKILL)
+
+
+@linux_only
+def test_train_stops_its_weight_map_workers_too(tmp_path):
+    """``segunet train`` builds its data through the same pool. A scheduler's SIGTERM to
+    the command alone: it waited for the workers to finish their maps (minutes)."""
+    proc = slow_weightmaps(tmp_path, ("train", "model.channels=[4,8,16]", "trainer.device=cpu",
+                                      "logging.progress=false", "hydra.run.dir=run"))
+    workers = workers_of(proc.pid)
+    try:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(
+        "segunet: error: terminated (SIGTERM) before training started")
+    until(lambda: not any(running(w) for w in workers), "end of the workers", 10)
+
+
+@linux_only
+def test_weightmaps_worker_killed_is_one_line_with_the_fix(tmp_path):
+    """The kernel's out-of-memory killer ends a worker: the others end too, and the line
+    says which setting to lower."""
+    proc = slow_weightmaps(tmp_path)
+    workers = workers_of(proc.pid)
+    try:
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "segunet: error: a weight map worker process ended abruptly (killed, or out of "
+        "memory?): set data.targets.workers lower, or 0 to compute in this process; the maps "
+        "computed so far are cached"
+    )
+    until(lambda: not any(running(w) for w in workers), "end of the workers", 10)

@@ -154,6 +154,74 @@ def test_bad_arguments():
         border_weight_map(np.zeros((4, 4), int), class_weights="median")
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(w0=float("nan")), dict(w0=-3.0), dict(w0=1e39), dict(sigma=float("nan")),
+    dict(sigma=float("inf")), dict(sigma=0.0), dict(spacing=(-1.0, 1.0)),
+    dict(spacing=(0.0, 1.0)), dict(spacing=(float("nan"), 1.0)),
+], ids=str)
+def test_values_without_a_meaningful_map_are_refused(kwargs):
+    """Today these give a map of NaN or inf, or silently drop the border term."""
+    instances = blobs((30, 30), 5, seed=3, radius=6)
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        border_weight_map(instances, **kwargs)
+
+
+def test_negative_ids_are_refused_not_taken_for_background():
+    instances = blobs((30, 30), 5, seed=3, radius=6)
+    with pytest.raises(ValueError, match=">= 0"):
+        border_weight_map(-instances)
+
+
+def lens_boxes_by_pairs(lo, hi, sampling, reach, shape):
+    """The lens-box bound of every instance, pair by pair (the reference for the fast one):
+    for each pair of boxes within ``reach``, ``max(a0 - r, b0 - r, (a0 + b0 - r) / 2) <= t
+    <= min(a1 + r, b1 + r, (a1 + b1 + r) / 2)`` per axis, ``r = reach / s``."""
+    n, ndim = lo.shape
+    first, last = np.full((n, ndim), -1), np.full((n, ndim), -1)
+    for k in range(n):
+        boxes = []
+        for j in range(n):
+            gaps = [max(lo[j, i] - hi[k, i], lo[k, i] - hi[j, i], 0) * sampling[i]
+                    for i in range(ndim)]
+            if j != k and sum(g * g for g in gaps) <= reach**2:
+                r = reach / np.asarray(sampling)
+                boxes.append((np.maximum(np.maximum(lo[k], lo[j]) - r, (lo[k] + lo[j] - r) / 2),
+                              np.minimum(np.minimum(hi[k], hi[j]) + r, (hi[k] + hi[j] + r) / 2)))
+        if boxes:
+            top = np.asarray(shape) - 1
+            first[k] = np.clip(np.ceil(np.min([b[0] for b in boxes], axis=0) - 1e-9), 0, top)
+            last[k] = np.clip(np.floor(np.max([b[1] for b in boxes], axis=0) + 1e-9), 0, top)
+    return first, last
+
+
+def test_lens_boxes_equal_the_pairwise_bound():
+    """Found among near instances only (their cost no longer grows with the square of
+    their number): the same windows as every pair gives, on crowded and sparse scenes, with
+    one instance spanning the image and some sharing a box corner."""
+    rng = np.random.default_rng(5)
+    for trial in range(12):
+        ndim = 3 if trial % 4 == 3 else 2
+        shape = tuple(rng.integers(8, 24 if ndim == 3 else 120, ndim))
+        instances = blobs(shape, int(rng.integers(2, 70)), seed=trial, radius=rng.uniform(0.5, 9))
+        if trial % 3 == 0:
+            instances[(0,) * (ndim - 1)] = instances.max() + 1  # a line across the image
+        _, lo, hi = weightmaps._instance_boxes(instances)
+        sampling = rng.uniform(0.4, 2.5, ndim) if trial % 2 else np.ones(ndim)
+        reach = float(rng.uniform(1, 40))
+        got = weightmaps._lens_boxes(lo, hi, sampling, reach, instances.shape)
+        want = lens_boxes_by_pairs(lo, hi, sampling, reach, instances.shape)
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"trial {trial}")
+        np.testing.assert_array_equal(got[1], want[1], err_msg=f"trial {trial}")
+
+
+def test_crowd_of_one_pixel_cells_equals_direct():
+    """The issue's case in small: a cell on every other pixel, most of them touching none."""
+    instances = np.zeros((40, 44), np.int32)
+    instances[::2, ::2] = np.arange(1, 20 * 22 + 1).reshape(20, 22)
+    fast, direct = border_weight_map(instances), border_weight_map_direct(instances)
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-4)
+
+
 def separate_touching_slow(instances: np.ndarray) -> np.ndarray:
     out = instances.copy()
     offsets = list(itertools.product((-1, 0, 1), repeat=instances.ndim))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -105,8 +106,27 @@ def damage_key(path: Path) -> None:
             np.savez_compressed(f, weight=weight, key=np.array("0" * 64), checksum=checksum)
 
 
+def poison(value: float):
+    """An entry whose key and checksum match but whose map holds ``value`` (a poisoned
+    shared cache): only the values themselves can tell."""
+
+    def damage(path: Path) -> None:
+        with np.load(path) as entry:
+            weight, key = entry["weight"].copy(), entry["key"]
+        weight[3, 3] = value
+        with open(path, "wb") as f:
+            np.savez_compressed(f, weight=weight, key=key,
+                                checksum=np.array(weightmaps_cache._checksum(weight)))
+
+    damage.__name__ = f"damage_poison_{value}"
+    return damage
+
+
 @pytest.mark.parametrize(
-    "damage", [damage_truncate, damage_garbage, damage_shape, damage_checksum, damage_key]
+    "damage",
+    [damage_truncate, damage_garbage, damage_shape, damage_checksum, damage_key,
+     poison(np.nan), poison(np.inf), poison(-1.0), poison(64 * 72 + 10.5)],
+    ids=lambda damage: damage.__name__,
 )
 def test_damaged_entry_is_reported_and_rebuilt(tmp_path, caplog, damage):
     x = cells(1)[0]
@@ -188,3 +208,81 @@ def test_precompute_command_runs(tmp_path):
     assert "weight maps computed" in run.stdout
     # Only the cache: no run folder, no .hydra, no log file.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_a_map_of_nan_is_never_stored(tmp_path, monkeypatch):
+    """Whatever goes wrong in the formula, the cache holds finite maps only."""
+    x = cells(1)[0]
+    monkeypatch.setattr(weightmaps_cache, "border_weight_map",
+                        lambda *args, **kwargs: np.full(x.shape, np.nan, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        border_weight_maps([x], cache_dir=tmp_path)
+    assert entries(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["cache", "cache/sub", "cache/weightmaps"])
+def test_cache_folder_that_is_a_file_is_one_line_up_front(tmp_path, where):
+    file = tmp_path / where.removesuffix("/sub").removesuffix("/weightmaps")
+    if where == "cache/weightmaps":
+        file = tmp_path / "cache" / "weightmaps"
+        file.parent.mkdir()
+    file.write_text("not a folder")
+    run = run_in_process("weightmaps", *SMALL, f"data.targets.cache_dir={tmp_path / where}",
+                         cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"segunet: error: the weight map cache folder data.targets.cache_dir={tmp_path / where} "
+        f"cannot be made: {file} is a file; set data.targets.cache_dir to a folder (or null for "
+        "no cache)"
+    ]
+    assert file.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("override", [
+    "w0=nan", "w0=-3", "w0=1e39", "sigma=nan", "sigma=0", "spacing=[-1,1]", "spacing=[1,1,1]",
+    "workers=-7",
+])
+def test_weight_map_settings_out_of_range_are_one_line(tmp_path, override):
+    """Today NaN, negative and huge values compute maps without a border term, or of NaN
+    and inf, and cache them with exit 0. (The wording after the key is the range check's.)"""
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=cache",
+                         f"data.targets.{override}", cwd=tmp_path)
+    assert run.returncode == 2, run.stdout
+    (line,) = run.stderr.strip().splitlines()
+    key = override.split("=")[0]
+    assert line.startswith(f"segunet: error: data.targets.{key}="), line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_precompute_shows_progress_over_the_objects_of_a_large_image(tmp_path, monkeypatch):
+    """One image of 90,000 cells took minutes with nothing printed; its objects now have a
+    bar (shown after PROGRESS_DELAY seconds: 0 here, so that the test waits for nothing)."""
+    from segunet.data import weightmaps
+
+    monkeypatch.setattr(weightmaps, "PROGRESS_DELAY", 0.0, raising=False)
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=null", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"objects: +0%.*\| 0/\d+ ", run.stderr), run.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, which root can't write")
+def test_cache_folder_that_cannot_be_made_is_one_line_naming_the_key(tmp_path):
+    """Read-only file systems refuse it before any map is computed (a test running as root
+    cannot make a read-only folder: /proc stands in)."""
+    run = run_in_process("weightmaps", *SMALL, "data.targets.cache_dir=/proc/segunet-cache",
+                         cwd=tmp_path)
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("segunet: error: cannot store weight maps in "
+                           "data.targets.cache_dir=/proc/segunet-cache: "), line
+    assert line.endswith("set data.targets.cache_dir to a writable folder, or null for no "
+                         "cache"), line
+
+
+def test_a_read_only_cache_that_holds_every_map_is_used(tmp_path, monkeypatch):
+    x = cells(1)[0]
+    expected = border_weight_maps([x], cache_dir=tmp_path)
+    monkeypatch.setattr(Path, "mkdir", lambda *args, **kwargs: pytest.fail("writes"))
+    got = border_weight_maps([x], cache_dir=tmp_path)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert stats.hits == 1

@@ -57,6 +57,30 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 @contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, Ctrl-C raises :class:`Interrupted` and SIGTERM :class:`Terminated`,
+    once: further ones are ignored until the block is left, so that the clean-up a command
+    does on its way out (worker processes killed, one line printed) is not cut short. A
+    signal already ignored (a background job's Ctrl-C) stays ignored."""
+    if not _main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated if signum == signal.SIGTERM else Interrupted
+
+    previous = {s: signal.signal(s, stop) for s in SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block is done, then raise the first of them."""
     if not _main_thread():

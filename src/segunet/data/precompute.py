@@ -18,9 +18,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from segunet import interrupts
 from segunet.config import checked, config_dir, instantiate_group
 from segunet.data import weightmaps_cache
-from segunet.errors import report_errors
+from segunet.errors import SegunetError, report_errors
 
 # This command writes no run folder, no .hydra/ and no log file: it only fills the cache.
 QUIET = {
@@ -32,31 +33,56 @@ QUIET = {
 
 
 def precompute(cfg: DictConfig) -> weightmaps_cache.CacheStats:
-    """Instantiate ``cfg.data``, print and return how many maps were computed and reused."""
+    """Instantiate ``cfg.data``, print and return how many maps were computed and reused.
+    Ctrl-C or SIGTERM: a SegunetError that says what is cached and how to go on."""
     stats = weightmaps_cache.stats
     before = (stats.hits, stats.misses, stats.rebuilt)
     start = time.perf_counter()
-    data = instantiate_group(cfg, "data")
-    done = weightmaps_cache.CacheStats(
-        stats.hits - before[0], stats.misses - before[1], stats.rebuilt - before[2]
-    )
-    name = getattr(data, "name", None) or cfg.data.get("_target_", "data")
+
+    def done() -> weightmaps_cache.CacheStats:
+        return weightmaps_cache.CacheStats(
+            stats.hits - before[0], stats.misses - before[1], stats.rebuilt - before[2]
+        )
+
     cache_dir = checked(cfg, "data").targets.cache_dir
+    try:
+        data = instantiate_group(cfg, "data")
+    except KeyboardInterrupt as e:
+        raise SegunetError(_interrupted(e, done(), cache_dir)) from None
+    counts = done()
+    name = getattr(data, "name", None) or cfg.data.get("_target_", "data")
     where = (
         "not stored (data.targets.cache_dir is null)"
         if cache_dir is None
-        else f"cache: {Path(cache_dir).expanduser().resolve() / 'weightmaps'}"
+        else f"cache: {_shown(cache_dir)}"
     )
-    damaged = f", {done.rebuilt} damaged entries rebuilt" if done.rebuilt else ""
+    damaged = f", {counts.rebuilt} damaged entries rebuilt" if counts.rebuilt else ""
     print(
-        f"{name}: {done.misses} weight maps computed, {done.hits} reused{damaged} "
+        f"{name}: {counts.misses} weight maps computed, {counts.hits} reused{damaged} "
         f"in {time.perf_counter() - start:.1f} s; {where}"
     )
-    return done
+    return counts
+
+
+def _shown(cache_dir: str) -> Path:
+    return Path(cache_dir).expanduser().resolve() / "weightmaps"
+
+
+def _interrupted(
+    e: KeyboardInterrupt, counts: weightmaps_cache.CacheStats, cache_dir: str | None
+) -> str:
+    """The one line of a stopped precompute: what is finished and kept, how to go on."""
+    what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+    finished = f"{what} after {counts.misses} weight maps computed and {counts.hits} reused"
+    if cache_dir is None:
+        return (f"{finished}; none is kept (data.targets.cache_dir is null): set "
+                "data.targets.cache_dir to keep finished maps")
+    return (f"{finished}; the computed ones are cached in {_shown(cache_dir)}: rerun the same "
+            "command to resume (cached maps are reused)")
 
 
 def _app(cfg: DictConfig) -> None:
-    with report_errors():
+    with report_errors(), interrupts.interruptible():
         precompute(cfg)
 
 

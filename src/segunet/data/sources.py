@@ -24,6 +24,7 @@ three kinds (``data.targets.label_kind``):
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,12 +40,12 @@ from segunet.data.synthetic import synthetic_cells
 from segunet.data.targets import TARGETS, Target, boundary_classes, check_target, interiors
 from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
+from segunet.data.weightmaps_cache import cache_root
 from segunet.errors import SegunetError
 from segunet.metrics import OBJECT_METRICS, Metric, check_metric
 from segunet.schema import (
     Count,
     Fraction,
-    NonNegative,
     Positive,
     Range,
     SpatialDims,
@@ -58,6 +59,8 @@ ValFraction = Annotated[float, Range(gt=0, lt=1)]
 LabelKind = Literal["instances", "binary", "classes"]
 LABEL_KINDS = ("instances", "binary", "classes")
 
+#: The largest float32: weight maps are float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: ITU-R BT.709 luma weights (as skimage's rgb2gray) for turning RGB into grey.
 LUMA = (0.2125, 0.7154, 0.0721)
 
@@ -340,6 +343,12 @@ def volumes_from_instances(
     pixels where objects touch, and is added to class weights balanced over the three.
     """
     check_target(target)
+    wrong = [i.ndim for i in instances if spacing is not None and len(spacing) != i.ndim]
+    if wrong:
+        raise SegunetError(
+            f"data.targets.spacing={list(spacing)} has {len(spacing)} sizes for {wrong[0]}D "
+            f"label images: give {wrong[0]} (slowest axis first), or null"
+        )
     ignores = [None] * len(names) if ignores is None else list(ignores)
     ignores = [np.zeros(i.shape, bool) if g is None else g.astype(bool)
                for i, g in zip(instances, ignores)]
@@ -403,12 +412,17 @@ class Targets:
     ignore_value: int | None = None
     separate_touching: bool = False
     connectivity: Count | None = None
-    w0: NonNegative = 10.0
-    sigma: Positive = 5.0  # divides: 0 gives NaN weights
+    # w0 at most half of float32's largest: a border weight plus a class weight stays finite.
+    w0: Annotated[float, Range(ge=0, le=FLOAT32_MAX / 2,
+                               words="must be a finite number >= 0 (0: no border term)")] = 10.0
+    # sigma divides: 0 gives NaN weights
+    sigma: Annotated[float, Range(gt=0, lt=math.inf, words="must be a finite number > 0 "
+                                  "(pixels, or the units of spacing)")] = 5.0
     class_weights: Literal["balanced"] | None = "balanced"
     spacing: Sequence[Positive] | None = None
     cache_dir: str | None = "data/cache"
-    workers: Annotated[int, Range(ge=0)] = 0
+    workers: Annotated[int, Range(ge=-1, words="must be 0 (this process), -1 (one per CPU) "
+                                              "or a number of processes")] = 0
 
     def __post_init__(self) -> None:
         check_ranges(self, "data.targets")
@@ -464,9 +478,11 @@ class Targets:
         )
 
     def check(self, target: Target, metric: Metric) -> None:
-        """Refuse a target or metric the labels cannot give, before anything is read."""
+        """Refuse a target or metric the labels cannot give, and weight-map settings out of
+        range, before anything is read."""
         check_target(target)
         check_metric(metric)
+        self.check_ranges()
         objects = self.label_kind != "classes"
         if target != "foreground" and not objects:
             raise SegunetError(
@@ -478,6 +494,13 @@ class Targets:
                 f"data.metric={metric} scores objects, but data.targets.label_kind=classes "
                 "labels hold classes only: use data.metric=dice or iou"
             )
+
+    def check_ranges(self) -> None:
+        """The declared ranges again (a caller may have replaced a field since), and a cache
+        folder that can be one."""
+        check_ranges(self, "data.targets")
+        if self.cache_dir is not None:
+            cache_root(self.cache_dir)
 
     def num_classes_out(self, target: Target) -> int:
         """Classes the network predicts."""

@@ -18,12 +18,15 @@ from types import ModuleType
 
 import numpy as np
 from scipy import ndimage as ndi
+from tqdm import tqdm
 
 #: Absolute size below which the border term is treated as zero by :func:`border_weight_map`.
 BORDER_TOL = 1e-6
+#: Seconds an image's instances take before their progress bar shows.
+PROGRESS_DELAY = 1.0
 
 TwoNearest = Callable[
-    [np.ndarray, Sequence[float], float, np.ndarray], tuple[np.ndarray, np.ndarray]
+    [np.ndarray, Sequence[float], float, np.ndarray, bool], tuple[np.ndarray, np.ndarray]
 ]
 
 
@@ -34,6 +37,7 @@ def border_weight_map(
     class_weights: str | None = "balanced",
     spacing: Sequence[float] | None = None,
     valid: np.ndarray | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """The paper's pixel weight map (Eq. 2) of an instance label image, 2D or 3D.
 
@@ -56,9 +60,11 @@ def border_weight_map(
     sqrt(2 * ln(w0 / tol))``, so each instance's distance map is only needed in a window
     around it and its neighbours within ``R`` (:func:`_two_nearest_windowed`). OpenCV, which
     albumentations installs, computes those transforms when importable; SciPy otherwise.
-    The map is float32 and reproducible bit for bit.
+    The map is float32 and reproducible bit for bit. ``progress``: a bar over the instances
+    of an image that takes more than a second (90,000 cells take a while).
     """
-    return _weight_map(instances, w0, sigma, class_weights, spacing, valid, _two_nearest_windowed)
+    return _weight_map(instances, w0, sigma, class_weights, spacing, valid, progress,
+                       _two_nearest_windowed)
 
 
 def border_weight_map_direct(
@@ -71,7 +77,8 @@ def border_weight_map_direct(
 ) -> np.ndarray:
     """Reference for :func:`border_weight_map`: one full-image distance transform per
     instance. Exact, but its cost grows with pixels x instances."""
-    return _weight_map(instances, w0, sigma, class_weights, spacing, valid, _two_nearest_direct)
+    return _weight_map(instances, w0, sigma, class_weights, spacing, valid, False,
+                       _two_nearest_direct)
 
 
 def separate_touching(instances: np.ndarray) -> np.ndarray:
@@ -102,17 +109,17 @@ def _weight_map(
     class_weights: str | None,
     spacing: Sequence[float] | None,
     valid: np.ndarray | None,
+    progress: bool,
     two_nearest: TwoNearest,
 ) -> np.ndarray:
     """Eq. 2, given a way to find each pixel's distances to its two nearest instances."""
     instances = np.asarray(instances)
     if not np.issubdtype(instances.dtype, np.integer):
         raise TypeError(f"instances must be an integer array, got {instances.dtype}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    if instances.min(initial=0) < 0:  # not background: an id Eq. 2 would silently drop
+        raise ValueError(f"instances must be >= 0, got {instances.min()}")
     spacing = (1.0,) * instances.ndim if spacing is None else tuple(map(float, spacing))
-    if len(spacing) != instances.ndim:
-        raise ValueError(f"spacing {spacing} does not match a {instances.ndim}D image")
+    check_parameters(w0, sigma, spacing, instances.ndim)
     valid = np.ones(instances.shape, bool) if valid is None else np.asarray(valid, bool)
 
     foreground = instances > 0
@@ -122,7 +129,7 @@ def _weight_map(
         # Beyond this distance sum the border term is below BORDER_TOL.
         reach = sigma * np.sqrt(2 * max(np.log(w0 / BORDER_TOL), 0.0))
         needed = valid & ~foreground
-        d1, d2 = two_nearest(instances, spacing, reach, needed)
+        d1, d2 = two_nearest(instances, spacing, reach, needed, progress)
         border = np.add(d1, d2, dtype=np.float32)
         np.square(border, out=border)
         border *= np.float32(-1 / (2 * sigma**2))
@@ -130,6 +137,19 @@ def _weight_map(
         border *= np.float32(w0)
         np.add(weight, border, out=weight, where=needed)
     return weight
+
+
+def check_parameters(w0: float, sigma: float, spacing: Sequence[float], ndim: int) -> None:
+    """ValueError unless Eq. 2 can be evaluated: a NaN, infinite or negative value would give
+    a map of NaN, infinite or silently missing border terms."""
+    if not (np.isfinite(w0) and 0 <= w0 <= float(np.finfo(np.float32).max) / 2):
+        raise ValueError(f"w0 must be a finite number >= 0 (float32), got {w0}")
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    if len(spacing) != ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {ndim}D image")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must hold finite sizes > 0, got {tuple(spacing)}")
 
 
 def _class_weight_map(
@@ -150,10 +170,11 @@ def _class_weight_map(
 
 
 def _two_nearest_direct(
-    instances: np.ndarray, spacing: Sequence[float], reach: float, needed: np.ndarray
+    instances: np.ndarray, spacing: Sequence[float], reach: float, needed: np.ndarray,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distances to the nearest and second-nearest instance, everywhere (``reach`` and
-    ``needed`` unused)."""
+    """Distances to the nearest and second-nearest instance, everywhere (``reach``,
+    ``needed`` and ``progress`` unused)."""
     nearest = np.full((2, *instances.shape), np.inf)
     for k in np.unique(instances[instances > 0]):
         d = ndi.distance_transform_edt(instances != k, sampling=spacing)
@@ -162,7 +183,8 @@ def _two_nearest_direct(
 
 
 def _two_nearest_windowed(
-    instances: np.ndarray, spacing: Sequence[float], reach: float, needed: np.ndarray
+    instances: np.ndarray, spacing: Sequence[float], reach: float, needed: np.ndarray,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances ``d1 <= d2`` to the nearest and second-nearest instance (float32), exact on
     every ``needed`` pixel where ``d1 + d2 <= reach``; elsewhere never below the true values
@@ -175,14 +197,18 @@ def _two_nearest_windowed(
     nearest to it lie in the pair's lens box (:func:`_lens_boxes`), so ``k``'s window is the
     bounding box of the lens boxes of all its pairs. An instance farther than ``reach`` from
     all others never matters and is skipped. The cost is a few distance transforms of the
-    image, whatever the number of instances.
+    image, whatever the number of instances: per instance, a window of its size grown by at
+    most ``reach``.
     """
     d1 = np.full(instances.shape, np.inf, np.float32)
     d2 = np.full(instances.shape, np.inf, np.float32)
     labels, lo, hi = _instance_boxes(instances)
     sampling = np.asarray(spacing, float)
     first, last = _lens_boxes(lo, hi, sampling, reach, instances.shape)
-    for k, label in enumerate(labels):
+    # delay: a bar only for the images a person waits on.
+    bar = tqdm(labels, desc="objects", unit="object", leave=False, delay=PROGRESS_DELAY,
+               disable=not progress, mininterval=0.5)
+    for k, label in enumerate(bar):
         if first[k, 0] < 0:
             continue
         window = tuple(slice(a, b + 1) for a, b in zip(first[k].tolist(), last[k].tolist()))
@@ -231,33 +257,71 @@ def _lens_boxes(
     from an instance whose box spans ``[a0, a1]``, so the lens lies where
     ``dist(t, [a0, a1]) + dist(t, [b0, b1]) <= r = reach / s_i``:
     ``max(a0 - r, b0 - r, (a0 + b0 - r) / 2) <= t <= min(a1 + r, b1 + r, (a1 + b1 + r) / 2)``.
-    Pairs count when their boxes are within ``reach``, a lower bound on their distance.
+    Both bounds grow with ``b0`` (``b1``), so over all pairs of ``k`` they are those of the
+    smallest ``b0`` and the largest ``b1`` among its partners (:func:`_partner_extents`).
+    """
+    r = reach / sampling
+    partners, first_lo, last_hi = _partner_extents(lo, hi, sampling, reach)
+    a0, a1 = lo.astype(float), hi.astype(float)
+    first = np.maximum(np.maximum(a0, first_lo) - r, (a0 + first_lo - r) / 2)
+    last = np.minimum(np.minimum(a1, last_hi) + r, (a1 + last_hi + r) / 2)
+    top = np.asarray(shape) - 1
+    first = np.clip(np.ceil(first - 1e-9), 0, top)
+    last = np.clip(np.floor(last + 1e-9), 0, top)
+    lonely = ~partners[:, None]
+    return np.where(lonely, -1, first).astype(int), np.where(lonely, -1, last).astype(int)
+
+
+#: Instances whose partners :func:`_partner_extents` looks for at once (bounds its temporaries).
+PARTNER_BLOCK = 64
+
+
+def _partner_extents(
+    lo: np.ndarray, hi: np.ndarray, sampling: np.ndarray, reach: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per instance: whether another instance's box lies within ``reach`` of its own (its
+    partners: a lower bound on their distance), and the partners' smallest first and largest
+    last index per axis (``+inf`` and ``-inf`` without one).
+
+    Instances are taken in blocks of neighbours (sorted by a grid of cells half the reach
+    wide), each against the instances whose boxes meet the block's box grown by ``reach``:
+    a band of first indices along axis 0, found by bisection. The cost follows the instances
+    near each one, not their square.
     """
     n, ndim = lo.shape
-    out_lo, out_hi = np.full((n, ndim), -1), np.full((n, ndim), -1)
-    lo_t, hi_t = lo.T.astype(float), hi.T.astype(float)  # axis first: long inner loops
-    chunk = max(1, 2**20 // max(n, 1))  # bounds the (chunk, n) temporaries
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
+    r = reach / sampling
+    partners = np.zeros(n, bool)
+    first_lo = np.full((n, ndim), np.inf)
+    last_hi = np.full((n, ndim), -np.inf)
+    if n < 2:
+        return partners, first_lo, last_hi
+    cells = lo // np.maximum(r / 2, 1).astype(int)
+    order = np.lexsort(cells.T[::-1])
+    by_start = np.argsort(lo[:, 0], kind="stable")
+    starts = lo[by_start, 0]
+    longest = int((hi[:, 0] - lo[:, 0]).max())
+    lo_f, hi_f = lo.astype(float), hi.astype(float)
+    for begin in range(0, n, PARTNER_BLOCK):
+        block = order[begin : begin + PARTNER_BLOCK]
+        grown_lo = lo_f[block].min(axis=0) - r
+        grown_hi = hi_f[block].max(axis=0) + r
+        band = by_start[np.searchsorted(starts, grown_lo[0] - longest, "left") :
+                        np.searchsorted(starts, grown_hi[0], "right")]
+        near = np.all((lo_f[band] <= grown_hi) & (hi_f[band] >= grown_lo), axis=1)
+        others = band[near]
         dist2 = 0.0
         for i in range(ndim):
-            a0, a1, b0, b1 = lo_t[i, rows, None], hi_t[i, rows, None], lo_t[i], hi_t[i]
+            a0, a1 = lo_f[block, i, None], hi_f[block, i, None]
+            b0, b1 = lo_f[others, i], hi_f[others, i]
             gap = np.maximum(np.maximum(b0 - a1, a0 - b1), 0) * sampling[i]
             dist2 = dist2 + gap * gap
-        pair = dist2 <= reach**2
-        diagonal = np.arange(pair.shape[0])
-        pair[diagonal, diagonal + start] = False
-        lonely = ~pair.any(axis=1)
+        pair = (dist2 <= reach**2) & (block[:, None] != others)
+        partners[block] = pair.any(axis=1)
         for i in range(ndim):
-            a0, a1, b0, b1 = lo_t[i, rows, None], hi_t[i, rows, None], lo_t[i], hi_t[i]
-            r = reach / sampling[i]
-            first = np.where(pair, np.maximum(np.maximum(a0, b0) - r, (a0 + b0 - r) / 2), np.inf)
-            last = np.where(pair, np.minimum(np.minimum(a1, b1) + r, (a1 + b1 + r) / 2), -np.inf)
-            first = np.clip(np.ceil(first.min(axis=1) - 1e-9), 0, shape[i] - 1)
-            last = np.clip(np.floor(last.max(axis=1) + 1e-9), 0, shape[i] - 1)
-            out_lo[rows, i] = np.where(lonely, -1, first)
-            out_hi[rows, i] = np.where(lonely, -1, last)
-    return out_lo, out_hi
+            first_lo[block, i] = np.where(pair, lo_f[others, i], np.inf).min(axis=1, initial=np.inf)
+            last_hi[block, i] = np.where(pair, hi_f[others, i], -np.inf).max(axis=1,
+                                                                               initial=-np.inf)
+    return partners, first_lo, last_hi
 
 
 def _edt(outside: np.ndarray, sampling: np.ndarray, reach: float = np.inf) -> np.ndarray:
