@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -44,87 +45,60 @@ def _main_thread() -> bool:
 
 
 @contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt)."""
+def _handling(handlers: Mapping[int, Any]) -> Iterator[None]:
+    """Within the block, ``handlers`` (signal -> handler) replace the current ones, which
+    come back after it; off the main thread, where Python sets none, nothing changes."""
     if not _main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
+def sigterm_interrupts() -> AbstractContextManager[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt)."""
+    return _handling({signal.SIGTERM: _raise_terminated})
+
+
+def interruptible() -> AbstractContextManager[None]:
     """Within the block, Ctrl-C raises :class:`Interrupted` and SIGTERM :class:`Terminated`,
     once: further ones are ignored until the block is left, so that the clean-up a command
     does on its way out (worker processes killed, one line printed) is not cut short. A
     signal already ignored (a background job's Ctrl-C) stays ignored."""
-    if not _main_thread():
-        yield
-        return
 
     def stop(signum: int, frame: FrameType | None) -> None:
         for s in SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         raise Terminated if signum == signal.SIGTERM else Interrupted
 
-    previous = {s: signal.signal(s, stop) for s in SIGNALS
-                if signal.getsignal(s) is not signal.SIG_IGN}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return _handling({s: stop for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN})
 
 
 @contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block is done, then raise the first of them."""
-    if not _main_thread():
-        yield
-        return
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in SIGNALS}
-    try:
+    with _handling({s: lambda signum, frame: caught.append(signum) for s in SIGNALS}):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if caught:
         raise _interrupt(caught[0])
 
 
-@contextmanager
-def ignored() -> Iterator[None]:
+def ignored() -> AbstractContextManager[None]:
     """Ignore SIGINT and SIGTERM within the block (a second Ctrl-C while saving)."""
-    if not _main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return _handling({s: signal.SIG_IGN for s in SIGNALS})
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted
 
 
-@contextmanager
-def ctrl_c_interrupts() -> Iterator[None]:
+def ctrl_c_interrupts() -> AbstractContextManager[None]:
     """Within the block, Ctrl-C raises :class:`Interrupted` rather than a bare
     KeyboardInterrupt (which, landing in code run from a string, ends the process by SIGINT
     even once handled)."""
-    if not _main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _raise_interrupted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _handling({signal.SIGINT: _raise_interrupted})
