@@ -145,7 +145,7 @@ def test_ctrl_c_in_a_sweep_stops_the_sweep(tmp_path, monkeypatch):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
-        "segunet: error: interrupted before training started; nothing was saved"
+        "segunet: error: interrupted before training started; no checkpoint was saved"
     )
     assert not list((tmp_path / "sweep").glob("1_*"))  # the second job never started
 

@@ -117,7 +117,7 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path, monkeypatch):
     done = run_in_process("train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "segunet: error: interrupted before training started; nothing was saved"
+        "segunet: error: interrupted before training started; no checkpoint was saved"
     ]
 
 
@@ -174,7 +174,7 @@ def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, 
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "segunet: error: interrupted: the sweep stopped; its finished jobs keep their run folders"
-        if sweep else "segunet: error: interrupted before training started; nothing was saved"
+        if sweep else "segunet: error: interrupted before training started; no checkpoint was saved"
     ]
     assert not (tmp_path / "run").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as it was

@@ -407,7 +407,7 @@ def _main(argv: list[str] | None) -> None:
                 sweep = any(a in ("-m", "--multirun") for a in rest)
                 print("segunet: error: " + (
                     "interrupted: the sweep stopped; its finished jobs keep their run folders"
-                    if sweep else "interrupted before training started; nothing was saved"
+                    if sweep else "interrupted before training started; no checkpoint was saved"
                 ), file=sys.stderr)
                 sys.exit(2)
         return

@@ -1005,7 +1005,7 @@ def _train_job(cfg: DictConfig) -> float:
         what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else (
             "interrupted"
         )
-        raise SegunetError(f"{what} before training started; nothing was saved") from None
+        raise SegunetError(f"{what} before training started; no checkpoint was saved") from None
     return final.get("val/dice", float("nan"))
 
 
