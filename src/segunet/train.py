@@ -1002,9 +1002,12 @@ def _train_job(cfg: DictConfig) -> float:
         with interrupts.sigterm_interrupts():
             final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except KeyboardInterrupt as e:  # fit() handles its own: this is before training
-        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else (
-            "interrupted"
-        )
+        terminated = isinstance(e, interrupts.Terminated)
+        if terminated and distributed.env_world().rank > 0:
+            # torchrun stops the other ranks once one fails, and a cluster's SIGTERM reaches
+            # rank 0 as well: rank 0 says why, once.
+            sys.exit(2)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
         raise SegunetError(f"{what} before training started; no checkpoint was saved") from None
     return final.get("val/dice", float("nan"))
 
