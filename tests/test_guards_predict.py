@@ -327,6 +327,29 @@ def test_an_ome_zarr_stack_still_goes_slice_by_slice(run_dir, tmp_path):
     assert tifffile.imread(out / "stack_labels.tif").shape == (3, *SHAPE)
 
 
+def test_skip_existing_does_not_take_an_ome_zarr_without_its_labels_as_done(
+    run_dir, tmp_path, capsys
+):
+    """An OME-Zarr written with outputs=probabilities, then skip_existing=true with every
+    output: "3 of 3 images have all their outputs; predicting 0", exit 0, no labels."""
+    picture_path = tmp_path / "a.tif"
+    tifffile.imwrite(picture_path, picture())
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={picture_path}", f"output={out}",
+            "format=ome-zarr"]
+    assert main([*args, "outputs=probabilities"]) == 0
+    capsys.readouterr()
+    assert main([*args, "skip_existing=true"]) == 2
+    err = error_line(capsys)
+    assert str(out / "a.ome.zarr") in err and "labels and instances" in err
+    assert "overwrite=true" in err
+    assert not (out / "a.ome.zarr" / "labels").exists()
+    # Complete, it is kept as it is.
+    assert main([*args, "overwrite=true"]) == 0
+    assert main([*args, "skip_existing=true"]) == 0
+    assert "1 of 1 images have all their outputs" in capsys.readouterr().err
+
+
 # --- 6. a tile larger than the image --------------------------------------------------------
 
 
