@@ -152,6 +152,23 @@ def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp_path):
     assert record_of(folder) == before
 
 
+def test_a_resume_that_diverges_before_saving_leaves_the_record_as_it_was(tmp_path):
+    """The resume is accepted, then diverges before it saves anything: last.pt is still the
+    first run's, so the record (the command bioimage.io export writes into its README) must
+    still be that run's, not the resume's optim.lr=1e12."""
+    folder = tmp_path / "run"
+    first = run_in_process("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before, last = record_of(folder), (folder / "checkpoints" / "last.pt").read_bytes()
+    diverged = run_in_process("train", *TINY, "trainer.max_steps=4", "trainer.val_every=2",
+                              "optim.lr=1e12", f"trainer.resume={folder}",
+                              f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert diverged.returncode == 2
+    assert "training diverged" in diverged.stderr
+    assert (folder / "checkpoints" / "last.pt").read_bytes() == last
+    assert record_of(folder) == before
+
+
 def test_an_accepted_resume_records_its_own_overrides_as_hydra_would(tmp_path):
     import yaml
 

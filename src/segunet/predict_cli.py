@@ -83,7 +83,8 @@ an error or Ctrl-C leaves no partial file, and temps of runs killed outright (ki
 removed by the next predict into that folder.
 
 Z-stacks and 2D models: a (Z, Y, X) stack whose depth Z is no channel count of the 2D model
-is predicted slice by slice (the stack normalised as a whole, as training on a stack does)
+(an OME-Zarr's axes say which it is) is predicted slice by slice (the stack normalised as a
+whole, as training on a stack does)
 and written back as stacks, slice by slice: probabilities (Z, C, Y, X) (Fiji's hyperstack
 order; a 3D model's are (C, Z, Y, X)), labels (Z, Y, X), instances (Z, Y, X) uint32 with the
 2D objects of each slice numbered on through the stack, so no id repeats across slices.
@@ -337,11 +338,33 @@ def stack_for_model(
     if spatial_dims != 2 or len(shape) != 3:
         return None
     layout, channels = _layout(shape, path, spatial_dims)
+    declared = first_axis_type(path)  # an OME-Zarr says which it is; else the counts do
+    if layout != "first" or declared == "channel":
+        return None
     grey, convert = _fits(1, in_channels, data_cfg)
-    if layout != "first" or _fits(channels, in_channels, data_cfg)[0] or not grey:
+    if declared == "space" and not grey:
+        raise SegunetError(
+            f"{path} is a (Z, Y, X) stack of {shape[0]} slices (so its axes say) but the model "
+            f"takes {in_channels}-channel images: give images like the training data"
+        )
+    if (declared is None and _fits(channels, in_channels, data_cfg)[0]) or not grey:
         return None
     percentiles = data_cfg.get("percentiles", (1.0, 99.8))
     return NormalizedImage(raw, "grey", 1, convert, percentiles, str(path))
+
+
+def first_axis_type(path: Path) -> str | None:
+    """The type an OME-Zarr image's metadata gives its first axis (``channel``, ``space``);
+    None for any other file, whose axes only their sizes tell."""
+    file, key = split_key(path)
+    if file_kind_or_none(file) != "zarr":
+        return None
+    from segunet.data import omezarr
+
+    if not omezarr.is_ome_zarr(file):
+        return None
+    axes = omezarr.open_image(file, key).axes
+    return axes[0] if axes else None
 
 
 def _layout(shape: tuple[int, ...], path: Path, spatial_dims: int) -> tuple[str, int]:
@@ -683,8 +706,27 @@ def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, d
             if not options.skip_existing:
                 refuse_existing(target, options.overwrite, ", skip_existing=true to keep it")
         if options.skip_existing:
-            plans[path] = {k: v for k, v in plans[path].items() if not v.exists()}
+            plans[path] = missing_outputs(plans[path], options.format)
     return plans
+
+
+def missing_outputs(plan: dict[str, Path], fmt: str) -> dict[str, Path]:
+    """The outputs of ``plan`` not yet written. An OME-Zarr image holds all of an input's
+    outputs, its labels and instances as label images, and is written whole: one that
+    exists without some of them cannot be completed, only rewritten (one-line error)."""
+    if fmt != "ome-zarr":
+        return {k: v for k, v in plan.items() if not v.exists()}
+    image = next(iter(plan.values()))
+    if not image.exists():
+        return plan
+    absent = [k for k in plan if k != "probabilities" and not (image / "labels" / k).is_dir()]
+    if absent:
+        raise SegunetError(
+            f"{image} exists without its {' and '.join(absent)} (an earlier predict with "
+            "other outputs=), and an OME-Zarr image is written whole: give overwrite=true to "
+            "write it again with them, or another output= folder"
+        )
+    return {}
 
 
 def predict_or_fall_back(

@@ -8,13 +8,14 @@ prediction over whole validation images, and checkpoints are written atomically.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,8 @@ class Trainer:
             self.device, MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 1
         )
         self.last_good: tuple[Path, int] | None = None  # the newest last.pt, and its step
+        # Called once, just before the first checkpoint this process writes (rank 0).
+        self.before_first_save: Callable[[], None] | None = None
         self.start_step = 0  # where this process's training began (fit)
         self.in_shape = resolve_patch_size(model, data)
         self.out_shape = tuple(model.output_shape(self.in_shape))
@@ -729,6 +732,9 @@ class Trainer:
         """Write ``checkpoints/<name>`` atomically; rank 0 alone writes, the others skip."""
         path = self.run_dir / "checkpoints" / name
         if self.world.main:
+            if self.before_first_save is not None:
+                hook, self.before_first_save = self.before_first_save, None
+                hook()
             save_atomic(self.state(), path)
         if name == "last.pt":
             self.last_good = (path, self.step)
@@ -915,7 +921,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             lock = run_folder.claim(run_dir, trainer_cfg.resume)
         trainer = build_trainer(cfg, run_dir)
         if world.main and trainer.step < trainer.cfg.max_steps:  # else fit() refuses it
-            _write_deferred_record(cfg, run_dir)
+            # With its first checkpoint: a resume that diverges or fails before it saves
+            # leaves the record of the run that wrote the checkpoints.
+            trainer.before_first_save = functools.partial(_write_deferred_record, cfg, run_dir)
         if world.main:
             ranks = f" x {world.size} processes" if world.size > 1 else ""
             print(
