@@ -34,6 +34,24 @@ def test_ctrl_c_is_one_line_and_a_second_one_does_not_cut_the_clean_up(capsys):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+def test_ctrl_c_that_lands_in_a_finaliser_still_stops_the_command(capsys):
+    """The handler's raise landed in a weakref callback of an import lock once (a clean-clone
+    CI run), where Python prints it as 'Exception ignored' and goes on: predict finished and
+    ended with exit 0 after the user's Ctrl-C."""
+
+    class Finalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+
+    def body() -> None:
+        Finalised()  # collected at once: the raise lands in __del__
+
+    assert run_command(body, "usage", []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segunet: error: interrupted") and err.count("\n") == 1, err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_ctrl_c_inside_code_run_from_a_string_leaves_no_unhandled_mark(capsys):
     """CPython marks a bare KeyboardInterrupt that passes through code run from a string (a
     dataclass defined during a lazy import, as zarr's are) as unhandled and, though the

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 import textwrap
 import threading
 import typing
@@ -195,9 +196,11 @@ def run_command(body: Callable[[], None], usage: str, argv: Sequence[str]) -> in
         print(usage)
         return 0
     try:
-        with report_errors(), _first_interrupt_only():
+        with report_errors(), _first_interrupt_only() as interrupted:
             try:
                 body()
+                if interrupted:  # raised where Python swallows it: a __del__, a weakref callback
+                    raise Interrupted
             except KeyboardInterrupt:
                 raise SegunetError(
                     "interrupted: nothing half-written is left (outputs are renamed into "
@@ -209,27 +212,34 @@ def run_command(body: Callable[[], None], usage: str, argv: Sequence[str]) -> in
 
 
 @contextmanager
-def _first_interrupt_only() -> Iterator[None]:
+def _first_interrupt_only() -> Iterator[list[int]]:
     """Ctrl-C raises KeyboardInterrupt once; a second one while the clean-up runs (temp
     files being removed, threads joined) is ignored instead of cutting it short. After an
-    interrupt, the reads and writes zarr's I/O thread still runs are waited for."""
+    interrupt, the reads and writes zarr's I/O thread still runs are waited for. Yields the
+    signals taken: the raise can land where Python only prints it and goes on."""
+    interrupted: list[int] = []
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
-        yield  # SIGINT ignored (a background job) or handled by the caller
+        yield interrupted  # SIGINT ignored (a background job) or handled by the caller
         return
-    interrupted = []
 
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupted.append(signum)
         raise Interrupted
 
+    def unraisable(info: Any) -> None:  # the raise swallowed: told once, by run_command
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     signal.signal(signal.SIGINT, interrupt)
     try:
-        yield
+        yield interrupted
     finally:
+        sys.unraisablehook = previous_hook
         if interrupted:
             from segunet.data.io import finish_zarr_io
 
