@@ -12,9 +12,9 @@ import torch
 import zarr
 from helpers import TINY, error_line, run_cli, run_in_process, save_tiny_checkpoint, unet
 
-from segunet import predict_cli
-from segunet.predict import tile_shapes
-from segunet.predict_cli import main
+from segunet.infer import run as predict_cli
+from segunet.infer.predict import tile_shapes
+from segunet.infer.run import main
 
 SHAPE = (50, 60)
 

@@ -17,9 +17,9 @@ import tifffile
 import torch
 from helpers import TINY, run_in_process, wait_for
 
-from segunet import train
 from segunet.errors import SegunetError
-from segunet.train import build_trainer
+from segunet.train import trainer as train
+from segunet.train.trainer import build_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +160,7 @@ def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
 def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, sweep):
     """Before ``segunet train`` hands over to Hydra (importing torch, composing and checking
     the config take seconds): no traceback."""
-    from segunet import cli
+    from segunet.cli import dispatch as cli
 
     compose = cli.check_overrides
 

@@ -11,9 +11,9 @@ import torch
 from helpers import TINY, run_in_process
 
 from segunet.errors import SegunetError
-from segunet.metrics import isbi_scores
-from segunet.postprocess import PostProcess, decode, format_table, search
-from segunet.train import run
+from segunet.eval.metrics import isbi_scores
+from segunet.postprocess.decoding import PostProcess, decode, format_table, search
+from segunet.train.trainer import run
 
 
 def bridged_pair() -> tuple[np.ndarray, np.ndarray]:

@@ -14,9 +14,8 @@ import zarr
 from helpers import FailingImage, random_image, unet, whole_image_reference
 
 from segunet.errors import SegunetError
-from segunet.merger import InMemoryMerger, Merger, ZarrMerger
-from segunet.models.unet import UNet
-from segunet.predict import (
+from segunet.infer.merger import InMemoryMerger, Merger, ZarrMerger
+from segunet.infer.predict import (
     blend_window,
     plan_tiles,
     predict_labels,
@@ -25,6 +24,7 @@ from segunet.predict import (
     tile_shapes,
     tile_within,
 )
+from segunet.models.unet import UNet
 
 # --- pure geometry -----------------------------------------------------------------------
 

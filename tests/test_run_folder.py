@@ -12,10 +12,10 @@ import pytest
 import torch
 from helpers import TINY, run_in_process
 
-from segunet import run_folder
 from segunet.atomic import temp_name
 from segunet.errors import SegunetError
-from segunet.train import build_trainer, run
+from segunet.train import run_folder
+from segunet.train.trainer import build_trainer, run
 
 QUICK = [*TINY, "trainer.max_steps=2", "trainer.val_every=2"]
 
@@ -198,7 +198,7 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path):
 def test_a_multi_process_run_into_a_folder_with_a_record_holds_it_back_too(tmp_path,
                                                                            monkeypatch):
     """torchrun's rank 0 would otherwise rewrite the record before the resume is checked."""
-    from segunet import cli
+    from segunet.cli import dispatch as cli
 
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)

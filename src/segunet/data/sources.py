@@ -33,6 +33,14 @@ from typing import Annotated, Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from segunet.config.schema import (
+    Count,
+    Fraction,
+    Positive,
+    Range,
+    SpatialDims,
+    check_ranges,
+)
 from segunet.data.datasets import SegmentationData, Volume
 from segunet.data.io import SUPPORTED, read_array, read_pixel_size, split_key
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
@@ -42,15 +50,7 @@ from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
 from segunet.data.weightmaps_cache import cache_root
 from segunet.errors import SegunetError
-from segunet.metrics import OBJECT_METRICS, Metric, check_metric
-from segunet.schema import (
-    Count,
-    Fraction,
-    Positive,
-    Range,
-    SpatialDims,
-    check_ranges,
-)
+from segunet.eval.metrics import OBJECT_METRICS, Metric, check_metric
 
 Seed = Annotated[int, Range(ge=0)]  # numpy's generators take no negative seed
 Percentile = Annotated[float, Range(ge=0, le=100)]
@@ -713,7 +713,7 @@ def folder(
     runs). The validation images are a ``split_seed`` permutation's first ``val_fraction``.
     ``targets``: how the labels become targets and weight maps (:class:`Targets`). ``target``
     and ``metric``: what the network learns and what validation scores
-    (:mod:`segunet.data.targets`, :data:`segunet.metrics.TASK_METRICS`). ``pixel_size``
+    (:mod:`segunet.data.targets`, :data:`segunet.eval.metrics.TASK_METRICS`). ``pixel_size``
     (um per axis) sets the one the model records; by default the one the image files
     share (:func:`common_pixel_size`).
     """

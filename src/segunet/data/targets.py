@@ -4,7 +4,7 @@
   gap (Ronneberger et al. 2015); decoded by connected components.
 - ``boundary``: background / object interior / object boundary, the boundary being each
   object's inner contour (touching borders included), as the top DSB 2018 entries trained;
-  decoded by a seeded watershed (:func:`segunet.instances.instances_from_boundary`).
+  decoded by a seeded watershed (:func:`segunet.postprocess.instances.instances_from_boundary`).
 
 The border weight map of the paper applies to both: its term ``w0 * exp(-(d1 + d2)^2 /
 (2 sigma^2))`` rises between touching objects, on the gap (foreground) or on the boundary

@@ -4,11 +4,11 @@
 
 Per input ``<stem>``, writes ``<stem>_probabilities`` (float16, ``(classes, *spatial)``),
 ``<stem>_labels`` (uint8 argmax) and ``<stem>_instances`` (uint16/uint32 objects, see
-:mod:`segunet.instances`) as TIFF or zarr, each atomically. The model and the input
+:mod:`segunet.postprocess.instances`) as TIFF or zarr, each atomically. The model and the input
 normalisation come from the config stored in the checkpoint, so nothing about the training run
 needs repeating. Inputs are read tile by tile where the format allows (uncompressed TIFF by
 memory map, compressed TIFF and zarr through zarr), and with ``format=zarr`` the probabilities
-are written band by band to disk too (see :class:`segunet.merger.BandMerger`) and the labels
+are written band by band to disk too (see :class:`segunet.infer.merger.BandMerger`) and the labels
 block by block from them, so images larger than memory can be predicted. Instances are not
 streamed: connected components and watershed need the whole foreground map in memory
 (float32, plus the instance labels), as does ``format=tif``, which writes each output whole.
@@ -20,7 +20,7 @@ checked before anything is predicted; temps left by killed runs (see
 
 An input whose pixel size differs from the checkpoint's training one is predicted at the
 training pixel size and its outputs resampled back onto its own grid (see
-:mod:`segunet.resample`). ``format=ome-zarr`` writes one OME-NGFF image per input, the
+:mod:`segunet.infer.resample`). ``format=ome-zarr`` writes one OME-NGFF image per input, the
 probabilities with the labels and instances as its label images (see
 :mod:`segunet.data.omezarr`), streamed as ``format=zarr`` is.
 """
@@ -41,8 +41,8 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import remove_stale_temps
+from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.data.io import (
     BIGTIFF_BYTES,
     SUPPORTED,
@@ -60,11 +60,11 @@ from segunet.data.io import (
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial, tiff_options
 from segunet.data.sources import apply_range, convert_channels, percentile_range
 from segunet.errors import SegunetError, first_line
-from segunet.instances import WatershedOn, instances_from_foreground
-from segunet.postprocess import PostProcess, decode_boundary, decode_foreground
-from segunet.predict import Blend
+from segunet.infer.predict import Blend
+from segunet.infer.resample import Grid, grid_for
+from segunet.postprocess.decoding import PostProcess, decode_boundary, decode_foreground
+from segunet.postprocess.instances import WatershedOn, instances_from_foreground
 from segunet.pretrained import checkpoint_or_model
-from segunet.resample import Grid, grid_for
 
 OUTPUTS = ("probabilities", "labels", "instances")
 #: Percentiles are computed on at most about this many pixels per channel: a strided subsample
@@ -492,7 +492,8 @@ class InstancesConfig:
                 "min_size": self.min_size, "grow": self.grow}
 
     def of_foreground(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`~segunet.instances.instances_from_foreground`."""
+        """The keyword arguments of
+        :func:`~segunet.postprocess.instances.instances_from_foreground`."""
         return {
             "method": "components" if self.method == "auto" else self.method,
             "min_size": self.min_size or 0,
@@ -584,7 +585,7 @@ def predict_files(options: PredictConfig) -> list[Path]:
             f"all their outputs; predicting {len(todo)}", file=sys.stderr,
         )
     if todo:  # before the output folder: a bad checkpoint creates nothing
-        from segunet.distributed import resolve_device
+        from segunet.train.distributed import resolve_device
 
         device = str(resolve_device(options.device))  # before loading: not the file's fault
         trained = load_trained(options.checkpoint, device)
@@ -708,7 +709,7 @@ def predict_or_fall_back(
 
 def compiled(model: Any) -> Any:
     """``torch.compile`` of the network with its BatchNorms folded (what
-    :func:`~segunet.predict.predict_tiled` runs for an eager model too)."""
+    :func:`~segunet.infer.predict.predict_tiled` runs for an eager model too)."""
     import torch
 
     from segunet.models.fuse import fold_batchnorm
@@ -721,7 +722,7 @@ def predict_file(
     device: str,
 ) -> list[Path]:
     """Predict one image and write the requested outputs to ``targets``: on the model's
-    training pixel grid where the input's pixel size differs (see :mod:`segunet.resample`),
+    training pixel grid where the input's pixel size differs (see :mod:`segunet.infer.resample`),
     the outputs on the input's own grid."""
     from segunet.checkpoint import unwrap
 
@@ -764,7 +765,7 @@ def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> N
     """One line when ``tile=`` is larger than the image needs on some axis: it is cut to the
     smallest tile that predicts the image in one pass (a larger one computes only padding,
     and a very large one does not fit in memory)."""
-    from segunet.predict import tile_shapes, whole_image_tile
+    from segunet.infer.predict import tile_shapes, whole_image_tile
 
     if tile is None:
         return
@@ -902,7 +903,7 @@ def predict_whole(
     foreground: Sequence[int],
 ) -> list[Path]:
     """Predict into memory and write each requested output whole (``format=tif``)."""
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
 
     with out:
         model_probs = predict_tiled(model, image, **tiling(options, device, progress=True))
@@ -928,7 +929,7 @@ def predict_streamed(
     grid that is then resampled band by band into it; the labels block by block from
     them. Neither comes into memory whole."""
     from segunet.checkpoint import unwrap
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
 
     classes, dims = unwrap(model).out_channels, len(grid.shape)
     chunk = ZARR_CHUNK[dims]
@@ -973,7 +974,7 @@ def predict_stack(
     slice, numbered on through the stack (uint32), so no two slices share an id. Only one
     slice's results are in memory. ``grid``: a slice's."""
     from segunet.checkpoint import unwrap
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
 
     classes = unwrap(model).out_channels
     depth, spatial = volume.shape[1], grid.shape
@@ -1016,9 +1017,9 @@ def _slice_of(name: str, fmt: str) -> Any:
 @dataclasses.dataclass(frozen=True)
 class Decoder:
     """How the instances are made: with ``instances.method=auto`` the decoding of the
-    checkpoint's training target (:mod:`segunet.postprocess`) with its tuned settings, each
+    checkpoint's training target (:mod:`segunet.postprocess.decoding`) with its tuned settings, each
     overridden by an ``instances.*`` key given; else the components or watershed of the
-    foreground (:func:`segunet.instances.instances_from_foreground`)."""
+    foreground (:func:`segunet.postprocess.instances.instances_from_foreground`)."""
 
     target: str
     post: PostProcess | None  # None: the components/watershed method of ``instances``
@@ -1072,7 +1073,7 @@ def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
 
 
 def tiling(options: PredictConfig, device: str, progress: bool) -> dict[str, Any]:
-    """The keyword arguments of :func:`segunet.predict.predict_tiled` from the options."""
+    """The keyword arguments of :func:`segunet.infer.predict.predict_tiled` from the options."""
     return dict(
         tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
         overlap=options.overlap, tta=options.tta, device=device, progress=progress,

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from segunet.errors import SegunetError
-from segunet.instances import (
+from segunet.eval.metrics import TaskScorer
+from segunet.postprocess.instances import (
     foreground_probability,
     grow_into_gaps,
     instances_from_boundary,
@@ -27,16 +28,16 @@ from segunet.instances import (
     relabel_sequential,
     remove_small,
 )
-from segunet.metrics import TaskScorer
 
 
 @dataclasses.dataclass(frozen=True)
 class PostProcess:
     """Decoding settings. ``threshold``: foreground probability; ``min_size``: smallest
     object kept, in pixels; ``grow``: (foreground target) gaps up to ``2 * grow`` pixels wide
-    between touching objects are closed (:func:`~segunet.instances.grow_into_gaps`), 0 for
-    none; ``seed_threshold``: (boundary target) interior
-    probability of a watershed seed; ``tta``: predict under the 8 flips/rotations."""
+    between touching objects are closed
+    (:func:`~segunet.postprocess.instances.grow_into_gaps`), 0 for none; ``seed_threshold``:
+    (boundary target) interior probability of a watershed seed; ``tta``: predict under the 8
+    flips/rotations."""
 
     threshold: float = 0.5
     min_size: int = 0
@@ -123,7 +124,7 @@ def search(
 
     ``probs[tta]``: each image's probabilities, without (``False``) and, if searched, with
     (``True``) test-time augmentation; ``truths``: each image's ground-truth objects (with
-    ignored pixels 0 in both). Scores as :class:`~segunet.metrics.TaskScorer` pools them.
+    ignored pixels 0 in both). Scores as :class:`~segunet.eval.metrics.TaskScorer` pools them.
     Ties go to the earlier combination of the grid (``tta`` off first).
     """
     grid = dict(GRIDS[target] if grid is None else grid)

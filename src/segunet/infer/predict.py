@@ -11,7 +11,7 @@ as MONAI's ``sliding_window_inference`` places them.
 The numeric core is a few pure functions (tile sizes, tile placement, blending window); the
 pipeline reads tiles in one thread, runs the network in the caller's and merges results in a
 third, so reading, computing and writing overlap and host memory holds only the tiles in
-flight (plus the output, unless it is on disk: see :mod:`segunet.merger`). A lazily read image
+flight (plus the output, unless it is on disk: see :mod:`segunet.infer.merger`). A lazily read image
 is read in full-width bands of rows, one per row of tiles; on the GPU an in-memory image is
 copied there once and its tiles cropped there, tiles are blended there in the caller's
 thread, and finished bands of rows cross to the host in the writer's, so the host does next
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from segunet.checkpoint import unwrap
 from segunet.data.tiling import crop_reflect, reflect_indices, tile_grid
 from segunet.errors import SegunetError
-from segunet.merger import BandMerger, InMemoryMerger, Merger
+from segunet.infer.merger import BandMerger, InMemoryMerger, Merger
 from segunet.models.fuse import fold_batchnorm
 
 Blend = Literal["gaussian", "constant"]
@@ -144,7 +144,7 @@ def plan_tiles(
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """``(input start, output start)`` of every tile, in image coordinates, in raster order
     (the first axis slowest, so starts along it never decrease: a
-    :class:`~segunet.merger.BandMerger` relies on it).
+    :class:`~segunet.infer.merger.BandMerger` relies on it).
 
     Valid padding: non-overlapping output tiles (except the last ones per axis, shifted back
     to the image end) at multiples of ``2**(levels - 1)``, each read with the context margin
@@ -263,10 +263,10 @@ def predict_tiled(
         tta: average the probabilities of the 8 rotations/reflections (2D) or flips (3D).
         device: where the network runs; default: the model's.
             On CUDA it runs under bf16 autocast on channels-last inputs.
-        out: None to return a float32 numpy array; a :class:`~segunet.merger.Merger` to merge
+        out: None to return a float32 numpy array; a :class:`~segunet.infer.merger.Merger` to merge
             into (returns its ``finalize()``); or an array-like of the output shape (zarr,
             memmap, ...) to fill (returns it), band by band with a
-            :class:`~segunet.merger.BandMerger`: host memory then holds only the tiles in
+            :class:`~segunet.infer.merger.BandMerger`: host memory then holds only the tiles in
             flight and the band of rows they touch, and each chunk of a zarr ``out`` is
             written once.
         progress: show a tqdm bar with tiles/s and megapixels/s.
