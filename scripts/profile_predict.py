@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from segunet.infer.predict import predict_tiled, sliding_starts
+from segunet.data.tiling import sliding_starts
+from segunet.infer.predict import predict_tiled
 from segunet.models.unet import UNet
 
 

@@ -456,7 +456,7 @@ def test_the_default_report_goes_next_to_pred_not_into_the_working_folder(
 def predicted(tmp_path_factory):
     """Two images predicted by a tiny checkpoint in each of predict's formats, and their
     ground truth: ``(root, {format: output folder})``."""
-    from segunet.infer.run import main as predict
+    from segunet.cli.predict import main as predict
 
     root = tmp_path_factory.mktemp("predicted")
     checkpoint = save_tiny_checkpoint(root / "run")

@@ -14,11 +14,11 @@ from helpers import TINY, run_cli, save_tiny_checkpoint
 
 from segunet import pretrained
 from segunet.checkpoint import load_trained
+from segunet.cli import predict as predict_cli
 from segunet.data.synthetic import synthetic_cells
 from segunet.errors import SegunetError
 from segunet.eval.metrics import average_precision
 from segunet.export import command as export
-from segunet.infer import run as predict_cli
 from segunet.train.trainer import build_trainer
 
 

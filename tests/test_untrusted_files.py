@@ -15,10 +15,10 @@ import torch
 from helpers import TINY, blobs, run_in_process, save_tiny_checkpoint
 from hydra.errors import ConfigCompositionException
 
+from segunet.cli import predict as predict_cli
 from segunet.config.compose import check_all_targets
 from segunet.errors import SegunetError
 from segunet.export import command as export
-from segunet.infer import run as predict_cli
 from segunet.train.trainer import build_trainer
 
 PAYLOAD = "pathlib.Path.touch"

@@ -394,7 +394,7 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(data_main(rest))
     if command in ("evaluate", "predict", "export", "tune"):
         # Plain key=value commands (no Hydra run folder): each returns its exit status.
-        module = {"evaluate": "eval.evaluate", "predict": "infer.run",
+        module = {"evaluate": "eval.evaluate", "predict": "cli.predict",
                   "export": "export.command", "tune": "postprocess.tune"}[command]
         sys.exit(importlib.import_module(f"segunet.{module}").main(rest))
     if command == "train":

@@ -196,7 +196,7 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
     """The ``(C, *spatial)`` float32 image the test input is cut from, and where it is from:
     ``path`` with the channels training gave its images, else the first validation image of
     the training data, rebuilt from the checkpoint's config."""
-    from segunet.infer.run import image_for_model
+    from segunet.infer.inputs import image_for_model
 
     model = trained.model
     if path is not None:

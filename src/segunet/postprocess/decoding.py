@@ -14,13 +14,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from segunet.config.args import check_range, option
+from segunet.data.tiling import blocks
 from segunet.errors import SegunetError
 from segunet.eval.metrics import TaskScorer
 from segunet.postprocess.instances import (
+    WatershedOn,
     foreground_probability,
     grow_into_gaps,
     instances_from_boundary,
@@ -163,3 +166,125 @@ def format_table(rows: Sequence[Mapping[str, Any]], metric: str, limit: int = 10
         cells[-1] = f"{row[metric]:.4f}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- decoding the probabilities of segunet predict ----------------------------------------
+
+
+def class_dtype(classes: int) -> np.dtype:
+    """Of a label map of ``classes`` classes: uint8, or uint16 beyond 256."""
+    return np.dtype(np.uint8 if classes <= 256 else np.uint16)
+
+
+def foreground_of(probs: Any, classes: Sequence[int], rows: int) -> np.ndarray:
+    """Summed foreground probability ``(*spatial)`` float32, read ``rows`` at a time along the
+    first spatial axis (so class probabilities on disk never come into memory whole)."""
+    out = np.empty(probs.shape[1:], np.float32)
+    for s in blocks(probs.shape[1], rows):
+        out[s] = np.asarray(probs[list(classes), s], np.float32).sum(0)
+    return out
+
+
+def argmax_of(probs: Any, rows: int, out: Any = None) -> Any:
+    """The most probable class ``(*spatial)`` (uint8, or uint16 beyond 256 classes), read and
+    written ``rows`` at a time along the first spatial axis: into ``out`` (a zarr array, so
+    the label map never comes into memory whole) or a new numpy array."""
+    dtype = class_dtype(probs.shape[0])
+    out = np.empty(probs.shape[1:], dtype) if out is None else out
+    for s in blocks(probs.shape[1], rows):
+        out[s] = np.asarray(probs[:, s]).argmax(0).astype(dtype)
+    return out
+
+
+@dataclasses.dataclass
+class InstancesConfig:
+    """``instances.*``: how the objects of the ``instances`` output are made."""
+
+    method: Literal["auto", "components", "watershed"] = option(
+        "auto", "auto: the decoding of the checkpoint's training target with the settings "
+        "`segunet tune` or training chose on its validation images (else the defaults); "
+        "components or watershed: connected components or a watershed of the foreground")
+    threshold: float | None = option(None, "foreground probability (null: as tuned, else 0.5)")
+    min_size: int | None = option(
+        None, "objects of fewer pixels are removed (null: as tuned, else 0)")
+    seed_threshold: float | None = option(
+        None, "boundary target: interior probability of a seed (null: as tuned, else 0.5)")
+    grow: int | None = option(
+        None, "foreground target: close gaps up to 2*grow px between touching objects "
+        "(null: as tuned, else 0)")
+    watershed_on: WatershedOn = option("distance", "what the watershed method floods")
+    min_distance: int = option(3, "the watershed method: least distance between seeds, px")
+    h: float | None = option(
+        None, "the watershed method: seeds are h-maxima of this height; null: peaks "
+        "(peak_local_max)")
+    foreground_classes: list[int] | None = option(
+        None, "the classes that are foreground, e.g. 1,2 (null: all but 0)")
+
+    def __post_init__(self) -> None:
+        # Checked before predicting: a bad value would otherwise stop the run with the
+        # probabilities and labels already written.
+        for key in ("threshold", "seed_threshold"):
+            value = getattr(self, key)
+            check_range(f"instances.{key}", value, value is None or 0 <= value < 1,
+                        "a probability, 0 <= p < 1")
+        for key, low in (("min_size", 0), ("grow", 0), ("min_distance", 1)):
+            value = getattr(self, key)
+            check_range(f"instances.{key}", value, value is None or value >= low,
+                        f"a whole number >= {low}")
+        check_range("instances.h", self.h, self.h is None or self.h > 0,
+                    "h > 0 (or null for peak_local_max seeds)")
+
+    def given(self) -> dict[str, Any]:
+        """The decoding settings given (None: as tuned, or the default)."""
+        return {"threshold": self.threshold, "seed_threshold": self.seed_threshold,
+                "min_size": self.min_size, "grow": self.grow}
+
+    def of_foreground(self) -> dict[str, Any]:
+        """The keyword arguments of
+        :func:`~segunet.postprocess.instances.instances_from_foreground`."""
+        return {
+            "method": "components" if self.method == "auto" else self.method,
+            "min_size": self.min_size or 0,
+            "threshold": 0.5 if self.threshold is None else self.threshold,
+            "watershed_on": self.watershed_on, "min_distance": self.min_distance, "h": self.h,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """How the instances are made: with ``instances.method=auto`` the decoding of the
+    checkpoint's training target (:mod:`segunet.postprocess.decoding`) with its tuned settings, each
+    overridden by an ``instances.*`` key given; else the components or watershed of the
+    foreground (:func:`segunet.postprocess.instances.instances_from_foreground`)."""
+
+    target: str
+    post: PostProcess | None  # None: the components/watershed method of ``instances``
+    instances: dict[str, Any]
+    tuned: bool = False
+
+    @classmethod
+    def of(cls, instances: InstancesConfig, config: dict, tuned: dict | None) -> Decoder:
+        target = (config.get("data") or {}).get("target", "foreground")
+        if instances.method != "auto":
+            return cls(target, None, instances.of_foreground())
+        base = PostProcess.from_dict(tuned["settings"]) if tuned else PostProcess()
+        given = {k: v for k, v in instances.given().items() if v is not None}
+        return cls(target, dataclasses.replace(base, **given), {}, tuned is not None)
+
+    def __call__(self, probs: Any, foreground: Sequence[int], rows: int) -> np.ndarray:
+        """Objects of ``probs`` ``(C, *spatial)`` (an array or a zarr store on disk, read
+        ``rows`` at a time: only the maps a decoding needs come into memory)."""
+        if self.post is None:
+            return instances_from_foreground(foreground_of(probs, foreground, rows),
+                                             **self.instances)
+        if self.target == "boundary":
+            interior, boundary = (foreground_of(probs, [k], rows) for k in (1, 2))
+            return decode_boundary(interior, boundary, self.post)
+        return decode_foreground(foreground_of(probs, foreground, rows), self.post)
+
+    def describe(self) -> str:
+        if self.post is None:
+            return f"instances by {self.instances['method']}"
+        settings = ", ".join(f"{k}={v}" for k, v in self.post.as_dict().items())
+        how = "tuned on its validation images" if self.tuned else "defaults (never tuned)"
+        return f"instances of the {self.target} target, {how}: {settings}"

@@ -59,9 +59,10 @@ from segunet.data.datasets import (
     cut_sample,
     to_tensors,
 )
+from segunet.data.tiling import tile_within
 from segunet.errors import SegunetError, first_line, report_errors
 from segunet.eval.metrics import OverlapCounter, TaskScorer, metric_key
-from segunet.infer.predict import predict_tiled, tile_within
+from segunet.infer.predict import predict_tiled
 from segunet.postprocess.decoding import PostProcess, decode
 from segunet.postprocess.tune import TuneConfig, describe, report, tunable, tune_on
 from segunet.train import distributed, resume, run_folder
