@@ -45,12 +45,20 @@ from segunet.data.datasets import SegmentationData, Volume
 from segunet.data.io import SUPPORTED, read_array, read_pixel_size, split_key
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
 from segunet.data.synthetic import synthetic_cells
-from segunet.data.targets import TARGETS, Target, boundary_classes, check_target, interiors
+from segunet.data.targets import (
+    OBJECT_METRICS,
+    TARGETS,
+    Metric,
+    Target,
+    boundary_classes,
+    check_metric,
+    check_target,
+    interiors,
+)
 from segunet.data.weightmaps import border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
 from segunet.data.weightmaps_cache import cache_root
 from segunet.errors import SegunetError
-from segunet.eval.metrics import OBJECT_METRICS, Metric, check_metric
 
 Seed = Annotated[int, Range(ge=0)]  # numpy's generators take no negative seed
 Percentile = Annotated[float, Range(ge=0, le=100)]
@@ -713,7 +721,7 @@ def folder(
     runs). The validation images are a ``split_seed`` permutation's first ``val_fraction``.
     ``targets``: how the labels become targets and weight maps (:class:`Targets`). ``target``
     and ``metric``: what the network learns and what validation scores
-    (:mod:`segunet.data.targets`, :data:`segunet.eval.metrics.TASK_METRICS`). ``pixel_size``
+    (:mod:`segunet.data.targets`, :data:`segunet.data.targets.TASK_METRICS`). ``pixel_size``
     (um per axis) sets the one the model records; by default the one the image files
     share (:func:`common_pixel_size`).
     """
