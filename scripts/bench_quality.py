@@ -284,14 +284,15 @@ class HeldOut:
 def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> list[HeldOut]:
     """The test part as the recipe's data source would read it (``data_cfg``: its resolved
     config): the same normalisation and the same objects, without training targets."""
-    from segunet.data import sources
+    from segunet.data import labels as labelling
+    from segunet.data import normalize, sources
     from segunet.data.io import read_array
 
     c = data_cfg
 
     def objects(labels: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
         t = c["targets"]
-        inst, ignore = sources.instances_from_labels(
+        inst, ignore = labelling.instances_from_labels(
             labels, t["label_kind"], t["foreground_value"], t["ignore_value"], source,
             t["connectivity"])
         return np.where(ignore, 0, inst), ~ignore
@@ -301,22 +302,22 @@ def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> l
         pairs = sources.pair_files(test_dir / c["images"], test_dir / c["labels"],
                                    c["image_glob"], c["label_suffix"])
         for image_file, label_file in pairs[:limit]:
-            labels = sources.label_image(read_array(label_file), c["spatial_dims"],
-                                         str(label_file))
-            image = sources.image_channels_first(read_array(image_file), labels.shape,
-                                                 str(image_file), str(label_file))
-            image = sources.prepare_image(image, c["channels"], c["percentiles"],
-                                          str(image_file))
+            labels = labelling.label_image(read_array(label_file), c["spatial_dims"],
+                                           str(label_file))
+            image = normalize.image_channels_first(read_array(image_file), labels.shape,
+                                                   str(image_file), str(label_file))
+            image = normalize.prepare_image(image, c["channels"], c["percentiles"],
+                                            str(image_file))
             images.append(HeldOut(image_file.stem, image, *objects(labels, str(label_file))))
         return images
     if not c["_target_"].endswith(".tiff_stack"):
         raise SystemExit(f"bench_quality: no test reader for data source {c['_target_']}")
     image_file, label_file = test_dir / c["volume"], test_dir / c["labels"]
-    labels = sources.label_image(read_array(label_file), 3, str(label_file))
-    image = sources.image_channels_first(read_array(image_file), labels.shape,
-                                         str(image_file), str(label_file))
+    labels = labelling.label_image(read_array(label_file), 3, str(label_file))
+    image = normalize.image_channels_first(read_array(image_file), labels.shape,
+                                           str(image_file), str(label_file))
     # The whole stack at once, as the source does: one acquisition, one intensity scale.
-    image = sources.prepare_image(image, c["channels"], c["percentiles"], str(image_file))
+    image = normalize.prepare_image(image, c["channels"], c["percentiles"], str(image_file))
     if dims == 3:
         return [HeldOut(f"{c['name']}_test", image, *objects(labels, str(label_file)))]
     return [

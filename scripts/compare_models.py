@@ -93,7 +93,7 @@ def ground_truth(data) -> dict[str, Path]:
 def score(trainer, data) -> dict[str, float]:
     """Instance AP over the validation images, against their instance labels."""
     from segunet.data.io import read_array
-    from segunet.data.sources import label_image
+    from segunet.data.labels import label_image
     from segunet.eval.metrics import instance_scores
     from segunet.infer.predict import predict_tiled
     from segunet.postprocess.instances import instances_from_probabilities

@@ -24,7 +24,7 @@ from segunet.config.compose import (
 )
 from segunet.config.schema import locate, schema_for
 from segunet.data.datasets import SegmentationData
-from segunet.data.sources import Targets
+from segunet.data.labels import Targets
 from segunet.errors import SegunetError
 from segunet.models import UNet
 

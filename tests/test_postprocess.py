@@ -124,7 +124,8 @@ def test_unknown_targets_and_metrics_are_one_line(tmp_path, override, expected):
 
 
 def test_targets_and_metrics_the_labels_cannot_support(tmp_path):
-    from segunet.data.sources import Targets, stack
+    from segunet.data.labels import Targets
+    from segunet.data.sources import stack
 
     image = np.zeros((4, 16, 16), np.uint8)
     labels = np.zeros((4, 16, 16), np.uint8)

@@ -22,7 +22,7 @@ from skimage.segmentation import find_boundaries
 
 from segunet.cli.predict import main
 from segunet.data.io import read_pixel_size
-from segunet.data.sources import image_channels_first, prepare_image
+from segunet.data.normalize import image_channels_first, prepare_image
 from segunet.infer.inputs import NormalizedImage, image_for_model
 from segunet.infer.outputs import OUTPUTS
 

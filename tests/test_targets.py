@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segunet.data.sources import volumes_from_instances
+from segunet.data.labels import volumes_from_instances
 from segunet.data.targets import boundary_classes
 from segunet.data.weightmaps import separate_touching
 from segunet.eval.metrics import contingency

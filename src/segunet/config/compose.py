@@ -305,7 +305,7 @@ def _moved(node: Any) -> Any:
 
 def _targets_nested(config: dict) -> dict:
     """``config`` with the flat label and weight-map keys of ``data`` in ``data.targets``."""
-    from segunet.data.sources import Targets
+    from segunet.data.labels import Targets
 
     data = config.get("data")
     if not isinstance(data, dict) or "targets" in data:

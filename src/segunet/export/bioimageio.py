@@ -19,7 +19,7 @@ before the zip is kept (``verify=true``). What the package says:
 - weights: TorchScript and ONNX, traced from the same eval-mode model and each verified
   against PyTorch;
 - test tensors: a tile of ``test_image`` and segunet's own prediction of it (normalised by
-  :func:`segunet.data.sources.normalize_percentile`, run by PyTorch), so a passing
+  :func:`segunet.data.normalize.normalize_percentile`, run by PyTorch), so a passing
   ``test_model`` shows that the spec's preprocessing reproduces segunet's.
 """
 
@@ -44,7 +44,8 @@ from torch import nn
 from segunet.atomic import write_atomic
 from segunet.checkpoint import load_checkpoint, load_trained, pixel_size_of
 from segunet.data.io import read_array
-from segunet.data.sources import class_names_for, normalize_percentile
+from segunet.data.normalize import normalize_percentile
+from segunet.data.sources import class_names_for
 from segunet.errors import SegunetError
 from segunet.export.traced import exported_bytes, metadata, verify_export
 from segunet.pretrained import shipped

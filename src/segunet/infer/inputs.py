@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from segunet.data.io import SUPPORTED, CheckedReads, file_kind, read_array, short_message, split_key
-from segunet.data.sources import apply_range, convert_channels, percentile_range
+from segunet.data.normalize import apply_range, convert_channels, percentile_range
 from segunet.data.tiling import blocks
 from segunet.errors import SegunetError
 
@@ -110,7 +110,7 @@ class NormalizedImage:
     """A raw image array as the network's ``(C, *spatial)`` float32 input, read lazily.
 
     Slicing reads only that window of the raw array, then does what training did to whole
-    images (:func:`segunet.data.sources.prepare_image`): channels first (an RGBA image loses
+    images (:func:`segunet.data.normalize.prepare_image`): channels first (an RGBA image loses
     its alpha), RGB -> grey by luma or grey -> RGB when the training data converted them, and
     ``(x - p_low) / (p_high - p_low)`` per channel with the percentiles of the whole image
     (of a strided subsample of it when it is large).
