@@ -1,3 +1,4 @@
-"""Inference: the tiled engine (``predict``), the mergers that hold its output, resampling
-to the training pixel grid and the ``segunet predict`` application (``run``). May import
-config, models, data and postprocess; not train, eval or cli."""
+"""Inference: the tiled engine (``predict``), its mergers, resampling to the training pixel
+grid, and ``segunet predict``'s inputs, outputs and run (``run``; its ``main`` is
+:mod:`segunet.cli.predict`). May import config, models, data, postprocess, checkpoint and
+``train.distributed`` (the device); not eval, export or cli."""
