@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import config_error, save_tiny_checkpoint
+from helpers import TINY, config_error, save_tiny_checkpoint
 from omegaconf import OmegaConf
 
 from segunet.checkpoint import load_trained
@@ -27,6 +27,7 @@ from segunet.data.datasets import SegmentationData
 from segunet.data.labels import Targets
 from segunet.errors import SegunetError
 from segunet.models import UNet
+from segunet.train.trainer import build_trainer
 
 
 def test_a_schema_is_its_constructors_signature():
@@ -217,10 +218,6 @@ def test_a_checkpoint_of_the_old_module_names_still_loads(tmp_path):
 
 
 def test_a_run_of_the_old_module_names_resumes(make_cfg, tmp_path):
-    from helpers import TINY
-
-    from segunet.train.trainer import build_trainer
-
     build_trainer(make_cfg(*TINY, "trainer.max_steps=2"), tmp_path / "a").fit()
     for file in (tmp_path / "a" / "checkpoints").glob("*.pt"):
         with_old_targets(file)
@@ -228,3 +225,16 @@ def test_a_run_of_the_old_module_names_resumes(make_cfg, tmp_path):
         make_cfg(*TINY, "trainer.max_steps=3", f"trainer.resume={tmp_path / 'a'}"),
         tmp_path / "b")
     assert resumed.step == 2
+
+
+def test_the_shipped_model_stores_the_old_names_and_loads():
+    """nuclei.pt was written before the move and is not rewritten: its whole stored config
+    is allowed once upgraded, and every group of it builds."""
+    from segunet.pretrained import path_of
+
+    stored = torch.load(path_of("nuclei"), weights_only=True)["config"]
+    assert {stored[g]["_target_"] for g in OLD_TARGETS} == {t for t, _ in OLD_TARGETS.values()}
+    config = upgrade(stored)
+    check_all_targets(config, "nuclei.pt")
+    for group, (_, name) in OLD_TARGETS.items():
+        assert type(instantiate_group(config, group, "nuclei.pt")).__name__ == name
