@@ -211,6 +211,18 @@ def workers_of(pid: int) -> list[int]:
     return found
 
 
+def ignores_ctrl_c(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT: a pool worker does once its initializer ran.
+    Before that it is still starting Python, and a Ctrl-C then kills it with a traceback."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = next((int(line.split()[1], 16) for line in status.splitlines()
+                    if line.startswith("SigIgn:")), 0)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
 def until(condition, what: str, limit: float = 60.0) -> None:
     """Poll until ``condition()`` holds (the limit only stops a hung test)."""
     deadline = time.monotonic() + limit
@@ -239,7 +251,11 @@ def slow_weightmaps(tmp_path: Path, command: tuple[str, ...] = ("weightmaps",)
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
     )
-    until(lambda: len(workers_of(proc.pid)) == 2 or proc.poll() is not None, "workers")
+    def computing() -> bool:
+        workers = workers_of(proc.pid)
+        return len(workers) == 2 and all(map(ignores_ctrl_c, workers))
+
+    until(lambda: computing() or proc.poll() is not None, "workers")
     assert proc.poll() is None, proc.communicate()
     return proc
 
