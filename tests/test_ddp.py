@@ -248,3 +248,30 @@ def test_ctrl_c_under_ddp_saves_and_reports_on_rank_0_alone(make_cfg, tmp_path, 
         assert (tmp_path / "checkpoints" / "last.pt").is_file()
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.parametrize(("rank", "lines"), [
+    ("0", ["segunet: error: terminated (SIGTERM) before training started; no checkpoint was "
+           "saved"]),
+    ("1", []),  # torchrun stopping it after rank 0 failed: rank 0 has said why
+])
+def test_sigterm_before_training_is_told_by_rank_0_alone(monkeypatch, capsys, rank, lines):
+    """Under load, rank 1 could still be loading when rank 0 failed and torchrun stopped it,
+    and its own 'terminated' line came second to rank 0's real error."""
+    from types import SimpleNamespace
+
+    from segunet import interrupts
+    from segunet.train import trainer
+
+    def terminated(*args):
+        raise interrupts.Terminated
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(trainer, "run", terminated)
+    monkeypatch.setattr(trainer.HydraConfig, "get",
+                        lambda: SimpleNamespace(runtime=SimpleNamespace(output_dir=".")))
+    monkeypatch.setattr("segunet.errors.OTHER_RANKS_REPORT_AFTER_S", 0.0)
+    with pytest.raises(SystemExit) as exit_, trainer.report_errors():
+        trainer._train_job(None)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == lines

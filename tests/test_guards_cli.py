@@ -128,6 +128,27 @@ def test_a_sweep_without_failures_ends_with_status_0(tmp_path):
     assert "error" not in done.stderr
 
 
+def test_a_sweep_into_a_used_sweep_folder_leaves_the_refused_jobs_record(tmp_path):
+    """Paths stay out of the jobs' folder names, so a second sweep with another path names
+    the first one's job folder. That job is refused (it holds checkpoints), but Hydra had
+    already rewritten its .hydra record: it then named a cache the checkpoints never used.
+    A new job of the same sweep still gets its record."""
+    sweep = tmp_path / "sweep"
+    first = run_in_process("train", "-m", *SWEEP, f"data.targets.cache_dir={tmp_path}/a",
+                           "trainer.seed=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (old,) = sweep.glob("0_*")
+    before = {p.name: p.read_bytes() for p in (old / ".hydra").iterdir()}
+    second = run_in_process("train", "-m", *SWEEP, f"data.targets.cache_dir={tmp_path}/b",
+                            "trainer.seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert second.returncode == 2
+    assert "already holds another run's checkpoints" in second.stderr
+    assert {p.name: p.read_bytes() for p in (old / ".hydra").iterdir()} == before
+    (new,) = sweep.glob("1_*")
+    overrides = yaml.safe_load((new / ".hydra" / "overrides.yaml").read_text())
+    assert f"data.targets.cache_dir={tmp_path}/b" in overrides
+
+
 def test_ctrl_c_in_a_sweep_stops_the_sweep(tmp_path, monkeypatch):
     import os
     import signal

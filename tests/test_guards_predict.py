@@ -284,6 +284,72 @@ def test_a_numeric_level_picks_the_level_of_an_s0_named_pyramid(run_dir, tmp_pat
     assert "levels are s0, s1, s2 (or 0..2 by position)" in error_line(capsys)
 
 
+def axes_image(path, data: np.ndarray, axes: str) -> None:
+    """An OME-Zarr of one level whose axes metadata names ``axes`` (``cyx``, ``zyx``)."""
+    from ome_zarr.writer import write_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ome-zarr's deprecation notes
+        write_image(data, str(path), axes=axes, scaler=None)
+
+
+def test_an_ome_zarr_whose_axes_say_channels_is_no_stack(run_dir, tmp_path, capsys):
+    """A 2-channel (c, y, x) image and a 1-channel model: the channels were predicted as
+    the slices of a Z stack and written with exit 0."""
+    image = tmp_path / "two.ome.zarr"
+    axes_image(image, np.stack([picture(1), picture(2)]), "cyx")
+    out = tmp_path / "out"
+    assert main([f"checkpoint={run_dir}", f"input={image}", f"output={out}"]) == 2
+    err = error_line(capsys)
+    assert str(image) in err and "has 2 channels" in err and "expects 1" in err
+    assert files(out) == []
+
+
+def test_an_ome_zarr_whose_axes_say_z_is_no_multichannel_image(tmp_path, capsys):
+    """A (z, y, x) stack of 3 slices and a 3-channel model: the slices were taken as the
+    image's 3 channels and predicted as one image, with exit 0."""
+    save_tiny_checkpoint(tmp_path / "run", in_channels=3)
+    image = tmp_path / "stack.ome.zarr"
+    axes_image(image, np.stack([picture(i) for i in range(3)]), "zyx")
+    out = tmp_path / "out"
+    assert main([f"checkpoint={tmp_path / 'run'}", f"input={image}", f"output={out}"]) == 2
+    err = error_line(capsys)
+    assert str(image) in err and "stack of 3 slices" in err and "3-channel" in err
+    assert files(out) == []
+
+
+def test_an_ome_zarr_stack_still_goes_slice_by_slice(run_dir, tmp_path):
+    image = tmp_path / "stack.ome.zarr"
+    axes_image(image, np.stack([picture(i) for i in range(3)]), "zyx")
+    out = tmp_path / "out"
+    assert main([f"checkpoint={run_dir}", f"input={image}", f"output={out}",
+                 "outputs=labels"]) == 0
+    assert tifffile.imread(out / "stack_labels.tif").shape == (3, *SHAPE)
+
+
+def test_skip_existing_does_not_take_an_ome_zarr_without_its_labels_as_done(
+    run_dir, tmp_path, capsys
+):
+    """An OME-Zarr written with outputs=probabilities, then skip_existing=true with every
+    output: "3 of 3 images have all their outputs; predicting 0", exit 0, no labels."""
+    picture_path = tmp_path / "a.tif"
+    tifffile.imwrite(picture_path, picture())
+    out = tmp_path / "out"
+    args = [f"checkpoint={run_dir}", f"input={picture_path}", f"output={out}",
+            "format=ome-zarr"]
+    assert main([*args, "outputs=probabilities"]) == 0
+    capsys.readouterr()
+    assert main([*args, "skip_existing=true"]) == 2
+    err = error_line(capsys)
+    assert str(out / "a.ome.zarr") in err and "labels and instances" in err
+    assert "overwrite=true" in err
+    assert not (out / "a.ome.zarr" / "labels").exists()
+    # Complete, it is kept as it is.
+    assert main([*args, "overwrite=true"]) == 0
+    assert main([*args, "skip_existing=true"]) == 0
+    assert "1 of 1 images have all their outputs" in capsys.readouterr().err
+
+
 # --- 6. a tile larger than the image --------------------------------------------------------
 
 

@@ -87,6 +87,24 @@ def test_an_out_of_range_value_is_refused_by_the_config_check(make_cfg, override
     assert refusal(make_cfg, "experiment=quickstart", *overrides) == expected
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Each was accepted. lr and noise_std then diverged at once; eps makes every Adam
+        # update 0 and rotate every angle infinite (its cosine NaN), and both runs ended
+        # "done" with exit 0.
+        (["optim.lr=inf"], "optim.lr=inf must be finite and > 0"),
+        (["optim.eps=inf"], "optim.eps=inf must be finite and at least 0"),
+        (["augment.rotate=inf"], "augment.rotate=inf must be finite and at least 0"),
+        (["augment.noise_std=inf"], "augment.noise_std=inf must be finite and at least 0"),
+        (["trainer.grad_clip=inf"], "trainer.grad_clip=inf must be finite and > 0 (or null)"),
+        (["augment.scale=[0.9,inf]"], "augment.scale=[0.9, inf] must all be finite and > 0"),
+    ],
+)
+def test_an_infinite_value_is_refused_by_the_config_check(make_cfg, overrides, expected):
+    assert refusal(make_cfg, "experiment=quickstart", *overrides) == expected
+
+
 def test_a_value_the_max_steps_gives_blames_max_steps(make_cfg):
     """scheduler.T_max is ${trainer.max_steps}: the key to change is the one the user set."""
     assert refusal(make_cfg, "scheduler=cosine", "trainer.max_steps=0") == (

@@ -40,7 +40,7 @@ def test_the_lock_ends_with_its_process_even_on_kill_9(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from segunet import run_folder; lock = run_folder.claim(Path(sys.argv[1]), None); "
+         "from segunet.train import run_folder; lock = run_folder.claim(Path(sys.argv[1]), None); "
          "print('held', flush=True); time.sleep(600)", str(folder)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -149,6 +149,23 @@ def test_a_refused_resume_leaves_the_runs_hydra_record_as_it_was(tmp_path):
                           f"trainer.resume={folder}", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert done.returncode == 2
     assert "raise trainer.max_steps" in done.stderr
+    assert record_of(folder) == before
+
+
+def test_a_resume_that_diverges_before_saving_leaves_the_record_as_it_was(tmp_path):
+    """The resume is accepted, then diverges before it saves anything: last.pt is still the
+    first run's, so the record (the command bioimage.io export writes into its README) must
+    still be that run's, not the resume's optim.lr=1e12."""
+    folder = tmp_path / "run"
+    first = run_in_process("train", *QUICK, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before, last = record_of(folder), (folder / "checkpoints" / "last.pt").read_bytes()
+    diverged = run_in_process("train", *TINY, "trainer.max_steps=4", "trainer.val_every=2",
+                              "optim.lr=1e12", f"trainer.resume={folder}",
+                              f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert diverged.returncode == 2
+    assert "training diverged" in diverged.stderr
+    assert (folder / "checkpoints" / "last.pt").read_bytes() == last
     assert record_of(folder) == before
 
 

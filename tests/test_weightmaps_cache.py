@@ -286,3 +286,31 @@ def test_a_read_only_cache_that_holds_every_map_is_used(tmp_path, monkeypatch):
     got = border_weight_maps([x], cache_dir=tmp_path)
     np.testing.assert_array_equal(got[0], expected[0])
     assert stats.hits == 1
+
+
+WORKER_SEMAPHORES = """
+import multiprocessing, multiprocessing.resource_tracker as tracker, os, sys
+multiprocessing.set_start_method("spawn", force=True)  # as in a pool worker
+from segunet.data import weightmaps_cache
+from tqdm import tqdm
+registered = []
+tracker.register = lambda name, kind: registered.append(kind)
+weightmaps_cache._worker_start(os.getppid())
+for _ in tqdm(range(3), disable=True):  # the bars a map of many objects shows
+    pass
+print(registered)
+"""
+
+
+def test_a_pool_worker_holds_no_semaphore_a_kill_would_leak():
+    """Ctrl-C kills the workers mid-map. tqdm's bar in a worker had made a multiprocessing
+    lock, registered with Python's resource tracker; killed, the worker never released it,
+    and the tracker printed "There appear to be 2 leaked semaphore objects" after the
+    command's one error line."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WORKER_SEMAPHORES], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -293,7 +293,8 @@ def pin_sweep_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
     """Make the folder a ``-m`` sweep writes its runs into, or refuse it in one line, and
     name it explicitly, as :func:`pin_run_folder` does for one run. Keys whose values hold a
     ``/`` stay out of the jobs' folder names (``<n>_<overrides>``): their slashes would
-    nest the folder, and ``..`` in them lead it out of the sweep's."""
+    nest the folder, and ``..`` in them lead it out of the sweep's. A sweep folder already
+    holding jobs' records keeps them until each job is accepted, as a run folder does."""
     from segunet.train import run_folder
 
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
@@ -302,6 +303,9 @@ def pin_sweep_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
     overrides = [a.split("=", 1) for a in rest if "=" in a and not a.startswith("-")]
     given = {key.lstrip("+") for key, _ in overrides}
     pinned = rest if "hydra.sweep.dir" in given else [*rest, f"hydra.sweep.dir={sweep_dir}"]
+    if "hydra.output_subdir" not in given and any(map(run_folder.holds_record,
+                                                       sweep_dir.iterdir())):
+        pinned = [*pinned, run_folder.DEFER_RECORD]
     naming = "hydra.job.config.override_dirname.exclude_keys"
     slashed = [key.lstrip("+~") for key, value in overrides
                if "/" in value and not key.lstrip("+~").startswith("hydra.")]

@@ -19,7 +19,8 @@ an error or Ctrl-C leaves no partial file, and temps of runs killed outright (ki
 removed by the next predict into that folder.
 
 Z-stacks and 2D models: a (Z, Y, X) stack whose depth Z is no channel count of the 2D model
-is predicted slice by slice (the stack normalised as a whole, as training on a stack does)
+(an OME-Zarr's axes say which it is) is predicted slice by slice (the stack normalised as a
+whole, as training on a stack does)
 and written back as stacks, slice by slice: probabilities (Z, C, Y, X) (Fiji's hyperstack
 order; a 3D model's are (C, Z, Y, X)), labels (Z, Y, X), instances (Z, Y, X) uint32 with the
 2D objects of each slice numbered on through the stack, so no id repeats across slices.

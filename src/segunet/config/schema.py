@@ -66,15 +66,16 @@ class Range:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return True  # a wrong type is OmegaConf's to refuse
         return not (
-            math.isnan(value)
+            not math.isfinite(value)  # no key takes inf: it diverges or freezes a run
             or (self.gt is not None and value <= self.gt)
             or (self.ge is not None and value < self.ge)
             or (self.lt is not None and value >= self.lt)
             or (self.le is not None and value > self.le)
         )
 
-    def phrase(self, each: bool = False, optional: bool = False) -> str:
-        """``must be > 0``, ``must all be at least 1``, ``must be in [0, 1) (or null)``..."""
+    def phrase(self, each: bool = False, optional: bool = False, finite: bool = False) -> str:
+        """``must be > 0``, ``must all be at least 1``, ``must be in [0, 1) (or null)``,
+        with ``finite``: ``must be finite and > 0``..."""
         if self.words:
             return self.words
         low = self.gt if self.gt is not None else self.ge
@@ -86,7 +87,8 @@ class Range:
             bound = f"> {_number(low)}" if self.gt is not None else f"at least {_number(low)}"
         else:
             bound = f"< {_number(high)}" if self.lt is not None else f"at most {_number(high)}"
-        return f"must {'all ' if each else ''}be {bound}" + (" (or null)" if optional else "")
+        return (f"must {'all ' if each else ''}be {'finite and ' if finite else ''}{bound}"
+                + (" (or null)" if optional else ""))
 
 
 def _number(value: Any) -> str:
@@ -339,7 +341,8 @@ def check_range(key: str, value: Any, bounds: Range | None, optional: bool = Fal
     if bounds is None or all(bounds.holds(v) for v in (value if each else [value])):
         return
     shown = f"[{', '.join(map(_number, value))}]" if each else _number(value)
-    raise SegunetError(f"{key}={shown} {bounds.phrase(each, optional)}")
+    infinite = any(isinstance(v, float) and math.isinf(v) for v in (value if each else [value]))
+    raise SegunetError(f"{key}={shown} {bounds.phrase(each, optional, infinite)}")
 
 
 def check_ranges(obj: Any, where: str) -> None:

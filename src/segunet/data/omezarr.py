@@ -82,11 +82,13 @@ def is_ome_zarr(path: Path) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class OmeImage:
-    """One resolution level: its lazily read array and pixel size (None if unknown)."""
+    """One resolution level: its lazily read array and pixel size (None if unknown), and
+    the type of each of the array's axes (``channel``, ``space``, ``time``; None unknown)."""
 
     array: Any
     pixel_size: PixelSize | None
     level: str
+    axes: tuple[str | None, ...] = ()
 
 
 def open_image(path: Path, level: str | None = None) -> OmeImage:
@@ -112,7 +114,15 @@ def open_image(path: Path, level: str | None = None) -> OmeImage:
     array = zarr.open_array(store=str(path / level), mode="r")
     keep = _kept_axes(axes, array.shape)
     sizes = _scale(axes, transforms[paths.index(level)], keep)
-    return OmeImage(Squeezed(array, keep) if len(keep) < array.ndim else array, sizes, level)
+    kinds = tuple(_axis_type(axes[i]) for i in keep)
+    return OmeImage(Squeezed(array, keep) if len(keep) < array.ndim else array, sizes, level,
+                    kinds)
+
+
+def _axis_type(axis: Mapping) -> str | None:
+    """An axis' type, from its name where the metadata leaves the (optional) type out."""
+    names = {"c": "channel", "t": "time", "z": "space", "y": "space", "x": "space"}
+    return axis.get("type") or names.get(str(axis.get("name", "")).lower())
 
 
 def _level_path(level: str, paths: Sequence[str]) -> str:

@@ -251,9 +251,12 @@ def _compute_one(
 def _worker_start(parent: int) -> None:
     """A pool worker's set-up: it ignores the terminal's Ctrl-C and SIGTERM (sent to the
     whole process group; the parent handles them and kills its workers), ends when its
-    parent does, and uses one thread."""
+    parent does, and uses one thread. Its progress bars lock with a thread lock: tqdm's
+    default one is a multiprocessing semaphore, which a killed worker never releases, and
+    Python's resource tracker then warns about it after the command's error line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
     _end_with(parent)
     _single_threaded()
 

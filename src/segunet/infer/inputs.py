@@ -262,11 +262,33 @@ def stack_for_model(
     if spatial_dims != 2 or len(shape) != 3:
         return None
     layout, channels = _layout(shape, path, spatial_dims)
+    declared = first_axis_type(path)  # an OME-Zarr says which it is; else the counts do
+    if layout != "first" or declared == "channel":
+        return None
     grey, convert = _fits(1, in_channels, data_cfg)
-    if layout != "first" or _fits(channels, in_channels, data_cfg)[0] or not grey:
+    if declared == "space" and not grey:
+        raise SegunetError(
+            f"{path} is a (Z, Y, X) stack of {shape[0]} slices (so its axes say) but the model "
+            f"takes {in_channels}-channel images: give images like the training data"
+        )
+    if (declared is None and _fits(channels, in_channels, data_cfg)[0]) or not grey:
         return None
     percentiles = data_cfg.get("percentiles", (1.0, 99.8))
     return NormalizedImage(raw, "grey", 1, convert, percentiles, str(path))
+
+
+def first_axis_type(path: Path) -> str | None:
+    """The type an OME-Zarr image's metadata gives its first axis (``channel``, ``space``);
+    None for any other file, whose axes only their sizes tell."""
+    file, key = split_key(path)
+    if file_kind_or_none(file) != "zarr":
+        return None
+    from segunet.data import omezarr
+
+    if not omezarr.is_ome_zarr(file):
+        return None
+    axes = omezarr.open_image(file, key).axes
+    return axes[0] if axes else None
 
 
 def _layout(shape: tuple[int, ...], path: Path, spatial_dims: int) -> tuple[str, int]:

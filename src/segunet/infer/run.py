@@ -253,8 +253,27 @@ def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, d
             if not options.skip_existing:
                 refuse_existing(target, options.overwrite, ", skip_existing=true to keep it")
         if options.skip_existing:
-            plans[path] = {k: v for k, v in plans[path].items() if not v.exists()}
+            plans[path] = missing_outputs(plans[path], options.format)
     return plans
+
+
+def missing_outputs(plan: dict[str, Path], fmt: str) -> dict[str, Path]:
+    """The outputs of ``plan`` not yet written. An OME-Zarr image holds all of an input's
+    outputs, its labels and instances as label images, and is written whole: one that
+    exists without some of them cannot be completed, only rewritten (one-line error)."""
+    if fmt != "ome-zarr":
+        return {k: v for k, v in plan.items() if not v.exists()}
+    image = next(iter(plan.values()))
+    if not image.exists():
+        return plan
+    absent = [k for k in plan if k != "probabilities" and not (image / "labels" / k).is_dir()]
+    if absent:
+        raise SegunetError(
+            f"{image} exists without its {' and '.join(absent)} (an earlier predict with "
+            "other outputs=), and an OME-Zarr image is written whole: give overwrite=true to "
+            "write it again with them, or another output= folder"
+        )
+    return {}
 
 
 def predict_or_fall_back(

@@ -8,13 +8,14 @@ prediction over whole validation images, and checkpoints are written atomically.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +282,8 @@ class Trainer:
             self.device, MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 1
         )
         self.last_good: tuple[Path, int] | None = None  # the newest last.pt, and its step
+        # Called once, just before the first checkpoint this process writes (rank 0).
+        self.before_first_save: Callable[[], None] | None = None
         self.start_step = 0  # where this process's training began (fit)
         self.in_shape = resolve_patch_size(model, data)
         self.out_shape = tuple(model.output_shape(self.in_shape))
@@ -737,6 +740,9 @@ class Trainer:
         """Write ``checkpoints/<name>`` atomically; rank 0 alone writes, the others skip."""
         path = self.run_dir / "checkpoints" / name
         if self.world.main:
+            if self.before_first_save is not None:
+                hook, self.before_first_save = self.before_first_save, None
+                hook()
             save_atomic(self.state(), path)
         if name == "last.pt":
             self.last_good = (path, self.step)
@@ -923,7 +929,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             lock = run_folder.claim(run_dir, trainer_cfg.resume)
         trainer = build_trainer(cfg, run_dir)
         if world.main and trainer.step < trainer.cfg.max_steps:  # else fit() refuses it
-            _write_deferred_record(cfg, run_dir)
+            # With its first checkpoint: a resume that diverges or fails before it saves
+            # leaves the record of the run that wrote the checkpoints.
+            trainer.before_first_save = functools.partial(_write_deferred_record, cfg, run_dir)
         if world.main:
             ranks = f" x {world.size} processes" if world.size > 1 else ""
             print(
@@ -1010,9 +1018,12 @@ def _train_job(cfg: DictConfig) -> float:
         with interrupts.sigterm_interrupts():
             final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except KeyboardInterrupt as e:  # fit() handles its own: this is before training
-        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else (
-            "interrupted"
-        )
+        terminated = isinstance(e, interrupts.Terminated)
+        if terminated and distributed.env_world().rank > 0:
+            # torchrun stops the other ranks once one fails, and a cluster's SIGTERM reaches
+            # rank 0 as well: rank 0 says why, once.
+            sys.exit(2)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
         raise SegunetError(f"{what} before training started; no checkpoint was saved") from None
     return final.get("val/dice", float("nan"))
 
