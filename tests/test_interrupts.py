@@ -17,6 +17,7 @@ import tifffile
 import torch
 from helpers import TINY, run_in_process, wait_for
 
+from segunet import interrupts
 from segunet.errors import SegunetError
 from segunet.train import trainer as train
 from segunet.train.trainer import build_trainer
@@ -281,6 +282,21 @@ def test_weightmaps_stops_at_once_in_one_line_and_ends_its_workers(tmp_path, how
         f"are cached in {re.escape(str(cache))}: rerun the same command to resume \\(cached "
         "maps are reused\\)", lines[0]), err
     until(lambda: not any(running(w) for w in workers), "end of the workers", 10)
+
+
+@linux_only
+def test_processes_started_in_the_block_begin_with_ctrl_c_blocked():
+    """Pool workers are started within this block. A Ctrl-C to the process group while a
+    worker still imported printed its 'Fatal Python error' traceback after the command's
+    one line; blocked from the start, the signal waits until the worker ignores it."""
+    mask = [sys.executable, "-c", "import signal; "
+            "print(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))"]
+    with interrupts.blocked_in_children():
+        inside = subprocess.run(mask, capture_output=True, text=True, check=True).stdout
+    outside = subprocess.run(mask, capture_output=True, text=True, check=True).stdout
+    assert inside.strip() == f"[{int(signal.SIGINT)}, {int(signal.SIGTERM)}]"
+    assert outside.strip() == "[]"
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # this thread's, restored
 
 
 @linux_only

@@ -79,6 +79,29 @@ def interruptible() -> AbstractContextManager[None]:
 
 
 @contextmanager
+def blocked_in_children() -> Iterator[None]:
+    """Processes started within the block begin with SIGINT and SIGTERM blocked, until they
+    set their own handlers and unblock them (:func:`unblock`): a signal mask is inherited
+    through fork and exec, so a Ctrl-C sent to the process group while a child is still
+    importing waits instead of printing the child's traceback. Only this thread blocks
+    them; Python's other threads still take them for this process."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock() -> None:
+    """Undo :func:`blocked_in_children` in a child, once it has set its handlers."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block is done, then raise the first of them."""
     caught: list[int] = []

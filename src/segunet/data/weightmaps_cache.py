@@ -203,8 +203,9 @@ def _compute(
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
                                initializer=_worker_start, initargs=(os.getpid(),))
     try:
-        futures = {pool.submit(_compute_one, instances, valid, params, path): i
-                   for i, instances, valid, path in jobs}
+        with interrupts.blocked_in_children():  # the pool starts its workers as jobs come
+            futures = {pool.submit(_compute_one, instances, valid, params, path): i
+                       for i, instances, valid, path in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()
     except BaseException as e:
@@ -256,6 +257,7 @@ def _worker_start(parent: int) -> None:
     Python's resource tracker then warns about it after the command's error line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    interrupts.unblock()  # blocked since it started: any sent meanwhile are now dropped
     tqdm.set_lock(threading.RLock())
     _end_with(parent)
     _single_threaded()
