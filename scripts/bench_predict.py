@@ -147,8 +147,9 @@ def forward_only(model, args, tile: tuple[int, int], batches: int, size: int) ->
 def run_one(args: argparse.Namespace) -> list[dict]:
     """Time one method in this process; the parent reads the JSON line it prints."""
     from segunet.checkpoint import unwrap
-    from segunet.merger import ZarrMerger
-    from segunet.predict import plan_tiles, predict_tiled, tile_shapes
+    from segunet.data.tiling import plan_tiles, tile_shapes
+    from segunet.infer.merger import ZarrMerger
+    from segunet.infer.predict import predict_tiled
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -21,8 +21,8 @@ Methods (``--methods``, default all):
   by segunet's data source); ``sliding_window_inference`` (overlap 0.25, MONAI's default
   constant blending); argmax, then ``scipy.ndimage.label`` (face connectivity).
 - ``monai_tuned``: the same network; its foreground probabilities decoded with the settings
-  that segunet's post-processing search (``segunet.tune.tune_on``, target ``foreground``,
-  gap growth included) chose on the validation images.
+  that segunet's post-processing search (``segunet.postprocess.tune.tune_on``, target
+  ``foreground``, gap growth included) chose on the validation images.
 - ``foreground``, ``foreground_grow``: ``segunet train`` with ``data.target=foreground``; one
   run, decoded with the search restricted to ``grow=0`` (rerun here on the validation
   images) and with the run's own search (gap growth allowed: what ``segunet train`` stores).
@@ -36,7 +36,7 @@ a few steps, 6 trainval images (20 slices in 3D) and 4 test images, a tiny Basic
 segunet run is used as ``segunet predict checkpoint=<run>`` uses it: its ``best.pt`` (the
 validation score's best; ``--checkpoint last`` for its final weights, the MONAI baseline's
 protocol: a plain loop selects nothing), decoded with that checkpoint's tuned settings; test
-images are predicted with ``segunet.predict.predict_tiled`` (test-time augmentation where
+images are predicted with ``segunet.infer.predict.predict_tiled`` (test-time augmentation where
 the search chose it).
 
 Budget (``--budget``): ``steps``, the default: every method trains the same number of steps
@@ -55,7 +55,7 @@ validates nor searches during training). ``tune s`` is a search run here (``mona
 Scores on the test part: DSB 2018 AP@0.5 and mean AP over IoU 0.5:0.95 (the DSB definition,
 mean of per-image scores); ISBI 2012 V_Rand and V_Info (the challenge's foreground-restricted
 definitions) and the Rand error, means over test slices; Lucchi++ foreground IoU and Dice
-pooled over the test voxels; all from :mod:`segunet.metrics`. ``lucchi3d`` is Lucchi++ as one
+pooled over the test voxels; all from :mod:`segunet.eval.metrics`. ``lucchi3d`` is Lucchi++ as one
 volume: ``experiment=lucchi3d[_cpu]`` and a 3D BasicUNet.
 
 Output: a table (one row per method: test scores, steps, wall-clock, post-processing), the
@@ -95,10 +95,10 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from segunet.atomic import write_atomic  # noqa: E402
-from segunet.config import config_dir, instantiate_group  # noqa: E402
+from segunet.config.compose import config_dir, instantiate_group  # noqa: E402
 from segunet.data.datasets import SegmentationData, Volume  # noqa: E402
-from segunet.postprocess import PostProcess, decode  # noqa: E402
-from segunet.tune import TuneConfig, tune_on  # noqa: E402
+from segunet.postprocess.decoding import PostProcess, decode  # noqa: E402
+from segunet.postprocess.tune import TuneConfig, tune_on  # noqa: E402
 
 METHODS = ("monai", "monai_tuned", "foreground", "foreground_grow", "boundary")
 #: The training run each method decodes: two methods share a run.
@@ -284,14 +284,15 @@ class HeldOut:
 def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> list[HeldOut]:
     """The test part as the recipe's data source would read it (``data_cfg``: its resolved
     config): the same normalisation and the same objects, without training targets."""
-    from segunet.data import sources
+    from segunet.data import labels as labelling
+    from segunet.data import normalize, sources
     from segunet.data.io import read_array
 
     c = data_cfg
 
     def objects(labels: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
         t = c["targets"]
-        inst, ignore = sources.instances_from_labels(
+        inst, ignore = labelling.instances_from_labels(
             labels, t["label_kind"], t["foreground_value"], t["ignore_value"], source,
             t["connectivity"])
         return np.where(ignore, 0, inst), ~ignore
@@ -301,22 +302,22 @@ def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> l
         pairs = sources.pair_files(test_dir / c["images"], test_dir / c["labels"],
                                    c["image_glob"], c["label_suffix"])
         for image_file, label_file in pairs[:limit]:
-            labels = sources.label_image(read_array(label_file), c["spatial_dims"],
-                                         str(label_file))
-            image = sources.image_channels_first(read_array(image_file), labels.shape,
-                                                 str(image_file), str(label_file))
-            image = sources.prepare_image(image, c["channels"], c["percentiles"],
-                                          str(image_file))
+            labels = labelling.label_image(read_array(label_file), c["spatial_dims"],
+                                           str(label_file))
+            image = normalize.image_channels_first(read_array(image_file), labels.shape,
+                                                   str(image_file), str(label_file))
+            image = normalize.prepare_image(image, c["channels"], c["percentiles"],
+                                            str(image_file))
             images.append(HeldOut(image_file.stem, image, *objects(labels, str(label_file))))
         return images
     if not c["_target_"].endswith(".tiff_stack"):
         raise SystemExit(f"bench_quality: no test reader for data source {c['_target_']}")
     image_file, label_file = test_dir / c["volume"], test_dir / c["labels"]
-    labels = sources.label_image(read_array(label_file), 3, str(label_file))
-    image = sources.image_channels_first(read_array(image_file), labels.shape,
-                                         str(image_file), str(label_file))
+    labels = labelling.label_image(read_array(label_file), 3, str(label_file))
+    image = normalize.image_channels_first(read_array(image_file), labels.shape,
+                                           str(image_file), str(label_file))
     # The whole stack at once, as the source does: one acquisition, one intensity scale.
-    image = sources.prepare_image(image, c["channels"], c["percentiles"], str(image_file))
+    image = normalize.prepare_image(image, c["channels"], c["percentiles"], str(image_file))
     if dims == 3:
         return [HeldOut(f"{c['name']}_test", image, *objects(labels, str(label_file)))]
     return [
@@ -337,7 +338,12 @@ def as_dict(node: Any) -> dict:
 
 def image_scores(metric: str, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """The test scores of one image (objects, 0 background) for the dataset's ``metric``."""
-    from segunet.metrics import adapted_rand_error, average_precision, isbi_scores, semantic_scores
+    from segunet.eval.metrics import (
+        adapted_rand_error,
+        average_precision,
+        isbi_scores,
+        semantic_scores,
+    )
 
     if metric == "ap":
         ap = average_precision(pred, truth)
@@ -443,7 +449,7 @@ def monai_predict(model: torch.nn.Module, image: np.ndarray, patch: Sequence[int
     but overlap 0.25); ``tta`` averages segunet's 8 symmetries, as ``predict_tiled``."""
     from monai.inferers import sliding_window_inference
 
-    from segunet.predict import symmetries
+    from segunet.infer.predict import symmetries
 
     x = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
     transforms = symmetries(len(patch)) if tta else symmetries(len(patch))[:1]
@@ -525,7 +531,7 @@ def segunet_results(run: str, methods: Sequence[str], run_dir: Path, train_s: fl
     checkpoint's own search's settings, and for ``foreground`` a search restricted to
     ``grow=0`` on ``val``."""
     from segunet.checkpoint import load_checkpoint, load_trained
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
 
     trained = load_trained(run_dir, device, prefer=checkpoint)
     model, config, stored = trained.model, trained.config, trained.postprocess
@@ -715,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: list[Result] = []
     monai_setup = None
     if "monai" in runs:
-        from segunet.train import resolve_patch_size
+        from segunet.train.trainer import resolve_patch_size
 
         patch = resolve_patch_size(instantiate_group(fg, "model"), data)
         features = args.monai_features or (TINY_FEATURES if args.preset == "tiny" else None)

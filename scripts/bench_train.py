@@ -74,9 +74,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, get_worker_info  # noqa: E402
 
-from segunet.config import config_dir  # noqa: E402
+from segunet.config.compose import config_dir  # noqa: E402
 from segunet.data.datasets import crop_to_output  # noqa: E402
-from segunet.train import Trainer, build_trainer  # noqa: E402
+from segunet.train.trainer import Trainer, build_trainer  # noqa: E402
 
 CASES = ("same512", "valid572", "unet3d")
 VARIANTS = ("a", "b", "c")

@@ -56,7 +56,7 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from segunet.config import config_dir
+    from segunet.config.compose import config_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
@@ -93,10 +93,10 @@ def ground_truth(data) -> dict[str, Path]:
 def score(trainer, data) -> dict[str, float]:
     """Instance AP over the validation images, against their instance labels."""
     from segunet.data.io import read_array
-    from segunet.data.sources import label_image
-    from segunet.instances import instances_from_probabilities
-    from segunet.metrics import instance_scores
-    from segunet.predict import predict_tiled
+    from segunet.data.labels import label_image
+    from segunet.eval.metrics import instance_scores
+    from segunet.infer.predict import predict_tiled
+    from segunet.postprocess.instances import instances_from_probabilities
 
     labels = ground_truth(data)
     ap50, map_ = [], []
@@ -114,7 +114,7 @@ def score(trainer, data) -> dict[str, float]:
 
 
 def train_one(name: str, args: argparse.Namespace, base: list[str], run_dir: Path) -> dict:
-    from segunet.train import build_trainer
+    from segunet.train.trainer import build_trainer
 
     patch = patch_for(name, base, args.patch)
     cfg = compose([

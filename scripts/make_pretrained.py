@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from segunet.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
-from segunet.run_folder import recorded_overrides
+from segunet.train.run_folder import recorded_overrides
 
 KEEP = ("model", "config", "postprocess", "pixel_size", "metrics", "best_metric", "step")
 TARGET = Path(__file__).resolve().parents[1] / "src" / "segunet" / "pretrained"

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from segunet.data.tiling import sliding_starts
+from segunet.infer.predict import predict_tiled
 from segunet.models.unet import UNet
-from segunet.predict import predict_tiled, sliding_starts
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 from segunet.data.augment import AugmentConfig, Augmenter, deform
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.weightmaps import border_weight_map, separate_touching
-from segunet.viz import grey, hot, save_png, sheet
+from segunet.train.viz import grey, hot, save_png, sheet
 
 
 def colour(labels: np.ndarray, n: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from skimage.color import label2rgb
 
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.weightmaps import border_weight_map, separate_touching
-from segunet.viz import grey, hot, save_png, sheet
+from segunet.train.viz import grey, hot, save_png, sheet
 
 
 def panels(image: np.ndarray, instances: np.ndarray) -> list[np.ndarray]:

@@ -4,7 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from segunet.config import config_dir
+from segunet.config.compose import config_dir
 
 
 def pytest_configure(config):

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from segunet.checkpoint import save_atomic
-from segunet.config import check_config, instantiate_group
+from segunet.config.compose import check_config, instantiate_group
 from segunet.errors import SegunetError, one_line
 from segunet.models import UNet
 
@@ -197,7 +197,7 @@ def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from segunet import cli
+    from segunet.cli import dispatch as cli
 
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()

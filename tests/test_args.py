@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from segunet import evaluate, export, predict_cli, tune
-from segunet.args import parse, run_command
+from segunet.cli import predict as predict_cli
+from segunet.config.args import parse, run_command
 from segunet.errors import SegunetError
-from segunet.predict_cli import PredictConfig
+from segunet.eval import evaluate
+from segunet.export import command as export
+from segunet.infer.run import PredictConfig
+from segunet.postprocess import tune
 
 
 def test_ctrl_c_is_one_line_and_a_second_one_does_not_cut_the_clean_up(capsys):

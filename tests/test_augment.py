@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import config_error
 
-from segunet.config import instantiate_group
+from segunet.config.compose import instantiate_group
 from segunet.data.augment import (
     AugmentConfig,
     Augmenter,

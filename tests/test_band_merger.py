@@ -14,8 +14,8 @@ import pytest
 import zarr
 from helpers import FailingImage, random_image, unet
 
-from segunet.merger import BandMerger, ZarrMerger
-from segunet.predict import predict_tiled
+from segunet.infer.merger import BandMerger, ZarrMerger
+from segunet.infer.predict import predict_tiled
 
 
 class RecordingArray:
@@ -141,8 +141,8 @@ RSS_CHILD = textwrap.dedent("""
     import json, resource, sys
     import numpy as np, zarr
     from test_predict import PointwiseUNet
-    from segunet.merger import ZarrMerger
-    from segunet.predict import predict_tiled
+    from segunet.infer.merger import ZarrMerger
+    from segunet.infer.predict import predict_tiled
 
     folder = sys.argv[1]
     image = zarr.open_array(folder + "/in.zarr", mode="r")

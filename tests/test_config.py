@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 import torch
-from helpers import config_error, save_tiny_checkpoint
+from helpers import TINY, config_error, save_tiny_checkpoint
 from omegaconf import OmegaConf
 
 from segunet.checkpoint import load_trained
-from segunet.config import (
+from segunet.config.compose import (
     ALLOWED_TARGETS,
     check_all_targets,
     config_dir,
@@ -22,11 +22,12 @@ from segunet.config import (
     schema_targets,
     upgrade,
 )
+from segunet.config.schema import locate, schema_for
 from segunet.data.datasets import SegmentationData
-from segunet.data.sources import Targets
+from segunet.data.labels import Targets
 from segunet.errors import SegunetError
 from segunet.models import UNet
-from segunet.schema import locate, schema_for
+from segunet.train.trainer import build_trainer
 
 
 def test_a_schema_is_its_constructors_signature():
@@ -182,3 +183,58 @@ def test_a_checkpoint_config_is_typed_before_anything_is_built(tmp_path):
         load_trained(file)
     assert str(info.value) == (
         f"{file}: model.channels='wide' is not valid: expected a list of int")
+
+
+#: The ``_target_`` of each group as checkpoints written before the packages by role store
+#: them (src/segunet/pretrained/nuclei.pt among them), and the class each one builds.
+OLD_TARGETS = {
+    "loss": ("segunet.losses.WeightedCrossEntropy", "WeightedCrossEntropy"),
+    "trainer": ("segunet.train.TrainerConfig", "TrainerConfig"),
+    "logging": ("segunet.logger.LoggingConfig", "LoggingConfig"),
+    "postprocess": ("segunet.tune.TuneConfig", "TuneConfig"),
+}
+
+
+def with_old_targets(file) -> dict:
+    """Rewrite the checkpoint ``file`` as one written before the move; returns its config."""
+    ckpt = torch.load(file, weights_only=True)
+    for group, (target, _) in OLD_TARGETS.items():
+        ckpt["config"][group] = {**ckpt["config"].get(group, {}), "_target_": target}
+    torch.save(ckpt, file)
+    return ckpt["config"]
+
+
+def test_a_checkpoint_of_the_old_module_names_still_loads(tmp_path):
+    stored = with_old_targets(save_tiny_checkpoint(tmp_path))
+    with pytest.raises(SegunetError, match="segunet.losses.WeightedCrossEntropy"):
+        check_all_targets(stored, "old.pt")  # the old names are not allowed as they are
+    config = upgrade(stored)
+    check_all_targets(config, "old.pt")
+    for group, (_, name) in OLD_TARGETS.items():
+        assert type(instantiate_group(config, group, "old.pt")).__name__ == name
+    assert upgrade(config) == config
+    trained = load_trained(tmp_path / "checkpoints" / "last.pt")
+    assert trained.config["trainer"]["_target_"] == "segunet.train.trainer.TrainerConfig"
+
+
+def test_a_run_of_the_old_module_names_resumes(make_cfg, tmp_path):
+    build_trainer(make_cfg(*TINY, "trainer.max_steps=2"), tmp_path / "a").fit()
+    for file in (tmp_path / "a" / "checkpoints").glob("*.pt"):
+        with_old_targets(file)
+    resumed = build_trainer(
+        make_cfg(*TINY, "trainer.max_steps=3", f"trainer.resume={tmp_path / 'a'}"),
+        tmp_path / "b")
+    assert resumed.step == 2
+
+
+def test_the_shipped_model_stores_the_old_names_and_loads():
+    """nuclei.pt was written before the move and is not rewritten: its whole stored config
+    is allowed once upgraded, and every group of it builds."""
+    from segunet.pretrained import path_of
+
+    stored = torch.load(path_of("nuclei"), weights_only=True)["config"]
+    assert {stored[g]["_target_"] for g in OLD_TARGETS} == {t for t, _ in OLD_TARGETS.values()}
+    config = upgrade(stored)
+    check_all_targets(config, "nuclei.pt")
+    for group, (_, name) in OLD_TARGETS.items():
+        assert type(instantiate_group(config, group, "nuclei.pt")).__name__ == name

@@ -7,10 +7,12 @@ import pytest
 import torch
 from helpers import TINY
 
-from segunet import cli, distributed, errors
+from segunet import errors
+from segunet.cli import dispatch as cli
 from segunet.data.datasets import StepSampler
 from segunet.errors import SegunetError
-from segunet.train import build_trainer, run
+from segunet.train import distributed
+from segunet.train.trainer import build_trainer, run
 
 # Uniform weight maps (no border term, no class balance), no augmentation, no dropout, no
 # BatchNorm: see test_two_processes_train_like_one_with_the_same_global_batch.
@@ -92,7 +94,7 @@ def test_launch_command_gives_every_rank_one_run_folder(tmp_path):
         4, ["trainer.max_steps=5", "hydra.run.dir=elsewhere"], tmp_path / "a b"
     )
     assert command[1:6] == [
-        "-m", "segunet.distributed", "--standalone", "--nproc_per_node=4", "-m",
+        "-m", "segunet.train.distributed", "--standalone", "--nproc_per_node=4", "-m",
     ]
     assert command[6:] == [
         "segunet.train", "trainer.max_steps=5", f"hydra.run.dir='{tmp_path.resolve()}/a b'",
@@ -258,17 +260,18 @@ def test_sigterm_before_training_is_told_by_rank_0_alone(monkeypatch, capsys, ra
     and its own 'terminated' line came second to rank 0's real error."""
     from types import SimpleNamespace
 
-    from segunet import interrupts, train
+    from segunet import interrupts
+    from segunet.train import trainer
 
     def terminated(*args):
         raise interrupts.Terminated
 
     monkeypatch.setenv("RANK", rank)
-    monkeypatch.setattr(train, "run", terminated)
-    monkeypatch.setattr(train.HydraConfig, "get",
+    monkeypatch.setattr(trainer, "run", terminated)
+    monkeypatch.setattr(trainer.HydraConfig, "get",
                         lambda: SimpleNamespace(runtime=SimpleNamespace(output_dir=".")))
     monkeypatch.setattr("segunet.errors.OTHER_RANKS_REPORT_AFTER_S", 0.0)
-    with pytest.raises(SystemExit) as exit_, train.report_errors():
-        train._train_job(None)
+    with pytest.raises(SystemExit) as exit_, trainer.report_errors():
+        trainer._train_job(None)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines() == lines

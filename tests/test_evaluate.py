@@ -1,4 +1,4 @@
-"""Evaluation metrics (segunet.metrics) and the ``segunet evaluate`` command."""
+"""Evaluation metrics (segunet.eval.metrics) and the ``segunet evaluate`` command."""
 
 import json
 from pathlib import Path
@@ -11,8 +11,8 @@ from helpers import blobs, save_tiny_checkpoint
 from scipy import ndimage
 
 from segunet.data.io import read_array, write_array
-from segunet.evaluate import format_table, main
-from segunet.metrics import (
+from segunet.eval.evaluate import format_table, main
+from segunet.eval.metrics import (
     DSB_THRESHOLDS,
     adapted_rand_error,
     average_precision,
@@ -456,7 +456,7 @@ def test_the_default_report_goes_next_to_pred_not_into_the_working_folder(
 def predicted(tmp_path_factory):
     """Two images predicted by a tiny checkpoint in each of predict's formats, and their
     ground truth: ``(root, {format: output folder})``."""
-    from segunet.predict_cli import main as predict
+    from segunet.cli.predict import main as predict
 
     root = tmp_path_factory.mktemp("predicted")
     checkpoint = save_tiny_checkpoint(root / "run")

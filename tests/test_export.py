@@ -11,7 +11,7 @@ from helpers import save_tiny_checkpoint
 
 from segunet.checkpoint import load_model
 from segunet.errors import SegunetError
-from segunet.export import export_model, main
+from segunet.export.command import export_model, main
 
 KINDS = ["unet_valid", "unet_same", "attention_unet"]
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import segunet.predict
+import segunet.infer.predict
+from segunet.infer.predict import predict_tiled
 from segunet.models import AttentionUNet, UNet, UNet3Plus, UNetPlusPlus
 from segunet.models.fuse import fold_batchnorm
-from segunet.predict import predict_tiled
 
 WIDTHS = (4, 8, 16)
 
@@ -93,7 +93,7 @@ def test_predict_tiled_runs_a_folded_copy_and_keeps_the_model(monkeypatch):
         calls.append(model)
         return fold_batchnorm(model)
 
-    monkeypatch.setattr(segunet.predict, "fold_batchnorm", spy)
+    monkeypatch.setattr(segunet.infer.predict, "fold_batchnorm", spy)
     torch.manual_seed(0)
     model = with_statistics(UNet(1, 2, 2, WIDTHS, padding="same", norm="batch")).train()
     image = np.random.default_rng(0).standard_normal((1, 32, 32)).astype(np.float32)

@@ -11,7 +11,7 @@ import tifffile
 import yaml
 from helpers import run_in_process, save_tiny_checkpoint
 
-from segunet.config import config_dir
+from segunet.config.compose import config_dir
 
 FOLDER = ["experiment=quickstart", "data=folder", "--cfg", "job"]
 
@@ -153,7 +153,7 @@ def test_ctrl_c_in_a_sweep_stops_the_sweep(tmp_path, monkeypatch):
     import os
     import signal
 
-    from segunet import train
+    from segunet.train import trainer as train
 
     def loading(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import save_tiny_checkpoint
 
-from segunet import export, pretrained
+from segunet import pretrained
+from segunet.export import command as export
 
 FORMATS = {"onnx": "nuclei.onnx", "torchscript": "nuclei.torchscript.pt",
            "bioimageio": "nuclei.bioimageio.zip"}

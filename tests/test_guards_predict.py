@@ -12,9 +12,9 @@ import torch
 import zarr
 from helpers import TINY, error_line, run_cli, run_in_process, save_tiny_checkpoint, unet
 
-from segunet import predict_cli
-from segunet.predict import tile_shapes
-from segunet.predict_cli import main
+from segunet.cli.predict import main
+from segunet.data.tiling import tile_shapes
+from segunet.infer import inputs
 
 SHAPE = (50, 60)
 
@@ -57,7 +57,7 @@ def test_a_nan_outside_the_percentile_sample_is_refused_with_its_count(
     """The check read a strided sample (every 2nd pixel of a 4200 x 4200 image): NaN at odd
     positions passed, and NaN probabilities were written with exit 0. The sample is made
     small here so that the stride is 2 on a small image."""
-    monkeypatch.setattr(predict_cli, "PERCENTILE_SAMPLE", SHAPE[0] * SHAPE[1] // 4)
+    monkeypatch.setattr(inputs, "PERCENTILE_SAMPLE", SHAPE[0] * SHAPE[1] // 4)
     image = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
     image[1, 1] = image[3, 7] = np.nan
     image[5, 9] = np.inf
@@ -76,7 +76,7 @@ def test_a_nan_outside_the_percentile_sample_is_refused_with_its_count(
 def test_non_finite_count_reads_in_blocks_and_counts_every_value(monkeypatch):
     """A lazily read array larger than a block is read block by block (here 2 KiB: one
     channel is more, so each channel in runs of its rows) and every value counts."""
-    monkeypatch.setattr(predict_cli, "CHECK_BYTES", 2048)
+    monkeypatch.setattr(inputs, "CHECK_BYTES", 2048)
     x = np.random.default_rng(1).standard_normal((3, 40, 50)).astype(np.float32)
     x.flat[np.random.default_rng(2).choice(x.size, 37, replace=False)] = np.nan
     x[2, 39, 49] = -np.inf
@@ -90,7 +90,7 @@ def test_non_finite_count_reads_in_blocks_and_counts_every_value(monkeypatch):
             reads.append(block.nbytes)
             return block
 
-    assert predict_cli.non_finite(Lazy()) == int((~np.isfinite(x)).sum())
+    assert inputs.non_finite(Lazy()) == int((~np.isfinite(x)).sum())
     assert max(reads) <= 2048 and sum(reads) == x.nbytes
 
 

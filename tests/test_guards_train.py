@@ -16,12 +16,12 @@ import torch
 from helpers import TINY, run_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from segunet import train
-from segunet.config import check_config, group_schema, schema_targets
+from segunet.config.compose import check_config, group_schema, schema_targets
+from segunet.config.schema import nested_dataclass
 from segunet.data.sources import folder
 from segunet.errors import SegunetError, one_line
-from segunet.schema import nested_dataclass
-from segunet.train import build_trainer
+from segunet.train import trainer as train
+from segunet.train.trainer import build_trainer
 
 QUICK = [*TINY, "data.targets.cache_dir=null", "scheduler=constant"]
 
@@ -240,7 +240,7 @@ def test_ctrl_c_after_a_divergence_saves_no_nan_checkpoint(make_cfg, tmp_path):
 def test_a_validation_score_that_is_not_a_number_stops_the_run(make_cfg, tmp_path,
                                                                monkeypatch):
     """It used to be logged and saved in last.pt, and the run ended "done"."""
-    monkeypatch.setattr("segunet.train.Trainer.validate", lambda self: {
+    monkeypatch.setattr("segunet.train.trainer.Trainer.validate", lambda self: {
         "loss": 0.5, "dice": math.nan, "iou": math.nan})
     trainer = build_trainer(make_cfg(*QUICK, "trainer.max_steps=2", "trainer.val_every=2"),
                             tmp_path)

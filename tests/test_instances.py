@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segunet.instances import (
+from segunet.postprocess.instances import (
     foreground_probability,
     instances_from_probabilities,
     relabel_sequential,

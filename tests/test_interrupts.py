@@ -17,9 +17,10 @@ import tifffile
 import torch
 from helpers import TINY, run_in_process, wait_for
 
-from segunet import interrupts, train
+from segunet import interrupts
 from segunet.errors import SegunetError
-from segunet.train import build_trainer
+from segunet.train import trainer as train
+from segunet.train.trainer import build_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +161,7 @@ def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
 def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, sweep):
     """Before ``segunet train`` hands over to Hydra (importing torch, composing and checking
     the config take seconds): no traceback."""
-    from segunet import cli
+    from segunet.cli import dispatch as cli
 
     compose = cli.check_overrides
 
@@ -211,6 +212,18 @@ def workers_of(pid: int) -> list[int]:
     return found
 
 
+def ignores_ctrl_c(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT: a pool worker does once its initializer ran.
+    Before that it is still starting Python, and a Ctrl-C then kills it with a traceback."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = next((int(line.split()[1], 16) for line in status.splitlines()
+                    if line.startswith("SigIgn:")), 0)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
 def until(condition, what: str, limit: float = 60.0) -> None:
     """Poll until ``condition()`` holds (the limit only stops a hung test)."""
     deadline = time.monotonic() + limit
@@ -239,7 +252,11 @@ def slow_weightmaps(tmp_path: Path, command: tuple[str, ...] = ("weightmaps",)
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
     )
-    until(lambda: len(workers_of(proc.pid)) == 2 or proc.poll() is not None, "workers")
+    def computing() -> bool:
+        workers = workers_of(proc.pid)
+        return len(workers) == 2 and all(map(ignores_ctrl_c, workers))
+
+    until(lambda: computing() or proc.poll() is not None, "workers")
     assert proc.poll() is None, proc.communicate()
     return proc
 

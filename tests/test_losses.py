@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-from segunet.losses import DiceCrossEntropy, WeightedCrossEntropy
+from segunet.train.losses import DiceCrossEntropy, WeightedCrossEntropy
 
 
 def two_pixels():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from segunet.metrics import OverlapCounter, dice_iou
+from segunet.eval.metrics import OverlapCounter, dice_iou
 
 
 def test_dice_and_iou_by_hand():

@@ -13,11 +13,11 @@ from helpers import TINY, n_params
 from torch import nn
 
 from segunet.checkpoint import save_atomic
-from segunet.export import export_model
-from segunet.losses import DeepSupervisionLoss, WeightedCrossEntropy
+from segunet.export.command import export_model
 from segunet.models import ModelInputError, ResUNet, UNet3Plus, UNetPlusPlus
 from segunet.models.resunet import SelfAttention
-from segunet.train import build_trainer
+from segunet.train.losses import DeepSupervisionLoss, WeightedCrossEntropy
+from segunet.train.trainer import build_trainer
 
 WIDTHS = (4, 8, 16)  # three levels: inputs divisible by 4
 VARIANTS = {
@@ -328,7 +328,7 @@ def test_trainer_passes_ds_weights(make_cfg, tmp_path):
 def test_resunet_attention_reaches_the_tensorboard_picture(make_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from segunet.train import run
+    from segunet.train.trainer import run
 
     cfg = make_cfg(
         *TINY, "model=resunet", "data.patch_size=[48,48]", "trainer.max_steps=2",

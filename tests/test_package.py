@@ -96,3 +96,56 @@ def test_no_module_imports_one_that_imports_it_back():
 
     cycles = sorted(f"{m} -> {n}" for m in graph for n in graph[m] if reaches(n, m, set()))
     assert not cycles, cycles
+
+
+#: The layers below the applications, and the packages they must not import when they are
+#: imported: models and data are building blocks (and config builds what it is told, by
+#: name), so an arrow from them to training, inference, scoring or a command runs backwards.
+LOWER = ("segunet.models", "segunet.data", "segunet.config")
+UPPER = ("segunet.train", "segunet.infer", "segunet.postprocess", "segunet.eval",
+         "segunet.export", "segunet.cli")
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The modules a source file imports as it is imported: its statements outside functions
+    (under ``if``, ``try`` and class bodies too), not the imports that functions make when
+    they run."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.update({node.module, *(f"{node.module}.{a.name}" for a in node.names)})
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def test_no_arrow_runs_against_the_layers():
+    """models, data and config import nothing of train, infer, postprocess, eval, export or
+    cli at module level. (``config`` names train's classes only as ``_target_`` strings,
+    imported by name when it builds them; no function-level import of theirs crosses upwards
+    either, but a lazy import is a way out that this test allows.)"""
+    src = ROOT / "src"
+    arrows = sorted(
+        f"{'.'.join(p.relative_to(src).with_suffix('').parts)} -> {name}"
+        for package in LOWER for p in (src / package.replace(".", "/")).rglob("*.py")
+        for name in module_level_imports(p)
+        if any(name == up or name.startswith(f"{up}.") for up in UPPER)
+    )
+    assert not arrows, arrows
+
+
+def test_the_layer_test_sees_a_backward_arrow(tmp_path):
+    """The check above is no tautology: a module-level import of train is found, one inside
+    a function is not."""
+    source = tmp_path / "m.py"
+    source.write_text("import os\nfrom segunet.train.trainer import Trainer\n\n"
+                      "def f():\n    from segunet.cli import main\n")
+    assert "segunet.train.trainer" in module_level_imports(source)
+    assert "segunet.cli" not in module_level_imports(source)

@@ -13,7 +13,7 @@ from segunet.checkpoint import pixel_size_of
 from segunet.data.io import read_array, read_pixel_size, write_array
 from segunet.data.pixelsize import check_pixel_size
 from segunet.errors import SegunetError
-from segunet.resample import MAX_FACTOR, Resampled, grid_for, nearest
+from segunet.infer.resample import MAX_FACTOR, Resampled, grid_for, nearest
 
 IMAGE = np.arange(4 * 30 * 40, dtype=np.uint16).reshape(4, 30, 40)
 

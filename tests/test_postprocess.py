@@ -11,9 +11,9 @@ import torch
 from helpers import TINY, run_in_process
 
 from segunet.errors import SegunetError
-from segunet.metrics import isbi_scores
-from segunet.postprocess import PostProcess, decode, format_table, search
-from segunet.train import run
+from segunet.eval.metrics import isbi_scores
+from segunet.postprocess.decoding import PostProcess, decode, format_table, search
+from segunet.train.trainer import run
 
 
 def bridged_pair() -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +124,8 @@ def test_unknown_targets_and_metrics_are_one_line(tmp_path, override, expected):
 
 
 def test_targets_and_metrics_the_labels_cannot_support(tmp_path):
-    from segunet.data.sources import Targets, stack
+    from segunet.data.labels import Targets
+    from segunet.data.sources import stack
 
     image = np.zeros((4, 16, 16), np.uint8)
     labels = np.zeros((4, 16, 16), np.uint8)

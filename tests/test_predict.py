@@ -13,18 +13,11 @@ import torch
 import zarr
 from helpers import FailingImage, random_image, unet, whole_image_reference
 
+from segunet.data.tiling import blend_window, plan_tiles, sliding_starts, tile_shapes, tile_within
 from segunet.errors import SegunetError
-from segunet.merger import InMemoryMerger, Merger, ZarrMerger
+from segunet.infer.merger import InMemoryMerger, Merger, ZarrMerger
+from segunet.infer.predict import predict_labels, predict_tiled
 from segunet.models.unet import UNet
-from segunet.predict import (
-    blend_window,
-    plan_tiles,
-    predict_labels,
-    predict_tiled,
-    sliding_starts,
-    tile_shapes,
-    tile_within,
-)
 
 # --- pure geometry -----------------------------------------------------------------------
 

@@ -20,9 +20,11 @@ from helpers import error_line, save_tiny_checkpoint, wait_for
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from segunet.cli.predict import main
 from segunet.data.io import read_pixel_size
-from segunet.data.sources import image_channels_first, prepare_image
-from segunet.predict_cli import OUTPUTS, NormalizedImage, image_for_model, main
+from segunet.data.normalize import image_channels_first, prepare_image
+from segunet.infer.inputs import NormalizedImage, image_for_model
+from segunet.infer.outputs import OUTPUTS
 
 SHAPE = (50, 60)
 
@@ -217,7 +219,7 @@ def test_lazy_normalisation_matches_training():
     np.testing.assert_allclose(lazy[:, 5:20, 7:30], expected[:, 5:20, 7:30], atol=1e-5)
     assert lazy.shape == (1, *SHAPE)
     # Strided percentiles of a large image stay close to the exact ones.
-    import segunet.predict_cli as cli
+    import segunet.infer.inputs as cli
 
     big = np.random.default_rng(7).gamma(2.0, size=(1, 400, 400)).astype(np.float32)
     old, cli.PERCENTILE_SAMPLE = cli.PERCENTILE_SAMPLE, 10_000
@@ -411,7 +413,7 @@ def test_stack_predicted_slice_by_slice_by_a_2d_model(run_dir, tmp_path, capsys,
     from scipy import ndimage as ndi
 
     from segunet.checkpoint import load_model
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
 
     stack = np.random.default_rng(8).gamma(2.0, 30.0, (7, *SHAPE)).astype(np.float32)
     tifffile.imwrite(tmp_path / "s.tif", stack)
@@ -448,7 +450,7 @@ def test_stack_predicted_slice_by_slice_by_a_2d_model(run_dir, tmp_path, capsys,
 
 def test_stack_depth_that_fits_the_channels_is_channels(tmp_path):
     """Only a depth the model cannot take as channels makes a stack."""
-    from segunet.predict_cli import stack_for_model
+    from segunet.infer.inputs import stack_for_model
 
     rgb_planes = np.zeros((3, *SHAPE), np.uint8)
     grey_model = {"channels": 1, "percentiles": [1, 99.8]}
@@ -471,7 +473,7 @@ def boundary_checkpoint(folder, tuned: dict | None):
 
 
 def test_instances_decode_the_target_with_the_tuned_settings(tmp_path, capsys):
-    from segunet.postprocess import PostProcess, decode
+    from segunet.postprocess.decoding import PostProcess, decode
 
     settings = {"threshold": 0.3, "min_size": 0, "grow": 0, "seed_threshold": 0.2,
                 "tta": False}
@@ -485,7 +487,7 @@ def test_instances_decode_the_target_with_the_tuned_settings(tmp_path, capsys):
     )
     # The probabilities as predict computes them (its file holds them in float16).
     from segunet.checkpoint import load_model
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
 
     model, config = load_model(ckpt)
     probs = predict_tiled(model, image_for_model(picture(0), tmp_path / "a.tif", 1, 2,

@@ -9,7 +9,7 @@ import torch
 import zarr
 from helpers import random_image, unet, whole_image_reference
 
-from segunet.predict import predict_tiled
+from segunet.infer.predict import predict_tiled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -53,7 +53,7 @@ def test_stream_from_zarr_to_zarr_on_cuda_equals_in_memory(tmp_path):
 def test_result_in_host_memory_comes_band_by_band_through_pinned_copies():
     """On CUDA the in-memory result is filled by a BandMerger whose bands cross to the host
     on a side stream: the same numbers as blending everything on the host."""
-    from segunet.merger import InMemoryMerger
+    from segunet.infer.merger import InMemoryMerger
 
     model = unet("same", 2)
     image = random_image((1, 700, 300))  # several 256-row blocks

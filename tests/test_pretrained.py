@@ -12,12 +12,14 @@ import tifffile
 import torch
 from helpers import TINY, run_cli, save_tiny_checkpoint
 
-from segunet import export, predict_cli, pretrained
+from segunet import pretrained
 from segunet.checkpoint import load_trained
+from segunet.cli import predict as predict_cli
 from segunet.data.synthetic import synthetic_cells
 from segunet.errors import SegunetError
-from segunet.metrics import average_precision
-from segunet.train import build_trainer
+from segunet.eval.metrics import average_precision
+from segunet.export import command as export
+from segunet.train.trainer import build_trainer
 
 
 def test_trainer_init_from_loads_the_weights_and_nothing_else(make_cfg, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from helpers import TINY
 
 from segunet.errors import SegunetError
-from segunet.resume import config_changes
-from segunet.train import build_trainer
+from segunet.train.resume import config_changes
+from segunet.train.trainer import build_trainer
 
 COSINE = [*TINY, "scheduler=cosine", "trainer.val_every=3", "logging.log_every=1"]
 

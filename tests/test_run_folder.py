@@ -12,10 +12,10 @@ import pytest
 import torch
 from helpers import TINY, run_in_process
 
-from segunet import run_folder
 from segunet.atomic import temp_name
 from segunet.errors import SegunetError
-from segunet.train import build_trainer, run
+from segunet.train import run_folder
+from segunet.train.trainer import build_trainer, run
 
 QUICK = [*TINY, "trainer.max_steps=2", "trainer.val_every=2"]
 
@@ -40,7 +40,7 @@ def test_the_lock_ends_with_its_process_even_on_kill_9(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from segunet import run_folder; lock = run_folder.claim(Path(sys.argv[1]), None); "
+         "from segunet.train import run_folder; lock = run_folder.claim(Path(sys.argv[1]), None); "
          "print('held', flush=True); time.sleep(600)", str(folder)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -215,7 +215,7 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path):
 def test_a_multi_process_run_into_a_folder_with_a_record_holds_it_back_too(tmp_path,
                                                                            monkeypatch):
     """torchrun's rank 0 would otherwise rewrite the record before the resume is checked."""
-    from segunet import cli
+    from segunet.cli import dispatch as cli
 
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)

@@ -9,19 +9,15 @@ from helpers import touching_squares
 from hydra.utils import instantiate
 
 from segunet.data.io import write_array
-from segunet.data.sources import (
+from segunet.data.labels import (
     Targets,
     border_weight_maps,
     class_balance_weights,
-    folder,
     instances_from_labels,
-    normalize_percentile,
-    split_names,
-    synthetic,
-    tiff_stack,
-    volume_file,
     volume_from_instances,
 )
+from segunet.data.normalize import normalize_percentile
+from segunet.data.sources import folder, split_names, synthetic, tiff_stack, volume_file
 from segunet.data.weightmaps import border_weight_map, separate_touching
 from segunet.errors import SegunetError
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segunet.data.sources import volumes_from_instances
+from segunet.data.labels import volumes_from_instances
 from segunet.data.targets import boundary_classes
 from segunet.data.weightmaps import separate_touching
-from segunet.instances import grow_into_gaps, instances_from_boundary
-from segunet.metrics import contingency
-from segunet.postprocess import PostProcess, decode
+from segunet.eval.metrics import contingency
+from segunet.postprocess.decoding import PostProcess, decode
+from segunet.postprocess.instances import grow_into_gaps, instances_from_boundary
 
 # A touching pair (1 | 2, sharing a vertical border), an isolated object (3), an object cut
 # by the image edge (4). Drawn by hand, as is the expected boundary map below.

@@ -13,9 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from segunet.data.io import write_array
 from segunet.errors import SegunetError
-from segunet.metrics import OverlapCounter
-from segunet.resume import config_changes
-from segunet.train import build_trainer, run
+from segunet.eval.metrics import OverlapCounter
+from segunet.train.resume import config_changes
+from segunet.train.trainer import build_trainer, run
 
 
 def saved_metrics(run_dir: Path) -> dict[str, float]:
@@ -389,7 +389,7 @@ def test_compiled_training_equals_eager_and_saves_clean_keys(
     ],
 )
 def test_compile_auto_is_on_for_cuda_only(value, device, expected):
-    from segunet.train import resolve_compile
+    from segunet.train.trainer import resolve_compile
 
     assert resolve_compile(value, torch.device(device)) is expected
 
@@ -432,7 +432,7 @@ def test_the_summary_lists_only_the_checkpoints_written(make_cfg, tmp_path, caps
     """A run resumed into a new folder whose validation never beats the best of the run it
     continues writes no best.pt there; its summary must not list one. (A validation score
     that is not a number stops the run instead: test_guards_train.)"""
-    monkeypatch.setattr("segunet.train.Trainer.validate", lambda self: {
+    monkeypatch.setattr("segunet.train.trainer.Trainer.validate", lambda self: {
         "loss": 0.5, "dice": 0.5, "iou": 0.3})
     run(make_cfg(*TINY, "trainer.max_steps=2", "trainer.val_every=2"), tmp_path / "a")
     run(make_cfg(*TINY, "trainer.max_steps=4", "trainer.val_every=2",

@@ -15,10 +15,11 @@ import torch
 from helpers import TINY, blobs, run_in_process, save_tiny_checkpoint
 from hydra.errors import ConfigCompositionException
 
-from segunet import export, predict_cli
-from segunet.config import check_all_targets
+from segunet.cli import predict as predict_cli
+from segunet.config.compose import check_all_targets
 from segunet.errors import SegunetError
-from segunet.train import build_trainer
+from segunet.export import command as export
+from segunet.train.trainer import build_trainer
 
 PAYLOAD = "pathlib.Path.touch"
 
@@ -80,7 +81,7 @@ def test_export_refuses_a_poisoned_checkpoint(tmp_path, capsys, fmt, where, writ
 
 @pytest.mark.parametrize("where", ["model", "nested", "data"])
 def test_tune_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
-    from segunet import tune
+    from segunet.postprocess import tune
 
     path, marker = poisoned(tmp_path, where)
     assert tune.main([f"checkpoint={path}"]) == 2
@@ -203,7 +204,7 @@ def test_an_interpolation_in_a_stored_config_is_refused_unresolved(
         folder_run, tmp_path, capsys, monkeypatch, command):
     """``${oc.env:...}`` in a received checkpoint was resolved by predict, and the secret
     printed in its error."""
-    from segunet import tune
+    from segunet.postprocess import tune
 
     monkeypatch.setenv("SEGUNET_TEST_SECRET", SECRET)
     path = received(folder_run, tmp_path, set_key("model.padding", "${oc.env:SEGUNET_TEST_SECRET}"))
@@ -235,7 +236,7 @@ def test_tune_refuses_an_interpolated_cache_dir_before_building(folder_run, tmp_
                                                                 monkeypatch):
     """``data.targets.cache_dir=${oc.env:HOME}/...``: tune rebuilt all the training data and
     wrote its weight maps there before it refused."""
-    from segunet import tune
+    from segunet.postprocess import tune
 
     home = tmp_path / "home"
     home.mkdir()
@@ -250,7 +251,7 @@ def test_tune_refuses_an_interpolated_cache_dir_before_building(folder_run, tmp_
 def test_tune_writes_nothing_into_a_stored_cache_dir(folder_run, tmp_path, capsys):
     """The cache folder a checkpoint names is a folder of the machine that trained it: tune
     rebuilds the data without writing there (it wrote the weight maps of every image)."""
-    from segunet import tune
+    from segunet.postprocess import tune
 
     elsewhere = tmp_path / "their" / "cache"
     path = received(folder_run, tmp_path, set_key("data.targets.cache_dir", str(elsewhere)))
@@ -262,7 +263,7 @@ def test_tune_writes_nothing_into_a_stored_cache_dir(folder_run, tmp_path, capsy
 def test_moved_training_data_names_the_option_of_each_command(folder_run, tmp_path, capsys):
     """tune and export said "set data.path", which neither takes; export's test_image= hint
     was lost. tune takes data_path=, export test_image=."""
-    from segunet import tune
+    from segunet.postprocess import tune
 
     data = Path(torch.load(folder_run, weights_only=True)["config"]["data"]["path"])
     path = received(folder_run, tmp_path, set_key("data.path", str(tmp_path / "gone")))
@@ -347,7 +348,7 @@ def test_entries_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_pa
 )
 def test_tuned_settings_out_of_range_are_refused_and_tune_replaces_them(
         folder_run, tmp_path, capsys, settings, expected):
-    from segunet import tune
+    from segunet.postprocess import tune
 
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
@@ -364,7 +365,8 @@ def test_tuned_settings_out_of_range_are_refused_and_tune_replaces_them(
 
 def test_tune_never_rewrites_a_shipped_model(tmp_path, capsys):
     """With data_path= its training data can be found anywhere; the file stays as shipped."""
-    from segunet import pretrained, tune
+    from segunet import pretrained
+    from segunet.postprocess import tune
 
     shipped = pretrained.path_of("nuclei")
     before = shipped.read_bytes()

@@ -1,6 +1,6 @@
 import numpy as np
 
-from segunet.viz import grey, hot, save_png, sheet
+from segunet.train.viz import grey, hot, save_png, sheet
 
 
 def test_sheet_lays_out_panels_with_white_gaps(tmp_path):

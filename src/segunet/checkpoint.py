@@ -103,7 +103,7 @@ def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
         raise SegunetError(_unreadable(file, e)) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
-    from segunet.config import check_literal
+    from segunet.config.compose import check_literal
 
     # Taken literally by every command that reads it: no ${...} resolved against this machine.
     check_literal(ckpt.get("config"), str(file))
@@ -238,7 +238,7 @@ def load_trained(
     ``prefer="best"``): rebuilt from ``config["model"]``, so no overrides need repeating,
     and only from segunet's own model classes. ``tuned=False``: its tuned post-processing
     is neither read nor checked (``postprocess`` is None), for who replaces or ignores it."""
-    from segunet.config import checked, upgrade
+    from segunet.config.compose import checked, upgrade
 
     file = resolve_checkpoint(path, prefer)
     ckpt = _read_checkpoint(file, device)
@@ -291,8 +291,8 @@ def check_normalisation(data: Any) -> None:
 
 def check_tuned(post: Mapping[str, Any] | None, file: Path) -> None:
     """The tuned post-processing of checkpoint ``file``, typed and in range, or one line."""
-    from segunet.postprocess import PostProcess
-    from segunet.schema import schema_of, validate
+    from segunet.config.schema import schema_of, validate
+    from segunet.postprocess.decoding import PostProcess
 
     if post is None:
         return

@@ -91,7 +91,7 @@ def report_errors() -> Iterator[None]:
         sys.exit(2)
 
 
-# --- config values, in words (the schemas are segunet.schema's) -----------------------
+# --- config values, in words (the schemas are segunet.config.schema's) -----------------------
 
 #: OmegaConf's plain value types.
 PLAIN = (int, float, bool, str)

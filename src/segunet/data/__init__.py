@@ -1,5 +1,4 @@
-"""Data: synthetic default images, border weight maps, overlap-tile geometry, datasets.
-
-Kept free of imports so that the numpy-only modules (``synthetic``, ``weightmaps``,
-``tiling``) load without torch.
-"""
+"""Data: reading and writing images, the sources, normalisation, labels into targets and
+weight maps, augmentation, overlap-tile geometry and tile sizing, datasets. Imports errors,
+atomic, interrupts and config, nothing of the packages above; no imports here, so that the
+numpy-only modules (``synthetic``, ``weightmaps``, ``tiling``) load without torch."""

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segunet.schema import NonNegative, Positive, Range, check_ranges
+from segunet.config.schema import NonNegative, Positive, Range, check_ranges
 
 GRID_WORDS = "is not valid: at least 2 control points per axis"
 Probability = Annotated[float, Range(ge=0, le=1, words="is not valid: a probability in [0, 1]")]
@@ -423,7 +423,7 @@ class AugmentConfig:
     blur_sigma: list[NonNegative] = field(default_factory=lambda: [0.0, 1.0])
 
     def __post_init__(self) -> None:
-        # Types and allowed values are the config layer's (segunet.schema), and so are the
+        # Types and allowed values are the config layer's (segunet.config.schema), and so are the
         # ranges of each number; the order of a [low, high] pair is here.
         from segunet.errors import SegunetError
 

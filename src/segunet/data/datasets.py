@@ -1,5 +1,5 @@
 """Datasets: full images in memory and random overlap-tile patches for training (whole
-images are predicted tile by tile by :mod:`segunet.predict`).
+images are predicted tile by tile by :mod:`segunet.infer.predict`).
 
 A sample is a dict ``{"image": (C, *in), "label": (*out), "weight": (*out), "ignore": (*out)}``:
 the network input carries the context a valid-padded U-Net consumes, the targets cover only

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from segunet import interrupts
-from segunet.config import checked, config_dir, instantiate_group
+from segunet.config.compose import checked, config_dir, instantiate_group
 from segunet.data import weightmaps_cache
 from segunet.errors import SegunetError, report_errors
 

@@ -1,10 +1,11 @@
-"""What the network learns from instance labels: the training target, a config choice.
+"""What the network learns from instance labels: the training target, a config choice; and
+the task metric it is judged by (``data.metric``, scored by :mod:`segunet.eval.metrics`).
 
 - ``foreground``: foreground / background, touching objects first separated by a one-pixel
   gap (Ronneberger et al. 2015); decoded by connected components.
 - ``boundary``: background / object interior / object boundary, the boundary being each
   object's inner contour (touching borders included), as the top DSB 2018 entries trained;
-  decoded by a seeded watershed (:func:`segunet.instances.instances_from_boundary`).
+  decoded by a seeded watershed (:func:`segunet.postprocess.instances.instances_from_boundary`).
 
 The border weight map of the paper applies to both: its term ``w0 * exp(-(d1 + d2)^2 /
 (2 sigma^2))`` rises between touching objects, on the gap (foreground) or on the boundary
@@ -30,6 +31,30 @@ def check_target(target: str) -> None:
 
     if target not in TARGETS:
         raise SegunetError(f"data.target={target!r} is unknown: use {' or '.join(TARGETS)}")
+
+
+#: ``data.metric``: what validation reports, ``best.pt`` is chosen by and post-processing is
+#: tuned for. Pixel Dice of the classes, foreground IoU, DSB 2018 mean AP of the objects, or
+#: ISBI 2012 V_Rand of the objects.
+Metric = Literal["dice", "iou", "ap", "vrand"]
+#: What each task metric (``data.metric``) scores.
+TASK_METRICS: dict[str, str] = {
+    "dice": "mean foreground Dice of the classes",
+    "iou": "foreground IoU",
+    "ap": "DSB 2018 mean AP over IoU 0.5:0.95",
+    "vrand": "ISBI 2012 V_Rand",
+}
+#: Metrics of objects: they need instance (or binary) labels, and decoded instances.
+OBJECT_METRICS = ("ap", "vrand")
+
+
+def check_metric(metric: str) -> None:
+    from segunet.errors import SegunetError
+
+    if metric not in TASK_METRICS:
+        raise SegunetError(
+            f"data.metric={metric!r} is unknown: use one of {', '.join(TASK_METRICS)}"
+        )
 
 
 def boundary_classes(instances: np.ndarray) -> np.ndarray:

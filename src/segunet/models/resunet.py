@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segunet.config.schema import Count, Dropout, SpatialDims
 from segunet.models.blocks import Padding, conv
 from segunet.models.unet import ModelInputError, SizeRules, whole_number
-from segunet.schema import Count, Dropout, SpatialDims
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:

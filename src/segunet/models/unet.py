@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from segunet.config.schema import Count, Dropout, SpatialDims
 from segunet.errors import SegunetError
 from segunet.models.blocks import (
     DoubleConv,
@@ -26,7 +27,6 @@ from segunet.models.blocks import (
     up_conv,
 )
 from segunet.models.shapes import nearest_valid_sizes, output_size, valid_input_size
-from segunet.schema import Count, Dropout, SpatialDims
 
 
 class ModelInputError(SegunetError, ValueError):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from segunet.config.schema import Count, NonNegative, SpatialDims
 from segunet.models.blocks import (
     INTERPOLATION,
     DoubleConv,
@@ -22,7 +23,6 @@ from segunet.models.blocks import (
     max_pool,
 )
 from segunet.models.unet import SizeRules, check_ds_weights, whole_number
-from segunet.schema import Count, NonNegative, SpatialDims
 
 
 class UNet3Plus(SizeRules, nn.Module):

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from segunet.config.schema import Count, NonNegative, SpatialDims
 from segunet.models.blocks import DoubleConv, NormKind, Padding, conv, he_init, max_pool, up_conv
 from segunet.models.unet import ModelInputError, SizeRules, check_ds_weights
-from segunet.schema import Count, NonNegative, SpatialDims
 
 
 class UNetPlusPlus(SizeRules, nn.Module):
@@ -36,7 +36,7 @@ class UNetPlusPlus(SizeRules, nn.Module):
         deep_supervision: a 1x1 head on every top node ``X(0, 1..L)`` (Sec. 2, "deep
             supervision"). In training mode ``forward`` then returns the ``L`` logits, all at
             full resolution, deepest (the main prediction) first: ``[head L, head L-1, ...,
-            head 1]``; :class:`segunet.losses.DeepSupervisionLoss` averages their losses. In
+            head 1]``; :class:`segunet.train.losses.DeepSupervisionLoss` averages their losses. In
             eval mode it returns one tensor, the head of ``prune_depth``.
         ds_weights: loss weight per head, in the order above; None weighs them equally.
         prune_depth: ``d`` in 1..L, eval only: run the pruned UNet++ L^d (Sec. 2, Fig. 1c),

@@ -6,6 +6,7 @@ checkpoint is the last) on the DSB 2018 nuclei (fluorescence, grey), its post-pr
 on their validation images; the README gives its scores on held-out DSB images
 (``scripts/make_pretrained.py`` says how it was made). Used by ``segunet predict
 model=nuclei``, ``segunet export model=nuclei`` and ``segunet train trainer.init_from=nuclei``.
+Imports only errors.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``segunet evaluate pred=<file|folder> gt=<file|folder> [out=<file>] [kind=auto]``:
-score predicted label maps against ground truth with :func:`segunet.metrics.evaluate_pair`.
+score predicted label maps against ground truth with :func:`segunet.eval.metrics.evaluate_pair`.
 
 Two folders are paired by file stem (``pred/a.tif`` with ``gt/a.png``); any file without a
 partner is an error, so a missing prediction cannot silently raise the mean. What ``segunet
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import MISSING
 
-from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
+from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.data.io import SUPPORTED, read_array, refuse_existing, split_key
 from segunet.errors import SegunetError
-from segunet.metrics import Kind, evaluate_pair, resolve_kind
+from segunet.eval.metrics import Kind, evaluate_pair, resolve_kind
 
 USAGE = """usage: segunet evaluate pred=<file|folder> gt=<file|folder> [out=<file>]
                         [key=value ...]

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from segunet.data.targets import check_metric
+
 
 class OverlapCounter:
     """Accumulates per-class intersection and sizes so metrics cover a whole dataset.
@@ -490,34 +492,14 @@ def _split_merge(pairs: _Pairs) -> dict[str, int]:
 
 # --- the score a task is judged by ------------------------------------------------------------
 
-#: ``data.metric``: what validation reports, ``best.pt`` is chosen by and post-processing is
-#: tuned for. Pixel Dice of the classes, foreground IoU, DSB 2018 mean AP of the objects, or
-#: ISBI 2012 V_Rand of the objects.
-Metric = Literal["dice", "iou", "ap", "vrand"]
-#: What each task metric (``data.metric``) scores.
-TASK_METRICS: dict[str, str] = {
-    "dice": "mean foreground Dice of the classes",
-    "iou": "foreground IoU",
-    "ap": "DSB 2018 mean AP over IoU 0.5:0.95",
-    "vrand": "ISBI 2012 V_Rand",
-}
-#: Metrics of objects: they need instance (or binary) labels, and decoded instances.
-OBJECT_METRICS = ("ap", "vrand")
+# The task metrics' names (Metric, TASK_METRICS, check_metric) are data.targets': a
+# source's config carries data.metric, and data imports nothing from eval.
 
 
 def metric_key(metric: str) -> str:
     """The name a task metric is logged under (``val/<key>``): ``iou`` is the foreground
     IoU, not the class-mean ``val/iou`` logged beside it."""
     return {"iou": "foreground_iou"}.get(metric, metric)
-
-
-def check_metric(metric: str) -> None:
-    from segunet.errors import SegunetError
-
-    if metric not in TASK_METRICS:
-        raise SegunetError(
-            f"data.metric={metric!r} is unknown: use one of {', '.join(TASK_METRICS)}"
-        )
 
 
 def task_score(metric: str, pred: np.ndarray, gt: np.ndarray) -> float:

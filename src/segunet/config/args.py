@@ -3,9 +3,9 @@
 
 Those commands take a checkpoint whose stored config already says what the model is, or no
 model at all, so they compose nothing: their arguments are one dataclass each (e.g.
-:class:`segunet.predict_cli.PredictConfig`), read as
+:class:`segunet.infer.run.PredictConfig`), read as
 ``OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))`` with its
-schema from :mod:`segunet.schema`. Wrong types, unknown, repeated and missing keys and values
+schema from :mod:`segunet.config.schema`. Wrong types, unknown, repeated and missing keys and values
 that are not allowed are therefore the same one-line errors as ``segunet train``'s, and
 ``--help`` lists every key with its default (:func:`usage`). Values are YAML, except that a key
 that takes text keeps the text as typed (``input=*.tif``, ``output=2025-01-01``,
@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from segunet.config.schema import check_choices, nested_dataclass, schema_of
 from segunet.errors import SegunetError, bad_value, describe, explain, report_errors, unknown_key
 from segunet.interrupts import Interrupted
-from segunet.schema import check_choices, nested_dataclass, schema_of
 
 T = TypeVar("T")
 

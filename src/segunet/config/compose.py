@@ -2,7 +2,7 @@
 
 Every group of a config names the constructor that builds it (``_target_``). Before anything
 is built, a node is checked against the allow-list of its group (:data:`ALLOWED_TARGETS`) and
-typed by the schema of its constructor (:mod:`segunet.schema`): :func:`instantiate_group`.
+typed by the schema of its constructor (:mod:`segunet.config.schema`): :func:`instantiate_group`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from segunet.config.schema import locate, schema_for, validate
 from segunet.errors import SegunetError
-from segunet.schema import locate, schema_for, validate
 
 #: The installed package of the YAML configs: the repository's ``configs/`` (pyproject.toml
 #: maps it there), so Hydra also finds them as ``pkg://segunet.conf``.
@@ -91,10 +91,10 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
         for name in ("synthetic", "folder", "tiff_stack", "volume_file")
     ),
     "augment": ("segunet.data.augment.AugmentConfig",),
-    "loss": ("segunet.losses.WeightedCrossEntropy", "segunet.losses.DiceCrossEntropy"),
-    "trainer": ("segunet.train.TrainerConfig",),
-    "logging": ("segunet.logger.LoggingConfig",),
-    "postprocess": ("segunet.tune.TuneConfig",),
+    "loss": ("segunet.train.losses.WeightedCrossEntropy", "segunet.train.losses.DiceCrossEntropy"),
+    "trainer": ("segunet.train.trainer.TrainerConfig",),
+    "logging": ("segunet.train.logger.LoggingConfig",),
+    "postprocess": ("segunet.postprocess.tune.TuneConfig",),
 }
 #: Groups whose targets are any class of a torch module deriving from the given base.
 TORCH_TARGETS = {
@@ -277,10 +277,35 @@ def check_literal(config: Any, source: str, where: str = "config") -> None:
         check_literal(value, source, f"{where}.{key}")
 
 
+#: ``_target_`` names of constructors that moved into packages by role (issue 20), as
+#: checkpoints written before the move store them (the shipped nuclei model among them).
+MOVED_TARGETS = {
+    "segunet.losses.WeightedCrossEntropy": "segunet.train.losses.WeightedCrossEntropy",
+    "segunet.losses.DiceCrossEntropy": "segunet.train.losses.DiceCrossEntropy",
+    "segunet.train.TrainerConfig": "segunet.train.trainer.TrainerConfig",
+    "segunet.logger.LoggingConfig": "segunet.train.logger.LoggingConfig",
+    "segunet.tune.TuneConfig": "segunet.postprocess.tune.TuneConfig",
+}
+
+
 def upgrade(config: dict) -> dict:
-    """A config stored (in a checkpoint) by an older segunet as today's: the label and
-    weight-map keys of ``data`` moved into ``data.targets``."""
-    from segunet.data.sources import Targets
+    """A config stored (in a checkpoint) by an older segunet as today's: a group's
+    ``_target_`` of a constructor that moved is renamed (:data:`MOVED_TARGETS`), and the
+    label and weight-map keys of ``data`` moved into ``data.targets``."""
+    config = {group: _moved(node) for group, node in config.items()}
+    return _targets_nested(config)
+
+
+def _moved(node: Any) -> Any:
+    """A group's ``node`` with its ``_target_`` renamed where that constructor moved."""
+    if not isinstance(node, dict) or node.get("_target_") not in MOVED_TARGETS:
+        return node
+    return {**node, "_target_": MOVED_TARGETS[node["_target_"]]}
+
+
+def _targets_nested(config: dict) -> dict:
+    """``config`` with the flat label and weight-map keys of ``data`` in ``data.targets``."""
+    from segunet.data.labels import Targets
 
     data = config.get("data")
     if not isinstance(data, dict) or "targets" in data:

@@ -175,7 +175,7 @@ def launch_command(nproc: int, overrides: list[str], run_dir: str | Path) -> lis
     same overrides into one run folder, resolved here once so every rank agrees on it.
     ``--standalone`` finds a free port on this machine."""
     return [
-        sys.executable, "-m", "segunet.distributed", "--standalone",
+        sys.executable, "-m", "segunet.train.distributed", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "segunet.train",
         *[o for o in overrides if not o.startswith("hydra.run.dir=")],
         f"hydra.run.dir={_quoted(str(Path(run_dir).resolve()))}",

@@ -3,7 +3,7 @@
 before (or with other settings).
 
 The validation images are predicted once (and once more under test-time augmentation when
-``tta`` is searched), every setting of :data:`segunet.postprocess.GRIDS` is scored by the
+``tta`` is searched), every setting of :data:`segunet.postprocess.decoding.GRIDS` is scored by the
 task's metric (``data.metric``) and the best is written into the checkpoint, where
 ``segunet predict`` finds it.
 """
@@ -20,10 +20,10 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from segunet.args import option, parse, run_command, usage
+from segunet.config.args import option, parse, run_command, usage
 from segunet.data.datasets import SegmentationData, Volume
-from segunet.metrics import TaskScorer, metric_key
-from segunet.postprocess import GRIDS, PostProcess, decode, format_table, search
+from segunet.eval.metrics import TaskScorer, metric_key
+from segunet.postprocess.decoding import GRIDS, PostProcess, decode, format_table, search
 
 Predict = Callable[[np.ndarray, bool], np.ndarray]  # (image, tta) -> probabilities
 
@@ -144,11 +144,11 @@ def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "au
     import torch
 
     from segunet.checkpoint import load_model, resolve_checkpoint, save_atomic
-    from segunet.config import stored_data
-    from segunet.distributed import resolve_device
+    from segunet.config.compose import stored_data
     from segunet.errors import SegunetError
-    from segunet.predict import predict_tiled
+    from segunet.infer.predict import predict_tiled
     from segunet.pretrained import shipped
+    from segunet.train.distributed import resolve_device
 
     file = resolve_checkpoint(checkpoint, prefer="best")
     if shipped(file):  # tuning rewrites the checkpoint: never segunet's installed package

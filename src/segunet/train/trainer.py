@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segunet import distributed, interrupts, resume, run_folder
+from segunet import interrupts
 from segunet.checkpoint import (
     clean_state_dict,
     init_weights,
@@ -43,7 +43,14 @@ from segunet.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from segunet.config import check_all_targets, check_config, config_dir, instantiate_group, upgrade
+from segunet.config.compose import (
+    check_all_targets,
+    check_config,
+    config_dir,
+    instantiate_group,
+    upgrade,
+)
+from segunet.config.schema import Range, check_ranges
 from segunet.data.augment import AugmentConfig, Augmenter
 from segunet.data.datasets import (
     PatchDataset,
@@ -53,13 +60,14 @@ from segunet.data.datasets import (
     cut_sample,
     to_tensors,
 )
+from segunet.data.tiling import tile_within
 from segunet.errors import SegunetError, first_line, report_errors
-from segunet.logger import LoggingConfig, TensorBoardLogger, classes_picture, panel
-from segunet.metrics import OverlapCounter, TaskScorer, metric_key
-from segunet.postprocess import PostProcess, decode
-from segunet.predict import predict_tiled, tile_within
-from segunet.schema import Range, check_ranges
-from segunet.tune import TuneConfig, describe, report, tunable, tune_on
+from segunet.eval.metrics import OverlapCounter, TaskScorer, metric_key
+from segunet.infer.predict import predict_tiled
+from segunet.postprocess.decoding import PostProcess, decode
+from segunet.postprocess.tune import TuneConfig, describe, report, tunable, tune_on
+from segunet.train import distributed, resume, run_folder
+from segunet.train.logger import LoggingConfig, TensorBoardLogger, classes_picture, panel
 
 #: fp16's GradScaler skips a step whose gradients overflowed and lowers its scale: a skipped
 #: step now and then is how it finds the scale; this many in a row, the run has diverged.
@@ -782,7 +790,7 @@ class Trainer:
     def restore(self, path: str | Path, ckpt: dict[str, Any] | None = None) -> None:
         """Continue a run where its checkpoint (``ckpt``, read from ``path`` if not given)
         left it: exactly, or with changed optimiser and schedule settings applied from here
-        on (:mod:`segunet.resume`)."""
+        on (:mod:`segunet.train.resume`)."""
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         stored = upgrade(ckpt.get("config") or {})
         changes = resume.config_changes(stored, self.config) if stored else {}
@@ -859,7 +867,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     if trainer_cfg.resume:  # read, and its stored config checked, before building too
         file = resolve_checkpoint(trainer_cfg.resume)
         checkpoint = load_checkpoint(file)
-        check_all_targets(checkpoint.get("config") or {}, str(file))
+        check_all_targets(upgrade(checkpoint.get("config") or {}), str(file))
     log_cfg: LoggingConfig = instantiate_group(cfg, "logging")
     augment_cfg: AugmentConfig = instantiate_group(cfg, "augment")
     seed_everything(trainer_cfg.seed)  # before the model draws its initial weights
@@ -869,7 +877,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     data: SegmentationData = instantiate_group(cfg, "data")
     criterion = instantiate_group(cfg, "loss")
     if getattr(model, "deep_supervision", False):
-        from segunet.losses import DeepSupervisionLoss
+        from segunet.train.losses import DeepSupervisionLoss
 
         criterion = DeepSupervisionLoss(criterion, getattr(model, "ds_weights", None))
     optimizer = instantiate_group(cfg, "optim")(model.parameters())
@@ -1070,8 +1078,3 @@ def _report_sweep() -> None:
     )
     sys.exit(2)
 
-
-if __name__ == "__main__":
-    # Under torchrun every rank runs this: only rank 0 writes Hydra's files to the run folder.
-    sys.argv += distributed.hydra_overrides_for_rank(distributed.env_world().rank)
-    main()

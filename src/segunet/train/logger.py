@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from segunet.config.schema import Range, check_ranges
 from segunet.data.datasets import SegmentationData, Volume
-from segunet.schema import Range, check_ranges
 
 
 @dataclass
@@ -94,7 +94,7 @@ def classes_picture(
     Volumes show their middle slice; large images are shrunk to ``max_size``."""
     from skimage.color import label2rgb
 
-    from segunet import viz
+    from segunet.train import viz
 
     def plane(a: np.ndarray) -> np.ndarray:
         a = a[a.shape[0] // 2] if data.spatial_dims == 3 else a

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segunet.schema import NonNegative
+from segunet.config.schema import NonNegative
 
 
 def effective_weight(

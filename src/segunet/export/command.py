@@ -1,10 +1,10 @@
 """Export a trained model to ONNX or TorchScript, verified against PyTorch before it is kept,
-or as a bioimage.io model package of both (:mod:`segunet.bioimageio_export`).
+or as a bioimage.io model package of both (:mod:`segunet.export.bioimageio`).
 
 ``segunet export checkpoint=<ckpt or run folder> format=onnx|torchscript|bioimageio [output=...]``
 
 The file is traced with dynamic batch and spatial axes and stores the valid-size rule and
-the normalisation in its metadata (:mod:`segunet.traced`). Verification runs the exported
+the normalisation in its metadata (:mod:`segunet.export.traced`). Verification runs the exported
 model at the export size and at the next larger valid size, so a size the trace baked in is
 caught.
 """
@@ -20,14 +20,14 @@ from typing import Literal
 
 import torch
 
-from segunet.args import check_range, option, parse, run_command, usage
 from segunet.atomic import write_atomic
-from segunet.bioimageio_export import PackageInfo, export_package
 from segunet.checkpoint import load_model, resolve_checkpoint
+from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
+from segunet.export.bioimageio import PackageInfo, export_package
+from segunet.export.traced import exported_bytes, metadata, verify_export
 from segunet.pretrained import checkpoint_or_model, shipped
-from segunet.traced import exported_bytes, metadata, verify_export
 
 Format = Literal["onnx", "torchscript", "bioimageio"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
@@ -134,7 +134,7 @@ def export_model(
         checkpoint: a checkpoint file or a run folder (its ``checkpoints/last.pt``).
         format: ``"onnx"`` (needs ``onnx``, and ``onnxruntime`` to verify),
             ``"torchscript"`` or ``"bioimageio"`` (a model package of both, see
-            :func:`segunet.bioimageio_export.export_package`).
+            :func:`segunet.export.bioimageio.export_package`).
         output: target file, or a folder to write the default name into; default beside
             the checkpoint, named after it (a shipped model's: in the working folder).
         input_shape: spatial size of the example input traced and verified; rounded up to a

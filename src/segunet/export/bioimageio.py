@@ -19,7 +19,7 @@ before the zip is kept (``verify=true``). What the package says:
 - weights: TorchScript and ONNX, traced from the same eval-mode model and each verified
   against PyTorch;
 - test tensors: a tile of ``test_image`` and segunet's own prediction of it (normalised by
-  :func:`segunet.data.sources.normalize_percentile`, run by PyTorch), so a passing
+  :func:`segunet.data.normalize.normalize_percentile`, run by PyTorch), so a passing
   ``test_model`` shows that the spec's preprocessing reproduces segunet's.
 """
 
@@ -44,11 +44,12 @@ from torch import nn
 from segunet.atomic import write_atomic
 from segunet.checkpoint import load_checkpoint, load_trained, pixel_size_of
 from segunet.data.io import read_array
-from segunet.data.sources import class_names_for, normalize_percentile
+from segunet.data.normalize import normalize_percentile
+from segunet.data.sources import class_names_for
 from segunet.errors import SegunetError
+from segunet.export.traced import exported_bytes, metadata, verify_export
 from segunet.pretrained import shipped
-from segunet.run_folder import recorded_overrides
-from segunet.traced import exported_bytes, metadata, verify_export
+from segunet.train.run_folder import recorded_overrides
 
 MISSING = ("format=bioimageio needs bioimageio.spec and bioimageio.core: "
            "pip install 'segunet[bioimageio]'")
@@ -69,7 +70,8 @@ CITE = {
 
 @dataclasses.dataclass(frozen=True)
 class PackageInfo:
-    """What a package needs beyond the checkpoint (see :class:`segunet.export.ExportConfig`)."""
+    """What a package needs beyond the checkpoint (see
+    :class:`segunet.export.command.ExportConfig`)."""
 
     test_image: str | None = None
     authors: Sequence[str] = ()
@@ -195,7 +197,7 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
     """The ``(C, *spatial)`` float32 image the test input is cut from, and where it is from:
     ``path`` with the channels training gave its images, else the first validation image of
     the training data, rebuilt from the checkpoint's config."""
-    from segunet.predict_cli import image_for_model
+    from segunet.infer.inputs import image_for_model
 
     model = trained.model
     if path is not None:
@@ -208,7 +210,7 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
 
         image = synthetic_cells((256,) * model.spatial_dims, seed=0)[0]
         return np.asarray(image, np.float32)[None], "a synthetic nuclei image (segunet's own)"
-    from segunet.config import stored_data
+    from segunet.config.compose import stored_data
 
     data = stored_data(trained.config, str(trained.file),
                        "no test image without it: pass test_image=<an image like the "
@@ -371,7 +373,7 @@ def _training_lines(trained: Checkpoint) -> list[str]:
 
 
 def _validation_lines(trained: Checkpoint) -> list[str]:
-    from segunet.tune import describe as tuned
+    from segunet.postprocess.tune import describe as tuned
 
     ckpt = trained.ckpt
     scores = [f"| {k} | {_score(v)} |" for k, v in (ckpt.get("metrics") or {}).items()]

@@ -187,7 +187,7 @@ def _unreadable(arg: str) -> str:
 
 def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
     """Compose the config once per override value before Hydra runs, and check it (allowed
-    targets, types and values: :func:`segunet.config.check_config`), so an unknown group
+    targets, types and values: :func:`segunet.config.compose.check_config`), so an unknown group
     option, key or value fails as one line instead of Hydra's multi-line report, before Hydra
     creates a run folder. Returns the first
     composition, with its ``hydra`` section (the run folder it would use). ``args`` is
@@ -197,7 +197,7 @@ def check_overrides(args: argparse.Namespace | list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from segunet.config import check_config, config_dir
+    from segunet.config.compose import check_config, config_dir
 
     if isinstance(args, list):
         args = hydra_args(args)
@@ -277,7 +277,7 @@ def pin_run_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
     name it explicitly so Hydra uses the one checked (its clock may have moved on a second).
     A folder that already holds a run's record (a resume into it) keeps it until the run is
     accepted: Hydra writes none, training does once it starts (:func:`run_folder.write_record`)."""
-    from segunet import run_folder
+    from segunet.train import run_folder
 
     run_dir = Path(str(cfg.hydra.run.dir))
     with report_errors():
@@ -295,7 +295,7 @@ def pin_sweep_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
     ``/`` stay out of the jobs' folder names (``<n>_<overrides>``): their slashes would
     nest the folder, and ``..`` in them lead it out of the sweep's. A sweep folder already
     holding jobs' records keeps them until each job is accepted, as a run folder does."""
-    from segunet import run_folder
+    from segunet.train import run_folder
 
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     with report_errors():
@@ -318,7 +318,7 @@ def pin_sweep_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
 def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
     """Re-run ``segunet train`` as ``trainer.devices`` processes under torchrun, all training
     into the one run folder resolved here (each rank's own clock could name another)."""
-    from segunet import distributed
+    from segunet.train import distributed
 
     n = int(cfg.trainer.devices)
     if any(a in ("-m", "--multirun") for a in overrides):
@@ -330,7 +330,7 @@ def launch_ddp(cfg: DictConfig, overrides: list[str]) -> int:
         return 2
     import torch
 
-    from segunet.train import check_launch
+    from segunet.train.trainer import check_launch
 
     # Refuse here, not in every rank.
     if distributed.uses_cuda(str(cfg.trainer.device)) and torch.cuda.device_count() < n:
@@ -398,8 +398,8 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(data_main(rest))
     if command in ("evaluate", "predict", "export", "tune"):
         # Plain key=value commands (no Hydra run folder): each returns its exit status.
-        module = {"evaluate": "evaluate", "predict": "predict_cli", "export": "export",
-                  "tune": "tune"}[command]
+        module = {"evaluate": "eval.evaluate", "predict": "cli.predict",
+                  "export": "export.command", "tune": "postprocess.tune"}[command]
         sys.exit(importlib.import_module(f"segunet.{module}").main(rest))
     if command == "train":
         from segunet import interrupts
@@ -427,7 +427,7 @@ def _hydra_command(command: str, rest: list[str]) -> None:
     """``segunet train`` or ``segunet weightmaps``: check the overrides and the run folder,
     then hand over to the Hydra app."""
     if command == "train":
-        from segunet.train import main as app
+        from segunet.train.trainer import main as app
     else:
         from segunet.data.precompute import main as app
     args = hydra_args(rest)
@@ -443,7 +443,7 @@ def _hydra_command(command: str, rest: list[str]) -> None:
         devices = cfg.trainer.get("devices", 1) if command == "train" else 1
         if command == "train" and not args.cfg:
             if isinstance(devices, int) and devices > 1:
-                from segunet.distributed import launched_by_torchrun
+                from segunet.train.distributed import launched_by_torchrun
 
                 if not launched_by_torchrun():  # else this process is already one of the ranks
                     sys.exit(launch_ddp(cfg, rest))

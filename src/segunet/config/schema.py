@@ -2,9 +2,9 @@
 
 Every config node is merged onto the schema of what it builds before anything is built: a
 ``segunet train`` group (its YAML files extend these schemas, which
-:func:`segunet.config.register_schemas` stores in Hydra's ConfigStore), a config stored in a
+:func:`segunet.config.compose.register_schemas` stores in Hydra's ConfigStore), a config stored in a
 checkpoint, and the ``key=value`` arguments of predict, export, evaluate and tune
-(:mod:`segunet.args`). A schema is derived from a constructor's signature or a dataclass's
+(:mod:`segunet.config.args`). A schema is derived from a constructor's signature or a dataclass's
 fields, so each key, its default and its type are declared once, where they are used:
 
 - ``int``, ``float``, ``bool``, ``str``, lists (``Sequence[int]``, tuples), dicts, nested

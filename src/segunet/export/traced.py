@@ -1,6 +1,6 @@
 """A model as an ONNX or TorchScript file, traced and checked against PyTorch: what
-``segunet export`` writes (:mod:`segunet.export`) and a bioimage.io package holds
-(:mod:`segunet.bioimageio_export`).
+``segunet export`` writes (:mod:`segunet.export.command`) and a bioimage.io package holds
+(:mod:`segunet.export.bioimageio`).
 
 Both formats are made by tracing (``torch.onnx.export``'s TorchScript-based exporter,
 ``torch.jit.trace``): the model's Python-side input checks only read shapes, so they add

@@ -93,7 +93,7 @@ class BandMerger(Merger):
     """Streams tiles that arrive in raster order into an array-like ``out`` (zarr, memmap,
     HDF5, numpy) band by band, holding only a band of rows in memory.
 
-    :func:`~segunet.predict.predict_tiled` yields tiles in raster order, so their starts
+    :func:`~segunet.infer.predict.predict_tiled` yields tiles in raster order, so their starts
     along the first spatial axis (rows in 2D, slices in 3D) never decrease: once a tile
     starting at row ``r`` arrives, no later tile touches the rows above ``r``. The band is
     kept as blocks of ``rows`` full-width rows (2D) or slabs (3D): weighted sums and weights

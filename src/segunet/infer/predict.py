@@ -8,11 +8,12 @@ padded) image: no seams, no blending. Same-padded U-Nets see zero padding at eve
 border, so their tiles overlap and are blended with a Gaussian (or constant) window, placed
 as MONAI's ``sliding_window_inference`` places them.
 
-The numeric core is a few pure functions (tile sizes, tile placement, blending window); the
-pipeline reads tiles in one thread, runs the network in the caller's and merges results in a
-third, so reading, computing and writing overlap and host memory holds only the tiles in
-flight (plus the output, unless it is on disk: see :mod:`segunet.merger`). A lazily read image
-is read in full-width bands of rows, one per row of tiles; on the GPU an in-memory image is
+The numeric core is a few pure functions (tile sizes, tile placement, blending window: see
+:mod:`segunet.data.tiling`); the pipeline reads tiles in one thread, runs the network in the
+caller's and merges results in a third, so reading, computing and writing overlap and host
+memory holds only the tiles in flight (plus the output, unless it is on disk: see
+:mod:`segunet.infer.merger`). A lazily read image is read in full-width bands of rows, one
+per row of tiles; on the GPU an in-memory image is
 copied there once and its tiles cropped there, tiles are blended there in the caller's
 thread, and finished bands of rows cross to the host in the writer's, so the host does next
 to nothing per tile.
@@ -29,8 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,160 +39,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segunet.checkpoint import unwrap
-from segunet.data.tiling import crop_reflect, reflect_indices, tile_grid
+from segunet.data.tiling import (
+    Blend,
+    blend_window,
+    clip_region,
+    crop_reflect,
+    plan_tiles,
+    reflect_indices,
+    tile_shapes,
+)
 from segunet.errors import SegunetError
-from segunet.merger import BandMerger, InMemoryMerger, Merger
+from segunet.infer.merger import BandMerger, InMemoryMerger, Merger
 from segunet.models.fuse import fold_batchnorm
 
-Blend = Literal["gaussian", "constant"]
 T = TypeVar("T")
-
-#: Default input tile edge when none is given: large enough to keep a GPU busy and the
-#: context overhead of a valid net small, small enough for the memory of a consumer GPU.
-DEFAULT_TILE = {2: 512, 3: 128}
-
-
-# --- tile geometry: pure functions ------------------------------------------------------------
-
-
-def tile_shapes(
-    net: nn.Module, spatial_shape: Sequence[int], tile_shape: int | Sequence[int] | None = None
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The network's input tile and the output tile it predicts.
-
-    A given ``tile_shape`` is rounded down to a size the net takes (never below the smallest
-    one). By default an axis gets the smallest valid tile that covers the image plus the
-    valid net's context in one tile, up to :data:`DEFAULT_TILE`. Either way a valid net's
-    tile then grows where needed to the smallest whose output spans one step of the pooling
-    grid (see :func:`covering_tile`).
-    """
-    dims = net.spatial_dims
-    whole = whole_image_tile(net, spatial_shape)
-    if tile_shape is None:
-        tile = net.valid_input_shape([min(w, DEFAULT_TILE[dims]) for w in whole])
-    else:
-        wanted = [tile_shape] * dims if np.isscalar(tile_shape) else list(tile_shape)
-        if len(wanted) != dims:
-            raise SegunetError(
-                f"tile_shape {tuple(wanted)} has {len(wanted)} axes but the model is {dims}D: "
-                f"give {dims} sizes or one for all"
-            )
-        # No larger than one tile for the whole image: a larger one computes only padding.
-        wanted = [min(int(w), n) for w, n in zip(wanted, whole)]
-        tile = tuple(
-            lower if lower is not None else upper
-            for lower, upper in net.nearest_valid_sizes(wanted)
-        )
-    tile = covering_tile(net, tile)
-    return tuple(tile), net.output_shape(tile)
-
-
-def whole_image_tile(net: nn.Module, spatial_shape: Sequence[int]) -> tuple[int, ...]:
-    """The smallest valid input tile that predicts an image of ``spatial_shape`` in one
-    pass: the image plus a valid net's context (none for a same-padded net)."""
-    smallest = net.valid_input_shape([1] * net.spatial_dims)
-    context = np.subtract(smallest, net.output_shape(smallest))
-    return tuple(net.valid_input_shape([n + c for n, c in zip(spatial_shape, context)]))
-
-
-def covering_tile(net: nn.Module, tile: Sequence[int]) -> tuple[int, ...]:
-    """``tile``, with every axis whose output is shorter than the pooling grid's step
-    ``2**(levels - 1)`` grown to the smallest valid size whose output spans that step.
-
-    A valid net's tiles start on that grid (see :func:`plan_tiles`), so a shorter output
-    tile could not cover the image. Any tile size gives a valid U-Net the same result, so
-    only memory grows, and by the least it can. Same-padded tiles start anywhere: kept.
-    """
-    if net.padding != "valid":
-        return tuple(tile)
-    step = 2 ** (net.levels - 1)
-    # Valid sizes keep input - output constant, so the shortfall adds to the input.
-    wanted = [t + max(step - o, 0) for t, o in zip(tile, net.output_shape(tile))]
-    return tuple(net.valid_input_shape(wanted))
-
-
-def tile_within(net: nn.Module, spatial_shape: Sequence[int], voxels: int) -> tuple[int, ...]:
-    """The default input tile for an image of ``spatial_shape`` (see :func:`tile_shapes`),
-    its longest axis cut to the next smaller valid size while it holds more than ``voxels``
-    pixels (voxels in 3D), down to the smallest tile that :func:`tile_shapes` allows."""
-    tile = list(tile_shapes(net, spatial_shape)[0])
-    floor = tile_shapes(net, spatial_shape, 1)[0]
-    while math.prod(tile) > voxels and tile != list(floor):
-        axis = max((a for a in range(len(tile)) if tile[a] > floor[a]), key=tile.__getitem__)
-        lower = net.nearest_valid_sizes([tile[axis] - 1])[0][0]
-        tile[axis] = max(lower or 0, floor[axis])
-    return tuple(tile)
-
-
-def sliding_starts(n: int, tile: int, overlap: float) -> list[int]:
-    """Tile starts along an axis of length ``n`` as MONAI's ``sliding_window_inference`` puts
-    them: ``int(tile * (1 - overlap))`` apart (``tile`` when one tile fits exactly), the last
-    shifted back to end at ``max(n, tile)``."""
-    n = max(n, tile)
-    step = tile if tile == n else max(int(tile * (1 - overlap)), 1)
-    count = math.ceil((n - tile) / step) + 1  # the fewest steps whose last tile reaches n
-    return [min(i * step, n - tile) for i in range(count)]
-
-
-def plan_tiles(
-    spatial_shape: Sequence[int],
-    in_tile: Sequence[int],
-    out_tile: Sequence[int],
-    padding: str,
-    levels: int,
-    overlap: float = 0.25,
-) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """``(input start, output start)`` of every tile, in image coordinates, in raster order
-    (the first axis slowest, so starts along it never decrease: a
-    :class:`~segunet.merger.BandMerger` relies on it).
-
-    Valid padding: non-overlapping output tiles (except the last ones per axis, shifted back
-    to the image end) at multiples of ``2**(levels - 1)``, each read with the context margin
-    around it (Ronneberger et al. 2015, Fig. 2); aligned starts keep every tile's max-pooling
-    grid in the same phase, so overlapping tiles agree. Same padding: input = output tiles
-    placed by :func:`sliding_starts`.
-    """
-    if padding == "valid":
-        margin = [(i - o) // 2 for i, o in zip(in_tile, out_tile)]
-        return [
-            (tuple(s - m for s, m in zip(start, margin)), tuple(start))
-            for start in tile_grid(spatial_shape, out_tile, align=2 ** (levels - 1))
-        ]
-    axes = [sliding_starts(n, t, overlap) for n, t in zip(spatial_shape, in_tile)]
-    return [(tuple(start), tuple(start)) for start in itertools.product(*axes)]
-
-
-@lru_cache(maxsize=8)
-def blend_window(tile: tuple[int, ...], blend: Blend = "gaussian", sigma_scale: float = 0.125):
-    """Per-pixel weight of a tile's prediction when overlapping tiles are averaged.
-
-    ``gaussian``: ``prod_i exp(-x_i**2 / (2 * sigma_i**2))`` with ``x_i`` the distance to the
-    tile centre and ``sigma_i = sigma_scale * tile_i``, clipped below at 1e-3 so no pixel
-    weighs zero; the same map as MONAI's ``compute_importance_map``. Predictions near a tile
-    border, which saw zero padding instead of image, weigh less. ``constant``: ones.
-    """
-    if blend == "constant":
-        window = np.ones(tile, dtype=np.float32)
-    elif blend == "gaussian":
-        window = np.ones((), dtype=np.float64)
-        for n in tile:
-            x = np.arange(n) - (n - 1) / 2
-            window = np.multiply.outer(window, np.exp(-(x**2) / (2 * (sigma_scale * n) ** 2)))
-        window = np.maximum(window, 1e-3).astype(np.float32)
-    else:
-        raise SegunetError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
-    window.flags.writeable = False  # cached and shared
-    return window
-
-
-def clip_region(
-    start: Sequence[int], size: Sequence[int], shape: Sequence[int]
-) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """The part of the box ``[start, start + size)`` inside ``[0, shape)`` (starts are >= 0),
-    as slices into the image and into the box."""
-    stops = [min(s + n, dim) for s, n, dim in zip(start, size, shape)]
-    region = tuple(slice(s, e) for s, e in zip(start, stops))
-    return region, tuple(slice(0, e - s) for s, e in zip(start, stops))
 
 
 # --- test-time augmentation -------------------------------------------------------------------
@@ -255,7 +115,7 @@ def predict_tiled(
         image: ``(channels, *spatial)``: a numpy array or any array-like sliced lazily (memmap,
             zarr, HDF5 dataset); only the tiles in flight are read.
         tile_shape: the network's input tile, rounded down to a valid size; see
-            :func:`tile_shapes` for the default.
+            :func:`~segunet.data.tiling.tile_shapes` for the default.
         batch_size: tiles per forward pass.
         blend, overlap: for same-padded nets only: the window that weighs overlapping tiles
             (see :func:`blend_window`) and the fraction by which neighbours overlap. A
@@ -263,10 +123,10 @@ def predict_tiled(
         tta: average the probabilities of the 8 rotations/reflections (2D) or flips (3D).
         device: where the network runs; default: the model's.
             On CUDA it runs under bf16 autocast on channels-last inputs.
-        out: None to return a float32 numpy array; a :class:`~segunet.merger.Merger` to merge
+        out: None to return a float32 numpy array; a :class:`~segunet.infer.merger.Merger` to merge
             into (returns its ``finalize()``); or an array-like of the output shape (zarr,
             memmap, ...) to fill (returns it), band by band with a
-            :class:`~segunet.merger.BandMerger`: host memory then holds only the tiles in
+            :class:`~segunet.infer.merger.BandMerger`: host memory then holds only the tiles in
             flight and the band of rows they touch, and each chunk of a zarr ``out`` is
             written once.
         progress: show a tqdm bar with tiles/s and megapixels/s.

@@ -5,7 +5,7 @@ that pixel size (the same field of view on the model's grid), predicted there, a
 outputs resampled back onto the input's own grid, so objects come out the same at any
 magnification. Both directions are lazy views (:class:`Resampled`) that read only the
 window of their source a requested window needs, so a large image is resampled band by
-band as :func:`~segunet.predict.predict_tiled` reads it, and probabilities on disk are
+band as :func:`~segunet.infer.predict.predict_tiled` reads it, and probabilities on disk are
 resampled back band by band as they are written out.
 """
 

@@ -1,0 +1,122 @@
+"""Image preparation shared by training, prediction and export: channels first, the
+channel count the model takes (RGB to grey by luma), and the percentile normalisation
+every source, ``segunet predict`` and an exported model apply alike. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+
+from segunet.config.schema import Range
+from segunet.errors import SegunetError
+
+#: ITU-R BT.709 luma weights (as skimage's rgb2gray) for turning RGB into grey.
+LUMA = (0.2125, 0.7154, 0.0721)
+
+
+Percentile = Annotated[float, Range(ge=0, le=100)]
+
+
+def percentile_range(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, channel_axis: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_low, p_high - p_low)`` per channel as float32, shaped to broadcast against
+    ``image``. Where the percentiles coincide (a mostly constant channel) the channel's min
+    and max are used instead; a constant channel gets scale 0."""
+    x = np.asarray(image)
+    axes = None if channel_axis is None else tuple(
+        a for a in range(x.ndim) if a != channel_axis % x.ndim
+    )
+    lo, hi = np.percentile(x, [low, high], axis=axes, keepdims=True)
+    flat = hi <= lo
+    if np.any(flat):  # mostly constant channel: fall back to the full range
+        lo = np.where(flat, np.min(x, axis=axes, keepdims=True), lo)
+        hi = np.where(flat, np.max(x, axis=axes, keepdims=True), hi)
+    return lo.astype(np.float32), (hi - lo).astype(np.float32)
+
+
+def apply_range(x: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(x - lo) / scale`` as float32, 0 where the scale is 0."""
+    out = np.zeros(x.shape, np.float32)
+    np.divide(x.astype(np.float32) - lo, scale, out=out, where=scale > 0)
+    return out
+
+
+def normalize_percentile(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, channel_axis: int | None = 0
+) -> np.ndarray:
+    """``(x - p_low) / (p_high - p_low)`` per channel, as float32: robust to a few hot pixels.
+
+    ``p_low``, ``p_high`` are the ``low``-th and ``high``-th percentiles of each channel
+    (of the whole image when ``channel_axis`` is None); see :func:`percentile_range`.
+    """
+    return apply_range(np.asarray(image), *percentile_range(image, low, high, channel_axis))
+
+
+def check_finite(image: np.ndarray, source: str) -> None:
+    """SegunetError naming ``source`` if the image holds NaN or infinite values."""
+    if np.issubdtype(image.dtype, np.inexact) and not np.isfinite(image).all():
+        raise SegunetError(
+            f"{source} holds NaN or infinite values: fix the file or leave it out of the data"
+        )
+
+
+def image_channels_first(
+    image: np.ndarray, spatial_shape: Sequence[int], image_source: str, label_source: str
+) -> np.ndarray:
+    """``(C, *spatial)`` from an image read as grey ``(*spatial)``, channels-last
+    ``(*spatial, C)`` or channels-first ``(C, *spatial)``, telling them apart by the label
+    image's shape. An RGBA image loses its alpha channel, which holds no image content."""
+    spatial_shape = tuple(spatial_shape)
+    if image.shape == spatial_shape:
+        return image[None]
+    if image.shape[:-1] == spatial_shape:
+        image = np.moveaxis(image, -1, 0)
+        return image[:3] if image.shape[0] == 4 else image
+    if image.shape[1:] == spatial_shape:
+        return image
+    raise SegunetError(
+        f"image {image_source} has shape {image.shape} but its labels {label_source} have "
+        f"{spatial_shape}: each label image must cover its image pixel for pixel"
+    )
+
+
+def convert_channels(image: np.ndarray, channels: int | None, source: str) -> np.ndarray:
+    """``(C, ...)`` to ``channels`` channels: None keeps them, RGB -> grey by luma, grey ->
+    RGB by replication; anything else is an error."""
+    c = image.shape[0]
+    if channels is None or channels == c:
+        return image
+    if channels == 1 and c == 3:
+        return np.tensordot(np.asarray(LUMA, np.float32), image.astype(np.float32), axes=1)[None]
+    if channels == 3 and c == 1:
+        return np.repeat(image, 3, axis=0)
+    raise SegunetError(
+        f"{source} has {c} channels and data.channels={channels}: only RGB -> grey (1) and "
+        f"grey -> RGB (3) are converted; set data.channels=null or {c}"
+    )
+
+
+def prepare_image(
+    image: np.ndarray, channels: int | None, percentiles: Sequence[float] | None, source: str
+) -> np.ndarray:
+    """``(C, *spatial)`` image -> normalised float32: NaN/inf rejected, channels converted,
+    percentile-normalised (``percentiles=None``: as is)."""
+    check_finite(image, source)
+    image = convert_channels(image, channels, source)
+    if percentiles is None:
+        return np.ascontiguousarray(image, dtype=np.float32)
+    low, high = (float(p) for p in percentiles)
+    return normalize_percentile(image, low, high, channel_axis=0)
+
+
+def check_percentiles(percentiles: Sequence[float] | None) -> None:
+    """``data.percentiles`` is null or ``[low, high]`` with low < high: reversed, they would
+    turn every image into its negative and train on it without a word."""
+    if percentiles is not None and (len(percentiles) != 2 or percentiles[0] >= percentiles[1]):
+        raise SegunetError(
+            f"data.percentiles={list(percentiles)} is not valid: expected [low, high] with "
+            "low < high (e.g. [1, 99.8]), or null to keep the values as they are"
+        )

@@ -1,0 +1,517 @@
+"""``segunet predict``: segment image files with a trained checkpoint.
+
+``segunet predict checkpoint=<ckpt or run folder> input=<file, folder or glob> output=<folder>``
+
+Per input ``<stem>``, writes ``<stem>_probabilities`` (float16, ``(classes, *spatial)``),
+``<stem>_labels`` (uint8 argmax) and ``<stem>_instances`` (uint16/uint32 objects, see
+:mod:`segunet.postprocess.instances`) as TIFF or zarr, each atomically. The model and the input
+normalisation come from the config stored in the checkpoint, so nothing about the training run
+needs repeating. Inputs are read tile by tile where the format allows (uncompressed TIFF by
+memory map, compressed TIFF and zarr through zarr), and with ``format=zarr`` the probabilities
+are written band by band to disk too (see :class:`segunet.infer.merger.BandMerger`) and the labels
+block by block from them, so images larger than memory can be predicted. Instances are not
+streamed: connected components and watershed need the whole foreground map in memory
+(float32, plus the instance labels), as does ``format=tif``, which writes each output whole.
+
+A ``(Z, Y, X)`` stack given to a 2D model whose depth is no channel count the model takes is
+predicted slice by slice (see :func:`predict_stack`). The checkpoint and the output folder are
+checked before anything is predicted; temps left by killed runs (see
+:func:`segunet.atomic.remove_stale_temps`) are removed at the start.
+
+An input whose pixel size differs from the checkpoint's training one is predicted at the
+training pixel size and its outputs resampled back onto its own grid (see
+:mod:`segunet.infer.resample`). ``format=ome-zarr`` writes one OME-NGFF image per input, the
+probabilities with the labels and instances as its label images (see
+:mod:`segunet.data.omezarr`), streamed as ``format=zarr`` is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from omegaconf import MISSING
+from tqdm import tqdm
+
+from segunet.atomic import remove_stale_temps
+from segunet.config.args import check_range, option
+from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
+from segunet.data.tiling import Blend, blocks
+from segunet.errors import SegunetError, first_line
+from segunet.infer.inputs import (
+    NormalizedImage,
+    check_pixel_type,
+    expand_inputs,
+    image_for_model,
+    open_array,
+    refuse_non_finite_output,
+    stack_for_model,
+    stem_of,
+)
+from segunet.infer.outputs import (
+    OUTPUTS,
+    ZARR_CHUNK,
+    Outputs,
+    channel_names,
+    label_dtype,
+    output_paths,
+)
+from segunet.infer.resample import Grid, grid_for
+from segunet.postprocess.decoding import Decoder, InstancesConfig, argmax_of, class_dtype
+from segunet.pretrained import checkpoint_or_model
+
+# --- the options and the run ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """The arguments of ``segunet predict`` (see :data:`segunet.cli.predict.USAGE`)."""
+
+    checkpoint: str | None = option(
+        None, "a checkpoint file, or a run folder (its best.pt); or give model=")
+    model: str | None = option(
+        None, "a model that ships with segunet instead of a checkpoint: nuclei (DSB 2018 "
+        "fluorescence nuclei)")
+    input: str = option(MISSING, "an image file, a folder of them or a glob ('data/*.tif')")
+    output: Path = option(MISSING, "the folder the outputs go to (created if missing)")
+    tile: list[int] | None = option(
+        None, "network input tile, e.g. 572,572 (one size: every axis); rounded down to a "
+        "valid size (valid nets: at least one whose output spans a pooling step); null: auto")
+    batch_size: int = option(8, "tiles per forward pass")
+    tta: bool | None = option(
+        None, "average over the 8 rotations/reflections (2D) or flips (3D); null: as tuned, "
+        "else false")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    compile: bool = option(
+        False, "torch.compile the network: on a GPU about 1.5x the tiles/s after a one-off "
+        "compile (tens of seconds); for many or large images. If compiling fails, one "
+        "warning and it runs eagerly")
+    outputs: list[Literal["probabilities", "labels", "instances"]] = option(
+        list(OUTPUTS), "which outputs to write, e.g. labels,instances")
+    format: Literal["tif", "tiff", "zarr", "ome-zarr"] = option(
+        "tif", "zarr: probabilities and labels are streamed to disk; ome-zarr: the same, as "
+        "one OME-NGFF image <stem>.ome.zarr per input (the probabilities, always, with the "
+        "labels and instances under labels/, each a pyramid) for napari, Fiji and ome-zarr")
+    resample: bool = option(
+        True, "an input whose pixel size differs from the model's training one by more "
+        "than 5% is predicted at the training pixel size and its outputs resampled back "
+        "onto its own grid; false: predict every input as it is")
+    pixel_size: list[float] | None = option(
+        None, "the inputs' pixel size in um per spatial axis (one value: all), instead of "
+        "what their files record")
+    overwrite: bool = option(False, "replace existing outputs (else an existing one is an error)")
+    skip_existing: bool = option(
+        False, "keep existing outputs and predict only what is missing: to continue a batch "
+        "stopped by an error or Ctrl-C")
+    blend: Blend = option("gaussian", "tile blending of same-padded models")
+    overlap: float = option(0.25, "tile overlap of same-padded models, 0 <= overlap < 1")
+    instances: InstancesConfig = dataclasses.field(default_factory=InstancesConfig)
+    #: How the instances are made: set once the checkpoint is read.
+    decoder: Decoder | None = dataclasses.field(default=None, init=False)
+    #: The model's training pixel size (um per spatial axis), if the checkpoint has one.
+    trained_pixel_size: PixelSize | None = dataclasses.field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.checkpoint = checkpoint_or_model(self.checkpoint, self.model)
+        self.output = Path(self.output)
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, "a whole number >= 1")
+        check_range("overlap", self.overlap, 0 <= self.overlap < 1, "0 <= overlap < 1")
+        check_range("tile", self.tile, not self.tile or min(self.tile) >= 1,
+                    "positive sizes, e.g. 572,572")
+        check_range("outputs", self.outputs, bool(self.outputs), f"some of {','.join(OUTPUTS)}")
+        if self.pixel_size is not None:  # the count of sizes is checked per input
+            check_pixel_size(self.pixel_size, len(self.pixel_size), "pixel_size")
+        if self.tile is not None:  # one size is for every axis
+            self.tile = self.tile[0] if len(self.tile) == 1 else tuple(self.tile)
+        self.format = "tif" if self.format == "tiff" else self.format
+        if self.overwrite and self.skip_existing:
+            raise SegunetError(
+                "overwrite=true and skip_existing=true contradict each other: replace the "
+                "existing outputs (overwrite) or keep them and predict the rest (skip_existing)"
+            )
+
+
+def predict_files(options: PredictConfig) -> list[Path]:
+    """Predict every input; returns the files written. The checkpoint, the output folder and
+    output clashes are checked for all inputs before the first prediction, so a long run
+    does not stop halfway on them."""
+    from segunet.checkpoint import load_trained, pixel_size_of
+
+    inputs = expand_inputs(options.input)
+    refuse_output_in_inputs(inputs, options)
+    todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
+    if len(todo) < len(inputs):
+        print(
+            f"segunet: skip_existing: {len(inputs) - len(todo)} of {len(inputs)} images have "
+            f"all their outputs; predicting {len(todo)}", file=sys.stderr,
+        )
+    if todo:  # before the output folder: a bad checkpoint creates nothing
+        from segunet.train.distributed import resolve_device
+
+        device = str(resolve_device(options.device))  # before loading: not the file's fault
+        trained = load_trained(options.checkpoint, device)
+        model, config = trained.model, trained.config
+        options.decoder = Decoder.of(options.instances, config, trained.postprocess)
+        recorded = pixel_size_of(trained)
+        options.trained_pixel_size = tuple(recorded[0]) if recorded else None
+        if options.tta is None:
+            options.tta = bool(options.decoder.post and options.decoder.post.tta)
+        print(f"segunet: {trained.file}: {options.decoder.describe()}", file=sys.stderr)
+    output_folder(options.output, f"output={options.output}")
+    removed = remove_stale_temps(options.output)
+    if removed:
+        print(
+            f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
+            f"killed runs from {options.output}", file=sys.stderr,
+        )
+    return predict_all(todo, model, config, options, device) if todo else []
+
+
+def predict_all(
+    todo: dict[Path, dict[str, Path]], model: Any, config: dict, options: PredictConfig, device: str
+) -> list[Path]:
+    """Predict each input of ``todo`` into its outputs, one after another; a failure or
+    Ctrl-C says how far the batch got and how to continue it."""
+    runner = compiled(model) if options.compile else model
+    written: list[Path] = []
+    for i, (path, targets) in enumerate(todo.items(), 1):
+        print(f"segunet: [{i}/{len(todo)}] {path}", file=sys.stderr)
+        done = f"{i - 1} of {len(todo)} images done"
+        try:
+            files, runner = predict_or_fall_back(
+                runner, model, config, path, targets, options, device
+            )
+        except KeyboardInterrupt:
+            # Outputs are written atomically: the interrupted image left nothing behind.
+            raise SegunetError(
+                f"interrupted while predicting {path} ({done}): rerun with skip_existing=true "
+                "to predict the rest"
+            ) from None
+        except SegunetError as e:
+            # A bad file (unreadable, truncated, non-finite, wrong channels) stops the batch
+            # rather than being skipped: it often means a broken copy or export of more than
+            # one file, and a batch that went on would end with the same non-zero exit but
+            # the first failure scrolled far out of sight. Nothing is lost: every finished
+            # output is complete and kept, and skip_existing=true goes on from there.
+            if len(todo) == 1:
+                raise
+            raise SegunetError(
+                f"{e} ({done}: fix or move {path}, then rerun with skip_existing=true to "
+                "predict the rest)"
+            ) from e
+        written += files
+    return written
+
+
+def refuse_output_in_inputs(inputs: Sequence[Path], options: PredictConfig) -> None:
+    """A one-line SegunetError if ``output`` is an input or lies inside one (a zarr store),
+    if an output would replace an input (``format=ome-zarr`` beside ``x.ome.zarr``), or if
+    ``output`` is the folder that ``input`` lists (a folder or a glob): the next run over it
+    would predict the outputs of this one as images."""
+    folder = options.output.resolve()
+    files = {split_key(path)[0].resolve(): path for path in inputs}
+    listed = inputs != [Path(options.input)]  # a folder's listing or a glob's matches
+    for file, path in files.items():
+        targets = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        replaced = [t for t in targets.values() if t.resolve() in files]
+        if file == folder or file in folder.parents:
+            what = f"is the input {path}" if file == folder else f"lies inside the input {path}"
+        elif replaced:
+            what = f"would replace the input {files[replaced[0].resolve()]} by an output"
+        elif listed and file.parent == folder:
+            what = f"is the folder that input={options.input} reads"
+        else:
+            continue
+        raise SegunetError(
+            f"output={options.output} {what}: choose another output folder, so that "
+            "inputs and outputs never mix"
+        )
+
+
+def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, dict[str, Path]]:
+    """The outputs to write per input: all requested ones, less those that exist with
+    ``skip_existing``. Two inputs writing one file, or an existing output without
+    ``overwrite``/``skip_existing``, are one-line errors."""
+    plans: dict[Path, dict[str, Path]] = {}
+    owners: dict[Path, Path] = {}
+    for path in inputs:
+        plans[path] = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        for target in dict.fromkeys(plans[path].values()):  # ome-zarr: one for all
+            if target in owners:
+                raise SegunetError(
+                    f"{owners[target]} and {path} would both write {target}: rename one"
+                )
+            owners[target] = path
+            if not options.skip_existing:
+                refuse_existing(target, options.overwrite, ", skip_existing=true to keep it")
+        if options.skip_existing:
+            plans[path] = missing_outputs(plans[path], options.format)
+    return plans
+
+
+def missing_outputs(plan: dict[str, Path], fmt: str) -> dict[str, Path]:
+    """The outputs of ``plan`` not yet written. An OME-Zarr image holds all of an input's
+    outputs, its labels and instances as label images, and is written whole: one that
+    exists without some of them cannot be completed, only rewritten (one-line error)."""
+    if fmt != "ome-zarr":
+        return {k: v for k, v in plan.items() if not v.exists()}
+    image = next(iter(plan.values()))
+    if not image.exists():
+        return plan
+    absent = [k for k in plan if k != "probabilities" and not (image / "labels" / k).is_dir()]
+    if absent:
+        raise SegunetError(
+            f"{image} exists without its {' and '.join(absent)} (an earlier predict with "
+            "other outputs=), and an OME-Zarr image is written whole: give overwrite=true to "
+            "write it again with them, or another output= folder"
+        )
+    return {}
+
+
+def predict_or_fall_back(
+    runner: Any, model: Any, config: dict, path: Path, targets: dict[str, Path],
+    options: PredictConfig, device: str,
+) -> tuple[list[Path], Any]:
+    """:func:`predict_file` with ``runner``; if a compiled runner fails, one warning and the
+    eager ``model`` from then on. Returns the files written and the runner to go on with."""
+    try:
+        return predict_file(runner, config, path, targets, options, device), runner
+    except Exception as e:
+        if runner is model or isinstance(e, SegunetError):
+            raise
+        # Outputs are written atomically: a failed attempt leaves none to clean up.
+        warnings.warn(
+            f"torch.compile failed ({first_line(e)}); predicting without it "
+            "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
+        )
+        return predict_file(model, config, path, targets, options, device), model
+
+
+def compiled(model: Any) -> Any:
+    """``torch.compile`` of the network with its BatchNorms folded (what
+    :func:`~segunet.infer.predict.predict_tiled` runs for an eager model too)."""
+    import torch
+
+    from segunet.models.fuse import fold_batchnorm
+
+    return torch.compile(fold_batchnorm(model))
+
+
+def predict_file(
+    model: Any, config: dict, path: Path, targets: dict[str, Path], options: PredictConfig,
+    device: str,
+) -> list[Path]:
+    """Predict one image and write the requested outputs to ``targets``: on the model's
+    training pixel grid where the input's pixel size differs (see :mod:`segunet.infer.resample`),
+    the outputs on the input's own grid."""
+    from segunet.checkpoint import unwrap
+
+    net = unwrap(model)  # the sizes of a compiled model's network
+    dims, classes = net.spatial_dims, net.out_channels
+    foreground = foreground_classes(options, classes, targets)
+    data_cfg = config.get("data") or {}
+    with contextlib.ExitStack() as stack:
+        raw = open_array(path, stack)
+        check_pixel_type(raw, path)
+        volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
+        if volume is not None:
+            grid = input_grid(path, volume.shape[2:], options)
+            say_tile_reduced(net, grid.model_shape, options.tile, path)
+            out = Outputs(targets, options.format, options.output, grid,
+                          channel_names(config, classes), path)
+            return predict_stack(model, volume, grid, out, options, device, foreground)
+        image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
+        grid = input_grid(path, image.shape[1:], options)
+        say_tile_reduced(net, grid.model_shape, options.tile, path)
+        out = Outputs(targets, options.format, options.output, grid,
+                      channel_names(config, classes), path)
+        if options.format == "tif":
+            return predict_whole(model, grid.to_model(image), grid, out, options, device,
+                                 foreground)
+        return predict_streamed(model, grid.to_model(image), grid, out, options, device,
+                                foreground)
+
+
+def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> None:
+    """One line when ``tile=`` is larger than the image needs on some axis: it is cut to the
+    smallest tile that predicts the image in one pass (a larger one computes only padding,
+    and a very large one does not fit in memory)."""
+    from segunet.data.tiling import tile_shapes, whole_image_tile
+
+    if tile is None:
+        return
+    wanted = [tile] * len(shape) if isinstance(tile, int) else list(tile)
+    used = tile_shapes(net, shape, tile)[0]  # a one-line error for the wrong axis count
+    if any(w > n for w, n in zip(wanted, whole_image_tile(net, shape))):
+        given = tile if isinstance(tile, int) else ",".join(map(str, tile))
+        print(f"segunet: {path}: tile={given} is larger than this {' x '.join(map(str, shape))}"
+              f" px image needs: predicting in tiles of {' x '.join(map(str, used))} px",
+              file=sys.stderr)
+
+
+def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid:
+    """The input's pixel size (``pixel_size=``, else its file's) and the grid the model
+    predicts it on; a line on stderr when it is resampled, or cannot be."""
+    dims = len(shape)
+    sizes = check_pixel_size(options.pixel_size, dims, "pixel_size")
+    sizes = sizes or spatial(read_pixel_size(path), dims)
+    trained = spatial(options.trained_pixel_size, dims)
+    grid = grid_for(shape, sizes, trained, options.resample, str(path))
+    if grid.resampled:
+        print(f"segunet: {path}: pixel size {describe(sizes)}, the model's {describe(trained)}: "
+              f"predicting at {' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
+    elif options.resample and trained is not None and sizes is None:
+        print(f"segunet: {path} records no pixel size: predicted as it is (pixel_size=... "
+              f"resamples it to the model's {describe(trained)})", file=sys.stderr)
+    return grid
+
+
+def predict_whole(
+    model: Any, image: Any, grid: Grid, out: Outputs, options: PredictConfig, device: str,
+    foreground: Sequence[int],
+) -> list[Path]:
+    """Predict into memory and write each requested output whole (``format=tif``)."""
+    from segunet.infer.predict import predict_tiled
+
+    with out:
+        model_probs = predict_tiled(model, image, **tiling(options, device, progress=True))
+        refuse_non_finite_output(model_probs, out.path)
+        probs = np.asarray(grid.to_input(model_probs))
+        rows = rows_per_block(probs.shape[0], grid.shape)
+        if "probabilities" in out.targets:
+            out.write("probabilities", probs.astype(np.float16))
+        if "labels" in out.targets:
+            out.write("labels", argmax_of(probs, rows))
+        if "instances" in out.targets:
+            del probs
+            out.write("instances", instances_of(model_probs, grid, options, foreground))
+    return out.written
+
+
+def predict_streamed(
+    model: Any, image: Any, grid: Grid, out: Outputs, options: PredictConfig, device: str,
+    foreground: Sequence[int],
+) -> list[Path]:
+    """Predict band by band into zarr (``format=zarr`` or ``ome-zarr``): the probabilities
+    straight into their output, or, when resampled, into a hidden store on the model's
+    grid that is then resampled band by band into it; the labels block by block from
+    them. Neither comes into memory whole."""
+    from segunet.checkpoint import unwrap
+    from segunet.infer.predict import predict_tiled
+
+    classes, dims = unwrap(model).out_channels, len(grid.shape)
+    chunk = ZARR_CHUNK[dims]
+    with out:
+        probs = out.array("probabilities", (classes, *grid.shape), np.float16, dims)
+        model_probs = probs
+        if grid.resampled:
+            model_probs = out.scratch(f"{out.stem}_model_grid.zarr",
+                                      (classes, *grid.model_shape), np.float16, dims)
+        predict_tiled(model, image, out=model_probs, **tiling(options, device, progress=True))
+        refuse_non_finite_output(model_probs, out.path)
+        # Whole chunks, block by block: nothing in memory whole.
+        rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
+        if grid.resampled:  # a chunk row at a time: its window on the model's grid is larger
+            back = grid.to_input(model_probs)
+            for s in blocks(grid.shape[0], chunk):
+                probs[:, s] = back[:, s]
+        if "labels" in out.targets:
+            argmax_of(probs, rows, out.array("labels", grid.shape, class_dtype(classes), dims))
+        if "instances" in out.targets:
+            out.write("instances", instances_of(model_probs, grid, options, foreground))
+    return out.written
+
+
+def instances_of(
+    model_probs: Any, grid: Grid, options: PredictConfig, foreground: Sequence[int]
+) -> np.ndarray:
+    """The objects decoded on the model's grid (where the tuned settings, in its pixels,
+    hold) and carried onto the input's by nearest neighbour, as uint16 or uint32."""
+    rows = rows_per_block(model_probs.shape[0], model_probs.shape[1:])
+    labels = grid.labels_to_input(options.decoder(model_probs, foreground, rows))
+    return labels.astype(label_dtype(labels.max()))
+
+
+def predict_stack(
+    model: Any, volume: NormalizedImage, grid: Grid, out: Outputs, options: PredictConfig,
+    device: str, foreground: Sequence[int],
+) -> list[Path]:
+    """Predict a ``(Z, Y, X)`` stack with a 2D model slice by slice, writing each output
+    slice by slice as a stack: probabilities ``(Z, C, Y, X)`` float16 (an OME-Zarr's ``(C,
+    Z, Y, X)``), labels and instances ``(Z, Y, X)``. Instances are the 2D objects of each
+    slice, numbered on through the stack (uint32), so no two slices share an id. Only one
+    slice's results are in memory. ``grid``: a slice's."""
+    from segunet.checkpoint import unwrap
+    from segunet.infer.predict import predict_tiled
+
+    classes = unwrap(model).out_channels
+    depth, spatial = volume.shape[1], grid.shape
+    print(
+        f"segunet: {out.path} is a stack of {depth} slices (shape {volume.raw.shape}) and the "
+        f"model is 2D: predicting slice by slice", file=sys.stderr,
+    )
+    shapes = {
+        "probabilities": ((depth, classes, *spatial), np.float16),
+        "labels": ((depth, *spatial), class_dtype(classes)),
+        "instances": ((depth, *spatial), np.uint32),
+    }
+    rows, predict = rows_per_block(classes, spatial), tiling(options, device, progress=False)
+    with out:
+        arrays = {name: out.array(name, *shapes[name], 2, per_slice=True) for name in out.filled}
+        place = {name: _slice_of(name, options.format) for name in arrays}
+        count = 0  # objects in the slices before
+        for z in tqdm(range(depth), unit="slice", desc="predict"):
+            model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
+            refuse_non_finite_output(model_probs, out.path)
+            probs = np.asarray(grid.to_input(model_probs))
+            if "probabilities" in arrays:
+                arrays["probabilities"][place["probabilities"](z)] = probs.astype(np.float16)
+            if "labels" in arrays:
+                arrays["labels"][z] = argmax_of(probs, rows)
+            if "instances" in arrays:
+                objects = instances_of(model_probs, grid, options, foreground).astype(np.uint32)
+                arrays["instances"][z] = np.where(objects > 0, objects + count, 0)
+                count += int(objects.max())
+    return out.written
+
+
+def _slice_of(name: str, fmt: str) -> Any:
+    """The index of slice ``z`` in an output array of a stack."""
+    if name == "probabilities" and fmt == "ome-zarr":
+        return lambda z: (slice(None), z)
+    return lambda z: z
+
+
+def foreground_classes(options: PredictConfig, classes: int, targets: dict[str, Path]) -> tuple:
+    """``instances.foreground_classes`` (default: all but 0), checked against the model."""
+    foreground = tuple(options.instances.foreground_classes or range(1, classes))
+    if "instances" in targets and (
+        not foreground or max(foreground) >= classes or min(foreground) < 0
+    ):
+        raise SegunetError(
+            f"instances.foreground_classes={list(foreground)} must name classes of the "
+            f"model's 0..{classes - 1}"
+        )
+    return foreground
+
+
+def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
+    """Rows per block when reducing probabilities: about 64 Mi values at a time."""
+    return max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
+
+
+def tiling(options: PredictConfig, device: str, progress: bool) -> dict[str, Any]:
+    """The keyword arguments of :func:`segunet.infer.predict.predict_tiled` from the options."""
+    return dict(
+        tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
+        overlap=options.overlap, tta=options.tta, device=device, progress=progress,
+    )
+
