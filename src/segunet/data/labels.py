@@ -5,7 +5,6 @@ volumes a source trains on."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal
 
@@ -24,7 +23,7 @@ from segunet.data.targets import (
     check_target,
     interiors,
 )
-from segunet.data.weightmaps import border_weight_map
+from segunet.data.weightmaps import MAX_W0, border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
 from segunet.data.weightmaps_cache import cache_root
 from segunet.errors import SegunetError
@@ -33,10 +32,6 @@ LabelKind = Literal["instances", "binary", "classes"]
 
 
 LABEL_KINDS = ("instances", "binary", "classes")
-
-
-#: The largest float32: weight maps are float32.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def label_image(
@@ -277,11 +272,10 @@ class Targets:
     ignore_value: int | None = None
     separate_touching: bool = False
     connectivity: Count | None = None
-    # w0 at most half of float32's largest: a border weight plus a class weight stays finite.
-    w0: Annotated[float, Range(ge=0, le=FLOAT32_MAX / 2,
+    w0: Annotated[float, Range(ge=0, le=MAX_W0,
                                words="must be a finite number >= 0 (0: no border term)")] = 10.0
-    # sigma divides: 0 gives NaN weights
-    sigma: Annotated[float, Range(gt=0, lt=math.inf, words="must be a finite number > 0 "
+    # sigma divides: 0 gives NaN weights (inf is out of every Range)
+    sigma: Annotated[float, Range(gt=0, words="must be a finite number > 0 "
                                   "(pixels, or the units of spacing)")] = 5.0
     class_weights: Literal["balanced"] | None = "balanced"
     spacing: Sequence[Positive] | None = None

@@ -22,6 +22,9 @@ from tqdm import tqdm
 
 #: Absolute size below which the border term is treated as zero by :func:`border_weight_map`.
 BORDER_TOL = 1e-6
+#: The largest w0: half of float32's largest, so a border weight plus a class weight stays
+#: finite.
+MAX_W0 = float(np.finfo(np.float32).max) / 2
 #: Seconds an image's instances take before their progress bar shows.
 PROGRESS_DELAY = 1.0
 
@@ -142,7 +145,7 @@ def _weight_map(
 def check_parameters(w0: float, sigma: float, spacing: Sequence[float], ndim: int) -> None:
     """ValueError unless Eq. 2 can be evaluated: a NaN, infinite or negative value would give
     a map of NaN, infinite or silently missing border terms."""
-    if not (np.isfinite(w0) and 0 <= w0 <= float(np.finfo(np.float32).max) / 2):
+    if not (np.isfinite(w0) and 0 <= w0 <= MAX_W0):
         raise ValueError(f"w0 must be a finite number >= 0 (float32), got {w0}")
     if not (np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
