@@ -30,6 +30,9 @@ HDF5 = (".h5", ".hdf5", ".hdf")
 ZARR = (".zarr",)
 NPY = (".npy",)
 SUPPORTED = TIFF + PICTURE + HDF5 + ZARR + NPY
+#: What ``segunet predict`` writes of each input: ``<stem>_<output>.<ext>``, or one
+#: ``<stem>.ome.zarr`` holding them all; ``segunet evaluate`` reads them back by these names.
+PREDICT_OUTPUTS = ("probabilities", "labels", "instances")
 
 #: Above this many bytes a TIFF is written as BigTIFF (classic TIFF offsets are 32-bit; keep
 #: headroom below 4 GiB for the compressed data's worst case and the metadata).

@@ -36,7 +36,8 @@ CHUNK = {2: 512, 3: 64}
 BAND_VALUES = 2**26
 #: Class colours of the probability channels (hex RGB, cycled): background grey.
 COLOURS = ("808080", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF")
-
+#: An OME-Zarr image's name ends so (``<stem>.ome.zarr``).
+OME_ZARR = ".ome.zarr"
 
 def _ome_zarr() -> Any:
     try:
@@ -72,7 +73,7 @@ def is_ome_zarr(path: Path) -> bool:
     ``multiscales`` metadata."""
     if "multiscales" in _attributes(path):
         return True
-    if path.name.lower().endswith(".ome.zarr"):
+    if path.name.lower().endswith(OME_ZARR):
         raise SegunetError(
             f"{path} has no OME-NGFF multiscales metadata: it is not an OME-Zarr image; "
             "rewrite it with an OME-Zarr writer, or rename it to plain .zarr"

@@ -26,7 +26,14 @@ from omegaconf import MISSING
 
 from segunet.atomic import write_atomic
 from segunet.config.args import check_range, option, parse, run_command, usage
-from segunet.data.io import SUPPORTED, read_array, refuse_existing, split_key
+from segunet.data.io import (
+    PREDICT_OUTPUTS,
+    SUPPORTED,
+    read_array,
+    refuse_existing,
+    split_key,
+)
+from segunet.data.omezarr import OME_ZARR
 from segunet.errors import SegunetError
 from segunet.eval.metrics import Kind, evaluate_pair, resolve_kind
 
@@ -74,8 +81,8 @@ class EvaluateConfig:
                     self.num_classes is None or self.num_classes >= 1, "a whole number >= 1")
 
 
-PREDICT_OUTPUTS = ("_instances", "_labels", "_probabilities")
-OME_ZARR = ".ome.zarr"
+#: The suffixes of predict's files, the maps evaluate prefers first.
+PREDICT_SUFFIXES = tuple(f"_{o}" for o in reversed(PREDICT_OUTPUTS))
 
 
 def _is_ome(path: Path) -> bool:
@@ -109,7 +116,7 @@ def resolve_suffix(folder: Path, suffix: str, kind: str) -> str:
     if suffix != "auto":
         return suffix
     stems = {p.stem for p in folder.iterdir()} if folder.is_dir() else set()
-    has = [o for o in PREDICT_OUTPUTS if any(s.endswith(o) for s in stems)]
+    has = [o for o in PREDICT_SUFFIXES if any(s.endswith(o) for s in stems)]
     if not has:
         return ""
     wanted = "_labels" if kind == "semantic" else "_instances"

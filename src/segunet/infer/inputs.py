@@ -222,19 +222,6 @@ def refuse_non_finite(raw: Any, source: str) -> None:
         )
 
 
-def refuse_non_finite_output(probs: Any, path: Path) -> None:
-    """The last check before outputs are moved into place: probabilities that are not all
-    finite (a checkpoint with NaN weights, input values that overflow once normalised) are
-    an error, and the outputs of ``path`` are not written."""
-    count = non_finite(probs)
-    if count:
-        raise SegunetError(
-            f"{path}: the model predicted {count:,} NaN or infinite probabilit"
-            f"{'ies' if count != 1 else 'y'}, so nothing was written for it: check the "
-            "checkpoint (its weights may be non-finite) and the input's value range"
-        )
-
-
 def image_for_model(
     raw: Any, path: Path, in_channels: int, spatial_dims: int, data_cfg: dict
 ) -> NormalizedImage:

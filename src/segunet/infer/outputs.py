@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from segunet.data.io import BIGTIFF_BYTES, atomic_path, temp_path
+from segunet.data.io import BIGTIFF_BYTES, PREDICT_OUTPUTS, atomic_path, temp_path
+from segunet.data.omezarr import OME_ZARR
 from segunet.data.pixelsize import PixelSize, tiff_options
-from segunet.infer.inputs import stem_of
+from segunet.errors import SegunetError
+from segunet.infer.inputs import non_finite, stem_of
 from segunet.infer.resample import Grid
 
-OUTPUTS = ("probabilities", "labels", "instances")
+OUTPUTS = PREDICT_OUTPUTS
 
 
 #: Chunk edge of zarr outputs per spatial axis (2D, 3D).
@@ -27,7 +29,7 @@ ZARR_CHUNK = {2: 512, 3: 64}
 def output_paths(output: Path, stem: str, outputs: Sequence[str], fmt: str) -> dict[str, Path]:
     """Where each output of an input goes; with ``ome-zarr``, all into one image."""
     if fmt == "ome-zarr":
-        return dict.fromkeys(outputs, output / f"{stem}.ome.zarr")
+        return dict.fromkeys(outputs, output / f"{stem}{OME_ZARR}")
     suffix = ".zarr" if fmt == "zarr" else ".tif"
     return {name: output / f"{stem}_{name}{suffix}" for name in outputs}
 
@@ -172,3 +174,16 @@ def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def refuse_non_finite_output(probs: Any, path: Path) -> None:
+    """The last check before outputs are moved into place: probabilities that are not all
+    finite (a checkpoint with NaN weights, input values that overflow once normalised) are
+    an error, and the outputs of ``path`` are not written."""
+    count = non_finite(probs)
+    if count:
+        raise SegunetError(
+            f"{path}: the model predicted {count:,} NaN or infinite probabilit"
+            f"{'ies' if count != 1 else 'y'}, so nothing was written for it: check the "
+            "checkpoint (its weights may be non-finite) and the input's value range"
+        )

@@ -52,7 +52,6 @@ from segunet.infer.inputs import (
     expand_inputs,
     image_for_model,
     open_array,
-    refuse_non_finite_output,
     stack_for_model,
     stem_of,
 )
@@ -63,6 +62,7 @@ from segunet.infer.outputs import (
     channel_names,
     label_dtype,
     output_paths,
+    refuse_non_finite_output,
 )
 from segunet.infer.resample import Grid, grid_for
 from segunet.postprocess.decoding import Decoder, InstancesConfig, argmax_of, class_dtype
