@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from segunet.atomic import write_atomic
+from segunet.data.normalize import DEFAULT_PERCENTILES
 from segunet.errors import SegunetError
 
 _PREFIXES = ("_orig_mod.", "module.")
@@ -281,7 +282,7 @@ def check_normalisation(data: Any) -> None:
     by): null, or two numbers 0 <= low <= high <= 100; else a one-line error."""
     if not isinstance(data, Mapping):
         raise SegunetError("its config.data is no mapping of data settings")
-    p = data.get("percentiles", [1.0, 99.8])
+    p = data.get("percentiles", list(DEFAULT_PERCENTILES))
     numbers = isinstance(p, (list, tuple)) and len(p) == 2 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
     if p is not None and not (numbers and 0 <= p[0] <= p[1] <= 100):

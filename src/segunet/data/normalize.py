@@ -18,9 +18,15 @@ LUMA = (0.2125, 0.7154, 0.0721)
 
 Percentile = Annotated[float, Range(ge=0, le=100)]
 
+#: The intensity percentiles images are normalised between unless a config says otherwise.
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
 
 def percentile_range(
-    image: np.ndarray, low: float = 1.0, high: float = 99.8, channel_axis: int | None = 0
+    image: np.ndarray,
+    low: float = DEFAULT_PERCENTILES[0],
+    high: float = DEFAULT_PERCENTILES[1],
+    channel_axis: int | None = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(p_low, p_high - p_low)`` per channel as float32, shaped to broadcast against
     ``image``. Where the percentiles coincide (a mostly constant channel) the channel's min
@@ -45,7 +51,10 @@ def apply_range(x: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def normalize_percentile(
-    image: np.ndarray, low: float = 1.0, high: float = 99.8, channel_axis: int | None = 0
+    image: np.ndarray,
+    low: float = DEFAULT_PERCENTILES[0],
+    high: float = DEFAULT_PERCENTILES[1],
+    channel_axis: int | None = 0
 ) -> np.ndarray:
     """``(x - p_low) / (p_high - p_low)`` per channel, as float32: robust to a few hot pixels.
 

@@ -35,6 +35,7 @@ from segunet.data.datasets import SegmentationData, Volume
 from segunet.data.io import SUPPORTED, read_array, read_pixel_size, split_key
 from segunet.data.labels import Targets, label_image
 from segunet.data.normalize import (
+    DEFAULT_PERCENTILES,
     Percentile,
     check_percentiles,
     image_channels_first,
@@ -235,7 +236,7 @@ def folder(
     class_names: Sequence[str] | None = None,
     channels: Count | None = None,
     spatial_dims: SpatialDims = 2,
-    percentiles: Sequence[Percentile] | None = (1.0, 99.8),
+    percentiles: Sequence[Percentile] | None = DEFAULT_PERCENTILES,
     val_fraction: ValFraction = 0.1,
     split_seed: Seed = 0,
     max_images: Count | None = None,
@@ -400,7 +401,7 @@ def stack(
     class_names: Sequence[str] | None = None,
     channels: Count | None = None,
     slices_as: Literal["2d", "3d"] = "2d",
-    percentiles: Sequence[Percentile] | None = (1.0, 99.8),
+    percentiles: Sequence[Percentile] | None = DEFAULT_PERCENTILES,
     val_fraction: ValFraction = 0.1,
     max_images: Count | None = None,
     patch_size: Sequence[Count] | None = None,

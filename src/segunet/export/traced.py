@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segunet.data.normalize import DEFAULT_PERCENTILES
 from segunet.errors import SegunetError, short_message
 from segunet.models.shapes import valid_input_size
 
@@ -82,7 +83,7 @@ def metadata(model: nn.Module, config: dict) -> dict[str, str]:
         "valid_input_sizes": f"{smallest} + {period} * k for integers k >= 0, per axis",
         "output": "logits (N, classes, *spatial); softmax over axis 1 gives probabilities",
         "normalization": "per image and channel, (x - p_low) / (p_high - p_low), percentiles "
-        + json.dumps(data.get("percentiles", [1.0, 99.8])),
+        + json.dumps(data.get("percentiles", list(DEFAULT_PERCENTILES))),
     }
 
 

@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from segunet.data.io import SUPPORTED, CheckedReads, file_kind, read_array, short_message, split_key
-from segunet.data.normalize import apply_range, convert_channels, percentile_range
+from segunet.data.normalize import (
+    DEFAULT_PERCENTILES,
+    apply_range,
+    convert_channels,
+    percentile_range,
+)
 from segunet.data.tiling import blocks
 from segunet.errors import SegunetError
 
@@ -235,7 +240,7 @@ def image_for_model(
             f"{path} has {channels} channel{'s' * (channels != 1)} (shape {shape}) but the "
             f"model expects {in_channels}: give images like the training data"
         )
-    percentiles = data_cfg.get("percentiles", (1.0, 99.8))
+    percentiles = data_cfg.get("percentiles", DEFAULT_PERCENTILES)
     return NormalizedImage(raw, layout, channels, convert, percentiles, str(path))
 
 
@@ -260,7 +265,7 @@ def stack_for_model(
         )
     if (declared is None and _fits(channels, in_channels, data_cfg)[0]) or not grey:
         return None
-    percentiles = data_cfg.get("percentiles", (1.0, 99.8))
+    percentiles = data_cfg.get("percentiles", DEFAULT_PERCENTILES)
     return NormalizedImage(raw, "grey", 1, convert, percentiles, str(path))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from segunet.data.io import BIGTIFF_BYTES, PREDICT_OUTPUTS, atomic_path, temp_path
-from segunet.data.omezarr import OME_ZARR
+from segunet.data.omezarr import CHUNK, OME_ZARR
 from segunet.data.pixelsize import PixelSize, tiff_options
 from segunet.errors import SegunetError
 from segunet.infer.inputs import non_finite, stem_of
@@ -21,9 +21,6 @@ from segunet.infer.resample import Grid
 
 OUTPUTS = PREDICT_OUTPUTS
 
-
-#: Chunk edge of zarr outputs per spatial axis (2D, 3D).
-ZARR_CHUNK = {2: 512, 3: 64}
 
 
 def output_paths(output: Path, stem: str, outputs: Sequence[str], fmt: str) -> dict[str, Path]:
@@ -48,7 +45,7 @@ def array_output(
     neither comes into memory whole. ``per_slice``: zarr chunks one slice deep along the
     first axis (stacks written slice by slice). ``pixel_size``: recorded in a TIFF."""
     lead = len(shape) - dims  # classes (and slices): one chunk holds all of them
-    chunks = (*shape[:lead], *(min(s, ZARR_CHUNK[dims]) for s in shape[lead:]))
+    chunks = (*shape[:lead], *(min(s, CHUNK[dims]) for s in shape[lead:]))
     chunks = (1, *chunks[1:]) if per_slice else chunks
     with atomic_path(path) as tmp:
         if fmt == "zarr":
@@ -128,7 +125,7 @@ class Outputs:
         if self.writer is None:  # the probabilities come first: they are the image
             # NGFF's axes: a stack's (Z, C, Y, X) probabilities become (C, Z, Y, X).
             classes, *spatial = (shape[1], shape[0], *shape[2:]) if per_slice else shape
-            chunks = (1,) * per_slice + (ZARR_CHUNK[dims],) * dims
+            chunks = (1,) * per_slice + (CHUNK[dims],) * dims
             self.writer = self.stack.enter_context(ome_zarr_output(
                 self.targets[name] if name in self.targets else self.written[0],
                 (classes, *spatial), self.pixel_size, self.names, chunks,
@@ -142,7 +139,7 @@ class Outputs:
         store = temp_path(self.folder / name)
         self.stack.callback(_remove_tree, store)
         lead = len(shape) - dims
-        chunks = (*shape[:lead], *(min(s, ZARR_CHUNK[dims]) for s in shape[lead:]))
+        chunks = (*shape[:lead], *(min(s, CHUNK[dims]) for s in shape[lead:]))
         return zarr.create_array(store=str(store), shape=tuple(shape), chunks=chunks, dtype=dtype)
 
     def write(self, name: str, array: np.ndarray) -> None:

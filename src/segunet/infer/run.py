@@ -43,6 +43,7 @@ from tqdm import tqdm
 from segunet.atomic import remove_stale_temps
 from segunet.config.args import check_range, option
 from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
+from segunet.data.omezarr import CHUNK
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
 from segunet.data.tiling import Blend, blocks
 from segunet.errors import SegunetError, first_line
@@ -57,7 +58,6 @@ from segunet.infer.inputs import (
 )
 from segunet.infer.outputs import (
     OUTPUTS,
-    ZARR_CHUNK,
     Outputs,
     channel_names,
     label_dtype,
@@ -154,7 +154,7 @@ def predict_files(options: PredictConfig) -> list[Path]:
             f"all their outputs; predicting {len(todo)}", file=sys.stderr,
         )
     if todo:  # before the output folder: a bad checkpoint creates nothing
-        from segunet.train.distributed import resolve_device
+        from segunet.models.device import resolve_device
 
         device = str(resolve_device(options.device))  # before loading: not the file's fault
         trained = load_trained(options.checkpoint, device)
@@ -408,7 +408,7 @@ def predict_streamed(
     from segunet.infer.predict import predict_tiled
 
     classes, dims = unwrap(model).out_channels, len(grid.shape)
-    chunk = ZARR_CHUNK[dims]
+    chunk = CHUNK[dims]
     with out:
         probs = out.array("probabilities", (classes, *grid.shape), np.float16, dims)
         model_probs = probs

@@ -1,5 +1,6 @@
 """U-Net models: the original (2D or 3D), the Attention U-Net, UNet++, UNet 3+ and the
-diffusion-style ResUNet. Import torch and config's schema types only: nothing from data,
+diffusion-style ResUNet, and the device they run on
+(``device.resolve_device``). Import torch and config's schema types only: nothing from data,
 train, infer, eval or cli."""
 
 from segunet.models.attention import AttentionGate, AttentionUNet

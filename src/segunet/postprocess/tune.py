@@ -147,8 +147,8 @@ def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "au
     from segunet.config.compose import stored_data
     from segunet.errors import SegunetError
     from segunet.infer.predict import predict_tiled
+    from segunet.models.device import resolve_device
     from segunet.pretrained import shipped
-    from segunet.train.distributed import resolve_device
 
     file = resolve_checkpoint(checkpoint, prefer="best")
     if shipped(file):  # tuning rewrites the checkpoint: never segunet's installed package

@@ -64,6 +64,7 @@ from segunet.data.tiling import tile_within
 from segunet.errors import SegunetError, first_line, report_errors
 from segunet.eval.metrics import OverlapCounter, TaskScorer, metric_key
 from segunet.infer.predict import predict_tiled
+from segunet.models.device import resolve_device
 from segunet.postprocess.decoding import PostProcess, decode
 from segunet.postprocess.tune import TuneConfig, describe, report, tunable, tune_on
 from segunet.train import distributed, resume, run_folder
@@ -140,7 +141,7 @@ def check_launch(cfg: DictConfig, world_size: int) -> None:
     trainer_cfg: TrainerConfig = instantiate_group(cfg, "trainer")
     distributed.check_device(trainer_cfg.device, world_size)
     rank = 0 if world_size > 1 else None
-    device = distributed.resolve_device(trainer_cfg.device, "trainer.device", rank)
+    device = resolve_device(trainer_cfg.device, "trainer.device", rank)
     if trainer_cfg.precision != "auto":  # auto never fails, and would query the GPU here
         resolve_precision(trainer_cfg.precision, device)
     sync_batchnorm(trainer_cfg, device, world_size)
@@ -270,7 +271,7 @@ class Trainer:
             self.config["data"]["pixel_size"] = list(data.pixel_size)
         self.world = distributed.world()
         local_rank = self.world.local_rank if self.world.size > 1 else None
-        self.device = distributed.resolve_device(cfg.device, "trainer.device", local_rank)
+        self.device = resolve_device(cfg.device, "trainer.device", local_rank)
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             # Patches have one fixed size, so cuDNN's autotuning is paid once and then wins.
