@@ -41,7 +41,7 @@ from segunet.data.normalize import (
     image_channels_first,
     prepare_image,
 )
-from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.targets import TARGETS, Metric, Target
 from segunet.errors import SegunetError
@@ -144,9 +144,9 @@ def common_pixel_size(recorded: Mapping[str, PixelSize | None], dims: int) -> Pi
     if other is None:
         return size
     warnings.warn(
-        f"{first} records pixel size {describe(size)} but {other} "
-        f"{describe(sizes[other]) if sizes[other] else 'none'}: the model records no pixel "
-        "size; set data.pixel_size=[...] (um per axis) if the images share one",
+        f"{first} records pixel size {describe_pixel_size(size)} but {other} "
+        f"{describe_pixel_size(sizes[other]) if sizes[other] else 'none'}: the model records "
+        "no pixel size; set data.pixel_size=[...] (um per axis) if the images share one",
         UserWarning, stacklevel=3,
     )
     return None

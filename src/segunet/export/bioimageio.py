@@ -149,7 +149,7 @@ def export_package(
     with tempfile.TemporaryDirectory(prefix="segunet-bioimageio-") as tmp, _quiet():
         folder = Path(tmp)
         write_files(folder, trained, tile, normalised, expected, geometry, weights, image_source)
-        descr = describe(spec, folder, trained, geometry, info, opset)
+        descr = model_descr(spec, folder, trained, geometry, info, opset)
         package = _spec_call(spec.save_bioimageio_package, descr,
                              output_path=folder / "package.zip")
         if verify:
@@ -373,7 +373,7 @@ def _training_lines(trained: Checkpoint) -> list[str]:
 
 
 def _validation_lines(trained: Checkpoint) -> list[str]:
-    from segunet.postprocess.tune import describe as tuned
+    from segunet.postprocess.tune import describe_tuned
 
     ckpt = trained.ckpt
     scores = [f"| {k} | {_score(v)} |" for k, v in (ckpt.get("metrics") or {}).items()]
@@ -387,7 +387,7 @@ def _validation_lines(trained: Checkpoint) -> list[str]:
         "| --- | --- |",
         *(scores or ["| none | |"]),
         "",
-        ("- " + tuned(post)) if isinstance(post, dict) and "settings" in post else
+        ("- " + describe_tuned(post)) if isinstance(post, dict) and "settings" in post else
         "- post-processing: not tuned",
     ]
 
@@ -446,7 +446,7 @@ def description_of(trained: Checkpoint) -> str:
 # --- the description -----------------------------------------------------------------------
 
 
-def describe(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry,
+def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry,
              info: PackageInfo, opset: int) -> Any:
     """The ``ModelDescr`` of the files in ``folder``, built (and so validated) by the spec."""
     v = spec.model.v0_5

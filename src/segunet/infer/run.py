@@ -44,7 +44,7 @@ from segunet.atomic import remove_stale_temps
 from segunet.config.args import check_range, option
 from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
 from segunet.data.omezarr import CHUNK
-from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
 from segunet.data.tiling import Blend, blocks
 from segunet.errors import SegunetError, first_line
 from segunet.infer.inputs import (
@@ -366,11 +366,12 @@ def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid
     trained = spatial(options.trained_pixel_size, dims)
     grid = grid_for(shape, sizes, trained, options.resample, str(path))
     if grid.resampled:
-        print(f"segunet: {path}: pixel size {describe(sizes)}, the model's {describe(trained)}: "
-              f"predicting at {' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
+        print(f"segunet: {path}: pixel size {describe_pixel_size(sizes)}, the model's "
+              f"{describe_pixel_size(trained)}: predicting at "
+              f"{' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
     elif options.resample and trained is not None and sizes is None:
         print(f"segunet: {path} records no pixel size: predicted as it is (pixel_size=... "
-              f"resamples it to the model's {describe(trained)})", file=sys.stderr)
+              f"resamples it to the model's {describe_pixel_size(trained)})", file=sys.stderr)
     return grid
 
 
