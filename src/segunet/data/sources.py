@@ -26,7 +26,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -101,6 +101,20 @@ def class_names_for(
     if label_kind != "classes" and target == "boundary":
         names = [names[0], f"{names[1]} interior", f"{names[1]} boundary"]
     return names
+
+
+def class_names_of(data: Mapping[str, Any], classes: int) -> list[str]:
+    """The names of a trained net's ``classes`` output channels, from the ``data`` config
+    stored with it: those training gave them (:func:`class_names_for`), or ``class0``,
+    ``class1``, ... where that config names no such count. Predict's outputs and the
+    bioimage.io package name the classes by this."""
+    targets = data.get("targets") or {}
+    try:
+        names = class_names_for(data.get("class_names"), targets.get("label_kind", "instances"),
+                                targets.get("num_classes", 2), data.get("target", "foreground"))
+    except SegunetError:
+        names = []
+    return names if len(names) == classes else [f"class{i}" for i in range(classes)]
 
 
 def make_data(

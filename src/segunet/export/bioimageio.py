@@ -45,7 +45,7 @@ from segunet.atomic import write_atomic
 from segunet.checkpoint import load_checkpoint, load_trained, pixel_size_of
 from segunet.data.io import read_array
 from segunet.data.normalize import normalize_percentile
-from segunet.data.sources import class_names_for
+from segunet.data.sources import class_names_of
 from segunet.errors import SegunetError
 from segunet.export.traced import exported_bytes, metadata, verify_export
 from segunet.pretrained import shipped
@@ -128,6 +128,11 @@ class Checkpoint:
     def percentiles(self) -> list[float] | None:
         p = self.data.get("percentiles", [1.0, 99.8])  # synthetic data: as predict assumes
         return None if p is None else [float(v) for v in p]
+
+    @property
+    def class_names(self) -> list[str]:
+        """The output channels' names, as predict's outputs name them."""
+        return class_names_of(self.data, self.model.out_channels)
 
 
 def export_package(
@@ -303,18 +308,6 @@ def cover(normalised: np.ndarray, probs: np.ndarray, halo: int) -> np.ndarray:
     return (np.clip(both, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
 
 
-def class_names(trained: Checkpoint) -> list[str]:
-    """The output channels' names as training named the classes, or generic ones."""
-    data, classes = trained.data, trained.model.out_channels
-    targets = data.get("targets") or {}
-    try:
-        names = class_names_for(data.get("class_names"), targets.get("label_kind", "instances"),
-                                targets.get("num_classes", 2), data.get("target", "foreground"))
-    except SegunetError:
-        names = []
-    return names if len(names) == classes else [f"class{i}" for i in range(classes)]
-
-
 def overrides(file: Path, ckpt: dict | None = None) -> list[str] | None:
     """The ``segunet train`` overrides of the run ``file`` is a checkpoint of (Hydra's record
     in the run folder, or the record a shipped model carries), or None when unknown."""
@@ -407,7 +400,7 @@ def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:
         f"- preprocessing: per image and channel (x - p_low) / (p_high - p_low + 1e-6) with the "
         f"percentiles {percentiles} (scale_range)" if percentiles else
         "- preprocessing: none (training used the images as they are)",
-        f"- output: probabilities of {', '.join(class_names(trained))} (softmax in the weights)",
+        f"- output: probabilities of {', '.join(trained.class_names)} (softmax in the weights)",
         f"- halo: the net uses valid convolutions and crops {geometry.halo} pixels per side "
         "itself: the output is the input less that on each side, centred on it; give images "
         "mirror-padded by it to predict their borders" if geometry.halo else
@@ -438,7 +431,7 @@ def description_of(trained: Checkpoint) -> str:
     return (
         f"{type(model).__name__} ({model.padding} padding, {model.levels} levels, channels "
         f"{list(getattr(model, 'channels', []))}) for {model.spatial_dims}D semantic "
-        f"segmentation into {', '.join(class_names(trained))}, trained with segunet; outputs "
+        f"segmentation into {', '.join(trained.class_names)}, trained with segunet; outputs "
         "per-class probabilities."
     )
 
@@ -553,7 +546,7 @@ def output_tensor(v: ModuleType, folder: Path, trained: Checkpoint, geometry: Ge
         id=v.TensorId("output"),
         description="class probabilities" + (
             f"; valid convolutions crop {geometry.halo} px per side" if geometry.halo else ""),
-        axes=[v.BatchAxis(), v.ChannelAxis(channel_names=class_names(trained)),
+        axes=[v.BatchAxis(), v.ChannelAxis(channel_names=trained.class_names),
               *spatial_axes(v, trained, v.SpaceOutputAxis, size)],
         test_tensor=v.FileDescr(source=folder / "test_output.npy"),
         sample_tensor=v.FileDescr(source=folder / "sample_output.tif"),

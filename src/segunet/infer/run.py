@@ -45,6 +45,7 @@ from segunet.config.args import check_range, option
 from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
 from segunet.data.omezarr import CHUNK
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
+from segunet.data.sources import class_names_of
 from segunet.data.tiling import Blend, blocks
 from segunet.errors import SegunetError, first_line
 from segunet.infer.inputs import (
@@ -59,7 +60,6 @@ from segunet.infer.inputs import (
 from segunet.infer.outputs import (
     OUTPUTS,
     Outputs,
-    channel_names,
     label_dtype,
     output_paths,
     refuse_non_finite_output,
@@ -326,13 +326,13 @@ def predict_file(
             grid = input_grid(path, volume.shape[2:], options)
             say_tile_reduced(net, grid.model_shape, options.tile, path)
             out = Outputs(targets, options.format, options.output, grid,
-                          channel_names(config, classes), path)
+                          class_names_of(data_cfg, classes), path)
             return predict_stack(model, volume, grid, out, options, device, foreground)
         image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
         grid = input_grid(path, image.shape[1:], options)
         say_tile_reduced(net, grid.model_shape, options.tile, path)
         out = Outputs(targets, options.format, options.output, grid,
-                      channel_names(config, classes), path)
+                      class_names_of(data_cfg, classes), path)
         if options.format == "tif":
             return predict_whole(model, grid.to_model(image), grid, out, options, device,
                                  foreground)
