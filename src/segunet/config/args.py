@@ -3,7 +3,7 @@
 
 Those commands take a checkpoint whose stored config already says what the model is, or no
 model at all, so they compose nothing: their arguments are one dataclass each (e.g.
-:class:`segunet.infer.run.PredictConfig`), read as
+:class:`segunet.cli.predict.PredictConfig`), read as
 ``OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))`` with its
 schema from :mod:`segunet.config.schema`. Wrong types, unknown, repeated and missing keys and values
 that are not allowed are therefore the same one-line errors as ``segunet train``'s, and
