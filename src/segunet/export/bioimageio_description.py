@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from segunet.checkpoint import pixel_size_of
+from segunet.data.normalize import DEFAULT_PERCENTILES
 from segunet.data.sources import class_names_of
 from segunet.errors import SegunetError
 from segunet.train.run_folder import recorded_overrides
@@ -110,7 +111,7 @@ class Checkpoint:
 
     @property
     def percentiles(self) -> list[float] | None:
-        p = self.data.get("percentiles", [1.0, 99.8])  # synthetic data: as predict assumes
+        p = self.data.get("percentiles", list(DEFAULT_PERCENTILES))  # synthetic: as predict
         return None if p is None else [float(v) for v in p]
 
     @property
