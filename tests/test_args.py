@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from segunet.cli import predict as predict_cli
+from segunet.cli.predict import PredictConfig
 from segunet.config.args import parse, run_command
 from segunet.errors import SegunetError
 from segunet.eval import evaluate
 from segunet.export import command as export
-from segunet.infer.run import PredictConfig
 from segunet.postprocess import tune
 
 

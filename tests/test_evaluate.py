@@ -12,11 +12,11 @@ from scipy import ndimage
 
 from segunet.data.io import read_array, write_array
 from segunet.eval.evaluate import format_table, main
+from segunet.eval.matching import contingency
 from segunet.eval.metrics import (
     DSB_THRESHOLDS,
     adapted_rand_error,
     average_precision,
-    contingency,
     dice_iou,
     evaluate_pair,
     instance_scores,

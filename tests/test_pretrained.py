@@ -102,3 +102,30 @@ def test_export_model_nuclei_gives_a_package_bioimageio_core_passes(tmp_path, ca
     readme = zipfile.ZipFile(out).read("README.md").decode()
     assert "a synthetic nuclei image (segunet's own)" in readme
     assert "segunet train experiment=dsb2018_cpu" in readme  # the command it carries
+
+
+def test_nuclei_classes_have_one_name_in_ome_zarr_bioimageio_and_training(tmp_path, capsys):
+    """The OME-Zarr channels of its probabilities are named as its bioimage.io package and
+    its training data name the classes (not ``class 0``, ``class 1``, ...)."""
+    import yaml
+    import zarr
+
+    from segunet.data.sources import class_names_for
+
+    tifffile.imwrite(tmp_path / "cells.tif", (synthetic_cells((64, 64), seed=1)[0] * 255)
+                     .clip(0, 255).astype(np.uint8))
+    assert predict_cli.main(["model=nuclei", f"input={tmp_path / 'cells.tif'}",
+                             f"output={tmp_path / 'out'}", "format=ome-zarr",
+                             "outputs=probabilities"]) == 0, capsys.readouterr().err
+    attrs = zarr.open_group(str(tmp_path / "out" / "cells.ome.zarr"), mode="r").attrs.asdict()
+    channels = attrs.get("ome", attrs)["omero"]["channels"]
+    package = tmp_path / "nuclei.bioimageio.zip"
+    assert export.main(["model=nuclei", "format=bioimageio", f"output={package}",
+                        "verify=false"]) == 0, capsys.readouterr().err
+    rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
+    exported = next(a for a in rdf["outputs"][0]["axes"] if a["type"] == "channel")
+    data = load_trained(pretrained.path_of("nuclei")).config["data"]
+    trained = class_names_for(data["class_names"], data["targets"]["label_kind"],
+                              data["targets"]["num_classes"], data["target"])
+    assert [c["label"] for c in channels] == exported["channel_names"] == trained == [
+        "background", "nucleus interior", "nucleus boundary"]

@@ -8,7 +8,7 @@ import pytest
 from segunet.data.labels import volumes_from_instances
 from segunet.data.targets import boundary_classes
 from segunet.data.weightmaps import separate_touching
-from segunet.eval.metrics import contingency
+from segunet.eval.matching import contingency
 from segunet.postprocess.decoding import PostProcess, decode
 from segunet.postprocess.instances import grow_into_gaps, instances_from_boundary
 

@@ -115,7 +115,7 @@ def bad_value(key: str, value: Any, expected: str) -> str:
     return f"{key}={shown} is not valid: expected {expected}"
 
 
-def describe(f: dataclasses.Field) -> str:
+def describe_field(f: dataclasses.Field) -> str:
     """What a schema field takes, in words: ``int``, ``one of a, b``, ``a list of int``..."""
     choices = f.metadata.get("choices") or ()
     kind, optional = f.type, False
@@ -167,7 +167,7 @@ def explain(e: OmegaConfBaseException, where: str = "") -> str | None:
         return f"missing {key}=..."
     if isinstance(e, ValidationError):
         field = _schema_field(e)
-        expected = describe(field) if field is not None else _expected_from(e.msg)
+        expected = describe_field(field) if field is not None else _expected_from(e.msg)
         return bad_value(key, plain_value(e.value), expected)
     return None
 

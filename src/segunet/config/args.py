@@ -3,7 +3,7 @@
 
 Those commands take a checkpoint whose stored config already says what the model is, or no
 model at all, so they compose nothing: their arguments are one dataclass each (e.g.
-:class:`segunet.infer.run.PredictConfig`), read as
+:class:`segunet.cli.predict.PredictConfig`), read as
 ``OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))`` with its
 schema from :mod:`segunet.config.schema`. Wrong types, unknown, repeated and missing keys and values
 that are not allowed are therefore the same one-line errors as ``segunet train``'s, and
@@ -27,7 +27,14 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from segunet.config.schema import check_choices, nested_dataclass, schema_of
-from segunet.errors import SegunetError, bad_value, describe, explain, report_errors, unknown_key
+from segunet.errors import (
+    SegunetError,
+    bad_value,
+    describe_field,
+    explain,
+    report_errors,
+    unknown_key,
+)
 from segunet.interrupts import Interrupted
 
 T = TypeVar("T")
@@ -89,7 +96,7 @@ def merged(schema: type, given: dict[str, str], fields: dict, command: str) -> A
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(
                 [f"{key}={as_yaml(fields[key], value)}"]))
         except YAMLError:
-            expected = describe(fields[key])
+            expected = describe_field(fields[key])
             raise SegunetError(f"segunet {command}: {bad_value(key, value, expected)}") from None
         except OmegaConfBaseException as e:
             raise SegunetError(f"segunet {command}: {explain(e) or e}") from None

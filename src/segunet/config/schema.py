@@ -36,7 +36,15 @@ from typing import Annotated, Any, Literal, Optional, Union
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from segunet.errors import PLAIN, SegunetError, bad_value, describe, dotted, explain, plain_value
+from segunet.errors import (
+    PLAIN,
+    SegunetError,
+    bad_value,
+    describe_field,
+    dotted,
+    explain,
+    plain_value,
+)
 
 #: Constructors whose ``**kwargs`` are another's keyword arguments (their schema has both).
 FORWARDS = {
@@ -329,7 +337,7 @@ def check_choices(node: DictConfig, schema: type, where: str = "") -> None:
         choices = f.metadata.get("choices")
         values = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
         if choices and any(v is not None and not _among(v, choices) for v in values):
-            raise SegunetError(bad_value(key, plain_value(value), describe(f)))
+            raise SegunetError(bad_value(key, plain_value(value), describe_field(f)))
         check_range(key, plain_value(value), f.metadata.get("range"),
                     optional=typing.get_origin(f.type) is Union)
 

@@ -84,7 +84,7 @@ def spatial(sizes: PixelSize | None, dims: int) -> PixelSize | None:
     return tuple(sizes[len(sizes) - dims :])
 
 
-def describe(sizes: PixelSize | None) -> str:
+def describe_pixel_size(sizes: PixelSize | None) -> str:
     """``0.5 x 0.5 um`` (or ``unknown``), for messages."""
     if sizes is None:
         return "unknown"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from segunet.data.normalize import (
     image_channels_first,
     prepare_image,
 )
-from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.targets import TARGETS, Metric, Target
 from segunet.errors import SegunetError
@@ -103,6 +103,20 @@ def class_names_for(
     return names
 
 
+def class_names_of(data: Mapping[str, Any], classes: int) -> list[str]:
+    """The names of a trained net's ``classes`` output channels, from the ``data`` config
+    stored with it: those training gave them (:func:`class_names_for`), or ``class0``,
+    ``class1``, ... where that config names no such count. Predict's outputs and the
+    bioimage.io package name the classes by this."""
+    targets = data.get("targets") or {}
+    try:
+        names = class_names_for(data.get("class_names"), targets.get("label_kind", "instances"),
+                                targets.get("num_classes", 2), data.get("target", "foreground"))
+    except SegunetError:
+        names = []
+    return names if len(names) == classes else [f"class{i}" for i in range(classes)]
+
+
 def make_data(
     train: list[Volume],
     val: list[Volume],
@@ -144,9 +158,9 @@ def common_pixel_size(recorded: Mapping[str, PixelSize | None], dims: int) -> Pi
     if other is None:
         return size
     warnings.warn(
-        f"{first} records pixel size {describe(size)} but {other} "
-        f"{describe(sizes[other]) if sizes[other] else 'none'}: the model records no pixel "
-        "size; set data.pixel_size=[...] (um per axis) if the images share one",
+        f"{first} records pixel size {describe_pixel_size(size)} but {other} "
+        f"{describe_pixel_size(sizes[other]) if sizes[other] else 'none'}: the model records "
+        "no pixel size; set data.pixel_size=[...] (um per axis) if the images share one",
         UserWarning, stacklevel=3,
     )
     return None

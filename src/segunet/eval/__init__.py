@@ -1,2 +1,3 @@
-"""Scoring: segmentation and instance metrics (``metrics``) and ``segunet evaluate``
-(``evaluate``). May import data and config; not models, train, infer or cli."""
+"""Scoring: matching two label maps (``matching``), the segmentation and instance metrics
+read from it (``metrics``) and ``segunet evaluate`` (``evaluate``). May import data and
+config; not models, train, infer or cli."""

@@ -25,7 +25,8 @@ from segunet.checkpoint import load_model, resolve_checkpoint
 from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
-from segunet.export.bioimageio import PackageInfo, export_package
+from segunet.export.bioimageio import export_package
+from segunet.export.bioimageio_description import PackageInfo
 from segunet.export.traced import exported_bytes, metadata, verify_export
 from segunet.pretrained import checkpoint_or_model, shipped
 

@@ -64,14 +64,6 @@ def array_output(
         out.flush()
 
 
-def channel_names(config: dict, classes: int) -> list[str]:
-    """The class names of the training data, or ``class 0``, ``class 1``, ..."""
-    names = (config.get("data") or {}).get("class_names")
-    if names and len(names) == classes:
-        return [str(n) for n in names]
-    return [f"class {k}" for k in range(classes)]
-
-
 class Outputs:
     """Where one input's outputs go, in format ``fmt`` in ``folder``: a TIFF each (written
     whole, or slice by slice through a memory map), a zarr store each, or one OME-Zarr image (whose

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from segunet.data.pixelsize import PixelSize, describe
+from segunet.data.pixelsize import PixelSize, describe_pixel_size
 from segunet.errors import SegunetError
 
 #: Pixel sizes within this relative difference of the training one are used as they are:
@@ -73,9 +73,9 @@ def grid_for(
     worst = max(factors, key=lambda f: max(f, 1 / f))
     if max(worst, 1 / worst) > MAX_FACTOR:
         raise SegunetError(
-            f"{source}: its pixel size {describe(pixel_size)} is {_times(worst)} the model's "
-            f"{describe(trained)}, beyond the {MAX_FACTOR:g}x that resampling allows either "
-            "way: check pixel_size= (or the file's metadata), or pass resample=false"
+            f"{source}: its pixel size {describe_pixel_size(pixel_size)} is {_times(worst)} the "
+            f"model's {describe_pixel_size(trained)}, beyond the {MAX_FACTOR:g}x that resampling "
+            "allows either way: check pixel_size= (or the file's metadata), or pass resample=false"
         )
     model = tuple(max(1, round(n * f)) for n, f in zip(shape, factors))
     return Grid(shape, model, pixel_size)

@@ -23,6 +23,10 @@ training pixel size and its outputs resampled back onto its own grid (see
 :mod:`segunet.infer.resample`). ``format=ome-zarr`` writes one OME-NGFF image per input, the
 probabilities with the labels and instances as its label images (see
 :mod:`segunet.data.omezarr`), streamed as ``format=zarr`` is.
+
+The command's arguments (:mod:`segunet.cli.predict`) arrive as a :class:`Batch` (which images,
+which outputs where) and :class:`Settings` (how, as given); once the checkpoint is read they
+are resolved into a :class:`Prediction`, immutable, that every image is predicted with.
 """
 
 from __future__ import annotations
@@ -34,17 +38,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from omegaconf import MISSING
 from tqdm import tqdm
 
 from segunet.atomic import remove_stale_temps
-from segunet.config.args import check_range, option
 from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
 from segunet.data.omezarr import CHUNK
-from segunet.data.pixelsize import PixelSize, check_pixel_size, describe, spatial
+from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
+from segunet.data.sources import class_names_of
 from segunet.data.tiling import Blend, blocks
 from segunet.errors import SegunetError, first_line
 from segunet.infer.inputs import (
@@ -57,97 +60,103 @@ from segunet.infer.inputs import (
     stem_of,
 )
 from segunet.infer.outputs import (
-    OUTPUTS,
     Outputs,
-    channel_names,
     label_dtype,
     output_paths,
     refuse_non_finite_output,
 )
 from segunet.infer.resample import Grid, grid_for
 from segunet.postprocess.decoding import Decoder, InstancesConfig, argmax_of, class_dtype
-from segunet.pretrained import checkpoint_or_model
 
-# --- the options and the run ------------------------------------------------------------
+if TYPE_CHECKING:
+    from segunet.checkpoint import Trained
 
-
-@dataclasses.dataclass
-class PredictConfig:
-    """The arguments of ``segunet predict`` (see :data:`segunet.cli.predict.USAGE`)."""
-
-    checkpoint: str | None = option(
-        None, "a checkpoint file, or a run folder (its best.pt); or give model=")
-    model: str | None = option(
-        None, "a model that ships with segunet instead of a checkpoint: nuclei (DSB 2018 "
-        "fluorescence nuclei)")
-    input: str = option(MISSING, "an image file, a folder of them or a glob ('data/*.tif')")
-    output: Path = option(MISSING, "the folder the outputs go to (created if missing)")
-    tile: list[int] | None = option(
-        None, "network input tile, e.g. 572,572 (one size: every axis); rounded down to a "
-        "valid size (valid nets: at least one whose output spans a pooling step); null: auto")
-    batch_size: int = option(8, "tiles per forward pass")
-    tta: bool | None = option(
-        None, "average over the 8 rotations/reflections (2D) or flips (3D); null: as tuned, "
-        "else false")
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
-    compile: bool = option(
-        False, "torch.compile the network: on a GPU about 1.5x the tiles/s after a one-off "
-        "compile (tens of seconds); for many or large images. If compiling fails, one "
-        "warning and it runs eagerly")
-    outputs: list[Literal["probabilities", "labels", "instances"]] = option(
-        list(OUTPUTS), "which outputs to write, e.g. labels,instances")
-    format: Literal["tif", "tiff", "zarr", "ome-zarr"] = option(
-        "tif", "zarr: probabilities and labels are streamed to disk; ome-zarr: the same, as "
-        "one OME-NGFF image <stem>.ome.zarr per input (the probabilities, always, with the "
-        "labels and instances under labels/, each a pyramid) for napari, Fiji and ome-zarr")
-    resample: bool = option(
-        True, "an input whose pixel size differs from the model's training one by more "
-        "than 5% is predicted at the training pixel size and its outputs resampled back "
-        "onto its own grid; false: predict every input as it is")
-    pixel_size: list[float] | None = option(
-        None, "the inputs' pixel size in um per spatial axis (one value: all), instead of "
-        "what their files record")
-    overwrite: bool = option(False, "replace existing outputs (else an existing one is an error)")
-    skip_existing: bool = option(
-        False, "keep existing outputs and predict only what is missing: to continue a batch "
-        "stopped by an error or Ctrl-C")
-    blend: Blend = option("gaussian", "tile blending of same-padded models")
-    overlap: float = option(0.25, "tile overlap of same-padded models, 0 <= overlap < 1")
-    instances: InstancesConfig = dataclasses.field(default_factory=InstancesConfig)
-    #: How the instances are made: set once the checkpoint is read.
-    decoder: Decoder | None = dataclasses.field(default=None, init=False)
-    #: The model's training pixel size (um per spatial axis), if the checkpoint has one.
-    trained_pixel_size: PixelSize | None = dataclasses.field(default=None, init=False)
-
-    def __post_init__(self) -> None:
-        self.checkpoint = checkpoint_or_model(self.checkpoint, self.model)
-        self.output = Path(self.output)
-        check_range("batch_size", self.batch_size, self.batch_size >= 1, "a whole number >= 1")
-        check_range("overlap", self.overlap, 0 <= self.overlap < 1, "0 <= overlap < 1")
-        check_range("tile", self.tile, not self.tile or min(self.tile) >= 1,
-                    "positive sizes, e.g. 572,572")
-        check_range("outputs", self.outputs, bool(self.outputs), f"some of {','.join(OUTPUTS)}")
-        if self.pixel_size is not None:  # the count of sizes is checked per input
-            check_pixel_size(self.pixel_size, len(self.pixel_size), "pixel_size")
-        if self.tile is not None:  # one size is for every axis
-            self.tile = self.tile[0] if len(self.tile) == 1 else tuple(self.tile)
-        self.format = "tif" if self.format == "tiff" else self.format
-        if self.overwrite and self.skip_existing:
-            raise SegunetError(
-                "overwrite=true and skip_existing=true contradict each other: replace the "
-                "existing outputs (overwrite) or keep them and predict the rest (skip_existing)"
-            )
+# --- what to predict, and how --------------------------------------------------------------
 
 
-def predict_files(options: PredictConfig) -> list[Path]:
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """The images to predict and where their outputs go: all that is checked before the
+    checkpoint is read. ``format``: tif, zarr or ome-zarr."""
+
+    input: str
+    output: Path
+    outputs: tuple[str, ...]
+    format: str
+    overwrite: bool
+    skip_existing: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How an image is cut into tiles and put back (the arguments of
+    :func:`segunet.infer.predict.predict_tiled` that the options set). ``tile``: one size
+    for every axis, one per axis, or None (auto); ``tta``: None until it is decided."""
+
+    tile: int | tuple[int, ...] | None
+    batch_size: int
+    blend: Blend
+    overlap: float
+    tta: bool | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to predict, as given: what is left open (None) the checkpoint decides (see
+    :meth:`Prediction.of`). ``pixel_size``: the inputs', instead of their files'."""
+
+    checkpoint: str
+    device: str
+    compile: bool
+    tiling: Tiling
+    resample: bool
+    pixel_size: tuple[float, ...] | None
+    instances: InstancesConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What every image is predicted with: the settings resolved with the checkpoint read,
+    once, before the first image. ``device``: the one resolved (``cuda:0``, not ``auto``);
+    ``tiling.tta``: decided (as tuned where not given)."""
+
+    device: str
+    tiling: Tiling
+    decoder: Decoder
+    foreground_classes: tuple[int, ...] | None  # instances.foreground_classes
+    resample: bool
+    pixel_size: tuple[float, ...] | None
+    trained_pixel_size: PixelSize | None  # the model's training one, if recorded
+    format: str
+    output: Path
+
+    @classmethod
+    def of(cls, batch: Batch, settings: Settings, trained: Trained, device: str) -> Prediction:
+        """``settings`` of ``batch`` resolved with the checkpoint read, on ``device``."""
+        from segunet.checkpoint import pixel_size_of
+
+        decoder = Decoder.of(settings.instances, trained.config, trained.postprocess)
+        recorded = pixel_size_of(trained)
+        tta = settings.tiling.tta
+        if tta is None:
+            tta = bool(decoder.post and decoder.post.tta)
+        given = settings.instances.foreground_classes
+        return cls(
+            device, dataclasses.replace(settings.tiling, tta=tta), decoder,
+            None if given is None else tuple(given), settings.resample, settings.pixel_size,
+            tuple(recorded[0]) if recorded else None, batch.format, batch.output,
+        )
+
+
+def predict_files(batch: Batch, settings: Settings) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
     does not stop halfway on them."""
-    from segunet.checkpoint import load_trained, pixel_size_of
+    from segunet.checkpoint import load_trained
 
-    inputs = expand_inputs(options.input)
-    refuse_output_in_inputs(inputs, options)
-    todo = {path: targets for path, targets in plan_outputs(inputs, options).items() if targets}
+    inputs = expand_inputs(batch.input)
+    refuse_output_in_inputs(inputs, batch)
+    todo = {path: targets for path, targets in plan_outputs(inputs, batch).items() if targets}
     if len(todo) < len(inputs):
         print(
             f"segunet: skip_existing: {len(inputs) - len(todo)} of {len(inputs)} images have "
@@ -156,38 +165,36 @@ def predict_files(options: PredictConfig) -> list[Path]:
     if todo:  # before the output folder: a bad checkpoint creates nothing
         from segunet.models.device import resolve_device
 
-        device = str(resolve_device(options.device))  # before loading: not the file's fault
-        trained = load_trained(options.checkpoint, device)
+        device = str(resolve_device(settings.device))  # before loading: not the file's fault
+        trained = load_trained(settings.checkpoint, device)
         model, config = trained.model, trained.config
-        options.decoder = Decoder.of(options.instances, config, trained.postprocess)
-        recorded = pixel_size_of(trained)
-        options.trained_pixel_size = tuple(recorded[0]) if recorded else None
-        if options.tta is None:
-            options.tta = bool(options.decoder.post and options.decoder.post.tta)
-        print(f"segunet: {trained.file}: {options.decoder.describe()}", file=sys.stderr)
-    output_folder(options.output, f"output={options.output}")
-    removed = remove_stale_temps(options.output)
+        prediction = Prediction.of(batch, settings, trained, device)
+        print(f"segunet: {trained.file}: {prediction.decoder.describe()}", file=sys.stderr)
+    output_folder(batch.output, f"output={batch.output}")
+    removed = remove_stale_temps(batch.output)
     if removed:
         print(
             f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
-            f"killed runs from {options.output}", file=sys.stderr,
+            f"killed runs from {batch.output}", file=sys.stderr,
         )
-    return predict_all(todo, model, config, options, device) if todo else []
+    return predict_all(todo, model, config, prediction, settings.compile) if todo else []
 
 
 def predict_all(
-    todo: dict[Path, dict[str, Path]], model: Any, config: dict, options: PredictConfig, device: str
+    todo: dict[Path, dict[str, Path]], model: Any, config: dict, prediction: Prediction,
+    compile_net: bool,
 ) -> list[Path]:
-    """Predict each input of ``todo`` into its outputs, one after another; a failure or
-    Ctrl-C says how far the batch got and how to continue it."""
-    runner = compiled(model) if options.compile else model
+    """Predict each input of ``todo`` into its outputs, one after another (``compile_net``:
+    with the network torch.compiled); a failure or Ctrl-C says how far the batch got and how
+    to continue it."""
+    runner = compiled(model) if compile_net else model
     written: list[Path] = []
     for i, (path, targets) in enumerate(todo.items(), 1):
         print(f"segunet: [{i}/{len(todo)}] {path}", file=sys.stderr)
         done = f"{i - 1} of {len(todo)} images done"
         try:
             files, runner = predict_or_fall_back(
-                runner, model, config, path, targets, options, device
+                runner, model, config, path, targets, prediction
             )
         except KeyboardInterrupt:
             # Outputs are written atomically: the interrupted image left nothing behind.
@@ -211,49 +218,49 @@ def predict_all(
     return written
 
 
-def refuse_output_in_inputs(inputs: Sequence[Path], options: PredictConfig) -> None:
+def refuse_output_in_inputs(inputs: Sequence[Path], batch: Batch) -> None:
     """A one-line SegunetError if ``output`` is an input or lies inside one (a zarr store),
     if an output would replace an input (``format=ome-zarr`` beside ``x.ome.zarr``), or if
     ``output`` is the folder that ``input`` lists (a folder or a glob): the next run over it
     would predict the outputs of this one as images."""
-    folder = options.output.resolve()
+    folder = batch.output.resolve()
     files = {split_key(path)[0].resolve(): path for path in inputs}
-    listed = inputs != [Path(options.input)]  # a folder's listing or a glob's matches
+    listed = inputs != [Path(batch.input)]  # a folder's listing or a glob's matches
     for file, path in files.items():
-        targets = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        targets = output_paths(batch.output, stem_of(path), batch.outputs, batch.format)
         replaced = [t for t in targets.values() if t.resolve() in files]
         if file == folder or file in folder.parents:
             what = f"is the input {path}" if file == folder else f"lies inside the input {path}"
         elif replaced:
             what = f"would replace the input {files[replaced[0].resolve()]} by an output"
         elif listed and file.parent == folder:
-            what = f"is the folder that input={options.input} reads"
+            what = f"is the folder that input={batch.input} reads"
         else:
             continue
         raise SegunetError(
-            f"output={options.output} {what}: choose another output folder, so that "
+            f"output={batch.output} {what}: choose another output folder, so that "
             "inputs and outputs never mix"
         )
 
 
-def plan_outputs(inputs: Sequence[Path], options: PredictConfig) -> dict[Path, dict[str, Path]]:
+def plan_outputs(inputs: Sequence[Path], batch: Batch) -> dict[Path, dict[str, Path]]:
     """The outputs to write per input: all requested ones, less those that exist with
     ``skip_existing``. Two inputs writing one file, or an existing output without
     ``overwrite``/``skip_existing``, are one-line errors."""
     plans: dict[Path, dict[str, Path]] = {}
     owners: dict[Path, Path] = {}
     for path in inputs:
-        plans[path] = output_paths(options.output, stem_of(path), options.outputs, options.format)
+        plans[path] = output_paths(batch.output, stem_of(path), batch.outputs, batch.format)
         for target in dict.fromkeys(plans[path].values()):  # ome-zarr: one for all
             if target in owners:
                 raise SegunetError(
                     f"{owners[target]} and {path} would both write {target}: rename one"
                 )
             owners[target] = path
-            if not options.skip_existing:
-                refuse_existing(target, options.overwrite, ", skip_existing=true to keep it")
-        if options.skip_existing:
-            plans[path] = missing_outputs(plans[path], options.format)
+            if not batch.skip_existing:
+                refuse_existing(target, batch.overwrite, ", skip_existing=true to keep it")
+        if batch.skip_existing:
+            plans[path] = missing_outputs(plans[path], batch.format)
     return plans
 
 
@@ -278,12 +285,12 @@ def missing_outputs(plan: dict[str, Path], fmt: str) -> dict[str, Path]:
 
 def predict_or_fall_back(
     runner: Any, model: Any, config: dict, path: Path, targets: dict[str, Path],
-    options: PredictConfig, device: str,
+    prediction: Prediction,
 ) -> tuple[list[Path], Any]:
     """:func:`predict_file` with ``runner``; if a compiled runner fails, one warning and the
     eager ``model`` from then on. Returns the files written and the runner to go on with."""
     try:
-        return predict_file(runner, config, path, targets, options, device), runner
+        return predict_file(runner, config, path, targets, prediction), runner
     except Exception as e:
         if runner is model or isinstance(e, SegunetError):
             raise
@@ -292,7 +299,7 @@ def predict_or_fall_back(
             f"torch.compile failed ({first_line(e)}); predicting without it "
             "(compile=false skips the attempt)", RuntimeWarning, stacklevel=2,
         )
-        return predict_file(model, config, path, targets, options, device), model
+        return predict_file(model, config, path, targets, prediction), model
 
 
 def compiled(model: Any) -> Any:
@@ -306,8 +313,7 @@ def compiled(model: Any) -> Any:
 
 
 def predict_file(
-    model: Any, config: dict, path: Path, targets: dict[str, Path], options: PredictConfig,
-    device: str,
+    model: Any, config: dict, path: Path, targets: dict[str, Path], prediction: Prediction,
 ) -> list[Path]:
     """Predict one image and write the requested outputs to ``targets``: on the model's
     training pixel grid where the input's pixel size differs (see :mod:`segunet.infer.resample`),
@@ -316,28 +322,28 @@ def predict_file(
 
     net = unwrap(model)  # the sizes of a compiled model's network
     dims, classes = net.spatial_dims, net.out_channels
-    foreground = foreground_classes(options, classes, targets)
+    foreground = foreground_classes(prediction.foreground_classes, classes, targets)
     data_cfg = config.get("data") or {}
     with contextlib.ExitStack() as stack:
         raw = open_array(path, stack)
         check_pixel_type(raw, path)
         volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
         if volume is not None:
-            grid = input_grid(path, volume.shape[2:], options)
-            say_tile_reduced(net, grid.model_shape, options.tile, path)
-            out = Outputs(targets, options.format, options.output, grid,
-                          channel_names(config, classes), path)
-            return predict_stack(model, volume, grid, out, options, device, foreground)
+            grid = input_grid(path, volume.shape[2:], prediction.pixel_size,
+                              prediction.trained_pixel_size, prediction.resample)
+            say_tile_reduced(net, grid.model_shape, prediction.tiling.tile, path)
+            out = Outputs(targets, prediction.format, prediction.output, grid,
+                          class_names_of(data_cfg, classes), path)
+            return predict_stack(model, volume, grid, out, prediction, foreground)
         image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
-        grid = input_grid(path, image.shape[1:], options)
-        say_tile_reduced(net, grid.model_shape, options.tile, path)
-        out = Outputs(targets, options.format, options.output, grid,
-                      channel_names(config, classes), path)
-        if options.format == "tif":
-            return predict_whole(model, grid.to_model(image), grid, out, options, device,
-                                 foreground)
-        return predict_streamed(model, grid.to_model(image), grid, out, options, device,
-                                foreground)
+        grid = input_grid(path, image.shape[1:], prediction.pixel_size,
+                          prediction.trained_pixel_size, prediction.resample)
+        say_tile_reduced(net, grid.model_shape, prediction.tiling.tile, path)
+        out = Outputs(targets, prediction.format, prediction.output, grid,
+                      class_names_of(data_cfg, classes), path)
+        if prediction.format == "tif":
+            return predict_whole(model, grid.to_model(image), grid, out, prediction, foreground)
+        return predict_streamed(model, grid.to_model(image), grid, out, prediction, foreground)
 
 
 def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> None:
@@ -357,32 +363,37 @@ def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> N
               file=sys.stderr)
 
 
-def input_grid(path: Path, shape: Sequence[int], options: PredictConfig) -> Grid:
-    """The input's pixel size (``pixel_size=``, else its file's) and the grid the model
-    predicts it on; a line on stderr when it is resampled, or cannot be."""
+def input_grid(
+    path: Path, shape: Sequence[int], given: PixelSize | None, trained: PixelSize | None,
+    resample: bool,
+) -> Grid:
+    """The input's pixel size (``given``: ``pixel_size=``, else its file's) and the grid the
+    model trained at pixel size ``trained`` predicts it on (with ``resample``); a line on
+    stderr when it is resampled, or cannot be."""
     dims = len(shape)
-    sizes = check_pixel_size(options.pixel_size, dims, "pixel_size")
+    sizes = check_pixel_size(given, dims, "pixel_size")
     sizes = sizes or spatial(read_pixel_size(path), dims)
-    trained = spatial(options.trained_pixel_size, dims)
-    grid = grid_for(shape, sizes, trained, options.resample, str(path))
+    trained = spatial(trained, dims)
+    grid = grid_for(shape, sizes, trained, resample, str(path))
     if grid.resampled:
-        print(f"segunet: {path}: pixel size {describe(sizes)}, the model's {describe(trained)}: "
-              f"predicting at {' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
-    elif options.resample and trained is not None and sizes is None:
+        print(f"segunet: {path}: pixel size {describe_pixel_size(sizes)}, the model's "
+              f"{describe_pixel_size(trained)}: predicting at "
+              f"{' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
+    elif resample and trained is not None and sizes is None:
         print(f"segunet: {path} records no pixel size: predicted as it is (pixel_size=... "
-              f"resamples it to the model's {describe(trained)})", file=sys.stderr)
+              f"resamples it to the model's {describe_pixel_size(trained)})", file=sys.stderr)
     return grid
 
 
 def predict_whole(
-    model: Any, image: Any, grid: Grid, out: Outputs, options: PredictConfig, device: str,
+    model: Any, image: Any, grid: Grid, out: Outputs, prediction: Prediction,
     foreground: Sequence[int],
 ) -> list[Path]:
     """Predict into memory and write each requested output whole (``format=tif``)."""
     from segunet.infer.predict import predict_tiled
 
     with out:
-        model_probs = predict_tiled(model, image, **tiling(options, device, progress=True))
+        model_probs = predict_tiled(model, image, **tiling(prediction, progress=True))
         refuse_non_finite_output(model_probs, out.path)
         probs = np.asarray(grid.to_input(model_probs))
         rows = rows_per_block(probs.shape[0], grid.shape)
@@ -392,12 +403,12 @@ def predict_whole(
             out.write("labels", argmax_of(probs, rows))
         if "instances" in out.targets:
             del probs
-            out.write("instances", instances_of(model_probs, grid, options, foreground))
+            out.write("instances", instances_of(model_probs, grid, prediction.decoder, foreground))
     return out.written
 
 
 def predict_streamed(
-    model: Any, image: Any, grid: Grid, out: Outputs, options: PredictConfig, device: str,
+    model: Any, image: Any, grid: Grid, out: Outputs, prediction: Prediction,
     foreground: Sequence[int],
 ) -> list[Path]:
     """Predict band by band into zarr (``format=zarr`` or ``ome-zarr``): the probabilities
@@ -415,7 +426,7 @@ def predict_streamed(
         if grid.resampled:
             model_probs = out.scratch(f"{out.stem}_model_grid.zarr",
                                       (classes, *grid.model_shape), np.float16, dims)
-        predict_tiled(model, image, out=model_probs, **tiling(options, device, progress=True))
+        predict_tiled(model, image, out=model_probs, **tiling(prediction, progress=True))
         refuse_non_finite_output(model_probs, out.path)
         # Whole chunks, block by block: nothing in memory whole.
         rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
@@ -426,23 +437,23 @@ def predict_streamed(
         if "labels" in out.targets:
             argmax_of(probs, rows, out.array("labels", grid.shape, class_dtype(classes), dims))
         if "instances" in out.targets:
-            out.write("instances", instances_of(model_probs, grid, options, foreground))
+            out.write("instances", instances_of(model_probs, grid, prediction.decoder, foreground))
     return out.written
 
 
 def instances_of(
-    model_probs: Any, grid: Grid, options: PredictConfig, foreground: Sequence[int]
+    model_probs: Any, grid: Grid, decoder: Decoder, foreground: Sequence[int]
 ) -> np.ndarray:
     """The objects decoded on the model's grid (where the tuned settings, in its pixels,
     hold) and carried onto the input's by nearest neighbour, as uint16 or uint32."""
     rows = rows_per_block(model_probs.shape[0], model_probs.shape[1:])
-    labels = grid.labels_to_input(options.decoder(model_probs, foreground, rows))
+    labels = grid.labels_to_input(decoder(model_probs, foreground, rows))
     return labels.astype(label_dtype(labels.max()))
 
 
 def predict_stack(
-    model: Any, volume: NormalizedImage, grid: Grid, out: Outputs, options: PredictConfig,
-    device: str, foreground: Sequence[int],
+    model: Any, volume: NormalizedImage, grid: Grid, out: Outputs, prediction: Prediction,
+    foreground: Sequence[int],
 ) -> list[Path]:
     """Predict a ``(Z, Y, X)`` stack with a 2D model slice by slice, writing each output
     slice by slice as a stack: probabilities ``(Z, C, Y, X)`` float16 (an OME-Zarr's ``(C,
@@ -463,10 +474,10 @@ def predict_stack(
         "labels": ((depth, *spatial), class_dtype(classes)),
         "instances": ((depth, *spatial), np.uint32),
     }
-    rows, predict = rows_per_block(classes, spatial), tiling(options, device, progress=False)
+    rows, predict = rows_per_block(classes, spatial), tiling(prediction, progress=False)
     with out:
         arrays = {name: out.array(name, *shapes[name], 2, per_slice=True) for name in out.filled}
-        place = {name: _slice_of(name, options.format) for name in arrays}
+        place = {name: _slice_of(name, out.format) for name in arrays}
         count = 0  # objects in the slices before
         for z in tqdm(range(depth), unit="slice", desc="predict"):
             model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
@@ -477,7 +488,8 @@ def predict_stack(
             if "labels" in arrays:
                 arrays["labels"][z] = argmax_of(probs, rows)
             if "instances" in arrays:
-                objects = instances_of(model_probs, grid, options, foreground).astype(np.uint32)
+                objects = instances_of(model_probs, grid, prediction.decoder,
+                                       foreground).astype(np.uint32)
                 arrays["instances"][z] = np.where(objects > 0, objects + count, 0)
                 count += int(objects.max())
     return out.written
@@ -490,9 +502,12 @@ def _slice_of(name: str, fmt: str) -> Any:
     return lambda z: z
 
 
-def foreground_classes(options: PredictConfig, classes: int, targets: dict[str, Path]) -> tuple:
-    """``instances.foreground_classes`` (default: all but 0), checked against the model."""
-    foreground = tuple(options.instances.foreground_classes or range(1, classes))
+def foreground_classes(
+    given: Sequence[int] | None, classes: int, targets: dict[str, Path]
+) -> tuple:
+    """``instances.foreground_classes`` (``given``; default: all but 0), checked against the
+    model."""
+    foreground = tuple(given or range(1, classes))
     if "instances" in targets and (
         not foreground or max(foreground) >= classes or min(foreground) < 0
     ):
@@ -508,10 +523,11 @@ def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
     return max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
 
 
-def tiling(options: PredictConfig, device: str, progress: bool) -> dict[str, Any]:
-    """The keyword arguments of :func:`segunet.infer.predict.predict_tiled` from the options."""
+def tiling(prediction: Prediction, progress: bool) -> dict[str, Any]:
+    """The keyword arguments of :func:`segunet.infer.predict.predict_tiled`."""
+    t = prediction.tiling
     return dict(
-        tile_shape=options.tile, batch_size=options.batch_size, blend=options.blend,
-        overlap=options.overlap, tta=options.tta, device=device, progress=progress,
+        tile_shape=t.tile, batch_size=t.batch_size, blend=t.blend, overlap=t.overlap,
+        tta=t.tta, device=prediction.device, progress=progress,
     )
 

@@ -96,7 +96,7 @@ def tune_on(
     }
 
 
-def describe(result: Mapping[str, Any]) -> str:
+def describe_tuned(result: Mapping[str, Any]) -> str:
     """One line: the settings chosen and what they gained over the defaults."""
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
     key = metric_key(result["metric"])
@@ -186,6 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         file, result = tune_checkpoint(args.checkpoint, args.tta, args.device,
                                        data_path=args.data_path)
         print(report(result), file=sys.stderr)
-        print(f"segunet: {describe(result)}; written into {file}", file=sys.stderr)
+        print(f"segunet: {describe_tuned(result)}; written into {file}", file=sys.stderr)
 
     return run_command(body, usage(TuneCommandConfig, USAGE), argv)

@@ -66,7 +66,7 @@ from segunet.eval.metrics import OverlapCounter, TaskScorer, metric_key
 from segunet.infer.predict import predict_tiled
 from segunet.models.device import resolve_device
 from segunet.postprocess.decoding import PostProcess, decode
-from segunet.postprocess.tune import TuneConfig, describe, report, tunable, tune_on
+from segunet.postprocess.tune import TuneConfig, describe_tuned, report, tunable, tune_on
 from segunet.train import distributed, resume, run_folder
 from segunet.train.logger import LoggingConfig, TensorBoardLogger, classes_picture, panel
 
@@ -577,8 +577,8 @@ class Trainer:
         result = tune_on(self.data.val, predict, self.data.target, self.data.metric,
                          self.tune_cfg, progress=self.log_cfg.progress and self.world.main)
         table = report(result)
-        print(f"segunet: {name}: {describe(result)}\n{table}", file=sys.stderr)
-        self.tb.text(f"postprocess/{name}", f"{describe(result)}\n\n{table}", self.step)
+        print(f"segunet: {name}: {describe_tuned(result)}\n{table}", file=sys.stderr)
+        self.tb.text(f"postprocess/{name}", f"{describe_tuned(result)}\n\n{table}", self.step)
         return result
 
     def _save_on_interrupt(self, e: KeyboardInterrupt) -> None:
@@ -968,7 +968,7 @@ def summary(trainer: Trainer, final: dict[str, float]) -> str:
         f"val {k} {final.get(f'val/{k}', float('nan')):.4f}"
         for k in dict.fromkeys([key, "dice", "iou"])
     )
-    tuned = f"\n  {describe(trainer.tuned)}" if trainer.tuned else ""
+    tuned = f"\n  {describe_tuned(trainer.tuned)}" if trainer.tuned else ""
     return (
         f"segunet: done at step {trainer.step}: {scores} (best {key} {trainer.best:.4f})"
         f"{tuned}\n"

@@ -1,0 +1,392 @@
+"""What a bioimage.io model package (model spec 0.5) says: its ``ModelDescr``, built from
+``bioimageio.spec``'s own classes (and so validated by them), and its README. The package's
+files are made and tested by :mod:`segunet.export.bioimageio`. What the package says:
+
+- input ``(batch, channel, [z,] y, x)`` float32 whose spatial sizes are the net's valid sizes
+  ``min + n * step``, with the physical pixel size of the training data where the checkpoint
+  has one;
+- preprocessing ``ensure_dtype`` and ``scale_range`` per sample and channel with the training
+  percentiles: segunet's per-image normalisation, but for the spec's ``eps`` (1e-6) in the
+  denominator and segunet's fallback to min/max for a flat channel;
+- output: per-class probabilities. The softmax is in the graph, so that consumers running no
+  post-processing (ilastik, deepImageJ) still get probabilities. A valid-padded net crops a
+  halo of ``h`` pixels per side itself: the output size is the input's ``- 2h``, which the
+  spec asks to document as the size's ``offset`` (its ``halo`` field is what a consumer
+  should crop, here nothing more);
+- weights: TorchScript and ONNX, traced from the same eval-mode model and each verified
+  against PyTorch;
+- test tensors: a tile of ``test_image`` and segunet's own prediction of it (normalised by
+  :func:`segunet.data.normalize.normalize_percentile`, run by PyTorch), so a passing
+  ``test_model`` shows that the spec's preprocessing reproduces segunet's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from segunet.checkpoint import pixel_size_of
+from segunet.data.normalize import DEFAULT_PERCENTILES
+from segunet.data.sources import class_names_of
+from segunet.errors import SegunetError
+from segunet.train.run_folder import recorded_overrides
+
+AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+WEIGHTS = {"torchscript": "weights.torchscript.pt", "onnx": "weights.onnx"}
+# DOIs only: a URL would be fetched by the spec's validation, which must work offline.
+CITE = {
+    "UNet": ("Ronneberger et al. 2015, U-Net", "10.1007/978-3-319-24574-4_28"),
+    "UNet3D": ("Cicek et al. 2016, 3D U-Net", "10.1007/978-3-319-46723-8_49"),
+    "AttentionUNet": ("Oktay et al. 2018, Attention U-Net", "10.48550/arXiv.1804.03999"),
+    "UNetPlusPlus": ("Zhou et al. 2018, UNet++", "10.1007/978-3-030-00889-5_1"),
+    "UNet3Plus": ("Huang et al. 2020, UNet 3+", "10.1109/ICASSP40776.2020.9053405"),
+    "ResUNet": ("Dhariwal and Nichol 2021, the ResUNet", "10.48550/arXiv.2105.05233"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PackageInfo:
+    """What a package needs beyond the checkpoint (see
+    :class:`segunet.export.command.ExportConfig`)."""
+
+    test_image: str | None = None
+    authors: Sequence[str] = ()
+    license: str | None = None
+    tags: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """The valid spatial sizes ``min + n * step`` of a net (the same on every axis) and the
+    ``halo`` it crops from each side of its output (0 when same-padded)."""
+
+    min: int
+    step: int
+    halo: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Geometry:
+        d = model.spatial_dims
+        smallest = model.valid_input_shape((1,) * d)[0]
+        step = model.valid_input_shape((smallest + 1,) * d)[0] - smallest
+        trims = {s - model.output_shape((s,) * d)[0] for s in (smallest, smallest + step)}
+        trim = trims.pop()
+        if trims or trim % 2:  # no segunet net does this: a size rule the spec cannot say
+            raise SegunetError(
+                f"{type(model).__name__}'s output is not its input less a fixed margin per "
+                "side, which a bioimage.io package cannot describe: export format=onnx"
+            )
+        return cls(smallest, step, trim // 2)
+
+    def at_most(self, size: int) -> int:
+        """The largest valid size <= ``size``, or the smallest one."""
+        return self.min + max(0, (size - self.min) // self.step) * self.step
+
+    def at_least(self, size: int) -> int:
+        return self.min + max(0, math.ceil((size - self.min) / self.step)) * self.step
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What the package is made of: the checkpoint's file and contents, its model and its
+    training config."""
+
+    file: Path
+    ckpt: dict
+    model: nn.Module
+    config: dict
+
+    @property
+    def data(self) -> dict:
+        return self.config.get("data") or {}
+
+    @property
+    def percentiles(self) -> list[float] | None:
+        p = self.data.get("percentiles", list(DEFAULT_PERCENTILES))  # synthetic: as predict
+        return None if p is None else [float(v) for v in p]
+
+    @property
+    def class_names(self) -> list[str]:
+        """The output channels' names, as predict's outputs name them."""
+        return class_names_of(self.data, self.model.out_channels)
+
+
+# --- the README --------------------------------------------------------------------------
+
+
+def overrides(file: Path, ckpt: dict | None = None) -> list[str] | None:
+    """The ``segunet train`` overrides of the run ``file`` is a checkpoint of (Hydra's record
+    in the run folder, or the record a shipped model carries), or None when unknown."""
+    import yaml
+
+    carried = ((ckpt or {}).get("source") or {}).get("overrides")
+    if isinstance(carried, list) and carried:
+        return [str(o) for o in carried]
+    try:
+        return recorded_overrides(file)
+    except yaml.YAMLError:  # a damaged record: the command is unknown, as without one
+        return None
+
+
+def readme(trained: Checkpoint, geometry: Geometry, tile: Sequence[int], image_source: str) -> str:
+    """The package's documentation: training data and command, validation scores, what the
+    input and output are and what the package leaves out."""
+    sections = [
+        [f"# {name_of(trained)}", "", description_of(trained)],
+        ["## Training data", "", *_data_lines(trained)],
+        ["## Training", "", *_training_lines(trained)],
+        ["## Validation", "", *_validation_lines(trained)],
+        ["## Input and output", "", *_io_lines(trained, geometry),
+         f"- test input: a {'x'.join(map(str, tile))} tile of {image_source}"],
+        ["## Not in this package", "",
+         "- segunet's object decoding (connected components or watershed, with the tuned "
+         "settings above): run `segunet predict` on the checkpoint for instance labels",
+         "- segunet normalises a (nearly) constant channel by its min and max; scale_range "
+         "does not"],
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _data_lines(trained: Checkpoint) -> list[str]:
+    data = trained.data
+    shown = {k: v for k, v in data.items() if k not in ("targets", "_target_")}
+    scale = pixel_size_of(trained.ckpt)
+    return [
+        f"- source: `{data.get('_target_')}` with {_inline(shown)}",
+        f"- targets: {_inline(data.get('targets') or {})}",
+        f"- pixel size: {scale[0]} {scale[1]}" if scale else
+        "- pixel size: not recorded (the axes carry no physical scale)",
+    ]
+
+
+def _training_lines(trained: Checkpoint) -> list[str]:
+    args, config = overrides(trained.file, trained.ckpt), trained.config
+    command = ("segunet train " + " ".join(args)) if args is not None else (
+        "not recorded (the checkpoint is not in its run folder); the resolved config is "
+        "training_config.yaml")
+    return [
+        f"- command: `{command}`",
+        f"- steps: {trained.ckpt.get('step')}; model: {_call(config.get('model'))}",
+        f"- optimiser: {_call(config.get('optim'))}; loss: {_call(config.get('loss'))}",
+    ]
+
+
+def _validation_lines(trained: Checkpoint) -> list[str]:
+    from segunet.postprocess.tune import describe_tuned
+
+    ckpt = trained.ckpt
+    scores = [f"| {k} | {_score(v)} |" for k, v in (ckpt.get("metrics") or {}).items()]
+    best = _score(ckpt.get("best_metric"))
+    post = ckpt.get("postprocess")
+    return [
+        f"Scores on the validation images at step {ckpt.get('step')} (best "
+        f"{trained.data.get('metric', 'dice')} during training: {best}):",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *(scores or ["| none | |"]),
+        "",
+        ("- " + describe_tuned(post)) if isinstance(post, dict) and "settings" in post else
+        "- post-processing: not tuned",
+    ]
+
+
+def _score(value: Any) -> str:
+    """A recorded score in the README: a number to 4 places; anything else (a received
+    file's) is "unknown"."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.4f}" if number else "unknown"
+
+
+def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:
+    model, percentiles = trained.model, trained.percentiles
+    return [
+        f"- input: {model.in_channels} channel(s), float32, spatial sizes {geometry.min} + "
+        f"{geometry.step} * n per axis ({', '.join(AXES[model.spatial_dims])})",
+        f"- preprocessing: per image and channel (x - p_low) / (p_high - p_low + 1e-6) with the "
+        f"percentiles {percentiles} (scale_range)" if percentiles else
+        "- preprocessing: none (training used the images as they are)",
+        f"- output: probabilities of {', '.join(trained.class_names)} (softmax in the weights)",
+        f"- halo: the net uses valid convolutions and crops {geometry.halo} pixels per side "
+        "itself: the output is the input less that on each side, centred on it; give images "
+        "mirror-padded by it to predict their borders" if geometry.halo else
+        "- halo: none (same-padded convolutions: the output is as large as the input)",
+    ]
+
+
+def _inline(node: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in node.items()) or "defaults"
+
+
+def _call(node: dict | None) -> str:
+    """A config group as the call it stands for: ``Adam(lr=0.001, ...)``, unset keys left
+    out."""
+    node = node or {}
+    kwargs = {k: v for k, v in node.items() if not k.startswith("_") and v is not None}
+    return f"{str(node.get('_target_', '?')).rsplit('.', 1)[-1]}({_inline(kwargs)})"
+
+
+def name_of(trained: Checkpoint) -> str:
+    data_name = trained.data.get("name") or str(trained.data.get("_target_", "data"))
+    text = f"segunet {type(trained.model).__name__} {data_name.rsplit('.', 1)[-1]}"
+    return re.sub(r"[^A-Za-z0-9_+\- ()]", "-", text)[:64]
+
+
+def description_of(trained: Checkpoint) -> str:
+    model = trained.model
+    return (
+        f"{type(model).__name__} ({model.padding} padding, {model.levels} levels, channels "
+        f"{list(getattr(model, 'channels', []))}) for {model.spatial_dims}D semantic "
+        f"segmentation into {', '.join(trained.class_names)}, trained with segunet; outputs "
+        "per-class probabilities."
+    )
+
+
+# --- the description -----------------------------------------------------------------------
+
+
+def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry,
+             info: PackageInfo, opset: int) -> Any:
+    """The ``ModelDescr`` of the files in ``folder``, built (and so validated) by the spec."""
+    v = spec.model.v0_5
+    model = trained.model
+    name = type(model).__name__
+    cite_keys = ["UNet", *(["UNet3D"] if model.spatial_dims == 3 else []), name]
+    return spec_call(
+        v.ModelDescr,
+        name=name_of(trained),
+        description=description_of(trained),
+        authors=[v.Author(name=a) for a in info.authors],
+        cite=[v.CiteEntry(text=CITE[k][0], doi=v.Doi(CITE[k][1]))
+              for k in dict.fromkeys(cite_keys) if k in CITE],
+        license=info.license,
+        tags=list(dict.fromkeys(["unet", f"{model.spatial_dims}d", "pytorch",
+                                 "semantic-segmentation", "segunet", *info.tags])),
+        documentation=v.FileDescr(source=folder / "README.md"),
+        covers=[v.FileDescr(source=folder / "cover.png")],
+        attachments=[v.FileDescr(source=folder / "training_config.yaml")],
+        inputs=[input_tensor(v, folder, trained, geometry)],
+        outputs=[output_tensor(v, folder, trained, geometry)],
+        weights=v.WeightsDescr(
+            torchscript=v.TorchscriptWeightsDescr(
+                source=folder / WEIGHTS["torchscript"],
+                pytorch_version=v.Version(torch.__version__.split("+")[0])),
+            onnx=v.OnnxWeightsDescr(source=folder / WEIGHTS["onnx"], opset_version=opset,
+                                    parent="torchscript"),
+        ),
+        config=v.Config(bioimageio=v.BioimageioConfig(
+            architecture_type=name[:32],
+            model_parameter_count=sum(p.numel() for p in model.parameters()))),
+    )
+
+
+def spatial_axes(v: ModuleType, trained: Checkpoint, cls: type, size: Any) -> list[Any]:
+    """The space axes (of class ``cls``), each of ``size(axis_id)``, with the checkpoint's
+    pixel size."""
+    scales, unit = pixel_scale(v, trained)
+    return [cls(id=v.AxisId(a), size=size(v.AxisId(a)), scale=s, unit=unit)
+            for a, s in zip(AXES[trained.model.spatial_dims], scales)]
+
+
+def pixel_scale(v: ModuleType, trained: Checkpoint) -> tuple[list[float], str | None]:
+    """Per spatial axis the pixel size of the training data, and its unit, where the
+    checkpoint records one (:func:`segunet.checkpoint.pixel_size_of`); else 1 and no unit."""
+    dims = trained.model.spatial_dims
+    record = pixel_size_of(trained.ckpt)
+    if record is None:
+        return [1.0] * dims, None
+    size, unit = record
+    where = f"{trained.file}: its pixel size {size} {unit or ''}".rstrip()
+    if len(size) != dims or min(size) <= 0:
+        raise SegunetError(f"{where} is no positive size per axis of the {dims}D model; "
+                           "retrain with a pixel size per spatial axis")
+    units = typing.get_args(v.SpaceUnit)
+    if unit is not None and unit not in units:
+        raise SegunetError(
+            f"{where}: the bioimage.io spec knows no unit {unit!r}; give the pixel size in "
+            f"one it knows ({', '.join(u for u in units if u.endswith('meter'))[:80]}...)"
+        )
+    return size, unit
+
+
+def input_tensor(v: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry) -> Any:
+    model = trained.model
+    size = v.ParameterizedSize(min=geometry.min, step=geometry.step)
+    preprocessing = [v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32"))]
+    if trained.percentiles is not None:
+        preprocessing.append(scale_range(v, trained))
+    return v.InputTensorDescr(
+        id=v.TensorId("input"),
+        description=f"{model.spatial_dims}D image, channels first",
+        axes=[v.BatchAxis(),
+              v.ChannelAxis(channel_names=[f"channel{i}" for i in range(model.in_channels)]),
+              *spatial_axes(v, trained, v.SpaceInputAxis, lambda _: size)],
+        test_tensor=v.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=v.FileDescr(source=folder / "sample_input.tif"),
+        data=v.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=preprocessing,
+    )
+
+
+def scale_range(v: ModuleType, trained: Checkpoint) -> Any:
+    """segunet's percentile normalisation, per sample and channel, as the spec's op."""
+    low, high = trained.percentiles
+    axes = [v.AxisId(a) for a in AXES[trained.model.spatial_dims]]
+    try:
+        kwargs = v.ScaleRangeKwargs(axes=axes, min_percentile=low, max_percentile=high)
+    except ValueError as e:  # pydantic's ValidationError
+        raise SegunetError(
+            f"{trained.file}: data.percentiles={[low, high]} cannot be written as bioimage.io's "
+            f"scale_range ({first_error(e)}); retrain with e.g. data.percentiles=[1.0,99.8]"
+        ) from None
+    return v.ScaleRangeDescr(kwargs=kwargs)
+
+
+def output_tensor(v: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry) -> Any:
+    def size(axis: Any) -> Any:
+        # The halo the net crops itself is the size's offset (see the module's docstring).
+        return v.SizeReference(tensor_id=v.TensorId("input"), axis_id=axis,
+                               offset=-2 * geometry.halo)
+
+    return v.OutputTensorDescr(
+        id=v.TensorId("output"),
+        description="class probabilities" + (
+            f"; valid convolutions crop {geometry.halo} px per side" if geometry.halo else ""),
+        axes=[v.BatchAxis(), v.ChannelAxis(channel_names=trained.class_names),
+              *spatial_axes(v, trained, v.SpaceOutputAxis, size)],
+        test_tensor=v.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=v.FileDescr(source=folder / "sample_output.tif"),
+        data=v.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+
+
+# --- the spec's refusals ---------------------------------------------------------------
+
+
+def spec_call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(...)`` of bioimageio.spec, its refusal as one line."""
+    try:
+        return function(*args, **kwargs)
+    except ValueError as e:  # pydantic's ValidationError, or the package's own check
+        raise SegunetError(
+            f"the bioimage.io spec refuses the package: {first_error(e)}; nothing written"
+        ) from None
+
+
+def first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"]
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2])
