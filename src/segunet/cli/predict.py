@@ -1,4 +1,4 @@
-"""``segunet predict``: its usage and ``main()``; the run itself is
+"""``segunet predict``: its usage and ``run()``; the run itself is
 :mod:`segunet.infer.run`."""
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ example:
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str]) -> int:
     """``segunet predict key=value ...``; returns the exit status (2 on an error)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv)
 
     def body() -> None:
         options = parse(PredictConfig, argv, "predict")
@@ -46,6 +46,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return run_command(body, usage(PredictConfig, USAGE), argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
