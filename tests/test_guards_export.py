@@ -35,15 +35,22 @@ def package_folder():
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_a_shipped_model_exports_into_the_working_folder(tmp_path, monkeypatch, capsys,
-                                                         package_folder, fmt):
-    """It used to be written beside the shipped checkpoint: into segunet's own package."""
+def test_a_shipped_model_exports_only_where_output_says(tmp_path, monkeypatch, capsys,
+                                                        package_folder, fmt):
+    """It used to be written beside the shipped checkpoint: into segunet's own package; then
+    into the working folder, which the user had not named either."""
     before = sorted(p.name for p in package_folder.iterdir())
     monkeypatch.chdir(tmp_path)
-    assert export.run(["model=nuclei", f"format={fmt}", "verify=false"]) == 0
+    assert export.run(["model=nuclei", f"format={fmt}", "verify=false"]) == 2
+    assert error_line(capsys) == (
+        "segunet: error: model nuclei ships with segunet, so its export has no folder of its "
+        f"own: give output=<a file or folder>, e.g. output={FORMATS[fmt]}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert export.run(["model=nuclei", f"format={fmt}", "verify=false", "output=out/"]) == 0
     assert sorted(p.name for p in package_folder.iterdir()) == before
-    written = tmp_path / FORMATS[fmt]
-    assert written.is_file() and str(written) in capsys.readouterr().err
+    assert (tmp_path / "out" / FORMATS[fmt]).is_file()
+    assert f"model to out/{FORMATS[fmt]}" in capsys.readouterr().err
     # Nor when named: segunet's package is no place for an export.
     assert export.run(["model=nuclei", f"format={fmt}", f"output={package_folder}"]) == 2
     assert "segunet's own installed package" in error_line(capsys)

@@ -42,7 +42,7 @@ class ExportConfig:
     output: str | None = option(
         None, "the file, or a folder for the default name; null: beside the checkpoint, "
         "<name>.onnx, <name>.torchscript.pt or <name>.bioimageio.zip (last.onnx for "
-        "checkpoints/last.pt; for model=: in the working folder); a bioimageio package is a "
+        "checkpoints/last.pt; required with model=); a bioimageio package is a "
         ".zip file")
     overwrite: bool = option(False, "replace an existing output file")
     input_shape: list[int] | None = option(

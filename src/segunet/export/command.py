@@ -63,7 +63,7 @@ def export_model(
             ``"torchscript"`` or ``"bioimageio"`` (a model package of both, see
             :func:`segunet.export.bioimageio.export_package`).
         output: target file, or a folder to write the default name into; default beside
-            the checkpoint, named after it (a shipped model's: in the working folder).
+            the checkpoint, named after it (a shipped model has no default: give one).
         input_shape: spatial size of the example input traced and verified; rounded up to a
             valid size. Default: the smallest valid size of at least 64 per axis.
         opset: ONNX opset.
@@ -105,11 +105,17 @@ def export_target(
 ) -> Path:
     """The file to write, checked before the (slow) export: ``output``, or the default name
     inside ``output`` when it is a folder (existing, or ending in /: a bioimage.io package
-    too, whatever the folder's name), or beside ``checkpoint`` without ``output``."""
+    too, whatever the folder's name), or beside ``checkpoint`` without ``output`` (a shipped
+    one: a SegunetError that asks for ``output``)."""
     name = checkpoint.stem + SUFFIX[format]
+    if output is None and shipped(checkpoint):
+        # Its folder is segunet's installed package, and the working folder is not the
+        # user's to write into unasked: the place must be named.
+        raise SegunetError(f"model {checkpoint.stem} ships with segunet, so its export has no "
+                           f"folder of its own: give output=<a file or folder>, e.g. "
+                           f"output={name}")
     if output is None:
-        # A shipped model's folder is segunet's installed package: never written into.
-        target = Path.cwd() / name if shipped(checkpoint) else checkpoint.with_name(name)
+        target = checkpoint.with_name(name)
     else:
         text = os.fspath(output)
         target = Path(text)
