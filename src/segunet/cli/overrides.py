@@ -53,8 +53,8 @@ def hydra_args(argv: list[str]) -> argparse.Namespace | None:
 
 
 def informs(args: argparse.Namespace | None) -> bool:
-    """Whether ``args`` asks Hydra for help or information, or is for Hydra to refuse:
-    nothing is composed or run then."""
+    """Whether ``args`` is for Hydra alone: help, information, a refusal (None), or a
+    ``--config-path`` only Hydra resolves. Nothing is composed or checked here then."""
     return args is None or bool(
         args.help or args.hydra_help or args.version or args.info or args.shell_completion
         or args.config_path is not None

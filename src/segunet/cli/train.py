@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segunet import interrupts
-from segunet.cli import overrides as hydra_overrides
-from segunet.cli.overrides import hydra_app
+from segunet.cli.overrides import checked, hydra_app
 from segunet.errors import SegunetError, report_errors
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ def _train_command(argv: list[str]) -> int:
         rank = distributed.env_world().rank  # only rank 0 writes Hydra's files
         return hydra_app("train", [*argv, *distributed.hydra_overrides_for_rank(rank)],
                          train_app)
-    rest, args, cfg = hydra_overrides.checked(argv)
+    rest, args, cfg = checked(argv)
     if cfg is not None and not args.cfg:
         devices = cfg.trainer.get("devices", 1)
         if isinstance(devices, int) and devices > 1:
