@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from segunet.cli import evaluate, export, tune
 from segunet.cli import predict as predict_cli
 from segunet.cli.predict import PredictConfig
 from segunet.config.args import parse, run_command
 from segunet.errors import SegunetError
-from segunet.eval import evaluate
-from segunet.export import command as export
-from segunet.postprocess import tune
 
 
 def test_ctrl_c_is_one_line_and_a_second_one_does_not_cut_the_clean_up(capsys):
@@ -139,7 +137,7 @@ def test_a_bad_argument_is_one_line_naming_the_key_and_what_it_takes(argv, expec
     ],
 )
 def test_help_lists_every_key_with_its_default(command, config, defaults, capsys):
-    assert command.main(["--help"]) == 0
+    assert command.run(["--help"]) == 0
     out = capsys.readouterr().out
     listed = out.split("keys (default):\n")[1].splitlines()
     keys = [line[2:].split(" (")[0] for line in listed if line[2:3].strip()]

@@ -16,11 +16,11 @@ from bioimageio.spec.model import v0_5
 from helpers import TINY, run_in_process, save_tiny_checkpoint
 
 from segunet.checkpoint import load_checkpoint, load_model, save_atomic
+from segunet.cli.export import run as main
 from segunet.data.normalize import normalize_percentile
 from segunet.data.synthetic import synthetic_cells
 from segunet.errors import SegunetError
 from segunet.export.bioimageio import MISSING, Probabilities
-from segunet.export.command import main
 from segunet.infer.predict import predict_tiled
 
 

@@ -9,6 +9,7 @@ from helpers import TINY
 
 from segunet import errors
 from segunet.cli import dispatch as cli
+from segunet.cli import train as train_cli
 from segunet.data.datasets import StepSampler
 from segunet.errors import SegunetError
 from segunet.train import distributed
@@ -97,7 +98,8 @@ def test_launch_command_gives_every_rank_one_run_folder(tmp_path):
         "-m", "segunet.train.distributed", "--standalone", "--nproc_per_node=4", "-m",
     ]
     assert command[6:] == [
-        "segunet.train", "trainer.max_steps=5", f"hydra.run.dir='{tmp_path.resolve()}/a b'",
+        "segunet.cli", "train", "trainer.max_steps=5",
+        f"hydra.run.dir='{tmp_path.resolve()}/a b'",
     ]
     assert distributed.hydra_overrides_for_rank(0) == []
     assert "hydra.output_subdir=null" in distributed.hydra_overrides_for_rank(1)
@@ -178,7 +180,7 @@ class Launcher:
 
 def test_ctrl_c_waits_for_the_ranks_and_exits_like_one_process(capsys):
     launcher = Launcher(KeyboardInterrupt(), KeyboardInterrupt(), 130)
-    assert cli.wait_for_ranks(launcher) == 2
+    assert train_cli.wait_for_ranks(launcher) == 2
     assert launcher.events == []  # waited until torchrun itself ended
     assert capsys.readouterr().err == ""  # rank 0 said where it saved
 
@@ -193,7 +195,7 @@ def test_ctrl_c_waits_for_the_ranks_and_exits_like_one_process(capsys):
     ],
 )
 def test_launcher_status_becomes_0_or_2_with_one_line(capsys, code, status, line):
-    assert cli.wait_for_ranks(Launcher(code)) == status
+    assert train_cli.wait_for_ranks(Launcher(code)) == status
     lines = capsys.readouterr().err.splitlines()
     if line is None:
         assert lines == []
@@ -271,7 +273,7 @@ def test_sigterm_before_training_is_told_by_rank_0_alone(monkeypatch, capsys, ra
     monkeypatch.setattr(trainer.HydraConfig, "get",
                         lambda: SimpleNamespace(runtime=SimpleNamespace(output_dir=".")))
     monkeypatch.setattr("segunet.errors.OTHER_RANKS_REPORT_AFTER_S", 0.0)
-    with pytest.raises(SystemExit) as exit_, trainer.report_errors():
-        trainer._train_job(None)
+    with pytest.raises(SystemExit) as exit_, errors.report_errors():
+        train_cli._train_job(None)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines() == lines

@@ -10,8 +10,9 @@ import torch
 from helpers import blobs, save_tiny_checkpoint
 from scipy import ndimage
 
+from segunet.cli.evaluate import run as main
 from segunet.data.io import read_array, write_array
-from segunet.eval.evaluate import format_table, main
+from segunet.eval.evaluate import format_table
 from segunet.eval.matching import contingency
 from segunet.eval.metrics import (
     DSB_THRESHOLDS,
@@ -456,7 +457,7 @@ def test_the_default_report_goes_next_to_pred_not_into_the_working_folder(
 def predicted(tmp_path_factory):
     """Two images predicted by a tiny checkpoint in each of predict's formats, and their
     ground truth: ``(root, {format: output folder})``."""
-    from segunet.cli.predict import main as predict
+    from segunet.cli.predict import run as predict
 
     root = tmp_path_factory.mktemp("predicted")
     checkpoint = save_tiny_checkpoint(root / "run")

@@ -249,3 +249,26 @@ def test_a_mistyped_group_option_names_the_close_one_without_the_search_path(tmp
         "segunet: error: Could not find 'experiment/quickstat': did you mean "
         f"experiment=quickstart? (experiment has {', '.join(options)})"
     ]
+
+
+def test_the_hydra_flags_read_before_hydra_are_hydras_own():
+    """segunet reads Hydra's flags with a copy of Hydra's private parser: the two agree on
+    every flag, its choices and whether it takes a value."""
+    from hydra._internal.utils import get_args_parser
+
+    from segunet.cli.overrides import hydra_parser
+
+    def flags(parser):
+        return {tuple(a.option_strings): (a.choices, a.nargs, a.const)
+                for a in parser._actions if a.option_strings and a.dest != "version"}
+
+    assert flags(hydra_parser()) == flags(get_args_parser())
+
+
+def test_train_version_is_hydras_said_once(tmp_path):
+    """Reading the flags printed Hydra's version, then Hydra printed it again."""
+    import hydra
+
+    done = run_in_process("train", "--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"Hydra {hydra.__version__}"]

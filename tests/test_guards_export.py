@@ -10,7 +10,7 @@ import pytest
 from helpers import save_tiny_checkpoint
 
 from segunet import pretrained
-from segunet.export import command as export
+from segunet.cli import export
 
 FORMATS = {"onnx": "nuclei.onnx", "torchscript": "nuclei.torchscript.pt",
            "bioimageio": "nuclei.bioimageio.zip"}
@@ -35,17 +35,24 @@ def package_folder():
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_a_shipped_model_exports_into_the_working_folder(tmp_path, monkeypatch, capsys,
-                                                         package_folder, fmt):
-    """It used to be written beside the shipped checkpoint: into segunet's own package."""
+def test_a_shipped_model_exports_only_where_output_says(tmp_path, monkeypatch, capsys,
+                                                        package_folder, fmt):
+    """It used to be written beside the shipped checkpoint: into segunet's own package; then
+    into the working folder, which the user had not named either."""
     before = sorted(p.name for p in package_folder.iterdir())
     monkeypatch.chdir(tmp_path)
-    assert export.main(["model=nuclei", f"format={fmt}", "verify=false"]) == 0
+    assert export.run(["model=nuclei", f"format={fmt}", "verify=false"]) == 2
+    assert error_line(capsys) == (
+        "segunet: error: model nuclei ships with segunet, so its export has no folder of its "
+        f"own: give output=<a file or folder>, e.g. output={FORMATS[fmt]}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert export.run(["model=nuclei", f"format={fmt}", "verify=false", "output=out/"]) == 0
     assert sorted(p.name for p in package_folder.iterdir()) == before
-    written = tmp_path / FORMATS[fmt]
-    assert written.is_file() and str(written) in capsys.readouterr().err
+    assert (tmp_path / "out" / FORMATS[fmt]).is_file()
+    assert f"model to out/{FORMATS[fmt]}" in capsys.readouterr().err
     # Nor when named: segunet's package is no place for an export.
-    assert export.main(["model=nuclei", f"format={fmt}", f"output={package_folder}"]) == 2
+    assert export.run(["model=nuclei", f"format={fmt}", f"output={package_folder}"]) == 2
     assert "segunet's own installed package" in error_line(capsys)
     assert sorted(p.name for p in package_folder.iterdir()) == before
 
@@ -59,7 +66,7 @@ def test_an_output_that_is_the_checkpoint_is_refused(tmp_path, capsys, link):
     if link != "same":
         output = tmp_path / "other.pt"
         (output.symlink_to if link == "symlink" else output.hardlink_to)(ckpt)
-    assert export.main([f"checkpoint={ckpt}", "format=torchscript", f"output={output}",
+    assert export.run([f"checkpoint={ckpt}", "format=torchscript", f"output={output}",
                         "overwrite=true", "verify=false"]) == 2
     assert "is the checkpoint being exported" in error_line(capsys)
     assert ckpt.read_bytes() == original
@@ -83,6 +90,6 @@ def test_an_output_that_is_the_checkpoint_is_refused(tmp_path, capsys, link):
 def test_options_out_of_range_are_one_line_before_exporting(tmp_path, capsys, option,
                                                             expected):
     ckpt = save_tiny_checkpoint(tmp_path)
-    assert export.main([f"checkpoint={ckpt}", "format=onnx", option]) == 2
+    assert export.run([f"checkpoint={ckpt}", "format=onnx", option]) == 2
     assert expected in error_line(capsys)
     assert os.listdir(ckpt.parent) == ["last.pt"]

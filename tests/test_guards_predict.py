@@ -12,7 +12,7 @@ import torch
 import zarr
 from helpers import TINY, error_line, run_cli, run_in_process, save_tiny_checkpoint, unet
 
-from segunet.cli.predict import main
+from segunet.cli.predict import run as main
 from segunet.data.tiling import tile_shapes
 from segunet.infer import inputs
 

@@ -161,7 +161,7 @@ def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
 def test_ctrl_c_while_the_config_is_composed_is_one_line(tmp_path, monkeypatch, sweep):
     """Before ``segunet train`` hands over to Hydra (importing torch, composing and checking
     the config take seconds): no traceback."""
-    from segunet.cli import dispatch as cli
+    from segunet.cli import overrides as cli
 
     compose = cli.check_overrides
 

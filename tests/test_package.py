@@ -149,3 +149,17 @@ def test_the_layer_test_sees_a_backward_arrow(tmp_path):
                       "def f():\n    from segunet.cli import main\n")
     assert "segunet.train.trainer" in module_level_imports(source)
     assert "segunet.cli" not in module_level_imports(source)
+
+
+def test_the_command_line_has_one_main():
+    """One entry point (pyproject's ``segunet = segunet.cli:main``): each command is a
+    ``run(argv)`` of its module in ``segunet.cli``, and no library module is a script but
+    the torchrun launcher that ``segunet train trainer.devices=N`` starts."""
+    src = ROOT / "src"
+    mains = sorted(
+        str(p.relative_to(src)) for p in src.rglob("*.py")
+        for node in ast.parse(p.read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name == "main"
+        or isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+    )
+    assert mains == ["segunet/cli/dispatch.py", "segunet/train/distributed.py"], mains

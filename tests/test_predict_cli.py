@@ -20,7 +20,7 @@ from helpers import error_line, save_tiny_checkpoint, wait_for
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from segunet.cli.predict import main
+from segunet.cli.predict import run as main
 from segunet.data.io import read_pixel_size
 from segunet.data.normalize import image_channels_first, prepare_image
 from segunet.infer.inputs import NormalizedImage, image_for_model

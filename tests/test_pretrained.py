@@ -14,11 +14,11 @@ from helpers import TINY, run_cli, save_tiny_checkpoint
 
 from segunet import pretrained
 from segunet.checkpoint import load_trained
+from segunet.cli import export
 from segunet.cli import predict as predict_cli
 from segunet.data.synthetic import synthetic_cells
 from segunet.errors import SegunetError
 from segunet.eval.metrics import average_precision
-from segunet.export import command as export
 from segunet.train.trainer import build_trainer
 
 
@@ -62,7 +62,7 @@ def test_resume_and_init_from_together_are_refused(tmp_path):
 
 
 def test_unknown_shipped_models_are_one_line(tmp_path, capsys):
-    assert predict_cli.main(["model=cells", f"input={tmp_path}", f"output={tmp_path}"]) == 2
+    assert predict_cli.run(["model=cells", f"input={tmp_path}", f"output={tmp_path}"]) == 2
     assert "model=cells is no model that ships with segunet: use one of nuclei" in (
         capsys.readouterr().err
     )
@@ -86,7 +86,7 @@ def test_predict_model_nuclei_finds_nuclei_out_of_the_box(tmp_path):
     raw = np.clip(image * 255 / image.max(), 0, 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "cells.tif", raw)
     out = tmp_path / "out"
-    assert predict_cli.main(["model=nuclei", f"input={tmp_path / 'cells.tif'}", f"output={out}",
+    assert predict_cli.run(["model=nuclei", f"input={tmp_path / 'cells.tif'}", f"output={out}",
                              "outputs=instances"]) == 0
     found = tifffile.imread(out / "cells_instances.tif")
     assert average_precision(found, truth)[0.5] > 0.5
@@ -96,7 +96,7 @@ def test_export_model_nuclei_gives_a_package_bioimageio_core_passes(tmp_path, ca
     """Its training data is not on the user's machine: the test input is segunet's own
     synthetic nuclei, and bioimage.io's own test runs the package's weights on it."""
     out = tmp_path / "nuclei.bioimageio.zip"
-    assert export.main(["model=nuclei", "format=bioimageio", f"output={out}",
+    assert export.run(["model=nuclei", "format=bioimageio", f"output={out}",
                         "license=CC-BY-4.0"]) == 0, capsys.readouterr().err
     assert bioimageio.core.test_model(out).status == "passed"
     readme = zipfile.ZipFile(out).read("README.md").decode()
@@ -114,13 +114,13 @@ def test_nuclei_classes_have_one_name_in_ome_zarr_bioimageio_and_training(tmp_pa
 
     tifffile.imwrite(tmp_path / "cells.tif", (synthetic_cells((64, 64), seed=1)[0] * 255)
                      .clip(0, 255).astype(np.uint8))
-    assert predict_cli.main(["model=nuclei", f"input={tmp_path / 'cells.tif'}",
+    assert predict_cli.run(["model=nuclei", f"input={tmp_path / 'cells.tif'}",
                              f"output={tmp_path / 'out'}", "format=ome-zarr",
                              "outputs=probabilities"]) == 0, capsys.readouterr().err
     attrs = zarr.open_group(str(tmp_path / "out" / "cells.ome.zarr"), mode="r").attrs.asdict()
     channels = attrs.get("ome", attrs)["omero"]["channels"]
     package = tmp_path / "nuclei.bioimageio.zip"
-    assert export.main(["model=nuclei", "format=bioimageio", f"output={package}",
+    assert export.run(["model=nuclei", "format=bioimageio", f"output={package}",
                         "verify=false"]) == 0, capsys.readouterr().err
     rdf = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
     exported = next(a for a in rdf["outputs"][0]["axes"] if a["type"] == "channel")

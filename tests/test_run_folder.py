@@ -215,7 +215,7 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path):
 def test_a_multi_process_run_into_a_folder_with_a_record_holds_it_back_too(tmp_path,
                                                                            monkeypatch):
     """torchrun's rank 0 would otherwise rewrite the record before the resume is checked."""
-    from segunet.cli import dispatch as cli
+    from segunet.cli import train as cli
 
     folder = tmp_path / "run"
     (folder / ".hydra").mkdir(parents=True)

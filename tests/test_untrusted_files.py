@@ -15,10 +15,10 @@ import torch
 from helpers import TINY, blobs, run_in_process, save_tiny_checkpoint
 from hydra.errors import ConfigCompositionException
 
+from segunet.cli import export
 from segunet.cli import predict as predict_cli
 from segunet.config.compose import check_all_targets
 from segunet.errors import SegunetError
-from segunet.export import command as export
 from segunet.train.trainer import build_trainer
 
 PAYLOAD = "pathlib.Path.touch"
@@ -58,7 +58,7 @@ def test_predict_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
     path, marker = poisoned(tmp_path, where)
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
-    status = predict_cli.main([f"checkpoint={path}", f"input={image}",
+    status = predict_cli.run([f"checkpoint={path}", f"input={image}",
                                f"output={tmp_path / 'out'}"])
     assert status == 2
     assert not marker.exists()
@@ -73,7 +73,7 @@ def test_predict_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
 )
 def test_export_refuses_a_poisoned_checkpoint(tmp_path, capsys, fmt, where, written):
     path, marker = poisoned(tmp_path, where)
-    assert export.main([f"checkpoint={path}", f"format={fmt}"]) == 2
+    assert export.run([f"checkpoint={path}", f"format={fmt}"]) == 2
     assert not marker.exists()
     assert PAYLOAD in error_of(capsys)
     assert not list(tmp_path.glob(written))
@@ -81,10 +81,10 @@ def test_export_refuses_a_poisoned_checkpoint(tmp_path, capsys, fmt, where, writ
 
 @pytest.mark.parametrize("where", ["model", "nested", "data"])
 def test_tune_refuses_a_poisoned_checkpoint(tmp_path, capsys, where):
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     path, marker = poisoned(tmp_path, where)
-    assert tune.main([f"checkpoint={path}"]) == 2
+    assert tune.run([f"checkpoint={path}"]) == 2
     assert not marker.exists()
     assert PAYLOAD in error_of(capsys)
 
@@ -204,16 +204,16 @@ def test_an_interpolation_in_a_stored_config_is_refused_unresolved(
         folder_run, tmp_path, capsys, monkeypatch, command):
     """``${oc.env:...}`` in a received checkpoint was resolved by predict, and the secret
     printed in its error."""
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     monkeypatch.setenv("SEGUNET_TEST_SECRET", SECRET)
     path = received(folder_run, tmp_path, set_key("model.padding", "${oc.env:SEGUNET_TEST_SECRET}"))
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
     main, args = {
-        "predict": (predict_cli.main, [f"input={image}", f"output={tmp_path / 'out'}"]),
-        "export": (export.main, ["format=torchscript"]),
-        "tune": (tune.main, []),
+        "predict": (predict_cli.run, [f"input={image}", f"output={tmp_path / 'out'}"]),
+        "export": (export.run, ["format=torchscript"]),
+        "tune": (tune.run, []),
     }[command]
     assert main([f"checkpoint={path}", *args]) == 2
     line = error_of(capsys)
@@ -236,14 +236,14 @@ def test_tune_refuses_an_interpolated_cache_dir_before_building(folder_run, tmp_
                                                                 monkeypatch):
     """``data.targets.cache_dir=${oc.env:HOME}/...``: tune rebuilt all the training data and
     wrote its weight maps there before it refused."""
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("SEGUNET_TEST_HOME", str(home))
     path = received(folder_run, tmp_path,
                     set_key("data.targets.cache_dir", "${oc.env:SEGUNET_TEST_HOME}/cache"))
-    assert tune.main([f"checkpoint={path}"]) == 2
+    assert tune.run([f"checkpoint={path}"]) == 2
     assert "config.data.targets.cache_dir holds an interpolation" in error_of(capsys)
     assert list(home.iterdir()) == []
 
@@ -251,11 +251,11 @@ def test_tune_refuses_an_interpolated_cache_dir_before_building(folder_run, tmp_
 def test_tune_writes_nothing_into_a_stored_cache_dir(folder_run, tmp_path, capsys):
     """The cache folder a checkpoint names is a folder of the machine that trained it: tune
     rebuilds the data without writing there (it wrote the weight maps of every image)."""
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     elsewhere = tmp_path / "their" / "cache"
     path = received(folder_run, tmp_path, set_key("data.targets.cache_dir", str(elsewhere)))
-    assert tune.main([f"checkpoint={path}"]) == 0, capsys.readouterr().err
+    assert tune.run([f"checkpoint={path}"]) == 0, capsys.readouterr().err
     assert not elsewhere.exists()
     assert torch.load(path, weights_only=True)["postprocess"]["metric"] == "ap"
 
@@ -263,18 +263,18 @@ def test_tune_writes_nothing_into_a_stored_cache_dir(folder_run, tmp_path, capsy
 def test_moved_training_data_names_the_option_of_each_command(folder_run, tmp_path, capsys):
     """tune and export said "set data.path", which neither takes; export's test_image= hint
     was lost. tune takes data_path=, export test_image=."""
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     data = Path(torch.load(folder_run, weights_only=True)["config"]["data"]["path"])
     path = received(folder_run, tmp_path, set_key("data.path", str(tmp_path / "gone")))
-    assert tune.main([f"checkpoint={path}"]) == 2
+    assert tune.run([f"checkpoint={path}"]) == 2
     line = error_of(capsys)
     assert "pass data_path=<where the training data is now>" in line
     assert "data.path (now" not in line
-    assert export.main([f"checkpoint={path}", "format=bioimageio"]) == 2
+    assert export.run([f"checkpoint={path}", "format=bioimageio"]) == 2
     assert "no test image without it: pass test_image=<an image like the training data>" in (
         error_of(capsys))
-    assert tune.main([f"checkpoint={path}", f"data_path={data}"]) == 0, capsys.readouterr().err
+    assert tune.run([f"checkpoint={path}", f"data_path={data}"]) == 0, capsys.readouterr().err
     assert torch.load(path, weights_only=True)["postprocess"]["metric"] == "ap"
 
 
@@ -330,7 +330,7 @@ def test_entries_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_pa
     tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
     path = received(folder_run, tmp_path, edit)
     out = tmp_path / "out"
-    assert predict_cli.main([f"checkpoint={path}", f"input={image}", f"output={out}"]) == 2
+    assert predict_cli.run([f"checkpoint={path}", f"input={image}", f"output={out}"]) == 2
     assert expected in error_of(capsys)
     assert not out.exists()
 
@@ -348,29 +348,29 @@ def test_entries_a_checkpoint_cannot_hold_are_refused_on_load(folder_run, tmp_pa
 )
 def test_tuned_settings_out_of_range_are_refused_and_tune_replaces_them(
         folder_run, tmp_path, capsys, settings, expected):
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
     path = received(folder_run, tmp_path, lambda ckpt: ckpt.update(
         postprocess={"settings": settings, "metric": "ap", "target": "foreground"}))
     args = [f"checkpoint={path}", f"input={image}", f"output={tmp_path / 'out'}"]
-    assert predict_cli.main(args) == 2
+    assert predict_cli.run(args) == 2
     line = error_of(capsys)
     assert expected in line and f"segunet tune checkpoint={path} searches it again" in line
     assert not (tmp_path / "out").exists()
-    assert tune.main([f"checkpoint={path}"]) == 0, capsys.readouterr().err
-    assert predict_cli.main(args) == 0, capsys.readouterr().err
+    assert tune.run([f"checkpoint={path}"]) == 0, capsys.readouterr().err
+    assert predict_cli.run(args) == 0, capsys.readouterr().err
 
 
 def test_tune_never_rewrites_a_shipped_model(tmp_path, capsys):
     """With data_path= its training data can be found anywhere; the file stays as shipped."""
     from segunet import pretrained
-    from segunet.postprocess import tune
+    from segunet.cli import tune
 
     shipped = pretrained.path_of("nuclei")
     before = shipped.read_bytes()
-    assert tune.main([f"checkpoint={shipped}", f"data_path={tmp_path}"]) == 2
+    assert tune.run([f"checkpoint={shipped}", f"data_path={tmp_path}"]) == 2
     assert "ships with segunet and is not rewritten" in error_of(capsys)
     assert shipped.read_bytes() == before
 
@@ -392,7 +392,7 @@ def test_a_bioimageio_package_of_a_damaged_run_folder(folder_run, tmp_path, caps
     image = tmp_path / "in.tif"
     tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
     out = tmp_path / "package.zip"
-    assert export.main([f"checkpoint={path}", "format=bioimageio", f"test_image={image}",
+    assert export.run([f"checkpoint={path}", "format=bioimageio", f"test_image={image}",
                         "verify=false", f"output={out}"]) == 0, capsys.readouterr().err
     readme = zipfile.ZipFile(out).read("README.md").decode()
     if damage == "metrics":

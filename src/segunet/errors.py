@@ -186,16 +186,21 @@ def unknown_key(key: str, known: Sequence[str], node: str = "") -> str:
 
 def _leaf_keys(node: Any) -> list[str]:
     """The keys of a config node, nested ones dotted (``targets.w0``), ``_target_`` and the
-    like left out."""
-    from omegaconf import DictConfig
+    like left out. Read from its plain, unresolved copy: OmegaConf has no public way to get a
+    child node without resolving it."""
+    from omegaconf import DictConfig, OmegaConf
 
+    return _dict_keys(OmegaConf.to_container(node, resolve=False)) if isinstance(
+        node, DictConfig) else []
+
+
+def _dict_keys(values: dict) -> list[str]:
     keys = []
-    for k in node.keys() if isinstance(node, DictConfig) else ():
-        child = node._get_node(k)
+    for k, child in values.items():
         if str(k).startswith("_"):
             continue
-        if isinstance(child, DictConfig) and not child._is_none():
-            keys += [f"{k}.{sub}" for sub in _leaf_keys(child)]
+        if isinstance(child, dict):
+            keys += [f"{k}.{sub}" for sub in _dict_keys(child)]
         else:
             keys.append(str(k))
     return keys

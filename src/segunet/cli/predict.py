@@ -1,4 +1,4 @@
-"""``segunet predict``: its arguments (:class:`PredictConfig`), usage and ``main()``; the run
+"""``segunet predict``: its arguments (:class:`PredictConfig`), usage and ``run()``; the run
 itself is :mod:`segunet.infer.run`, which takes what the arguments say as a
 :class:`~segunet.infer.run.Batch` and :class:`~segunet.infer.run.Settings`."""
 
@@ -121,9 +121,9 @@ class PredictConfig:
                         pixel_size, self.instances)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str]) -> int:
     """``segunet predict key=value ...``; returns the exit status (2 on an error)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv)
 
     def body() -> None:
         options = parse(PredictConfig, argv, "predict")
@@ -135,6 +135,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return run_command(body, usage(PredictConfig, USAGE), argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

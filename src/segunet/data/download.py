@@ -1,9 +1,9 @@
-"""``segunet data download <name>``: fetch a public dataset into ``data/<name>``, ready for its
-preset (``data=<name>``).
+"""Fetch a public dataset into ``<dest>/<name>``, ready for its preset (``data=<name>``; the
+command is ``segunet data download name=<name>``, :mod:`segunet.cli.data`).
 
 Files are downloaded to a temporary folder beside the destination, checked against the
 size and SHA-256 pinned for them (a file without a pinned SHA-256 is refused unless the user
-gives one with ``--sha256``), converted to the layout the preset reads, and only then renamed
+gives one with ``sha256=FILE=HEX``), converted to the layout the preset reads, and only then renamed
 into place: a crash or an interrupted download never leaves a half-written dataset behind, and
 the temps of a killed one are removed by the next download into that folder. From an archive
 only the members the conversion reads are unpacked, within :data:`MAX_UNPACKED` bytes.
@@ -11,12 +11,10 @@ only the members the conversion reads are unpacked, within :data:`MAX_UNPACKED` 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,7 +22,6 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
 
 import numpy as np
 
@@ -43,7 +40,7 @@ MAX_UNPACKED = 1 << 30
 class Remote:
     """One file to fetch, with what the file must be: ``size`` in bytes (None: unknown, the
     server's Content-Length is checked instead) and ``sha256`` (hex; None: not established,
-    and the download is refused unless the user pins it with ``--sha256``)."""
+    and the download is refused unless the user pins it with ``sha256=FILE=HEX``)."""
 
     url: str
     filename: str
@@ -76,7 +73,7 @@ def convert_lucchi(downloads: Path, out: Path) -> None:
     if image.shape != labels.shape:
         raise SegunetError(
             f"downloaded Lucchi volume {image.shape} and labels {labels.shape} differ in shape: "
-            "run the download again with --force"
+            "run the download again with force=true"
         )
     out.mkdir(parents=True)
     write_array(out / "train-volume.tif", image)
@@ -172,7 +169,7 @@ def convert_dsb2018(downloads: Path, out: Path) -> None:
 
 REGISTRY: dict[str, Dataset] = {
     # EPFL publishes no size or checksum for these files and none could be established
-    # here: the download is refused until the user pins them (--sha256 FILE=HEX).
+    # here: the download is refused until the user pins them (sha256=FILE=HEX).
     "lucchi": Dataset(
         name="lucchi",
         files=(
@@ -242,21 +239,21 @@ def fetch(url: str, target: Path, size: int | None = None, progress: bool = True
         gave = f"more than {expected}" if got > expected else str(got)
         raise SegunetError(
             f"download of {url} gave {gave} bytes, expected {expected}: run it again "
-            "(with --force if the folder exists); if it persists the server sends another file"
+            "(with force=true if the folder exists); if it persists the server sends another file"
         )
     return digest.hexdigest()
 
 
 def check_sha256(name: str, remote: Remote, digest: str, pins: dict[str, str]) -> None:
     """One-line SegunetError unless ``digest`` is the SHA-256 pinned for ``remote`` (the
-    user's ``--sha256`` pin first, then the registry's); a file without a pin is refused,
+    user's ``sha256=`` pin first, then the registry's); a file without a pin is refused,
     never taken on trust."""
     expected = pins.get(remote.filename, remote.sha256)
     if expected is None:
         raise SegunetError(
             f"{name}: no SHA-256 is pinned for {remote.filename} ({remote.url}), so what the "
             f"server sent cannot be checked: it has SHA-256 {digest}; if a source you trust "
-            f"confirms that, rerun with --sha256 {remote.filename}={digest}"
+            f"confirms that, rerun with sha256={remote.filename}={digest}"
         )
     if digest != expected.lower():
         raise SegunetError(
@@ -274,17 +271,17 @@ def parse_pins(pins: Sequence[str], spec: Dataset) -> dict[str, str]:
         file, _, digest = pin.partition("=")
         if file not in names:
             raise SegunetError(
-                f"--sha256 {pin}: {spec.name} has no file {file!r}; give one of "
+                f"sha256={pin}: {spec.name} has no file {file!r}; give one of "
                 f"{', '.join(names) or 'none'} as FILE=<64 hex digits>"
             )
         if re.fullmatch(r"[0-9a-fA-F]{64}", digest) is None:
-            raise SegunetError(f"--sha256 {pin}: a SHA-256 is 64 hex digits, as FILE=<hex>")
+            raise SegunetError(f"sha256={pin}: a SHA-256 is 64 hex digits, as FILE=<hex>")
         parsed[file] = digest.lower()
     return parsed
 
 
 def download(
-    name: str, dest: str | os.PathLike = "data", force: bool = False, progress: bool = True,
+    name: str, dest: str | os.PathLike, force: bool = False, progress: bool = True,
     sha256: Sequence[str] = (),
 ) -> Path:
     """Fetch dataset ``name`` into ``dest/name`` atomically; returns that folder.
@@ -302,8 +299,8 @@ def download(
     pins = parse_pins(sha256, spec)
     target = dest / name
     if target.exists() and not force:
-        raise SegunetError(f"{target} already exists: pass --force to replace it")
-    output_folder(dest, f"--dest {dest}")  # a file, or not writable: one line, before fetching
+        raise SegunetError(f"{target} already exists: pass force=true to replace it")
+    output_folder(dest, f"dest={dest}")  # a file, or not writable: one line, before fetching
     remove_stale_temps(dest)  # what killed downloads left
     # Beside the destination, so the final rename stays on one file system; named as
     # segunet.atomic names temps, so the next download can remove it if this one is killed.
@@ -322,58 +319,10 @@ def download(
             raise SegunetError(
                 f"cannot convert the downloaded {name}: {short_message(e)}; run it again"
             ) from e
-        if target.exists():  # --force: swap, so the old copy goes only once the new is in
+        if target.exists():  # force: swap, so the old copy goes only once the new is in
             old = work / "old"
             os.replace(target, old)
         os.replace(out, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are segunet's one line (exit status 2), not usage + message."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"segunet: error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
-        sys.exit(2)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``segunet data download <name> [--dest DIR] [--force] [--sha256 FILE=HEX ...]``
-    (``argv``: the words after ``data``). Returns the exit status; errors are one line on
-    stderr."""
-    parser = _Parser(prog="segunet data", description="Get public datasets.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    get = commands.add_parser(
-        "download", help="download a dataset into DEST/<name>",
-        description="datasets: " + ", ".join(
-            f"{n} ({d.cite})" for n, d in sorted(REGISTRY.items())
-        ),
-    )
-    get.add_argument("name", choices=sorted(REGISTRY))
-    get.add_argument("--dest", default="data", help="parent folder (default: data)")
-    get.add_argument("--force", action="store_true", help="replace an existing copy")
-    get.add_argument(
-        "--sha256", action="append", default=[], metavar="FILE=HEX",
-        help="the SHA-256 a file must have, from a source you trust: for a file segunet "
-             "pins none for (or to replace its pin); repeat per file")
-    args = parser.parse_args(argv)
-    try:
-        target = download(args.name, args.dest, args.force, sha256=args.sha256)
-    except KeyboardInterrupt:  # the temp folder is gone already: say so, no traceback
-        print("segunet: error: interrupted: the partial download was removed and nothing was "
-              "kept; run the same command again", file=sys.stderr)
-        return 2
-    except SegunetError as e:
-        print(f"segunet: error: {e}", file=sys.stderr)
-        return 2
-    root = target / REGISTRY[args.name].root
-    default = Path("data") / args.name / REGISTRY[args.name].root
-    print(f"{args.name} is in {target}; train with: segunet train data={args.name}"
-          + (f" data.path={root}" if root != default else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""``segunet weightmaps data=<dataset>``: compute a dataset's border weight maps into the cache.
+"""Compute a dataset's border weight maps into the cache (``segunet weightmaps data=<dataset>``,
+:mod:`segunet.cli.weightmaps`).
 
 Building the data IS the precompute: every data source computes its weight maps through
 :func:`segunet.data.weightmaps_cache.border_weight_maps` with its ``data.targets.cache_dir``
@@ -11,25 +12,15 @@ cache counter saw. Training later finds every map in the cache. Examples::
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from segunet import interrupts
-from segunet.config.compose import checked, config_dir, instantiate_group
+from segunet.config.compose import checked, instantiate_group
 from segunet.data import weightmaps_cache
-from segunet.errors import SegunetError, report_errors
-
-# This command writes no run folder, no .hydra/ and no log file: it only fills the cache.
-QUIET = {
-    "hydra.run.dir": ".",
-    "hydra.output_subdir": "null",
-    "hydra/job_logging": "stdout",
-    "hydra.job.name": "weightmaps",
-}
+from segunet.errors import SegunetError
 
 
 def precompute(cfg: DictConfig) -> weightmaps_cache.CacheStats:
@@ -79,20 +70,3 @@ def _interrupted(
                 "data.targets.cache_dir to keep finished maps")
     return (f"{finished}; the computed ones are cached in {_shown(cache_dir)}: rerun the same "
             "command to resume (cached maps are reused)")
-
-
-def _app(cfg: DictConfig) -> None:
-    with report_errors(), interrupts.interruptible():
-        precompute(cfg)
-
-
-def main() -> None:
-    """Entry point of ``segunet weightmaps``: Hydra reads the overrides from ``sys.argv``."""
-    given = {arg.split("=", 1)[0].removeprefix("+").removeprefix("override ")
-             for arg in sys.argv[1:]}
-    sys.argv += [f"{key}={value}" for key, value in QUIET.items() if key not in given]
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(_app)()
-
-
-if __name__ == "__main__":
-    main()

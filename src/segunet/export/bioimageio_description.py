@@ -56,7 +56,7 @@ CITE = {
 @dataclasses.dataclass(frozen=True)
 class PackageInfo:
     """What a package needs beyond the checkpoint (see
-    :class:`segunet.export.command.ExportConfig`)."""
+    :class:`segunet.cli.export.ExportConfig`)."""
 
     test_image: str | None = None
     authors: Sequence[str] = ()

@@ -2,6 +2,7 @@
 or as a bioimage.io model package of both (:mod:`segunet.export.bioimageio`).
 
 ``segunet export checkpoint=<ckpt or run folder> format=onnx|torchscript|bioimageio [output=...]``
+(:mod:`segunet.cli.export`).
 
 The file is traced with dynamic batch and spatial axes and stores the valid-size rule and
 the normalisation in its metadata (:mod:`segunet.export.traced`). Verification runs the exported
@@ -11,8 +12,6 @@ caught.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +21,12 @@ import torch
 
 from segunet.atomic import write_atomic
 from segunet.checkpoint import load_model, resolve_checkpoint
-from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.data.io import output_folder, refuse_existing
 from segunet.errors import SegunetError
 from segunet.export.bioimageio import export_package
 from segunet.export.bioimageio_description import PackageInfo
 from segunet.export.traced import exported_bytes, metadata, verify_export
-from segunet.pretrained import checkpoint_or_model, shipped
+from segunet.pretrained import shipped
 
 Format = Literal["onnx", "torchscript", "bioimageio"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "bioimageio": ".bioimageio.zip"}
@@ -45,77 +43,6 @@ def max_opset() -> int:
     except ImportError:
         return 17
     return int(getattr(_constants, "ONNX_MAX_OPSET", 17))
-
-
-USAGE = """usage: segunet export checkpoint=<file or run folder> | model=nuclei
-                      [format=onnx|torchscript|bioimageio] [output=<file or folder>]
-                      [key=value ...]
-
-Exports the trained model (rebuilt from the config stored in the checkpoint) with dynamic
-batch and spatial axes, then checks the exported file against PyTorch (max abs diff
-< atol). format=bioimageio writes a bioimage.io model package (a .zip: TorchScript and ONNX
-weights, test tensors, cover, README) built and validated by bioimageio.spec and, with
-verify=true, tested by bioimageio.core (pip install 'segunet[bioimageio]'). An output that is
-an existing folder, or ends in /, gets the default file name inside it. An existing file is
-kept unless overwrite=true, as in segunet predict.
-"""
-
-
-@dataclasses.dataclass
-class ExportConfig:
-    """The arguments of ``segunet export`` (see :func:`export_model`)."""
-
-    checkpoint: str | None = option(
-        None, "a checkpoint file, or a run folder (its last.pt); or give model=")
-    model: str | None = option(
-        None, "a model that ships with segunet instead of a checkpoint: nuclei")
-    format: Format = option(
-        "onnx", "onnx needs onnx (and onnxruntime to verify); bioimageio needs "
-        "segunet[bioimageio]")
-    output: str | None = option(
-        None, "the file, or a folder for the default name; null: beside the checkpoint, "
-        "<name>.onnx, <name>.torchscript.pt or <name>.bioimageio.zip (last.onnx for "
-        "checkpoints/last.pt; for model=: in the working folder); a bioimageio package is a "
-        ".zip file")
-    overwrite: bool = option(False, "replace an existing output file")
-    input_shape: list[int] | None = option(
-        None, "spatial size of the example traced and verified, e.g. 64,64; rounded up to a "
-        "valid size; null: the smallest valid size of at least 64 per axis (bioimageio: the "
-        "size of the test input cut from test_image; null: the largest valid size of at "
-        "most 256 per axis, 64 in 3D, that the image holds)")
-    opset: int = option(17, "the ONNX opset")
-    verify: bool = option(
-        True, "run the export against PyTorch before it is written (bioimageio: and test the "
-        "package with bioimageio.core)")
-    atol: float = option(1e-4, "the largest absolute difference verification accepts")
-    test_image: str | None = option(
-        None, "bioimageio: an image like the training data, for the package's test input "
-        "and cover; null: the first validation image of the training data (rebuilt from "
-        "the checkpoint's config, so that data must be where training found it)")
-    authors: list[str] = option([], "bioimageio: the authors' names")
-    license: str | None = option(
-        None, "bioimageio: an SPDX licence id of the weights, e.g. CC-BY-4.0 or MIT")
-    tags: list[str] = option(
-        [], "bioimageio: tags beyond the derived ones, e.g. fluorescence-light-microscopy,nuclei")
-
-    def __post_init__(self) -> None:
-        shape = self.input_shape
-        check_range("input_shape", shape, not shape or min(shape) >= 1,
-                    "positive sizes, e.g. 64,64")
-        # The example is only traced and checked (the axes stay dynamic): no need for more.
-        check_range("input_shape", shape, not shape or math.prod(shape) <= MAX_EXAMPLE,
-                    f"at most {MAX_EXAMPLE} pixels in all, e.g. 2048,2048 or 160,160,160 "
-                    "(the exported model takes any valid size)")
-        check_range("atol", self.atol, math.isfinite(self.atol) and self.atol > 0,
-                    "a positive number, e.g. 1e-4")
-        if self.format != "torchscript":
-            top = max_opset()
-            check_range("opset", self.opset, MIN_OPSET <= self.opset <= top,
-                        f"an ONNX opset from {MIN_OPSET} (dynamic slicing) to {top} (this torch's "
-                        "newest)")
-        given = [k for k in ("test_image", "authors", "license", "tags") if getattr(self, k)]
-        if given and self.format != "bioimageio":
-            raise SegunetError(f"{given[0]}= is for format=bioimageio, not format={self.format}")
 
 
 def export_model(
@@ -137,7 +64,7 @@ def export_model(
             ``"torchscript"`` or ``"bioimageio"`` (a model package of both, see
             :func:`segunet.export.bioimageio.export_package`).
         output: target file, or a folder to write the default name into; default beside
-            the checkpoint, named after it (a shipped model's: in the working folder).
+            the checkpoint, named after it (a shipped model has no default: give one).
         input_shape: spatial size of the example input traced and verified; rounded up to a
             valid size. Default: the smallest valid size of at least 64 per axis.
         opset: ONNX opset.
@@ -179,11 +106,17 @@ def export_target(
 ) -> Path:
     """The file to write, checked before the (slow) export: ``output``, or the default name
     inside ``output`` when it is a folder (existing, or ending in /: a bioimage.io package
-    too, whatever the folder's name), or beside ``checkpoint`` without ``output``."""
+    too, whatever the folder's name), or beside ``checkpoint`` without ``output`` (a shipped
+    one: a SegunetError that asks for ``output``)."""
     name = checkpoint.stem + SUFFIX[format]
+    if output is None and shipped(checkpoint):
+        # Its folder is segunet's installed package, and the working folder is not the
+        # user's to write into unasked: the place must be named.
+        raise SegunetError(f"model {checkpoint.stem} ships with segunet, so its export has no "
+                           f"folder of its own: give output=<a file or folder>, e.g. "
+                           f"output={name}")
     if output is None:
-        # A shipped model's folder is segunet's installed package: never written into.
-        target = Path.cwd() / name if shipped(checkpoint) else checkpoint.with_name(name)
+        target = checkpoint.with_name(name)
     else:
         text = os.fspath(output)
         target = Path(text)
@@ -205,26 +138,3 @@ def export_target(
     output_folder(target.parent, key)
     refuse_existing(target, overwrite)
     return target
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``segunet export key=value ...``; returns the exit status (2 on a bad argument)."""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def body() -> None:
-        args = parse(ExportConfig, argv, "export")
-        package = PackageInfo(args.test_image, args.authors, args.license, args.tags)
-        path = export_model(
-            checkpoint_or_model(args.checkpoint, args.model), format=args.format,
-            output=args.output or None,
-            input_shape=args.input_shape, opset=args.opset, verify=args.verify,
-            atol=args.atol, overwrite=args.overwrite, package=package,
-        )
-        print(f"segunet: exported {args.format} model to {path}", file=sys.stderr)
-
-    return run_command(body, usage(ExportConfig, USAGE), argv)

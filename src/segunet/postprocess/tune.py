@@ -1,6 +1,6 @@
 """Choosing the post-processing on the validation images: at the end of training, and by
-``segunet tune checkpoint=<run or .pt> [tta=true] [device=auto]`` for a checkpoint trained
-before (or with other settings).
+``segunet tune checkpoint=<run or .pt> [tta=true] [device=auto]`` (:mod:`segunet.cli.tune`) for
+a checkpoint trained before (or with other settings).
 
 The validation images are predicted once (and once more under test-time augmentation when
 ``tta`` is searched), every setting of :data:`segunet.postprocess.decoding.GRIDS` is scored by the
@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import MISSING
 from tqdm import tqdm
 
-from segunet.config.args import option, parse, run_command, usage
 from segunet.data.datasets import SegmentationData, Volume
 from segunet.eval.metrics import TaskScorer, metric_key
 from segunet.postprocess.decoding import GRIDS, PostProcess, decode, format_table, search
@@ -111,31 +109,6 @@ def report(result: Mapping[str, Any]) -> str:
     return format_table(result["table"], result["metric"])
 
 
-# --- the command ---------------------------------------------------------------------------
-
-USAGE = """usage: segunet tune checkpoint=<file or run folder> [tta=false] [device=auto]
-                    [data_path=<the training data, if it moved>]
-
-Searches the post-processing (probability threshold, minimum object size, watershed seeds,
-gap growth; with tta=true also test-time augmentation) on the validation images of the
-checkpoint's own training data for the best value of its data.metric, prints the table and
-writes the best settings into the checkpoint, where `segunet predict` uses them by default.
-"""
-
-
-@dataclass
-class TuneCommandConfig:
-    """The arguments of ``segunet tune`` (see :func:`tune_checkpoint`)."""
-
-    checkpoint: str = option(MISSING, "a checkpoint file, or a run folder (its best.pt, else "
-                             "last.pt)")
-    tta: bool = option(False, "also search with test-time augmentation")
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
-    data_path: str | None = option(
-        None, "where the training data is now, if it moved since training; null: the "
-        "checkpoint's data.path")
-
-
 def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "auto",
                     progress: bool = True, data_path: str | None = None,
                     ) -> tuple[Path, dict[str, Any]]:
@@ -175,17 +148,3 @@ def tune_checkpoint(checkpoint: str | Path, tta: bool = False, device: str = "au
     ckpt["postprocess"] = result
     save_atomic(ckpt, file)
     return file, result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``segunet tune key=value ...``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def body() -> None:
-        args = parse(TuneCommandConfig, argv, "tune")
-        file, result = tune_checkpoint(args.checkpoint, args.tta, args.device,
-                                       data_path=args.data_path)
-        print(report(result), file=sys.stderr)
-        print(f"segunet: {describe_tuned(result)}; written into {file}", file=sys.stderr)
-
-    return run_command(body, usage(TuneCommandConfig, USAGE), argv)

@@ -1,6 +1,6 @@
 """Data-parallel training across processes (DDP), launched by ``torchrun``.
 
-``torchrun --nproc_per_node=N -m segunet.train ...`` (or ``segunet train trainer.devices=N``,
+``torchrun --nproc_per_node=N -m segunet.cli train ...`` (or ``segunet train trainer.devices=N``,
 which runs that command) starts one process per device and tells each its place through the
 environment: ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``. This
 module reads those, joins the process group (NCCL on CUDA, gloo on the CPU) and offers the few
@@ -134,8 +134,9 @@ def launched_by_torchrun() -> bool:
 
 
 def hydra_overrides_for_rank(rank: int) -> list[str]:
-    """Extra Hydra overrides for a process: ranks above 0 write no ``.hydra/`` folder and no
-    log file into the shared run folder (rank 0 writes them once)."""
+    """Extra Hydra overrides for a process, which ``segunet train`` adds under torchrun: ranks
+    above 0 write no ``.hydra/`` folder and no log file into the shared run folder (rank 0
+    writes them once)."""
     return [] if rank == 0 else ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
@@ -145,7 +146,7 @@ def launch_command(nproc: int, overrides: list[str], run_dir: str | Path) -> lis
     ``--standalone`` finds a free port on this machine."""
     return [
         sys.executable, "-m", "segunet.train.distributed", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "segunet.train",
+        f"--nproc_per_node={nproc}", "-m", "segunet.cli", "train",
         *[o for o in overrides if not o.startswith("hydra.run.dir=")],
         f"hydra.run.dir={_quoted(str(Path(run_dir).resolve()))}",
     ]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -46,7 +45,6 @@ from segunet.checkpoint import (
 from segunet.config.compose import (
     check_all_targets,
     check_config,
-    config_dir,
     instantiate_group,
     upgrade,
 )
@@ -61,7 +59,7 @@ from segunet.data.datasets import (
     to_tensors,
 )
 from segunet.data.tiling import tile_within
-from segunet.errors import SegunetError, first_line, report_errors
+from segunet.errors import SegunetError, first_line
 from segunet.eval.metrics import OverlapCounter, TaskScorer, metric_key
 from segunet.infer.predict import predict_tiled
 from segunet.models.device import resolve_device
@@ -987,95 +985,3 @@ def _shared_run_dir(run_dir: Path, world: distributed.World) -> Path:
     if shared != run_dir.resolve() and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
     return shared
-
-
-#: This process's ``-m`` sweep: how many jobs ran, and (number, run folder, one-line reason)
-#: of each that failed.
-_sweep: dict[str, Any] = {"jobs": 0, "failed": []}
-
-
-def main() -> None:
-    """``segunet train``: the Hydra app, reading its overrides from ``sys.argv``. A ``-m``
-    sweep runs every job, then lists the failed ones and exits with status 2."""
-    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-    _sweep.update(jobs=0, failed=[])
-    try:
-        app(_train)()
-    finally:
-        _report_sweep()
-
-
-def _train(cfg: DictConfig) -> float:
-    from hydra.types import RunMode
-
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        return _sweep_job(cfg)
-    with report_errors():
-        return _train_job(cfg)
-
-
-def _train_job(cfg: DictConfig) -> float:
-    try:
-        with interrupts.sigterm_interrupts():
-            final = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except KeyboardInterrupt as e:  # fit() handles its own: this is before training
-        terminated = isinstance(e, interrupts.Terminated)
-        if terminated and distributed.env_world().rank > 0:
-            # torchrun stops the other ranks once one fails, and a cluster's SIGTERM reaches
-            # rank 0 as well: rank 0 says why, once.
-            sys.exit(2)
-        what = "terminated (SIGTERM)" if terminated else "interrupted"
-        raise SegunetError(f"{what} before training started; no checkpoint was saved") from None
-    return final.get("val/dice", float("nan"))
-
-
-def _sweep_job(cfg: DictConfig) -> float:
-    """One job of a ``-m`` sweep. Hydra's launcher runs the jobs in this process, and one
-    that raised would end the sweep: a failure is said in one line and recorded, and the
-    next job runs. Ctrl-C or SIGTERM ends the sweep."""
-    import traceback
-
-    from segunet.errors import expected_errors, one_line, short_message
-
-    _sweep["jobs"] += 1
-    try:
-        return _train_job(cfg)
-    except Exception as e:  # noqa: BLE001 (every job runs; the list at the end says which failed)
-        if _interrupted(e):
-            with report_errors():
-                raise
-        expected = isinstance(e, expected_errors())
-        if not expected:
-            traceback.print_exc()  # a bug: its traceback, then the next job
-        reason = one_line(e) if expected else short_message(e)
-        job = HydraConfig.get()
-        print(f"segunet: error: sweep job #{job.job.num}: {reason}", file=sys.stderr)
-        _sweep["failed"].append((job.job.num, job.runtime.output_dir, reason))
-        return float("nan")
-
-
-def _interrupted(e: BaseException) -> bool:
-    """Whether ``e`` stands for Ctrl-C or SIGTERM (raised while handling one)."""
-    seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _report_sweep() -> None:
-    """After a sweep: each failed job in one line, then how many, and exit status 2."""
-    failed = _sweep["failed"]
-    if not failed:
-        return
-    for num, folder, reason in failed:
-        print(f"segunet: error: sweep job #{num} ({folder}) failed: {reason}", file=sys.stderr)
-    others = "; the others ran to the end" if len(failed) < _sweep["jobs"] else ""
-    print(
-        f"segunet: error: {len(failed)} of {_sweep['jobs']} sweep jobs failed (listed above)"
-        f"{others}",
-        file=sys.stderr,
-    )
-    sys.exit(2)
-
