@@ -389,7 +389,7 @@ def test_compiled_training_equals_eager_and_saves_clean_keys(
     ],
 )
 def test_compile_auto_is_on_for_cuda_only(value, device, expected):
-    from segunet.train.trainer import resolve_compile
+    from segunet.train.settings import resolve_compile
 
     assert resolve_compile(value, torch.device(device)) is expected
 
