@@ -155,7 +155,7 @@ class Checkpoints:
             lr = self.optimizer.param_groups[0]["lr"]
             print(
                 f"segunet: resuming at step {self.step} with changed settings: "
-                f"{resume.describe(changes)}; they apply from here on (lr now {lr:.3g})",
+                f"{resume.describe_changes(changes)}; they apply from here on (lr now {lr:.3g})",
                 file=sys.stderr,
             )
         ranks = ckpt.get("rng_ranks") or []
