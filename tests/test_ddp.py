@@ -65,6 +65,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     assert exit_.value.code == 0, stderr[-3000:]
     assert "launching 2 processes" in stderr
     assert stderr.count("segunet: done at step 3") == 1  # rank 0 alone reports
+    log = (run_dir / "train.log").read_text()  # rank 0 alone writes it
+    assert log.count("segunet: training ") == log.count("segunet: done at step 3") == 1, log
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng_ranks"]) == 2

@@ -118,6 +118,30 @@ def test_cli_trains_and_multiruns(tmp_path):
     assert "tensorboard --logdir" in done.stderr
 
 
+def test_train_log_holds_the_console_lines_without_the_bar(tmp_path):
+    """``train.log`` in the run folder: the lines the console showed (start, done), and the
+    scalars its progress bar showed, one line per logging window and validation; no bar."""
+    done = run_in_process("train", *TINY, "trainer.max_steps=2", "trainer.val_every=2",
+                          "logging.progress=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train: 100%|" in done.stderr  # the bar was on the console
+    log = (tmp_path / "run" / "train.log").read_text()
+    shown = [line for line in done.stderr.splitlines() if line.startswith("segunet: ")]
+    assert [line for line in shown if line in log] == shown and len(shown) == 2, shown
+    assert "segunet: done at step 2: val dice " in log
+    assert "segunet: step 2/2: val/loss " in log and "segunet: step 2/2: train/loss " in log
+    assert "\r" not in log and "%|" not in log
+
+
+def test_train_log_holds_the_error_line(tmp_path):
+    done = run_in_process("train", "data=folder", f"data.path={tmp_path / 'none'}",
+                          "trainer.device=cpu", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 2
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("segunet: error: data folder ")
+    assert error in (tmp_path / "run" / "train.log").read_text()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

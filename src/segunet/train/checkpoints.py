@@ -5,7 +5,6 @@ divergence check that stops a run before anything of it is saved."""
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from segunet.checkpoint import (
     set_rng_state,
 )
 from segunet.config.compose import upgrade
-from segunet.errors import SegunetError
+from segunet.errors import SegunetError, say
 from segunet.train import resume
 from segunet.train.settings import step_seed
 
@@ -153,10 +152,9 @@ class Checkpoints:
         ]
         if changes and self.world.main:
             lr = self.optimizer.param_groups[0]["lr"]
-            print(
+            say(
                 f"segunet: resuming at step {self.step} with changed settings: "
-                f"{resume.describe_changes(changes)}; they apply from here on (lr now {lr:.3g})",
-                file=sys.stderr,
+                f"{resume.describe_changes(changes)}; they apply from here on (lr now {lr:.3g})"
             )
         ranks = ckpt.get("rng_ranks") or []
         if self.world.rank == 0 or len(ranks) == self.world.size:

@@ -40,7 +40,7 @@ from segunet.config.compose import (
 )
 from segunet.data.augment import AugmentConfig, Augmenter
 from segunet.data.datasets import PatchDataset, SegmentationData, StepSampler, crop_to_output
-from segunet.errors import SegunetError, report_errors
+from segunet.errors import SegunetError, console, report_errors, say
 from segunet.eval.metrics import metric_key
 from segunet.models.device import resolve_device
 from segunet.postprocess.decoding import PostProcess
@@ -48,7 +48,7 @@ from segunet.postprocess.tune import TuneConfig, describe, tunable
 from segunet.train import distributed, run_folder
 from segunet.train.checkpoints import MAX_SKIPPED_STEPS, Checkpoints, Divergence
 from segunet.train.compiling import Compiling
-from segunet.train.logger import LoggingConfig, TensorBoardLogger
+from segunet.train.logger import LoggingConfig, TensorBoardLogger, scalars_line
 from segunet.train.settings import (  # TrainerConfig: also the trainer group's _target_
     TrainerConfig,
     check_compatible,
@@ -306,6 +306,7 @@ class Trainer(Compiling, Validation, Checkpoints):
                         elapsed = time.perf_counter() - window_start
                         values["train/images_per_s"] = images / elapsed
                     self.tb.scalars(values, self.step)
+                    console.info(scalars_line(values, self.step, self.cfg.max_steps))
                     bar.set_postfix(loss=f"{values['train/loss']:.4f}", **self._postfix())
                 loss_sum.zero_()
                 window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
@@ -409,17 +410,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             trainer.before_first_save = functools.partial(_write_deferred_record, cfg, run_dir)
         if world.main:
             ranks = f" x {world.size} processes" if world.size > 1 else ""
-            print(
+            say(
                 f"segunet: training {type(trainer.net).__name__} on '{trainer.data.name}' "
                 f"({len(trainer.data.train)} train / {len(trainer.data.val)} val images), "
                 f"patch {list(trainer.in_shape)} -> {list(trainer.out_shape)}, "
                 f"device {trainer.device}{ranks}, precision {trainer.amp_dtype or torch.float32}"
-                f", compile {'on' if trainer.compiling else 'off'}",
-                file=sys.stderr,
+                f", compile {'on' if trainer.compiling else 'off'}"
             )
         final = trainer.fit()
         if world.main:
-            print(summary(trainer, final), file=sys.stderr)
+            say(summary(trainer, final))
         return final
     finally:
         if lock is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +17,13 @@ from segunet import interrupts
 from segunet.checkpoint import clean_state_dict, load_checkpoint, rng_state, save_atomic
 from segunet.data.datasets import SegmentationData, cut_sample, to_tensors
 from segunet.data.tiling import tile_within
-from segunet.errors import SegunetError, first_line
+from segunet.errors import SegunetError, console, first_line, say
 from segunet.eval.metrics import OverlapCounter, TaskScorer
 from segunet.infer.predict import predict_tiled
 from segunet.postprocess.decoding import decode
 from segunet.postprocess.tune import describe, report, tunable, tune_on
 from segunet.train import distributed
-from segunet.train.logger import classes_picture, panel
+from segunet.train.logger import classes_picture, panel, scalars_line
 
 
 def validation_tile(
@@ -63,7 +62,9 @@ class Validation:
             bad = [f"{k}={v}" for k, v in self.metrics.items() if not math.isfinite(v)]
             if bad:
                 raise self.diverged(self.step, f"validation gave {', '.join(bad)}")
-            self.tb.scalars({f"val/{k}": v for k, v in self.metrics.items()}, self.step)
+            scalars = {f"val/{k}": v for k, v in self.metrics.items()}
+            self.tb.scalars(scalars, self.step)
+            console.info(scalars_line(scalars, self.step, self.cfg.max_steps))
             improved = self.metrics[self.score_key] > self.best
             if improved:
                 self.best = self.metrics[self.score_key]
@@ -188,7 +189,7 @@ class Validation:
         result = tune_on(self.data.val, predict, self.data.target, self.data.metric,
                          self.tune_cfg, progress=self.log_cfg.progress and self.world.main)
         table = report(result)
-        print(f"segunet: {name}: {describe(result)}\n{table}", file=sys.stderr)
+        say(f"segunet: {name}: {describe(result)}\n{table}")
         self.tb.text(f"postprocess/{name}", f"{describe(result)}\n\n{table}", self.step)
         return result
 
