@@ -242,7 +242,7 @@ def test_folder_with_a_tiny_image_and_the_automatic_patch(make_cfg, tmp_path):
         tifffile.imwrite(tmp_path / "data" / "masks" / f"{name}.tif", label)
     not_synthetic = [o for o in FOUR_LEVELS if not o.startswith("data.")]
     cfg = make_cfg(*not_synthetic, "data=folder", f"data.path={tmp_path / 'data'}",
-                   "data.targets.cache_dir=null", "data.val_fraction=0.3", "data.patch_size=null")
+                   "data.val_fraction=0.3", "data.patch_size=null")
     trainer = build_trainer(cfg, tmp_path / "run")
     assert [v.spatial_shape for v in trainer.data.val] == [(6, 6)]
     assert trainer.in_shape == (92, 92) and trainer.out_shape == (4, 4)
@@ -257,7 +257,7 @@ def test_small_volume_with_the_automatic_patch(make_cfg, tmp_path):
     write_array(tmp_path / "v.h5", labels, key="labels")
     not_synthetic = [o for o in FOUR_LEVELS if not o.startswith("data.")]
     cfg = make_cfg(*not_synthetic, "model=unet3d", "data=volume", f"data.path={tmp_path / 'v.h5'}",
-                   "data.targets.cache_dir=null", "data.patch_size=null")
+                   "data.patch_size=null")
     trainer = build_trainer(cfg, tmp_path / "run")
     assert trainer.data.val[0].spatial_shape == (2, 40, 40)  # the last Z slices validate
     assert trainer.in_shape == (92,) * 3 and trainer.out_shape == (4,) * 3
