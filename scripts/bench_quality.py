@@ -721,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: list[Result] = []
     monai_setup = None
     if "monai" in runs:
-        from segunet.train.trainer import resolve_patch_size
+        from segunet.train.settings import resolve_patch_size
 
         patch = resolve_patch_size(instantiate_group(fg, "model"), data)
         features = args.monai_features or (TINY_FEATURES if args.preset == "tiny" else None)

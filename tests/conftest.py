@@ -18,6 +18,19 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory, monkeypatch):
+    """The per-user cache folder (the weight maps' default, ``data.targets.cache_dir=auto``)
+    in a folder of each test's own: no test writes into the real one or reads another test's
+    entries. platformdirs reads XDG_CACHE_HOME on Linux, here and in the commands a test
+    starts; elsewhere this fails rather than use the real folder."""
+    import platformdirs
+
+    folder = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    assert platformdirs.user_cache_dir("segunet") == str(folder / "segunet"), "not honoured"
+
+
 @pytest.fixture
 def make_cfg():
     """Compose the real configs with overrides, as ``segunet train`` would."""

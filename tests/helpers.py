@@ -190,7 +190,8 @@ def save_tiny_checkpoint(
 def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``segunet <args>`` in this process, in ``cwd``: what :func:`run_cli` returns, without
     starting Python and importing torch again. Hydra's global state, the logging handlers
-    its runs add, ``sys.argv`` and the working folder are restored afterwards."""
+    its runs add (to the root logger and to the run log's ``segunet.console``), ``sys.argv``
+    and the working folder are restored afterwards."""
     import contextlib
     import io
     import logging
@@ -200,8 +201,8 @@ def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     from segunet.cli import dispatch as cli
 
     out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    saved = (list(sys.argv), os.getcwd(), list(root.handlers), root.level)
+    root, console = logging.getLogger(), logging.getLogger("segunet.console")
+    saved = (list(sys.argv), os.getcwd(), list(root.handlers), root.level, list(console.handlers))
     code = 0
     try:
         os.chdir(cwd)
@@ -214,5 +215,8 @@ def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         os.chdir(saved[1])
         root.handlers[:] = saved[2]
         root.setLevel(saved[3])
+        for handler in set(console.handlers) - set(saved[4]):
+            handler.close()  # a run's train.log: later runs in this process log elsewhere
+        console.handlers[:] = saved[4]
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess(["segunet", *args], code, out.getvalue(), err.getvalue())

@@ -214,7 +214,7 @@ def test_a_checkpoint_of_the_old_module_names_still_loads(tmp_path):
         assert type(instantiate_group(config, group, "old.pt")).__name__ == name
     assert upgrade(config) == config
     trained = load_trained(tmp_path / "checkpoints" / "last.pt")
-    assert trained.config["trainer"]["_target_"] == "segunet.train.trainer.TrainerConfig"
+    assert trained.config["trainer"]["_target_"] == "segunet.train.settings.TrainerConfig"
 
 
 def test_a_run_of_the_old_module_names_resumes(make_cfg, tmp_path):

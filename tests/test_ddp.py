@@ -66,6 +66,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
     assert exit_.value.code == 0, stderr[-3000:]
     assert "launching 2 processes" in stderr
     assert stderr.count("segunet: done at step 3") == 1  # rank 0 alone reports
+    log = (run_dir / "train.log").read_text()  # rank 0 alone writes it
+    assert log.count("segunet: training ") == log.count("segunet: done at step 3") == 1, log
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng_ranks"]) == 2
@@ -114,7 +116,7 @@ def test_several_devices_refuse_a_sweep(tmp_path, monkeypatch, capsys):
 
 
 def test_several_devices_without_a_launcher_say_how_to_launch(make_cfg, tmp_path):
-    with pytest.raises(SegunetError, match="torchrun --nproc_per_node=2 -m segunet.train"):
+    with pytest.raises(SegunetError, match="torchrun --nproc_per_node=2 -m segunet.cli train"):
         run(make_cfg(*TINY, "trainer.devices=2"), tmp_path)
 
 

@@ -23,7 +23,7 @@ from segunet.errors import SegunetError, one_line
 from segunet.train import trainer as train
 from segunet.train.trainer import build_trainer
 
-QUICK = [*TINY, "data.targets.cache_dir=null", "scheduler=constant"]
+QUICK = [*TINY, "scheduler=constant"]
 
 
 def refusal(make_cfg, *overrides: str) -> str:

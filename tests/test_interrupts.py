@@ -19,6 +19,7 @@ from helpers import TINY, run_in_process, wait_for
 
 from segunet import interrupts
 from segunet.errors import SegunetError
+from segunet.train import checkpoints, validation
 from segunet.train import trainer as train
 from segunet.train.trainer import build_trainer
 
@@ -65,14 +66,14 @@ def test_a_second_ctrl_c_while_saving_does_not_lose_the_checkpoint(make_cfg, tmp
             raise KeyboardInterrupt
         return out
 
-    real_save = train.save_atomic
+    real_save = checkpoints.save_atomic
 
     def impatient_save(obj, path):
         ctrl_c()  # pressed again while the checkpoint is being written
         real_save(obj, path)
 
     trainer.train_step = interrupted_at_2
-    monkeypatch.setattr(train, "save_atomic", impatient_save)
+    monkeypatch.setattr(checkpoints, "save_atomic", impatient_save)
     with pytest.raises(SegunetError, match="interrupted at step 2; saved"):
         trainer.fit()
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
@@ -129,7 +130,7 @@ def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
     saved; the line says so and how to run the search alone."""
     run_dir = tmp_path / "run"
     searches = []
-    real_tune_on = train.tune_on
+    real_tune_on = validation.tune_on
 
     def interrupted_search(*args, **kwargs):
         searches.append(1)
@@ -137,7 +138,7 @@ def test_ctrl_c_in_the_search_after_training_keeps_the_checkpoints_and_says_so(
             ctrl_c()
         return real_tune_on(*args, **kwargs)
 
-    monkeypatch.setattr(train, "tune_on", interrupted_search)
+    monkeypatch.setattr(validation, "tune_on", interrupted_search)
     done = run_in_process(
         "train", *TINY, "data.metric=ap", "trainer.max_steps=2", "trainer.val_every=2",
         "postprocess.grid={threshold:[0.5],min_size:[0]}", f"hydra.run.dir={run_dir}",

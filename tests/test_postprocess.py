@@ -130,7 +130,7 @@ def test_targets_and_metrics_the_labels_cannot_support(tmp_path):
     image = np.zeros((4, 16, 16), np.uint8)
     labels = np.zeros((4, 16, 16), np.uint8)
     labels[:, 4:8, 4:8] = 1
-    kwargs = dict(targets=Targets(label_kind="classes", num_classes=2, cache_dir=None),
+    kwargs = dict(targets=Targets(label_kind="classes", num_classes=2),
                   val_fraction=0.25)
     with pytest.raises(SegunetError, match="data.target=boundary needs objects"):
         stack(image, labels, "img", "lab", target="boundary", **kwargs)

@@ -22,7 +22,6 @@ from segunet.data.weightmaps import border_weight_map, separate_touching
 from segunet.errors import SegunetError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-NO_CACHE = Targets(cache_dir=None)
 
 
 def one_line(info, *names):
@@ -95,13 +94,13 @@ def test_weight_maps_in_one_call_match_the_per_image_weight_map():
     instances = [touching_squares(seed=i)[1] for i in range(3)]
     valid = [np.ones(i.shape, bool) for i in instances]
     valid[1][:, :5] = False
-    maps = border_weight_maps(instances, valid, w0=10, sigma=5, cache_dir=None)
+    maps = border_weight_maps(instances, valid, w0=10, sigma=5)
     for inst, v, m in zip(instances, valid, maps):
         np.testing.assert_allclose(m, border_weight_map(inst, 10, 5, valid=v), rtol=1e-6)
 
 
 def test_synthetic_and_volume_from_instances_still_work():
-    data = synthetic(n_train=2, n_val=1, shape=(64, 64), targets=NO_CACHE)
+    data = synthetic(n_train=2, n_val=1, shape=(64, 64))
     assert len(data.train) == 2 and len(data.val) == 1 and data.in_channels == 1
     image, inst = touching_squares()
     v = volume_from_instances("x", image.astype(np.float32), inst)
@@ -112,7 +111,7 @@ def test_synthetic_and_volume_from_instances_still_work():
 @pytest.mark.parametrize("key", ["n_train", "n_val"])
 def test_synthetic_without_train_or_val_images_is_one_clear_error(key):
     with pytest.raises(SegunetError, match=f"data.{key}=0: need at least 1") as info:
-        synthetic(**{"n_train": 1, "n_val": 1, key: 0}, shape=(32, 32), targets=NO_CACHE)
+        synthetic(**{"n_train": 1, "n_val": 1, key: 0}, shape=(32, 32))
     one_line(info, f"data.{key}=1")
 
 
@@ -122,7 +121,7 @@ def test_synthetic_without_train_or_val_images_is_one_clear_error(key):
 def test_folder_of_grey_png_and_instance_tiffs(tmp_path):
     write_folder(tmp_path)
     data = folder(tmp_path, val_fraction=0.34,
-                  targets=Targets(separate_touching=True, cache_dir=None))
+                  targets=Targets(separate_touching=True))
     assert (len(data.train), len(data.val)) == (4, 2)
     assert data.num_classes == 2 and data.spatial_dims == 2 and data.in_channels == 1
     v = data.train[0]
@@ -135,8 +134,8 @@ def test_folder_of_grey_png_and_instance_tiffs(tmp_path):
 
 def test_folder_rgb_kept_or_converted_to_grey(tmp_path):
     write_folder(tmp_path, n=3, rgb=True)
-    assert folder(tmp_path, val_fraction=0.3, targets=NO_CACHE).in_channels == 3
-    grey = folder(tmp_path, channels=1, val_fraction=0.3, targets=NO_CACHE)
+    assert folder(tmp_path, val_fraction=0.3).in_channels == 3
+    grey = folder(tmp_path, channels=1, val_fraction=0.3)
     assert grey.in_channels == 1 and grey.train[0].image.shape == (1, 32, 40)
 
 
@@ -146,7 +145,7 @@ def test_folder_binary_labels_with_suffix(tmp_path):
         write_array(tmp_path / "img" / f"a{i}.tif", image)
         write_array(tmp_path / "lab" / f"a{i}_mask.png", ((inst > 0) * 255).astype(np.uint8))
     data = folder(tmp_path, images="img", labels="lab", label_suffix="_mask",
-                  val_fraction=0.3, targets=Targets(label_kind="binary", cache_dir=None))
+                  val_fraction=0.3, targets=Targets(label_kind="binary"))
     v = data.train[0]
     np.testing.assert_array_equal(v.label, touching_squares()[1] > 0)
     # The two touching squares form one component: no border term between them.
@@ -160,7 +159,7 @@ def test_folder_classes_with_ignore_value(tmp_path):
         return lab
 
     write_folder(tmp_path, n=3, label_fn=classes)
-    targets = Targets(label_kind="classes", num_classes=3, ignore_value=255, cache_dir=None)
+    targets = Targets(label_kind="classes", num_classes=3, ignore_value=255)
     data = folder(tmp_path, val_fraction=0.3, class_names=["bg", "a", "b"], targets=targets)
     v = data.train[0]
     assert data.num_classes == 3 and data.class_names == ["bg", "a", "b"]
@@ -174,10 +173,10 @@ def test_folder_of_3d_stacks(tmp_path):
         image, inst = touching_squares(seed=i)
         write_array(tmp_path / "images" / f"v{i}.tif", np.stack([image] * 4))
         write_array(tmp_path / "masks" / f"v{i}.tif", np.stack([inst] * 4))
-    data = folder(tmp_path, spatial_dims=3, val_fraction=0.3, targets=NO_CACHE)
+    data = folder(tmp_path, spatial_dims=3, val_fraction=0.3)
     assert data.spatial_dims == 3 and data.train[0].image.shape == (1, 4, 32, 40)
     with pytest.raises(SegunetError, match="spatial_dims=3") as info:
-        folder(tmp_path, val_fraction=0.3, targets=NO_CACHE)
+        folder(tmp_path, val_fraction=0.3)
     one_line(info, "v0.tif")
 
 
@@ -187,38 +186,38 @@ def test_split_is_deterministic_disjoint_and_seeded(tmp_path):
     assert len(val) == 5 and val == split_names(names[::-1], 0.25, seed=0)
     assert val != split_names(names, 0.25, seed=1)
     write_folder(tmp_path, n=8)
-    data = folder(tmp_path, val_fraction=0.25, split_seed=3, targets=NO_CACHE)
+    data = folder(tmp_path, val_fraction=0.25, split_seed=3)
     train, val = {v.name for v in data.train}, {v.name for v in data.val}
     assert not train & val and len(train | val) == 8
     assert val == set(split_names(sorted(train | val), 0.25, seed=3))
-    again = folder(tmp_path, val_fraction=0.25, split_seed=3, targets=NO_CACHE)
+    again = folder(tmp_path, val_fraction=0.25, split_seed=3)
     assert {v.name for v in again.val} == val
-    assert len(folder(tmp_path, max_images=4, val_fraction=0.25, targets=NO_CACHE).train) == 3
+    assert len(folder(tmp_path, max_images=4, val_fraction=0.25).train) == 3
 
 
 def test_split_errors_say_which_way_to_move_val_fraction(tmp_path):
     write_folder(tmp_path, n=2)
     with pytest.raises(SegunetError, match="lower data.val_fraction"):
-        folder(tmp_path, val_fraction=0.9, targets=NO_CACHE)
+        folder(tmp_path, val_fraction=0.9)
     with pytest.raises(SegunetError, match="strictly between"):
-        folder(tmp_path, val_fraction=0.0, targets=NO_CACHE)
+        folder(tmp_path, val_fraction=0.0)
 
 
 def test_folder_errors_are_one_line_naming_the_file(tmp_path):
     write_folder(tmp_path, n=4)
     (tmp_path / "masks" / "img02.tif").unlink()
     with pytest.raises(SegunetError, match="no label") as info:
-        folder(tmp_path, targets=NO_CACHE)
+        folder(tmp_path)
     one_line(info, "img02.png", "1 of 4")
 
     write_array(tmp_path / "masks" / "img02.tif", np.zeros((30, 40), np.uint16))
     with pytest.raises(SegunetError, match="pixel for pixel") as info:
-        folder(tmp_path, targets=NO_CACHE)
+        folder(tmp_path)
     one_line(info, "img02.png", "img02.tif")
 
     write_array(tmp_path / "masks" / "img02.tif", touching_squares()[1] * 7)
     with pytest.raises(SegunetError, match=r"expected \{0, 255\}") as info:
-        folder(tmp_path, targets=Targets(label_kind="binary", cache_dir=None))
+        folder(tmp_path, targets=Targets(label_kind="binary"))
     one_line(info, "img00.tif", "data.targets.foreground_value")
 
     write_array(tmp_path / "images" / "img01.png", np.zeros((32, 40), np.uint8))
@@ -227,25 +226,25 @@ def test_folder_errors_are_one_line_naming_the_file(tmp_path):
     (tmp_path / "images" / "img01.png").unlink()
     write_array(tmp_path / "images" / "img01.tif", nan)
     with pytest.raises(SegunetError, match="NaN") as info:
-        folder(tmp_path, targets=NO_CACHE)
+        folder(tmp_path)
     one_line(info, "img01.tif")
 
     (tmp_path / "images" / "img01.tif").write_bytes(b"")
     with pytest.raises(SegunetError, match="empty") as info:
-        folder(tmp_path, targets=NO_CACHE)
+        folder(tmp_path)
     one_line(info, "img01.tif")
 
     with pytest.raises(SegunetError, match="data.path") as info:
-        folder(tmp_path / "elsewhere", targets=NO_CACHE)
+        folder(tmp_path / "elsewhere")
     one_line(info, "elsewhere")
 
 
 def test_negative_instance_labels_suggest_ignore_value(tmp_path):
     write_folder(tmp_path, n=3, label_fn=lambda inst: inst.astype(np.int16) - 1)
     with pytest.raises(SegunetError, match="ignore_value") as info:
-        folder(tmp_path, targets=NO_CACHE)
+        folder(tmp_path)
     one_line(info, "img00.tif")
-    data = folder(tmp_path, val_fraction=0.3, targets=Targets(ignore_value=-1, cache_dir=None))
+    data = folder(tmp_path, val_fraction=0.3, targets=Targets(ignore_value=-1))
     assert data.train[0].ignore.any() and (data.train[0].weight[data.train[0].ignore] == 0).all()
 
 
@@ -261,19 +260,19 @@ def write_stack(root, depth=10):
 
 def test_tiff_stack_as_2d_slices_validates_on_the_last(tmp_path):
     images, labels = write_stack(tmp_path)
-    data = tiff_stack(tmp_path, val_fraction=0.2, targets=NO_CACHE)
+    data = tiff_stack(tmp_path, val_fraction=0.2)
     assert [v.name for v in data.val] == [f"{tmp_path.name}_z008", f"{tmp_path.name}_z009"]
     assert len(data.train) == 8 and data.spatial_dims == 2
     np.testing.assert_array_equal(data.val[1].label, labels[9] > 0)
     # Normalised as one stack: the slices share one intensity mapping.
     np.testing.assert_allclose(data.train[3].image[0], normalize_percentile(images[None])[0, 3],
                                atol=1e-6)
-    assert len(tiff_stack(tmp_path, max_images=5, val_fraction=0.2, targets=NO_CACHE).train) == 4
+    assert len(tiff_stack(tmp_path, max_images=5, val_fraction=0.2).train) == 4
 
 
 def test_tiff_stack_as_3d_splits_the_z_slab(tmp_path):
     write_stack(tmp_path)
-    data = tiff_stack(tmp_path, slices_as="3d", val_fraction=0.3, targets=NO_CACHE)
+    data = tiff_stack(tmp_path, slices_as="3d", val_fraction=0.3)
     assert data.spatial_dims == 3
     assert data.train[0].image.shape == (1, 7, 32, 40) and data.val[0].label.shape == (3, 32, 40)
 
@@ -288,13 +287,13 @@ def test_volume_file_with_sparse_labels(tmp_path, ext):
     write_array(path, raw, key="raw")
     write_array(path, labels, key="labels")
     data = volume_file(str(path), val_fraction=0.25,
-                       targets=Targets(ignore_value=-1, cache_dir=None))
+                       targets=Targets(ignore_value=-1))
     train = data.train[0]
     assert train.image.shape == (1, 6, 32, 40) and data.val[0].label.shape == (2, 32, 40)
     assert train.ignore[1::2].all() and not train.ignore[::2].any()
     assert (train.weight[1::2] == 0).all() and (train.weight[::2] > 0).all()
     with pytest.raises(SegunetError, match="no array 'seg'") as info:
-        volume_file(str(path), label_key="seg", targets=NO_CACHE)
+        volume_file(str(path), label_key="seg")
     one_line(info, path)
 
 
@@ -314,17 +313,17 @@ def write_calibrated_folder(root, sizes):
 
 def test_folder_records_the_pixel_size_its_images_share_or_the_given_one(tmp_path):
     write_calibrated_folder(tmp_path, [0.25] * 3)
-    assert folder(tmp_path, val_fraction=0.34, targets=NO_CACHE).pixel_size == (0.25, 0.25)
-    given = folder(tmp_path, val_fraction=0.34, targets=NO_CACHE, pixel_size=[0.5])
+    assert folder(tmp_path, val_fraction=0.34).pixel_size == (0.25, 0.25)
+    given = folder(tmp_path, val_fraction=0.34, pixel_size=[0.5])
     assert given.pixel_size == (0.5, 0.5)
     with pytest.raises(SegunetError, match=r"data.pixel_size=\[0.0, 1.0\]: a pixel size must"):
-        folder(tmp_path, val_fraction=0.34, targets=NO_CACHE, pixel_size=[0.0, 1.0])
+        folder(tmp_path, val_fraction=0.34, pixel_size=[0.0, 1.0])
 
 
 def test_folder_of_differing_pixel_sizes_warns_and_records_none(tmp_path):
     write_calibrated_folder(tmp_path, [0.25, 0.25, 0.5])
     with pytest.warns(UserWarning, match="img02.tif.*0.5 x 0.5 um.*set data.pixel_size"):
-        data = folder(tmp_path, val_fraction=0.34, targets=NO_CACHE)
+        data = folder(tmp_path, val_fraction=0.34)
     assert data.pixel_size is None
 
 
@@ -332,8 +331,8 @@ def test_stack_pixel_size_per_slice_or_volume(tmp_path):
     images, labels = write_stack(tmp_path)
     tifffile.imwrite(tmp_path / "train-volume.tif", images, imagej=True, resolution=(2, 4),
                      metadata={"unit": "um", "spacing": 1.5, "axes": "ZYX"})
-    assert tiff_stack(tmp_path, targets=NO_CACHE).pixel_size == (0.25, 0.5)
-    assert tiff_stack(tmp_path, slices_as="3d", val_fraction=0.3, targets=NO_CACHE
+    assert tiff_stack(tmp_path).pixel_size == (0.25, 0.5)
+    assert tiff_stack(tmp_path, slices_as="3d", val_fraction=0.3
                       ).pixel_size == (1.5, 0.25, 0.5)
     assert synthetic(n_train=1, n_val=1, shape=(32, 32), pixel_size=[0.3]).pixel_size == (0.3,
                                                                                           0.3)
@@ -360,7 +359,7 @@ def test_generic_presets_need_a_path(make_cfg):
 def test_folder_preset_instantiates_on_files(make_cfg, tmp_path):
     write_folder(tmp_path, n=3)
     cfg = make_cfg("data=folder", f"data.path={tmp_path}", "data.val_fraction=0.3",
-                   "data.targets.cache_dir=null", "data.patch_size=[20,20]")
+                   "data.patch_size=[20,20]")
     data = instantiate(cfg.data)
     assert len(data.train) == 2 and data.patch_size == (20, 20)
 
@@ -368,7 +367,7 @@ def test_folder_preset_instantiates_on_files(make_cfg, tmp_path):
 @pytest.mark.skipif(not (SHARED / "isbi2012").is_dir(), reason="no shared ISBI 2012 data")
 def test_isbi2012_preset_on_the_real_stack(make_cfg):
     cfg = make_cfg("data=isbi2012", f"data.path={SHARED / 'isbi2012'}", "data.max_images=4",
-                   "data.val_fraction=0.25", "data.targets.cache_dir=null")
+                   "data.val_fraction=0.25")
     data = instantiate(cfg.data)
     assert (len(data.train), len(data.val)) == (3, 1)
     v = data.train[0]
@@ -380,7 +379,7 @@ def test_isbi2012_preset_on_the_real_stack(make_cfg):
 @pytest.mark.skipif(not (SHARED / "dsb2018").is_dir(), reason="no shared DSB 2018 data")
 def test_dsb2018_preset_on_real_images(make_cfg):
     cfg = make_cfg("data=dsb2018", f"data.path={SHARED / 'dsb2018' / 'train'}",
-                   "data.max_images=4", "data.val_fraction=0.25", "data.targets.cache_dir=null")
+                   "data.max_images=4", "data.val_fraction=0.25")
     data = instantiate(cfg.data)
     assert (len(data.train), len(data.val)) == (3, 1) and data.in_channels == 1
     for v in data.train + data.val:
@@ -391,7 +390,7 @@ def test_dsb2018_preset_on_real_images(make_cfg):
 @pytest.mark.skipif(not (SHARED / "lucchi_pp").is_dir(), reason="no shared Lucchi data")
 def test_lucchi_preset_on_the_real_stack_in_3d(make_cfg):
     cfg = make_cfg("data=lucchi", f"data.path={SHARED / 'lucchi_pp'}", "data.max_images=8",
-                   "data.slices_as=3d", "data.val_fraction=0.25", "data.targets.cache_dir=null")
+                   "data.slices_as=3d", "data.val_fraction=0.25")
     data = instantiate(cfg.data)
     assert data.spatial_dims == 3 and data.train[0].label.shape == (6, 384, 384)
     assert 0.02 < data.train[0].label.mean() < 0.4

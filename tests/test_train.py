@@ -1,4 +1,5 @@
 import shlex
+import sys
 import warnings
 from pathlib import Path
 
@@ -118,6 +119,55 @@ def test_cli_trains_and_multiruns(tmp_path):
     assert "tensorboard --logdir" in done.stderr
 
 
+def test_train_log_holds_the_console_lines_without_the_bar(tmp_path):
+    """``train.log`` in the run folder: the lines the console showed (start, done), and the
+    scalars its progress bar showed, one line per logging window and validation; no bar."""
+    done = run_in_process("train", *TINY, "trainer.max_steps=2", "trainer.val_every=2",
+                          "logging.progress=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train: 100%|" in done.stderr  # the bar was on the console
+    log = (tmp_path / "run" / "train.log").read_text()
+    shown = [line for line in done.stderr.splitlines() if line.startswith("segunet: ")]
+    assert [line for line in shown if line in log] == shown and len(shown) == 2, shown
+    assert "segunet: done at step 2: val dice " in log
+    assert "segunet: step 2/2: val/loss " in log and "segunet: step 2/2: train/loss " in log
+    assert "\r" not in log and "%|" not in log
+
+
+def test_a_line_said_after_the_run_stays_out_of_its_log(tmp_path, monkeypatch):
+    """A process that trains and then goes on (a Python session) does not append its later
+    lines to the finished run's ``train.log``."""
+    import logging
+
+    from segunet.cli import dispatch
+    from segunet.errors import say
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    try:
+        with pytest.raises(SystemExit) as done:
+            dispatch.main(["train", *TINY, "trainer.max_steps=1", "hydra.run.dir=run"])
+        assert done.value.code == 0
+        say("segunet: a line of whatever comes next")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "segunet: done at step 1" in log
+    assert "whatever comes next" not in log
+
+
+def test_train_log_holds_the_error_line(tmp_path):
+    done = run_in_process("train", "data=folder", f"data.path={tmp_path / 'none'}",
+                          "trainer.device=cpu", "hydra.run.dir=run", cwd=tmp_path)
+    assert done.returncode == 2
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("segunet: error: data folder ")
+    assert error in (tmp_path / "run" / "train.log").read_text()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -218,7 +268,7 @@ def test_folder_with_a_tiny_image_and_the_automatic_patch(make_cfg, tmp_path):
         tifffile.imwrite(tmp_path / "data" / "masks" / f"{name}.tif", label)
     not_synthetic = [o for o in FOUR_LEVELS if not o.startswith("data.")]
     cfg = make_cfg(*not_synthetic, "data=folder", f"data.path={tmp_path / 'data'}",
-                   "data.targets.cache_dir=null", "data.val_fraction=0.3", "data.patch_size=null")
+                   "data.val_fraction=0.3", "data.patch_size=null")
     trainer = build_trainer(cfg, tmp_path / "run")
     assert [v.spatial_shape for v in trainer.data.val] == [(6, 6)]
     assert trainer.in_shape == (92, 92) and trainer.out_shape == (4, 4)
@@ -233,7 +283,7 @@ def test_small_volume_with_the_automatic_patch(make_cfg, tmp_path):
     write_array(tmp_path / "v.h5", labels, key="labels")
     not_synthetic = [o for o in FOUR_LEVELS if not o.startswith("data.")]
     cfg = make_cfg(*not_synthetic, "model=unet3d", "data=volume", f"data.path={tmp_path / 'v.h5'}",
-                   "data.targets.cache_dir=null", "data.patch_size=null")
+                   "data.patch_size=null")
     trainer = build_trainer(cfg, tmp_path / "run")
     assert trainer.data.val[0].spatial_shape == (2, 40, 40)  # the last Z slices validate
     assert trainer.in_shape == (92,) * 3 and trainer.out_shape == (4,) * 3
@@ -389,7 +439,7 @@ def test_compiled_training_equals_eager_and_saves_clean_keys(
     ],
 )
 def test_compile_auto_is_on_for_cuda_only(value, device, expected):
-    from segunet.train.trainer import resolve_compile
+    from segunet.train.settings import resolve_compile
 
     assert resolve_compile(value, torch.device(device)) is expected
 

@@ -169,7 +169,7 @@ def folder_run(tmp_path_factory):
     done = run_in_process(
         "train", "experiment=quickstart", "data=folder", f"data.path={root / 'data'}",
         "data.val_fraction=0.34", "data.metric=ap", "data.patch_size=[76,76]",
-        "data.targets.cache_dir=null", "model.channels=[4,8,16]", "trainer.batch_size=2",
+        "model.channels=[4,8,16]", "trainer.batch_size=2",
         "trainer.device=cpu", "trainer.max_steps=2", "trainer.val_every=2",
         "postprocess.enabled=false", "logging.progress=false", f"hydra.run.dir={run}",
         cwd=root)

@@ -14,6 +14,7 @@ import pytest
 from helpers import run_in_process
 
 from segunet.data import weightmaps_cache
+from segunet.data.io import write_array
 from segunet.data.precompute import precompute
 from segunet.data.synthetic import synthetic_cells
 from segunet.data.weightmaps import border_weight_map, separate_touching
@@ -199,6 +200,34 @@ def test_precompute_counts_computed_then_reused(make_cfg, tmp_path, capsys):
     assert (second.misses, second.hits) == (0, 3)
     out = capsys.readouterr().out
     assert "3 weight maps computed, 0 reused" in out and str(tmp_path / "weightmaps") in out
+
+
+def test_precompute_names_the_per_user_cache_by_default(make_cfg, capsys):
+    """``data.targets.cache_dir=auto`` (the default) is shown as the folder it is."""
+    precompute(make_cfg(*SMALL, "data.targets.cache_dir=auto"))
+    user = Path(os.environ["XDG_CACHE_HOME"]) / "segunet"  # conftest's
+    assert f"; cache: {user / 'weightmaps'}" in capsys.readouterr().out
+    assert len(entries(user)) == 3
+
+
+def test_a_default_training_run_writes_only_its_run_folder(tmp_path):
+    """``segunet train data=folder`` with the default cache_dir: the weight maps go to the
+    per-user cache folder, and the working folder gets the run folder alone."""
+    data = tmp_path / "data"
+    for seed in range(3):
+        image, instances = synthetic_cells((64, 64), seed=seed)
+        grey = np.clip(image * 60 + 100, 0, 255).astype(np.uint8)
+        write_array(data / "images" / f"{seed}.tif", grey)
+        write_array(data / "masks" / f"{seed}.tif", instances.astype(np.uint16))
+    work = tmp_path / "work"
+    work.mkdir()
+    done = run_in_process(
+        "train", "experiment=quickstart", "data=folder", f"data.path={data}",
+        "data.val_fraction=0.34", "data.patch_size=[44,44]", "model.channels=[4,8]",
+        "trainer.max_steps=1", "trainer.device=cpu", "logging.progress=false", cwd=work)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in work.iterdir()] == ["outputs"]
+    assert len(entries(Path(os.environ["XDG_CACHE_HOME"]) / "segunet")) == 3
 
 
 def test_precompute_command_runs(tmp_path):

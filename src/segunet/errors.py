@@ -3,12 +3,13 @@
 Library code raises :class:`SegunetError`; the commands wrap their work in
 :func:`report_errors`, which prints expected failures (bad config, bad data, missing files)
 as ``segunet: error: <one line>`` and exits with status 2. ``HYDRA_FULL_ERROR=1`` shows the
-full traceback instead.
+full traceback instead. :func:`say` shows a line on stderr and keeps it in the run's log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,21 @@ if TYPE_CHECKING:
 # rank 0 reports it, and torchrun then stops the others; only an error of one rank's own
 # outlasts the wait. Without it torchrun could stop rank 0 before it says anything.
 OTHER_RANKS_REPORT_AFTER_S = 10.0
+
+
+#: The lines segunet shows on stderr, kept for a run's log file: Hydra's job logging of
+#: ``segunet train`` (configs/hydra/job_logging/segunet.yaml) gives it the file handler of
+#: ``train.log``. Elsewhere it writes nowhere: not to the root logger, whose console handler
+#: would show every line twice, nor to logging's last resort, which would repeat errors.
+console = logging.getLogger("segunet.console")
+console.propagate = False
+console.addHandler(logging.NullHandler())
+
+
+def say(line: str, level: int = logging.INFO) -> None:
+    """Show ``line`` on stderr and keep it in the run's log file (:data:`console`)."""
+    print(line, file=sys.stderr)
+    console.log(level, line)
 
 
 class SegunetError(Exception):
@@ -87,7 +103,7 @@ def report_errors() -> Iterator[None]:
             raise
         if int(os.environ.get("RANK", 0)) > 0:  # torchrun's rank (distributed.env_world)
             time.sleep(OTHER_RANKS_REPORT_AFTER_S)
-        print(f"segunet: error: {one_line(e)}", file=sys.stderr)
+        say(f"segunet: error: {one_line(e)}", logging.ERROR)
         sys.exit(2)
 
 

@@ -171,7 +171,20 @@ def train_app() -> None:
     try:
         app(_train)()
     finally:
+        _close_run_log()
         _report_sweep()
+
+
+def _close_run_log() -> None:
+    """Detach the run's ``train.log`` from the console logger once the app is done, so a
+    later line of this process (a Python session that trains, then predicts) stays out of it."""
+    import logging
+
+    from segunet.errors import console
+
+    for handler in [h for h in console.handlers if isinstance(h, logging.FileHandler)]:
+        console.removeHandler(handler)
+        handler.close()
 
 
 def _train(cfg: DictConfig) -> float:

@@ -92,7 +92,7 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     ),
     "augment": ("segunet.data.augment.AugmentConfig",),
     "loss": ("segunet.train.losses.WeightedCrossEntropy", "segunet.train.losses.DiceCrossEntropy"),
-    "trainer": ("segunet.train.trainer.TrainerConfig",),
+    "trainer": ("segunet.train.settings.TrainerConfig",),
     "logging": ("segunet.train.logger.LoggingConfig",),
     "postprocess": ("segunet.postprocess.tune.TuneConfig",),
 }
@@ -282,7 +282,8 @@ def check_literal(config: Any, source: str, where: str = "config") -> None:
 MOVED_TARGETS = {
     "segunet.losses.WeightedCrossEntropy": "segunet.train.losses.WeightedCrossEntropy",
     "segunet.losses.DiceCrossEntropy": "segunet.train.losses.DiceCrossEntropy",
-    "segunet.train.TrainerConfig": "segunet.train.trainer.TrainerConfig",
+    "segunet.train.TrainerConfig": "segunet.train.settings.TrainerConfig",
+    "segunet.train.trainer.TrainerConfig": "segunet.train.settings.TrainerConfig",
     "segunet.logger.LoggingConfig": "segunet.train.logger.LoggingConfig",
     "segunet.tune.TuneConfig": "segunet.postprocess.tune.TuneConfig",
 }

@@ -25,7 +25,7 @@ from segunet.data.targets import (
 )
 from segunet.data.weightmaps import MAX_W0, border_weight_map
 from segunet.data.weightmaps import separate_touching as separate_touching_instances
-from segunet.data.weightmaps_cache import cache_root
+from segunet.data.weightmaps_cache import AUTO, cache_root
 from segunet.errors import SegunetError
 
 LabelKind = Literal["instances", "binary", "classes"]
@@ -279,7 +279,7 @@ class Targets:
                                   "(pixels, or the units of spacing)")] = 5.0
     class_weights: Literal["balanced"] | None = "balanced"
     spacing: Sequence[Positive] | None = None
-    cache_dir: str | None = "data/cache"
+    cache_dir: str | None = AUTO  # the per-user cache folder; None: no cache
     workers: Annotated[int, Range(ge=-1, words="must be 0 (this process), -1 (one per CPU) "
                                               "or a number of processes")] = 0
 

@@ -56,7 +56,7 @@ def precompute(cfg: DictConfig) -> weightmaps_cache.CacheStats:
 
 
 def _shown(cache_dir: str) -> Path:
-    return Path(cache_dir).expanduser().resolve() / "weightmaps"
+    return weightmaps_cache.cache_folder(cache_dir).resolve() / "weightmaps"
 
 
 def _interrupted(

@@ -5,7 +5,8 @@ A map is stored under a key that hashes everything it depends on: the instance l
 (bytes, shape, dtype), the valid mask, ``w0``, ``sigma``, the class weighting, the spacing,
 :data:`~segunet.data.weightmaps.BORDER_TOL` and :data:`FORMAT_VERSION`. Changing any of them
 misses the cache; nothing is ever invalidated by hand. Entries live in
-``<cache_dir>/weightmaps/<key[:2]>/<key>.npz`` with the map, the key and a SHA-256 of the map;
+``<cache_dir>/weightmaps/<key[:2]>/<key>.npz`` (``cache_dir`` :data:`AUTO`: the per-user
+cache folder) with the map, the key and a SHA-256 of the map;
 they are written to a temp file in the same folder, fsynced and renamed into place, so a
 crash leaves at most a ``*.tmp`` file (ignored, and removed once stale), never a truncated
 entry. A damaged or foreign entry is reported, deleted and rebuilt, never used; so is one
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import platformdirs
 from tqdm import tqdm
 
 from segunet import interrupts
@@ -54,6 +56,13 @@ PARENT_POLL_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(__name__)
+
+#: ``data.targets.cache_dir``'s default: the per-user cache folder (platformdirs:
+#: ``$XDG_CACHE_HOME/segunet`` or ``~/.cache/segunet`` on Linux). Not the data folder, which
+#: may be read-only (shared datasets are), nor the run folder, which would compute the
+#: expensive maps again for every run: an entry's key hashes everything its map depends on
+#: (:func:`cache_key`), so runs and projects share entries safely.
+AUTO = "auto"
 
 
 @dataclass
@@ -133,10 +142,17 @@ def border_weight_maps(
     return maps  # type: ignore[return-value]  # every slot is filled by now
 
 
+def cache_folder(cache_dir: str | Path) -> Path:
+    """The folder ``data.targets.cache_dir`` names: :data:`AUTO` is the per-user cache."""
+    if cache_dir == AUTO:
+        return Path(platformdirs.user_cache_dir("segunet"))
+    return Path(cache_dir).expanduser()
+
+
 def cache_root(cache_dir: str | Path) -> Path:
     """``<cache_dir>/weightmaps``; a one-line SegunetError up front when a file stands where
     a folder of it must be (the cache folder itself, a parent, or its ``weightmaps``)."""
-    root = Path(cache_dir).expanduser() / "weightmaps"
+    root = cache_folder(cache_dir) / "weightmaps"
     for folder in (root, *root.parents):
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():

@@ -118,6 +118,13 @@ def classes_picture(
     return np.moveaxis(viz.sheet(rows), -1, 0)
 
 
+def scalars_line(values: Mapping[str, float], step: int, max_steps: int) -> str:
+    """The scalars of a step as one line of the run's log file, where the console shows
+    them in its progress bar: ``segunet: step 20/2000: train/loss 0.6834, ...``."""
+    shown = ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+    return f"segunet: step {step}/{max_steps}: {shown}"
+
+
 class TensorBoardLogger:
     """A thin wrapper over ``SummaryWriter`` that is a no-op when disabled."""
 

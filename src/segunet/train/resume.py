@@ -79,7 +79,7 @@ def apply_new_schedule(
             scheduler.step()
 
 
-def describe(changes: Mapping[str, tuple], limit: int = 6) -> str:
+def describe_changes(changes: Mapping[str, tuple], limit: int = 6) -> str:
     """``optim.lr 0.001 -> 0.0005, trainer.max_steps 30 -> 40`` (the first ``limit``)."""
     parts = [f"{key} {show(old)} -> {show(new)}" for key, (old, new) in changes.items()]
     more = len(parts) - limit
