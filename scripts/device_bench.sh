@@ -26,8 +26,8 @@ part() { local name=$1 limit=$2; shift 2; echo; echo "=== $name"
   timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep -v '^\s*$' | tail -n 25; }
 
 for p in $parts; do case $p in
-  tests) part tests 80 python3 -m pytest -q -p no:cacheprovider tests/test_predict_cuda.py \
-      tests/test_train.py -k cuda ;;
+  tests) part tests 80 python3 -m pytest -q -p no:cacheprovider tests/infer/test_predict_cuda.py \
+      tests/train/test_train.py -k cuda ;;
   predict)
     part predict 100 python3 scripts/bench_predict.py --methods segunet,segunet-host,monai \
       --json "$OUT/bench_predict.json"

@@ -24,8 +24,8 @@ step "paper unet 572->388" python3 -m segunet.cli train trainer.max_steps=150 tr
 # 3. The data benchmark (weight maps, elastic deformation CPU and GPU).
 [ -f scripts/bench_data.py ] && step "bench_data" python3 scripts/bench_data.py --skip weightmaps --json "$OUT/bench_data.json"
 # 4. The tests that exercise CUDA (augmentation on the device, the bf16 trainer path).
-step "pytest (cuda)" python3 -m pytest -q -p no:cacheprovider tests/test_augment.py \
-  tests/test_train.py::test_cuda_fast_path_trains_and_checkpoints_load_on_cpu
+step "pytest (cuda)" python3 -m pytest -q -p no:cacheprovider tests/data/test_augment.py \
+  tests/train/test_train.py::test_cuda_fast_path_trains_and_checkpoints_load_on_cpu
 python3 - "$OUT" <<'PY'
 import glob, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -22,6 +22,11 @@ from segunet.config.compose import check_config, instantiate_group
 from segunet.errors import SegunetError, one_line
 from segunet.models import UNet
 
+#: The repository, and the shared datasets beside it (``../shared/data``): the tests that use
+#: them skip cleanly where it is absent.
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
 # A tiny but complete training setup: 3-level U-Net, two small synthetic images.
 TINY = [
     "experiment=quickstart",

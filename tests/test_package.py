@@ -13,8 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def run(*args: str | Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:

@@ -7,17 +7,16 @@ when it is absent. The direct reference costs one full distance transform per in
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import SHARED_DATA
 from scipy import ndimage as ndi
 
 from segunet.data.weightmaps import border_weight_map, border_weight_map_direct, separate_touching
 
 tifffile = pytest.importorskip("tifffile")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 ISBI = DATA / "isbi2012" / "train-labels.tif"
 DSB = DATA / "dsb2018" / "train" / "masks"
 # The largest image of the brief's benchmark, and two small crowded ones with touching nuclei.

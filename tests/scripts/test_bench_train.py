@@ -4,12 +4,12 @@ case runs, on synthetic data, and the JSON holds a rate for each."""
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
+SCRIPT = ROOT / "scripts" / "bench_train.py"
 
 
 @pytest.fixture

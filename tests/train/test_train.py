@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from helpers import TINY, config_error, run_in_process, whole_image_reference
+from helpers import ROOT, TINY, config_error, run_in_process, whole_image_reference
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -292,7 +292,7 @@ def test_small_volume_with_the_automatic_patch(make_cfg, tmp_path):
 
 def readme_3d_commands() -> list[list[str]]:
     """The overrides of the README's ``segunet train`` lines for the synthetic 3D data."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text().splitlines()
     lines = [line.split("#")[0] for line in readme if line.startswith("segunet train ")]
     return [shlex.split(line)[2:] for line in lines if "data=synthetic3d" in line]
 

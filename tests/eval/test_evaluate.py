@@ -1,13 +1,12 @@
 """Evaluation metrics (segunet.eval.metrics) and the ``segunet evaluate`` command."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.metrics as skm
 import torch
-from helpers import blobs, save_tiny_checkpoint
+from helpers import SHARED_DATA, blobs, save_tiny_checkpoint
 from scipy import ndimage
 
 from segunet.cli.evaluate import run as main
@@ -28,7 +27,7 @@ from segunet.eval.metrics import (
     variation_of_information,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 # --- against skimage ----------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """Data sources: files become normalised images, class labels, ignore masks and weights."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from helpers import touching_squares
+from helpers import SHARED_DATA, touching_squares
 from hydra.utils import instantiate
 
 from segunet.data.io import write_array
@@ -21,7 +20,7 @@ from segunet.data.sources import folder, split_names, synthetic, tiff_stack, vol
 from segunet.data.weightmaps import border_weight_map, separate_touching
 from segunet.errors import SegunetError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 def one_line(info, *names):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import FailingImage, random_image, unet
+from helpers import ROOT, FailingImage, random_image, unet
 
 from segunet.infer.merger import BandMerger, ZarrMerger
 from segunet.infer.predict import predict_tiled
@@ -169,6 +170,8 @@ def test_streaming_memory_grows_with_the_width_not_the_height(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", RSS_CHILD, str(tmp_path)],
         capture_output=True, text=True, cwd=str(Path(__file__).parent),
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(  # its imports: helpers too
+            [str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rss = json.loads(done.stdout.strip().splitlines()[-1])
