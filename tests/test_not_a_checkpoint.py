@@ -53,7 +53,7 @@ def test_trainer_resume(foreign, tmp_path):
 
 def test_torchscript_export_given_back(tmp_path):
     """segunet export's own output, given back to predict as the checkpoint."""
-    from segunet.export.command import export_model
+    from segunet.export.run import export_model
 
     ckpt = save_tiny_checkpoint(tmp_path, "unet_same")
     exported = export_model(ckpt, "torchscript", verify=False)

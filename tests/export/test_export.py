@@ -12,7 +12,7 @@ from helpers import save_tiny_checkpoint
 from segunet.checkpoint import load_model
 from segunet.cli.export import run as main
 from segunet.errors import SegunetError
-from segunet.export.command import export_model
+from segunet.export.run import export_model
 
 KINDS = ["unet_valid", "unet_same", "attention_unet"]
 

@@ -13,7 +13,7 @@ from helpers import TINY, n_params
 from torch import nn
 
 from segunet.checkpoint import save_atomic
-from segunet.export.command import export_model
+from segunet.export.run import export_model
 from segunet.models import ModelInputError, ResUNet, UNet3Plus, UNetPlusPlus
 from segunet.models.resunet import SelfAttention
 from segunet.train.losses import DeepSupervisionLoss, WeightedCrossEntropy

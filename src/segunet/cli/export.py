@@ -1,5 +1,5 @@
 """``segunet export checkpoint=... | model=nuclei [format=...] [output=...]``: its arguments,
-usage and run; the export itself is :func:`segunet.export.command.export_model`."""
+usage and run; the export itself is :func:`segunet.export.run.export_model`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.errors import SegunetError
 from segunet.export.bioimageio_description import PackageInfo
-from segunet.export.command import MAX_EXAMPLE, MIN_OPSET, Format, export_model, max_opset
+from segunet.export.run import MAX_EXAMPLE, MIN_OPSET, Format, export_model, max_opset
 from segunet.pretrained import checkpoint_or_model
 
 USAGE = """usage: segunet export checkpoint=<file or run folder> | model=nuclei

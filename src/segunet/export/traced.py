@@ -1,5 +1,5 @@
 """A model as an ONNX or TorchScript file, traced and checked against PyTorch: what
-``segunet export`` writes (:mod:`segunet.export.command`) and a bioimage.io package holds
+``segunet export`` writes (:mod:`segunet.export.run`) and a bioimage.io package holds
 (:mod:`segunet.export.bioimageio`).
 
 Both formats are made by tracing (``torch.onnx.export``'s TorchScript-based exporter,

@@ -1,4 +1,4 @@
 """Inference: the tiled engine (``predict``), its mergers, resampling to the training pixel
-grid, and ``segunet predict``'s inputs, outputs and run (``run``; its arguments and ``main``
-are :mod:`segunet.cli.predict`). May import config, models, data, postprocess, checkpoint and
-``train.distributed`` (the device); not eval, export or cli."""
+grid, and ``segunet predict``'s inputs, outputs and run (``run``; its arguments and ``run()``
+are :mod:`segunet.cli.predict`). May import config, models, data, postprocess and checkpoint;
+not train, eval, export or cli."""

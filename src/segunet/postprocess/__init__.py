@@ -1,4 +1,4 @@
 """From probabilities to labels: instance separation (``instances``), each training
 target's decoding and ``segunet predict``'s Decoder (``decoding``), and the search of their
 settings on a trained model (``tune``). decoding imports data and eval (the task scores);
-tune also infer, checkpoint and ``train.distributed``. Not cli."""
+tune also infer, checkpoint and models (the device). Not train or cli."""
