@@ -61,11 +61,16 @@ def informs(args: argparse.Namespace | None) -> bool:
     )
 
 
-def hydra_app(command: str, argv: list[str], app: Callable[[], None]) -> int:
-    """Run the Hydra app ``app`` of ``segunet <command>`` on ``argv``: Hydra parses
-    ``sys.argv`` itself, so it gets the overrides under the command's name."""
+def hydra_app(command: str, argv: list[str], task: Callable[[DictConfig], Any]) -> int:
+    """Run ``task`` as the Hydra app of ``segunet <command>`` on ``argv``, with segunet's
+    configs: Hydra parses ``sys.argv`` itself, so it gets the overrides under the command's
+    name."""
+    import hydra
+
+    from segunet.config.compose import config_dir
+
     sys.argv = [f"segunet-{command}", *argv]
-    app()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)()
     return 0
 
 

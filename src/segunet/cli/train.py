@@ -43,15 +43,14 @@ def _train_command(argv: list[str]) -> int:
 
     if distributed.launched_by_torchrun():
         rank = distributed.env_world().rank  # only rank 0 writes Hydra's files
-        return hydra_app("train", [*argv, *distributed.hydra_overrides_for_rank(rank)],
-                         train_app)
+        return train_app([*argv, *distributed.hydra_overrides_for_rank(rank)])
     rest, args, cfg = checked(argv)
     if cfg is not None and not args.cfg:
         devices = cfg.trainer.get("devices", 1)
         if isinstance(devices, int) and devices > 1:
             return launch_ddp(cfg, rest)
         rest = pin_sweep_folder(cfg, rest) if args.multirun else pin_run_folder(cfg, rest)
-    return hydra_app("train", rest, train_app)
+    return train_app(rest)
 
 
 def pin_run_folder(cfg: DictConfig, rest: list[str]) -> list[str]:
@@ -159,17 +158,12 @@ def wait_for_ranks(launcher: subprocess.Popen) -> int:
 _sweep: dict[str, Any] = {"jobs": 0, "failed": []}
 
 
-def train_app() -> None:
-    """``segunet train``: the Hydra app, reading its overrides from ``sys.argv``. A ``-m``
-    sweep runs every job, then lists the failed ones and exits with status 2."""
-    import hydra
-
-    from segunet.config.compose import config_dir
-
-    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def train_app(argv: list[str]) -> int:
+    """``segunet train``'s Hydra app on ``argv``. A ``-m`` sweep runs every job, then lists
+    the failed ones and exits with status 2."""
     _sweep.update(jobs=0, failed=[])
     try:
-        app(_train)()
+        return hydra_app("train", argv, _train)
     finally:
         _close_run_log()
         _report_sweep()

@@ -27,16 +27,7 @@ def run(argv: list[str]) -> int:
     rest, _, _ = checked(argv)
     given = {arg.split("=", 1)[0].removeprefix("+").removeprefix("override ") for arg in rest}
     quiet = [f"{key}={value}" for key, value in QUIET.items() if key not in given]
-    return hydra_app("weightmaps", [*rest, *quiet], weightmaps_app)
-
-
-def weightmaps_app() -> None:
-    """The Hydra app: Hydra reads the overrides from ``sys.argv``."""
-    import hydra
-
-    from segunet.config.compose import config_dir
-
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(_app)()
+    return hydra_app("weightmaps", [*rest, *quiet], _app)
 
 
 def _app(cfg: DictConfig) -> None:
