@@ -246,6 +246,22 @@ def test_intensity_touches_only_the_image(dims):
     assert torch.equal(off, batch["image"])  # transforms not applied are exact identities
 
 
+def test_inversion_flips_whole_samples_exactly():
+    """``p_invert``: each sample is x or 1 - x, nothing in between; at 0 (the default) no
+    number is drawn for it, so every other config keeps its random stream."""
+    batch = make_batch(SHAPES["2d"], n=64)
+    out = Augmenter(AugmentConfig(**STILL, p_intensity=0.0, p_invert=0.5), 2)(batch, gen(5))
+    same = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out["image"], batch["image"])]
+    flipped = [torch.allclose(o, 1 - i, atol=1e-5) for o, i in zip(out["image"], batch["image"])]
+    assert all(a != b for a, b in zip(same, flipped))
+    assert 16 < sum(flipped) < 48
+    plain = Augmenter(AugmentConfig(p_intensity=1.0), 2)(batch, gen(6))
+    off = Augmenter(AugmentConfig(p_intensity=1.0, p_invert=0.0), 2)(batch, gen(6))
+    assert torch.equal(plain["image"], off["image"])
+    on = Augmenter(AugmentConfig(p_intensity=1.0, p_invert=1e-9), 2)(batch, gen(6))
+    assert not torch.equal(plain["image"], on["image"])  # the draw moves the stream on
+
+
 def test_gaussian_blur():
     image = torch.zeros(2, 1, 15, 15)
     image[:, :, 7, 7] = 1

@@ -421,6 +421,8 @@ class AugmentConfig:
     contrast: list[NonNegative] = field(default_factory=lambda: [0.8, 1.2])
     noise_std: NonNegative = 0.05
     blur_sigma: list[NonNegative] = field(default_factory=lambda: [0.0, 1.0])
+    # per sample: x -> 1 - x, bright objects on dark and dark on bright (mixed modalities)
+    p_invert: Probability = 0.0
 
     def __post_init__(self) -> None:
         # Types and allowed values are the config layer's (segunet.config.schema), and so are the
@@ -471,6 +473,10 @@ class Augmenter:
     def intensity(self, image: Tensor, generator: torch.Generator) -> Tensor:
         """The gray-value part of one call (:func:`random_intensity` with the config's ranges)."""
         cfg = self.cfg
+        if cfg.p_invert > 0:  # drawn only when asked: other configs keep their random stream
+            on = torch.rand(image.shape[0], generator=generator, device=generator.device)
+            on = (on < cfg.p_invert).to(image.device).view((-1,) + (1,) * (image.ndim - 1))
+            image = torch.where(on, 1 - image, image)
         if cfg.p_intensity == 0:
             return image
         if cfg.device == "cpu" and self.spatial_dims == 2 and image.device.type == "cpu":
