@@ -19,6 +19,8 @@ commands:
   train          train a model (Hydra overrides, e.g. model=attention_unet optim.lr=3e-4;
                  -m for multirun sweeps, --cfg job to print the composed config;
                  trainer.devices=N for data-parallel training on N GPUs via torchrun)
+  plan           measure a labelled dataset and write the recipe for it (data=... data.path=...
+                 [budget=15m] [out=plan.yaml]); train it with experiment=<plan.yaml>
   weightmaps     precompute and cache the border weight maps of a dataset (data=<name>)
   data download  fetch a public dataset into data/<name> (name=lucchi or dsb2018; name=isbi2012
                  says how; dest=<folder> for another place than data/)
@@ -33,6 +35,9 @@ examples:
   segunet train model=attention_unet trainer.max_steps=2000
   segunet train -m model=unet,attention_unet
   segunet train trainer.devices=4
+  segunet plan data=folder data.path=/data/cells out=plans/cells.yaml
+  segunet train experiment=plans/cells.yaml
+  segunet train data=folder data.path=/data/cells experiment=auto plan.budget=10m
   segunet weightmaps data=isbi2012 data.path=/path/to/isbi2012 data.targets.workers=-1
   segunet data download name=lucchi
   segunet predict checkpoint=outputs/train/<run> input=images/ output=pred/
@@ -44,7 +49,7 @@ segunet --version prints the version.
 """
 
 
-COMMANDS = ("train", "weightmaps", "data", "predict", "export", "evaluate", "tune")
+COMMANDS = ("train", "plan", "weightmaps", "data", "predict", "export", "evaluate", "tune")
 
 
 def close_command(command: str) -> str:

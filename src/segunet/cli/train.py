@@ -44,6 +44,10 @@ def _train_command(argv: list[str]) -> int:
     if distributed.launched_by_torchrun():
         rank = distributed.env_world().rank  # only rank 0 writes Hydra's files
         return train_app([*argv, *distributed.hydra_overrides_for_rank(rank)])
+    from segunet.cli.experiment import staged
+
+    with report_errors():
+        argv = staged(argv)
     rest, args, cfg = checked(argv)
     if cfg is not None and not args.cfg:
         devices = cfg.trainer.get("devices", 1)
