@@ -166,7 +166,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                              "time: of segunet's recipes)")
     p.add_argument("--test-images", type=int,
                    help="score only the first N test images / slices (tiny: 4)")
-    p.add_argument("--experiment", help="experiment config (default <dataset>[_cpu])")
+    p.add_argument("--experiment", help="experiment config (default <dataset>[_cpu]), or a "
+                                        "file (a plan of segunet plan)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every recipe (repeatable)")
     p.add_argument("--monai-features", type=feature_counts,
@@ -199,17 +200,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def compose(overrides: Sequence[str]) -> Any:
-    """The training config ``segunet train <overrides>`` builds."""
+    """The training config ``segunet train <overrides>`` builds (``experiment=<file>``
+    staged as ``segunet train`` stages it)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from segunet.cli.experiment import staged
+
+    overrides = list(overrides)
+    if any(o.startswith("experiment=") and is_file(o.partition("=")[2]) for o in overrides):
+        _, folder, *overrides = staged(overrides)
+        overrides.append(f"hydra.searchpath=[file://{folder}]")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             return hydra_compose("config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+def is_file(experiment: str) -> bool:
+    """Whether an experiment is given as a file (a plan) rather than by a config's name."""
+    return experiment.endswith((".yaml", ".yml")) or "/" in experiment
 
 
 def tiny_overrides(dims: int, steps: int) -> list[str]:
@@ -239,6 +252,10 @@ def base_overrides(args: argparse.Namespace, spec: Dataset, experiment: str,
 
 
 def check_experiment(name: str) -> None:
+    if is_file(name):
+        if not Path(name).is_file():
+            raise SystemExit(f"bench_quality: --experiment {name}: no such file")
+        return
     file = config_dir() / "experiment" / f"{name}.yaml"
     if not file.is_file():
         have = sorted(p.stem for p in file.parent.glob("*.yaml"))
