@@ -134,7 +134,8 @@ def _weight_map(
         needed = valid & ~foreground
         d1, d2 = two_nearest(instances, spacing, reach, needed, progress)
         border = np.add(d1, d2, dtype=np.float32)
-        np.square(border, out=border)
+        with np.errstate(over="ignore"):  # far sums overflow to inf: exp(-inf) = 0, as meant
+            np.square(border, out=border)
         border *= np.float32(-1 / (2 * sigma**2))
         np.exp(border, out=border)
         border *= np.float32(w0)
