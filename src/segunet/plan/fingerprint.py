@@ -291,7 +291,6 @@ def fingerprint(data: Mapping[str, Any], limit: int = 100, seed: int = 0,
     """Measure the dataset a ``data`` config reads (at most ``limit`` images of it).
     ``progress``: a callable wrapping the iterator of samples (a progress bar)."""
     count, dims, samples, sizes = samples_of(data, limit, seed)
-    samples = list(samples if progress is None else progress(samples, total=min(count, limit)))
     stack_3d = dims == 3 and count == 1 and "slices_as" in data  # split along Z
     if count < 2 and not stack_3d:
         raise SegunetError(
@@ -302,27 +301,28 @@ def fingerprint(data: Mapping[str, Any], limit: int = 100, seed: int = 0,
     finest = min(sampling)
     targets = data.get("targets") or {}
     ignore_value = targets.get("ignore_value")
-    label_values = [np.unique(s.labels) for s in samples]
-    label_values = [v[v != ignore_value] if ignore_value is not None else v for v in label_values]
-    kind, fg_value = label_kind_found(label_values, _several_parts(samples, label_values))
+    # Two passes, one image in memory at a time: the label kind needs every sampled image's
+    # values before any object can be measured.
+    label_values, several = [], []
+    for s in samples:
+        values = np.unique(s.labels)
+        values = values[values != ignore_value] if ignore_value is not None else values
+        label_values.append(values)
+        several += _several_parts(s.labels, values)
+    kind, fg_value = label_kind_found(label_values, float(np.mean(several)) if several else 0.0)
     tally = _Tally()
     rng = np.random.default_rng(seed)
-    for s in samples:
+    _, _, samples, _ = samples_of(data, limit, seed)
+    for s in samples if progress is None else progress(samples, total=min(count, limit)):
         _measure(s, kind, fg_value, ignore_value, targets.get("connectivity"), sampling, finest,
                  tally, rng)
     return _summary(data, count, dims, sizes, kind, fg_value, label_values, tally)
 
 
-def _several_parts(samples: Sequence[Sample], values: Sequence[np.ndarray]) -> float:
-    """Share of (image, non-zero value) pairs, at most 8 per image, whose pixels form more
-    than one connected region."""
-    several = total = 0
-    for s, vals in zip(samples, values):
-        for v in vals[vals != 0][:8]:
-            _, n = ndi.label(s.labels == v)
-            several += n > 1
-            total += 1
-    return several / total if total else 0.0
+def _several_parts(labels: np.ndarray, values: np.ndarray) -> list[bool]:
+    """For at most 8 of an image's non-zero values: whether its pixels form more than one
+    connected region."""
+    return [ndi.label(labels == v)[1] > 1 for v in values[values != 0][:8]]
 
 
 def _measure(s: Sample, kind: str, fg_value: int | None, ignore_value: int | None,
@@ -334,7 +334,7 @@ def _measure(s: Sample, kind: str, fg_value: int | None, ignore_value: int | Non
     tally.channels.append(image.shape[0])
     tally.dtypes.add(str(image.dtype))
     flat = image.reshape(image.shape[0], -1)
-    picks = rng.choice(flat.shape[1], min(flat.shape[1], 20 * PIXELS), replace=False)
+    picks = rng.choice(flat.shape[1], min(flat.shape[1], 5 * PIXELS), replace=False)
     tally.values.setdefault(image.shape[0], []).append(flat[:, picks].astype(np.float64))
     tally.pixels += objects.size
     tally.ignored += int(ignore.sum())
@@ -412,7 +412,7 @@ def _summary(data: Mapping[str, Any], count: int, dims: int, sizes: list[float] 
         colour_gain=round(float(np.median(tally.gains)), 3) if tally.gains else None,
         dark_objects=round(float(np.mean(tally.dark)) if tally.dark else 0.0, 3),
         dtype=" ".join(sorted(tally.dtypes)),
-        intensity=[[round(float(v), 3) for v in np.percentile(c, INTENSITY_PERCENTILES)]
+        intensity=[[round(float(v), 3) + 0.0 for v in np.percentile(c, INTENSITY_PERCENTILES)]
                    for c in values],
         pixel_size=sizes,
         anisotropy=round(max(sizes) / min(sizes), 3) if sizes else 1.0,
