@@ -5,7 +5,7 @@ every source, ``segunet predict`` and an exported model apply alike. Pure functi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -20,6 +20,35 @@ Percentile = Annotated[float, Range(ge=0, le=100)]
 
 #: The intensity percentiles images are normalised between unless a config says otherwise.
 DEFAULT_PERCENTILES = (1.0, 99.8)
+
+
+#: ``data.polarity``: images as they are, or ``bright_objects``: an image whose background is
+#: bright (brightfield, H&E) inverted, x -> 1 - x, so objects are bright on dark in every
+#: image, as in fluorescence; one model then sees one polarity whatever the modality.
+Polarity = Literal["as_is", "bright_objects"]
+
+
+def bright_background(normalised: np.ndarray) -> bool:
+    """Whether most pixels of a normalised ``(C, *spatial)`` image are bright: the median of
+    its channel mean above one half. Objects cover a minority of the pixels in the images
+    this is meant for, so the median is the background's level."""
+    return float(np.median(np.asarray(normalised).mean(axis=0))) > 0.5
+
+
+def orient(normalised: np.ndarray, polarity: str) -> np.ndarray:
+    """A normalised image with bright objects on dark (``polarity=bright_objects``), or as
+    it is (``as_is``)."""
+    if polarity == "bright_objects" and bright_background(normalised):
+        return np.subtract(1, normalised, dtype=np.float32)
+    return normalised
+
+
+def check_polarity(polarity: str, percentiles: Sequence[float] | None) -> None:
+    if polarity not in ("as_is", "bright_objects"):
+        raise SegunetError(f"data.polarity={polarity!r}: use as_is or bright_objects")
+    if polarity != "as_is" and percentiles is None:
+        raise SegunetError("data.polarity=bright_objects inverts normalised images: set "
+                           "data.percentiles (e.g. [1.0,99.8]) or data.polarity=as_is")
 
 
 def percentile_range(
@@ -109,16 +138,17 @@ def convert_channels(image: np.ndarray, channels: int | None, source: str) -> np
 
 
 def prepare_image(
-    image: np.ndarray, channels: int | None, percentiles: Sequence[float] | None, source: str
+    image: np.ndarray, channels: int | None, percentiles: Sequence[float] | None, source: str,
+    polarity: str = "as_is",
 ) -> np.ndarray:
     """``(C, *spatial)`` image -> normalised float32: NaN/inf rejected, channels converted,
-    percentile-normalised (``percentiles=None``: as is)."""
+    percentile-normalised (``percentiles=None``: as is), oriented (:func:`orient`)."""
     check_finite(image, source)
     image = convert_channels(image, channels, source)
     if percentiles is None:
         return np.ascontiguousarray(image, dtype=np.float32)
     low, high = (float(p) for p in percentiles)
-    return normalize_percentile(image, low, high, channel_axis=0)
+    return orient(normalize_percentile(image, low, high, channel_axis=0), polarity)
 
 
 def check_percentiles(percentiles: Sequence[float] | None) -> None:

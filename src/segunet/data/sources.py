@@ -37,7 +37,9 @@ from segunet.data.labels import Targets, label_image
 from segunet.data.normalize import (
     DEFAULT_PERCENTILES,
     Percentile,
+    Polarity,
     check_percentiles,
+    check_polarity,
     image_channels_first,
     prepare_image,
 )
@@ -251,6 +253,7 @@ def folder(
     channels: Count | None = None,
     spatial_dims: SpatialDims = 2,
     percentiles: Sequence[Percentile] | None = DEFAULT_PERCENTILES,
+    polarity: Polarity = "as_is",
     val_fraction: ValFraction = 0.1,
     split_seed: Seed = 0,
     max_images: Count | None = None,
@@ -277,6 +280,7 @@ def folder(
     targets = Targets.of(targets)
     targets.check(target, metric)
     check_percentiles(percentiles)
+    check_polarity(polarity, percentiles)
     sizes = check_pixel_size(pixel_size, spatial_dims, "data.pixel_size")
     root = Path(path)
     image_dir, label_dir = root / images, root / labels
@@ -295,7 +299,7 @@ def folder(
         lab = label_image(read_array(label_file), spatial_dims, str(label_file))
         img = image_channels_first(read_array(image_file), lab.shape, str(image_file),
                                    str(label_file))
-        img = prepare_image(img, channels, percentiles, str(image_file))
+        img = prepare_image(img, channels, percentiles, str(image_file), polarity)
         names.append(image_file.stem)
         prepared.append(img)
         label_images.append(lab)
@@ -416,6 +420,7 @@ def stack(
     channels: Count | None = None,
     slices_as: Literal["2d", "3d"] = "2d",
     percentiles: Sequence[Percentile] | None = DEFAULT_PERCENTILES,
+    polarity: Polarity = "as_is",
     val_fraction: ValFraction = 0.1,
     max_images: Count | None = None,
     patch_size: Sequence[Count] | None = None,
@@ -440,13 +445,14 @@ def stack(
     targets = Targets.of(targets)
     targets.check(target, metric)
     check_percentiles(percentiles)
+    check_polarity(polarity, percentiles)
     sizes = check_pixel_size(pixel_size, 3 if slices_as == "3d" else 2, "data.pixel_size")
     labels = label_image(labels, 3, label_source, "a stack needs several slices; use "
                          "data=folder for single images")
     image = image_channels_first(np.asarray(image), labels.shape, image_source, label_source)
     if max_images is not None:  # before normalising: use nothing of the slices left out
         image, labels = image[:, : int(max_images)], labels[: int(max_images)]
-    image = prepare_image(image, channels, percentiles, image_source)
+    image = prepare_image(image, channels, percentiles, image_source, polarity)
     depth = labels.shape[0]
     n_val = val_count(depth, val_fraction, "slices")
     if slices_as == "2d":

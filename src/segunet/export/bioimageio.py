@@ -31,6 +31,7 @@ from segunet.export.bioimageio_description import (
     Checkpoint,
     Geometry,
     PackageInfo,
+    check_expressible,
     model_descr,
     readme,
     spec_call,
@@ -52,6 +53,7 @@ def export_package(
     nothing: it is staged in a temp folder and copied to a temp name beside ``target``."""
     spec, core = _bioimageio()
     trained = _load(file)
+    check_expressible(trained)
     model = trained.model
     geometry = Geometry.of(model)
     image, image_source = source_image(trained, info.test_image)

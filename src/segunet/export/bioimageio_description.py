@@ -318,9 +318,21 @@ def pixel_scale(v: ModuleType, trained: Checkpoint) -> tuple[list[float], str | 
     return size, unit
 
 
+def check_expressible(trained: Checkpoint) -> None:
+    """One line, before any work, for a model whose input preparation the spec's
+    preprocessing cannot say."""
+    if trained.data.get("polarity", "as_is") != "as_is":
+        raise SegunetError(
+            f"{trained.file}: trained with data.polarity={trained.data['polarity']}, which "
+            "bioimage.io's preprocessing cannot express (an image is inverted by its "
+            "background): export format=torchscript or onnx, or train with data.polarity=as_is"
+        )
+
+
 def input_tensor(v: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry) -> Any:
     model = trained.model
     size = v.ParameterizedSize(min=geometry.min, step=geometry.step)
+    check_expressible(trained)
     preprocessing = [v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32"))]
     if trained.percentiles is not None:
         preprocessing.append(scale_range(v, trained))

@@ -83,7 +83,9 @@ def metadata(model: nn.Module, config: dict) -> dict[str, str]:
         "valid_input_sizes": f"{smallest} + {period} * k for integers k >= 0, per axis",
         "output": "logits (N, classes, *spatial); softmax over axis 1 gives probabilities",
         "normalization": "per image and channel, (x - p_low) / (p_high - p_low), percentiles "
-        + json.dumps(data.get("percentiles", list(DEFAULT_PERCENTILES))),
+        + json.dumps(data.get("percentiles", list(DEFAULT_PERCENTILES)))
+        + ("; then 1 - x where the median of the channel mean exceeds 0.5 (bright background)"
+           if data.get("polarity", "as_is") == "bright_objects" else ""),
     }
 
 

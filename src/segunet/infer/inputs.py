@@ -17,6 +17,7 @@ from segunet.data.io import SUPPORTED, CheckedReads, file_kind, read_array, shor
 from segunet.data.normalize import (
     DEFAULT_PERCENTILES,
     apply_range,
+    bright_background,
     convert_channels,
     percentile_range,
 )
@@ -129,6 +130,7 @@ class NormalizedImage:
         convert_to: int | None,
         percentiles: Sequence[float] | None,
         source: str,
+        polarity: str = "as_is",
     ) -> None:
         self.raw, self.layout, self.raw_channels = raw, layout, channels
         self.convert_to, self.source = convert_to, source
@@ -138,6 +140,7 @@ class NormalizedImage:
         self.shape = (convert_to or channels, *(int(s) for s in spatial))
         self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
         self.lo = self.scale = None
+        self.invert, self.polarity = False, polarity
         refuse_non_finite(raw, source)
         if percentiles is not None:
             self.lo, self.scale = self._range(percentiles, source)
@@ -166,6 +169,9 @@ class NormalizedImage:
                 f"{high:g} lie beyond 3.4e38 apart), so they cannot be normalised: rescale "
                 "the image"
             )
+        # Oriented as training oriented the whole image (the sample: all of a small one).
+        self.invert = self.polarity == "bright_objects" and bright_background(
+            apply_range(sample, lo, scale))
         return lo, scale
 
     def __getitem__(self, index: Any) -> np.ndarray:
@@ -177,6 +183,8 @@ class NormalizedImage:
             # Per channel, shaped for x (a whole-number index, a stack's slice, drops an axis).
             shape = (-1, *(1,) * (x.ndim - 1))
             x = apply_range(x, self.lo.reshape(shape), self.scale.reshape(shape))
+            if self.invert:
+                x = np.subtract(1, x, dtype=np.float32)
         return x[channel]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -241,7 +249,8 @@ def image_for_model(
             f"model expects {in_channels}: give images like the training data"
         )
     percentiles = data_cfg.get("percentiles", DEFAULT_PERCENTILES)
-    return NormalizedImage(raw, layout, channels, convert, percentiles, str(path))
+    return NormalizedImage(raw, layout, channels, convert, percentiles, str(path),
+                           data_cfg.get("polarity", "as_is"))
 
 
 def stack_for_model(
@@ -266,7 +275,8 @@ def stack_for_model(
     if (declared is None and _fits(channels, in_channels, data_cfg)[0]) or not grey:
         return None
     percentiles = data_cfg.get("percentiles", DEFAULT_PERCENTILES)
-    return NormalizedImage(raw, "grey", 1, convert, percentiles, str(path))
+    return NormalizedImage(raw, "grey", 1, convert, percentiles, str(path),
+                           data_cfg.get("polarity", "as_is"))
 
 
 def first_axis_type(path: Path) -> str | None:
