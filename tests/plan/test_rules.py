@@ -12,6 +12,7 @@ from segunet.plan.fingerprint import Fingerprint
 from segunet.plan.rules import Device, plan, receptive_field, task_of
 
 FOLDER = {"_target_": "segunet.data.sources.folder", "path": "/d", "channels": None,
+          "polarity": "as_is",
           "val_fraction": 0.1, "percentiles": [1, 99.8], "target": "foreground",
           "metric": "dice", "patch_size": None, "targets": {}}
 
@@ -21,7 +22,8 @@ def nuclei(**changes) -> Fingerprint:
     fp = Fingerprint(
         source="/d", images=200, sampled=100, spatial_dims=2, shape_min=[256, 320],
         shape_median=[256, 320], channels=[1], colour_images=0.0, colour_gain=None,
-        dark_objects=0.0, dtype="uint8", intensity=[[0, 10, 200]], pixel_size=None,
+        dark_objects=0.0, polarity_rule=1.0, dtype="uint8", intensity=[[0, 10, 200]],
+        pixel_size=None,
         anisotropy=1.0, label_kind="instances", foreground_value=None, label_values=30,
         ignored=0.0, foreground=0.15, objects=2500, objects_per_image=25,
         area={"p1": 20, "p5": 80, "p50": 300, "p95": 900},
@@ -138,10 +140,17 @@ def test_channels_by_colour_gain():
     assert "data.channels" not in got  # grey stays as stored
 
 
-def test_inversion_only_for_mixed_polarity():
-    assert choices(nuclei(dark_objects=0.2))[0]["augment.p_invert"] == 0.5
-    assert choices(nuclei(dark_objects=0.0))[0]["augment.p_invert"] == 0.0
-    assert choices(nuclei(dark_objects=1.0))[0]["augment.p_invert"] == 0.0
+def test_polarity_where_it_is_mixed():
+    got, _ = choices(nuclei(dark_objects=0.2, polarity_rule=0.97))
+    assert got["data.polarity"] == "bright_objects" and got["augment.p_invert"] == 0.0
+    # the background does not tell which images to invert: learn both polarities
+    got, _ = choices(nuclei(dark_objects=0.2, polarity_rule=0.8))
+    assert "data.polarity" not in got and got["augment.p_invert"] == 0.5
+    for one in (0.0, 1.0):
+        got, _ = choices(nuclei(dark_objects=one))
+        assert "data.polarity" not in got and got["augment.p_invert"] == 0.0
+    synthetic = {k: v for k, v in FOLDER.items() if k != "polarity"}
+    assert choices(nuclei(dark_objects=0.2), data=synthetic)[0]["augment.p_invert"] == 0.5
 
 
 def test_augmentation_in_proportion_to_object_size():

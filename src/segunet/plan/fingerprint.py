@@ -23,7 +23,12 @@ from scipy import ndimage as ndi
 
 from segunet.data.io import read_array, read_pixel_size
 from segunet.data.labels import instances_from_labels, label_image
-from segunet.data.normalize import LUMA, image_channels_first, normalize_percentile
+from segunet.data.normalize import (
+    LUMA,
+    bright_background,
+    image_channels_first,
+    normalize_percentile,
+)
 from segunet.errors import SegunetError
 
 #: Intensity percentiles recorded per channel (the normalisation's and the median).
@@ -60,6 +65,7 @@ class Fingerprint:
     colour_images: float  # share of the sampled images whose RGB channels differ
     colour_gain: float | None  # colour's separability of objects over grey's (median)
     dark_objects: float  # share of images whose objects are darker than their background
+    polarity_rule: float  # share of images where a bright background means dark objects
     dtype: str
     intensity: list[list[float]]  # per channel of the most common count: INTENSITY_PERCENTILES
     pixel_size: list[float] | None
@@ -277,6 +283,7 @@ class _Tally:
     colour: list[bool] = field(default_factory=list)
     gains: list[float] = field(default_factory=list)
     dark: list[bool] = field(default_factory=list)
+    rule: list[bool] = field(default_factory=list)
     areas: list[np.ndarray] = field(default_factory=list)
     gaps: list[np.ndarray] = field(default_factory=list)
     cut: int = 0
@@ -359,7 +366,9 @@ def _measure(s: Sample, kind: str, fg_value: int | None, ignore_value: int | Non
     colour = image.shape[0] == 3 and _differ(norm)
     tally.colour.append(colour)
     grey_fg, grey_bg = _grey(fg), _grey(bg)
-    tally.dark.append(float(grey_fg.mean()) < float(grey_bg.mean()))
+    dark = float(grey_fg.mean()) < float(grey_bg.mean())
+    tally.dark.append(dark)
+    tally.rule.append(bright_background(norm) == dark)
     if colour:
         grey = separability(grey_fg[:, None], grey_bg[:, None])
         tally.gains.append(separability(fg, bg) / max(grey, 1e-6))
@@ -411,6 +420,7 @@ def _summary(data: Mapping[str, Any], count: int, dims: int, sizes: list[float] 
         colour_images=round(float(np.mean(tally.colour)) if tally.colour else 0.0, 3),
         colour_gain=round(float(np.median(tally.gains)), 3) if tally.gains else None,
         dark_objects=round(float(np.mean(tally.dark)) if tally.dark else 0.0, 3),
+        polarity_rule=round(float(np.mean(tally.rule)) if tally.rule else 0.0, 3),
         dtype=" ".join(sorted(tally.dtypes)),
         intensity=[[round(float(v), 3) + 0.0 for v in np.percentile(c, INTENSITY_PERCENTILES)]
                    for c in values],
@@ -447,7 +457,7 @@ def describe(fp: Fingerprint) -> str:
         ("intensity", f"{fp.dtype}; p1 / p50 / p99.8 per channel: "
                       + "; ".join(" / ".join(f"{v:g}" for v in c) for c in fp.intensity)),
         ("polarity", f"objects darker than the background in {fp.dark_objects:.0%} of the "
-                     "images"),
+                     f"images; a bright background tells which in {fp.polarity_rule:.0%}"),
         ("pixel size", "not recorded" if fp.pixel_size is None else
          f"{' x '.join(f'{v:g}' for v in fp.pixel_size)} um, anisotropy {fp.anisotropy:g}"),
         ("labels", f"{fp.label_kind}" + (f" (objects = {fp.foreground_value})"

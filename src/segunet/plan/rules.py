@@ -31,8 +31,13 @@ width, ``trainer.batch_size``    CPU: 16 channels at the top, batch 4 (the hand 
                                  small tail of the real objects, whatever their size
 ``data.channels``                grey (1) unless the images hold colour that separates the
                                  objects >= 1.5x better than grey does (Fisher's criterion)
-``augment.p_invert``             0.5 where objects are bright in some images and dark in
-                                 others (>= 5 % of each): fluorescence with brightfield/H&E
+``data.polarity``                ``bright_objects`` where objects are bright in some images
+                                 and dark in others (>= 5 % of each: fluorescence with
+                                 brightfield/H&E) and a bright background (median > 0.5)
+                                 marks the dark-object images in >= 95 % of them: those
+                                 are inverted, in training and predict; one polarity to learn
+``augment.p_invert``             0.5 where polarity is mixed and the background does not
+                                 tell it (predict cannot invert by it): learn both
 ``augment.elastic_sigma``        d50 / 2 within 2-10 px (the paper's 10 for large cells)
 ``augment.scale``                1 +- 0.1 log2(d95 / d5), within 0.1-0.3: the size spread
 ``augment.rot90``                only where the image plane's pixels are square
@@ -172,6 +177,7 @@ def plan(fp: Fingerprint, data: Mapping[str, Any], device: Device, budget_s: flo
     _weights(result, fp, target)
     _decoding(result, fp)
     _image(result, fp, dims)
+    _polarity(result, fp, data)
     _augment(result, fp, dims)
     _validation(result, fp, dims, slices is not None)
     # A source takes only its own keys (synthetic data has no channels or split share).
@@ -278,12 +284,23 @@ def _image(result: Plan, fp: Fingerprint, dims: int) -> None:
     result.set("data.percentiles", [1.0, 99.8], "per image and channel: robust to hot pixels")
 
 
+def _polarity(result: Plan, fp: Fingerprint, data: Mapping[str, Any]) -> None:
+    share = f"objects darker than the background in {fp.dark_objects:.0%} of the images"
+    if not 0.05 <= fp.dark_objects <= 0.95:
+        result.set("augment.p_invert", 0.0, f"{share}: one polarity")
+        return
+    if fp.polarity_rule >= 0.95 and "polarity" in data:
+        result.set("data.polarity", "bright_objects",
+                   f"{share}; a bright background marks them in {fp.polarity_rule:.0%}: "
+                   "such images are inverted, in training and in predict alike")
+        result.set("augment.p_invert", 0.0, "one polarity after data.polarity")
+        return
+    result.set("augment.p_invert", 0.5, f"{share}, and the background does not tell which "
+               f"({fp.polarity_rule:.0%}): both polarities in training")
+
+
 def _augment(result: Plan, fp: Fingerprint, dims: int) -> None:
     d5, d50, d95 = fp.diameter["p5"], fp.diameter["p50"], fp.diameter["p95"]
-    mixed = 0.05 <= fp.dark_objects <= 0.95
-    result.set("augment.p_invert", 0.5 if mixed else 0.0,
-               f"objects darker than the background in {fp.dark_objects:.0%} of the images"
-               + (": both polarities" if mixed else ": one polarity"))
     elastic = round(min(10.0, max(2.0, d50 / 2)), 1)
     result.set("augment.elastic_sigma", elastic, f"d50 / 2 = {d50 / 2:.1f} within 2-10 px")
     spread = round(min(0.3, max(0.1, 0.1 * math.log2(max(d95 / max(d5, 1e-6), 1)))), 2)
