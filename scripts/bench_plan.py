@@ -100,6 +100,20 @@ def by_modality(result: dict, colour: set[str], key: str) -> dict[str, float | N
     return out
 
 
+def reused(path: Path | None, dataset: str) -> dict | None:
+    """The hand and MONAI rows of ``dataset`` in an earlier ``--out`` JSON (``--reuse``)."""
+    if path is None:
+        return None
+    for report in json.loads(path.read_text()):
+        if report["dataset"] == dataset:
+            rows = {k: {"scores": v["scores"], "train_s": v["train_s"],
+                        "train_steps": v["steps"], "per_image": v.get("per_image", {}),
+                        "by_modality": v.get("by_modality")}
+                    for k, v in report["methods"].items()}
+            return {"rows": rows, "timing": report["timing"]}
+    raise SystemExit(f"bench_plan: --reuse {path} holds no {dataset} run")
+
+
 def bench(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     work = (args.workdir / dataset).resolve()
     spec = bench_quality.DATASETS[dataset]
@@ -116,29 +130,41 @@ def bench(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
               "--shared", str(args.shared)]
     if args.test_images:
         common += ["--test-images", str(args.test_images)]
-    auto = bench_quality.main([*common, "--budget", "time", "--experiment", str(plan_file),
-                               "--methods", f"monai,{auto_method}", "--workdir",
-                               str(work / "auto")])
-    steps, timing = hand_steps(dataset, parts["trainval"], plan_cfg, args.tiny)
-    hand = bench_quality.main([*common, "--budget", "steps", "--steps", str(steps),
-                               "--methods", hand_method, "--workdir", str(work / "hand")])
-    rows = {"auto": auto["methods"][auto_method], "hand": hand["methods"][hand_method],
-            "monai": auto["methods"]["monai"]}
+    earlier = reused(args.reuse, dataset)
+    if earlier is None:
+        auto = bench_quality.main([*common, "--budget", "time", "--experiment", str(plan_file),
+                                   "--methods", f"monai,{auto_method}", "--workdir",
+                                   str(work / "auto")])
+        steps, timing = hand_steps(dataset, parts["trainval"], plan_cfg, args.tiny)
+        hand = bench_quality.main([*common, "--budget", "steps", "--steps", str(steps),
+                                   "--methods", hand_method, "--workdir", str(work / "hand")])
+        rows = {"auto": auto["methods"][auto_method], "hand": hand["methods"][hand_method],
+                "monai": auto["methods"]["monai"]}
+    else:  # a new plan against the earlier run's hand and MONAI rows (same split, machine)
+        auto = bench_quality.main([*common, "--budget", "time", "--experiment",
+                                   str(plan_file), "--methods", auto_method, "--workdir",
+                                   str(work / "auto")])
+        timing = earlier["timing"]
+        rows = {"auto": auto["methods"][auto_method], **{
+            k: {**v, "reused": True} for k, v in earlier["rows"].items() if k != "auto"}}
     report = {
         "dataset": dataset, "budget": args.budget, "plan_s": plan_s, "timing": timing,
         "plan": {k: _select(plan_cfg, k) for k in (
             "data.target", "data.metric", "model.channels", "model.padding", "data.patch_size",
             "trainer.batch_size", "trainer.max_steps", "data.targets.sigma", "data.channels",
-            "augment.p_invert", "data.val_fraction", "postprocess.grid")},
+            "data.polarity", "augment.p_invert", "data.val_fraction", "postprocess.grid")},
         "headline": spec.scores[0],
         "methods": {k: {"scores": v["scores"], "train_s": v["train_s"],
-                        "steps": v["train_steps"]} for k, v in rows.items()},
+                        "steps": v["train_steps"], "per_image": v.get("per_image", {}),
+                        "reused": v.get("reused", False)} for k, v in rows.items()},
     }
     if dataset == "dsb2018":
         colour = colour_names(parts["test"])
         report["colour_test_images"] = len(colour)
         for k, v in rows.items():
-            report["methods"][k]["by_modality"] = by_modality(v, colour, spec.scores[0])
+            report["methods"][k]["by_modality"] = (
+                by_modality(v, colour, spec.scores[0]) if v.get("per_image") else
+                v.get("by_modality"))
     return report
 
 
@@ -157,8 +183,9 @@ def table(reports: list[dict]) -> str:
 
     for r in reports:
         for m, v in r["methods"].items():
-            mod = v.get("by_modality", {})
+            mod = v.get("by_modality") or {}
             score = v["scores"][r["headline"]]
+            m = f"{m} (reused)" if v.get("reused") else m
             lines.append(f"| {r['dataset']} | {m} | {r['headline']} {score:.3f} "
                          f"| {fmt(mod.get('colour'))} | {fmt(mod.get('grey'))} | {v['steps']} "
                          f"| {v['train_s']:.0f} |")
@@ -185,6 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--tiny", action="store_true", help="a smoke test: bench_quality's tiny "
                    "preset for every method")
     p.add_argument("--shared", type=Path, default=quality_data.SHARED)
+    p.add_argument("--reuse", type=Path, help="an earlier --out JSON: train and score only the "
+                   "new plan; its hand and MONAI rows come from there (marked reused)")
     args = p.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(datasets) - set(DATA))
