@@ -143,7 +143,8 @@ def bench(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     else:  # a new plan against the earlier run's hand and MONAI rows (same split, machine)
         auto = bench_quality.main([*common, "--budget", "time", "--experiment",
                                    str(plan_file), "--methods", auto_method, "--workdir",
-                                   str(work / "auto")])
+                                   str(work / "auto"),
+                                   *(f"--override={o}" for o in args.auto_override)])
         timing = earlier["timing"]
         rows = {"auto": auto["methods"][auto_method], **{
             k: {**v, "reused": True} for k, v in earlier["rows"].items() if k != "auto"}}
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--tiny", action="store_true", help="a smoke test: bench_quality's tiny "
                    "preset for every method")
     p.add_argument("--shared", type=Path, default=quality_data.SHARED)
+    p.add_argument("--auto-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --reuse: a Hydra override of the plan's run, e.g. "
+                   "trainer.max_steps=<the earlier run's> for the same wall-clock")
     p.add_argument("--reuse", type=Path, help="an earlier --out JSON: train and score only the "
                    "new plan; its hand and MONAI rows come from there (marked reused)")
     args = p.parse_args(argv)
