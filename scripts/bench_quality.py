@@ -324,7 +324,7 @@ def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> l
             image = normalize.image_channels_first(read_array(image_file), labels.shape,
                                                    str(image_file), str(label_file))
             image = normalize.prepare_image(image, c["channels"], c["percentiles"],
-                                            str(image_file))
+                                            str(image_file), c.get("polarity", "as_is"))
             images.append(HeldOut(image_file.stem, image, *objects(labels, str(label_file))))
         return images
     if not c["_target_"].endswith(".tiff_stack"):
@@ -334,7 +334,8 @@ def load_test(test_dir: Path, data_cfg: dict, dims: int, limit: int | None) -> l
     image = normalize.image_channels_first(read_array(image_file), labels.shape,
                                            str(image_file), str(label_file))
     # The whole stack at once, as the source does: one acquisition, one intensity scale.
-    image = normalize.prepare_image(image, c["channels"], c["percentiles"], str(image_file))
+    image = normalize.prepare_image(image, c["channels"], c["percentiles"], str(image_file),
+                                    c.get("polarity", "as_is"))
     if dims == 3:
         return [HeldOut(f"{c['name']}_test", image, *objects(labels, str(label_file)))]
     return [
@@ -730,10 +731,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     data_cfg = as_dict(fg.data)
     test = load_test(parts["test"], data_cfg, spec.dims, args.test_images)
+    # MONAI as a user runs it: segunet's normalisation, but not its polarity inversion.
+    inverted = data_cfg.get("polarity", "as_is") != "as_is"
+    plain = fg.copy()
+    if inverted:
+        plain.data.polarity = "as_is"
+    plain_test = load_test(parts["test"], as_dict(plain.data), spec.dims,
+                           args.test_images) if inverted and "monai" in runs else test
     data: SegmentationData | None = None
+    plain_data: SegmentationData | None = None
     if "monai" in runs or "foreground" in args.methods:  # these need the validation images
         print("bench_quality: preparing the trainval data (segunet's source)", file=sys.stderr)
         data = instantiate_group(fg, "data")
+        plain_data = instantiate_group(plain, "data") if inverted and "monai" in runs else data
 
     results: list[Result] = []
     monai_setup = None
@@ -744,8 +754,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         features = args.monai_features or (TINY_FEATURES if args.preset == "tiny" else None)
         monai_methods = [m for m in METHODS if m in args.methods and RUN_OF[m] == "monai"]
         seconds = train_s[RUN_OF[default]] if args.budget == "time" else None
-        found, monai_setup = monai_results(monai_methods, data, fg, patch, features, spec,
-                                           test, device, workdir / "predictions", seconds)
+        found, monai_setup = monai_results(monai_methods, plain_data, fg, patch, features,
+                                           spec, plain_test, device, workdir / "predictions",
+                                           seconds)
         results += found
     for run in ("foreground", "boundary"):
         if run in runs:
