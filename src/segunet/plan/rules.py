@@ -213,8 +213,8 @@ def _patch(fp: Fingerprint, dims: int, levels: int, device: str, sliced: bool
             padding = "same"
         patch.append(lower)
     if padding == "same":
-        patch = [nearest_valid_sizes(min(side, cap), levels, "same")[0] or
-                 nearest_valid_sizes(min(side, cap), levels, "same")[1] for side in sides]
+        patch = [next(s for s in nearest_valid_sizes(min(side, cap), levels, "same") if s)
+                 for side in sides]
     return tuple(int(p) for p in patch), padding
 
 
