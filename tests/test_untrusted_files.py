@@ -316,6 +316,12 @@ def huge_views(ckpt):
          "its pixel_size ['abc'] is not valid: expected positive sizes"),
         (set_key("data.pixel_size", ["0.5um"]),
          "its config.data.pixel_size ['0.5um'] is not valid: expected positive sizes"),
+        # What scale=auto resamples inputs to.
+        (lambda ckpt: ckpt.update(object_size={"diameter": "big", "range": [1, 2]}),
+         "its object_size {'diameter': 'big', 'range': [1, 2]} is not a diameter and a range "
+         "around it, in pixels"),
+        (lambda ckpt: ckpt.update(object_size={"diameter": 30.0, "range": [1, 2]}),
+         "is not a diameter and a range around it"),
         # What predict normalises by: ValueError and AttributeError tracebacks.
         (set_key("data.percentiles", "abc"), "its config.data.percentiles 'abc' is not valid"),
         (set_key("data.percentiles", [-5, 200]),

@@ -198,6 +198,21 @@ def pixel_size_of(ckpt_or_trained: Mapping[str, Any] | Trained) -> tuple[list[fl
     return (_sizes(sizes, "config.data.pixel_size"), "micrometer") if sizes else None
 
 
+def object_sizes_of(trained: Trained) -> tuple[float, float, float] | None:
+    """The object diameters the model was trained on, in its pixels (``object_size``): the
+    quartiles of its training images' (low, median, high); None where none is recorded."""
+    if trained.object_size is None:
+        return None
+    value = trained.object_size.get("diameter")
+    bounds = trained.object_size.get("range", [value, value])
+    sizes = [value, *bounds] if isinstance(bounds, list) and len(bounds) == 2 else [None]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               and v > 0 for v in sizes) or not sizes[1] <= sizes[0] <= sizes[2]:
+        raise SegunetError(f"its object_size {trained.object_size!r} is not a diameter and a "
+                           "range around it, in pixels")
+    return float(sizes[1]), float(sizes[0]), float(sizes[2])
+
+
 def _sizes(values: Any, key: str) -> list[float]:
     """Recorded pixel sizes as floats: positive and finite, or a one-line error."""
     try:
@@ -220,6 +235,7 @@ class Trained:
     postprocess: dict | None
     file: Path
     pixel_size: dict | None = None  # the checkpoint's entry (see pixel_size_of)
+    object_size: dict | None = None  # the checkpoint's entry (see object_diameter_of)
 
 
 def load_model(
@@ -265,12 +281,14 @@ def load_trained(
                 f"{file}: weights do not fit its model config ({mismatch_detail(e)})"
             ) from e
     post = ckpt.get("postprocess") if tuned else None
-    pixel_size = ckpt.get("pixel_size")
+    pixel_size, object_size = ckpt.get("pixel_size"), ckpt.get("object_size")
     trained = Trained(model.to(device).eval(), config, post if isinstance(post, dict) else None,
-                      file, pixel_size if isinstance(pixel_size, dict) else None)
+                      file, pixel_size if isinstance(pixel_size, dict) else None,
+                      object_size if isinstance(object_size, dict) else None)
     try:  # what predict reads besides the model, checked as the model is
         check_normalisation(config.get("data") or {})
         pixel_size_of(trained)
+        object_sizes_of(trained)
     except SegunetError as e:
         raise SegunetError(f"{file}: {e}; use a checkpoint written by segunet train") from None
     check_tuned(trained.postprocess, file)

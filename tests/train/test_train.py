@@ -491,6 +491,24 @@ def test_the_summary_lists_only_the_checkpoints_written(make_cfg, tmp_path, caps
     assert f"checkpoints: {tmp_path / 'b' / 'checkpoints'} (last.pt)\n" in capsys.readouterr().err
 
 
+def test_checkpoints_record_the_training_object_sizes(make_cfg, tmp_path):
+    """What predict's scale=auto scales to: quartiles over the training images of their
+    median object width, by scikit-image's equivalent diameter."""
+    from skimage.measure import regionprops
+
+    from segunet.checkpoint import Trained, object_sizes_of
+
+    trainer = build_trainer(make_cfg(*TINY), tmp_path)
+    medians = [np.median([p.equivalent_diameter_area for p in regionprops(v.instances)])
+               for v in trainer.data.train]
+    low, mid, high = np.percentile(medians, [25, 50, 75])
+    record = trainer.state()["object_size"]
+    assert record["diameter"] == pytest.approx(mid, abs=1e-3)
+    assert record["range"] == pytest.approx([low, high], abs=1e-3)
+    trained = Trained(None, {}, None, tmp_path, None, record)
+    assert object_sizes_of(trained) == pytest.approx((low, mid, high), abs=1e-3)
+
+
 def test_checkpoints_record_the_training_pixel_size(make_cfg, tmp_path):
     """As the bioimage.io export reads it: an entry of its own and the stored config."""
     from segunet.checkpoint import pixel_size_of

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from segunet.data.objectsize import typical_diameters
 from segunet.data.tiling import crop_reflect
 
 
@@ -61,6 +62,11 @@ class SegmentationData:
     @property
     def in_channels(self) -> int:
         return self.train[0].image.shape[0]
+
+    def object_diameters(self) -> tuple[float, float, float] | None:
+        """The quartiles of the training images' object diameters, px (see
+        :func:`~segunet.data.objectsize.typical_diameters`); None without object labels."""
+        return typical_diameters(v.instances for v in self.train)
 
 
 def crop_targets(

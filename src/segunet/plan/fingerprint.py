@@ -12,7 +12,6 @@ chosen by (:mod:`segunet.plan.rules`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from segunet.data.normalize import (
     image_channels_first,
     normalize_percentile,
 )
+from segunet.data.objectsize import diameters_of_sizes
 from segunet.errors import SegunetError
 
 #: Intensity percentiles recorded per channel (the normalisation's and the median).
@@ -402,8 +402,7 @@ def _summary(data: Mapping[str, Any], count: int, dims: int, sizes: list[float] 
         raise SegunetError(f"{data.get('path', 'the data')}: the labels of the "
                            f"{len(tally.shapes)} images measured hold no objects; check "
                            "data.labels and data.targets.foreground_value")
-    unit = math.pi if dims == 2 else math.pi / 6
-    diameters = (areas / unit) ** (1 / dims) * (2 if dims == 2 else 1)
+    diameters = diameters_of_sizes(areas, dims)
     gaps = np.concatenate(tally.gaps)
     shapes = np.array(tally.shapes)
     common = max(set(tally.channels), key=tally.channels.count)

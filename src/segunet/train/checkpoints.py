@@ -21,6 +21,7 @@ from segunet.checkpoint import (
     set_rng_state,
 )
 from segunet.config.compose import upgrade
+from segunet.data.objectsize import object_size_record
 from segunet.errors import SegunetError, say
 from segunet.train import resume
 from segunet.train.settings import step_seed
@@ -67,6 +68,7 @@ class Checkpoints:
             "resumes": self.resumes,
             "postprocess": self.tuned,
             "pixel_size": pixel_size_record(self.data.pixel_size),
+            "object_size": object_size_record(self.object_diameters),
         } | ({"rng_ranks": self.rank_rng} if self.rank_rng else {})
 
     def save_checkpoint(self, name: str) -> Path:

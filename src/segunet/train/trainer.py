@@ -105,6 +105,8 @@ class Trainer(Compiling, Validation, Checkpoints):
         if isinstance(self.config.get("data"), dict) and data.pixel_size is not None:
             # What the data source found in the files, for whoever reads the checkpoint.
             self.config["data"]["pixel_size"] = list(data.pixel_size)
+        # What predict's scale=auto resamples an image's objects to.
+        self.object_diameters = data.object_diameters()
         self.world = distributed.world()
         local_rank = self.world.local_rank if self.world.size > 1 else None
         self.device = resolve_device(cfg.device, "trainer.device", local_rank)
