@@ -5,6 +5,7 @@ itself is :mod:`segunet.infer.run`, which takes what the arguments say as a
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,14 @@ class PredictConfig:
     pixel_size: list[float] | None = option(
         None, "the inputs' pixel size in um per spatial axis (one value: all), instead of "
         "what their files record")
+    scale: Literal["none", "auto"] = option(
+        "none", "auto: an input that records no pixel size (or a model that records none) "
+        "is resampled so that its objects come out the size the model was trained on, "
+        "measured with the model on a window of it (a few extra predictions per input); "
+        "each input's estimate is printed")
+    diameter: float | None = option(
+        None, "the typical object's width in the inputs, px: resampled to the model's "
+        "training object size, as scale=auto does from its own estimate")
     overwrite: bool = option(False, "replace existing outputs (else an existing one is an error)")
     skip_existing: bool = option(
         False, "keep existing outputs and predict only what is missing: to continue a batch "
@@ -97,6 +106,16 @@ class PredictConfig:
         check_range("tile", self.tile, not self.tile or min(self.tile) >= 1,
                     "positive sizes, e.g. 572,572")
         check_range("outputs", self.outputs, bool(self.outputs), f"some of {','.join(OUTPUTS)}")
+        check_range("diameter", self.diameter,
+                    self.diameter is None or (math.isfinite(self.diameter) and self.diameter > 0),
+                    "a width in px > 0")
+        scaled = "diameter=" if self.diameter is not None else (
+            "scale=auto" if self.scale == "auto" else None)
+        if scaled and (self.pixel_size is not None or not self.resample):
+            other = "pixel_size=" if self.pixel_size is not None else "resample=false"
+            raise SegunetError(f"{scaled} and {other} contradict each other: give one")
+        if self.diameter is not None and self.scale == "auto":
+            raise SegunetError("scale=auto estimates what diameter= gives: give one")
         if self.pixel_size is not None:  # the count of sizes is checked per input
             check_pixel_size(self.pixel_size, len(self.pixel_size), "pixel_size")
         if self.tile is not None:  # one size is for every axis
@@ -118,7 +137,7 @@ class PredictConfig:
         pixel_size = None if self.pixel_size is None else tuple(self.pixel_size)
         tiling = Tiling(self.tile, self.batch_size, self.blend, self.overlap, self.tta)
         return Settings(self.checkpoint, self.device, self.compile, tiling, self.resample,
-                        pixel_size, self.instances)
+                        pixel_size, self.instances, self.scale, self.diameter)
 
 
 def run(argv: Sequence[str]) -> int:

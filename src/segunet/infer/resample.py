@@ -81,6 +81,15 @@ def grid_for(
     return Grid(shape, model, pixel_size)
 
 
+def grid_at(shape: Sequence[int], factor: float, pixel_size: PixelSize | None) -> Grid:
+    """The grid that shows an input of ``shape`` ``factor`` times as many pixels per axis
+    (``scale=auto`` or ``diameter=``); the input's own within :data:`TOLERANCE`."""
+    shape = tuple(int(n) for n in shape)
+    if abs(factor - 1) <= TOLERANCE:
+        return Grid(shape, shape, pixel_size)
+    return Grid(shape, tuple(max(1, round(n * factor)) for n in shape), pixel_size)
+
+
 def _times(factor: float) -> str:
     return f"{factor:.3g}x" if factor >= 1 else f"1/{1 / factor:.3g}x"
 

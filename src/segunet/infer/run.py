@@ -36,7 +36,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +65,15 @@ from segunet.infer.outputs import (
     output_paths,
     refuse_non_finite_output,
 )
-from segunet.infer.resample import Grid, grid_for
+from segunet.infer.resample import Grid, grid_at, grid_for
+from segunet.infer.scale import (
+    Measure,
+    ScaleEstimate,
+    describe_factor,
+    given_diameter,
+    measure_objects,
+    search_scale,
+)
 from segunet.postprocess.decoding import Decoder, InstancesConfig, argmax_of, class_dtype
 
 if TYPE_CHECKING:
@@ -112,6 +120,8 @@ class Settings:
     resample: bool
     pixel_size: tuple[float, ...] | None
     instances: InstancesConfig
+    scale: str = "none"  # none or auto (see segunet.infer.scale)
+    diameter: float | None = None  # the inputs' objects, px: their scale, given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +139,24 @@ class Prediction:
     trained_pixel_size: PixelSize | None  # the model's training one, if recorded
     format: str
     output: Path
+    scale: str = "none"
+    diameter: float | None = None
+    trained_objects: tuple[float, float, float] | None = None  # its object widths, px
 
     @classmethod
     def of(cls, batch: Batch, settings: Settings, trained: Trained, device: str) -> Prediction:
         """``settings`` of ``batch`` resolved with the checkpoint read, on ``device``."""
-        from segunet.checkpoint import pixel_size_of
+        from segunet.checkpoint import object_sizes_of, pixel_size_of
 
         decoder = Decoder.of(settings.instances, trained.config, trained.postprocess)
         recorded = pixel_size_of(trained)
+        objects = object_sizes_of(trained)
+        if objects is None and (settings.scale == "auto" or settings.diameter):
+            asked = "scale=auto" if settings.scale == "auto" else "diameter="
+            raise SegunetError(
+                f"{trained.file} records no training object size, which {asked} scales "
+                "inputs to: use a checkpoint of a newer segunet train, or give pixel_size="
+            )
         tta = settings.tiling.tta
         if tta is None:
             tta = bool(decoder.post and decoder.post.tta)
@@ -145,6 +165,7 @@ class Prediction:
             device, dataclasses.replace(settings.tiling, tta=tta), decoder,
             None if given is None else tuple(given), settings.resample, settings.pixel_size,
             tuple(recorded[0]) if recorded else None, batch.format, batch.output,
+            settings.scale, settings.diameter, objects,
         )
 
 
@@ -328,16 +349,16 @@ def predict_file(
         raw = open_array(path, stack)
         check_pixel_type(raw, path)
         volume = stack_for_model(raw, path, net.in_channels, dims, data_cfg)
-        if volume is not None:
-            grid = input_grid(path, volume.shape[2:], prediction.pixel_size,
-                              prediction.trained_pixel_size, prediction.resample)
+        if volume is not None:  # its objects measured on the middle slice
+            grid = input_grid(path, volume.shape[2:], prediction, lambda: objects_scale(
+                model, volume[:, volume.shape[1] // 2], prediction, foreground))
             say_tile_reduced(net, grid.model_shape, prediction.tiling.tile, path)
             out = Outputs(targets, prediction.format, prediction.output, grid,
                           class_names_of(data_cfg, classes), path)
             return predict_stack(model, volume, grid, out, prediction, foreground)
         image = image_for_model(raw, path, net.in_channels, dims, data_cfg)
-        grid = input_grid(path, image.shape[1:], prediction.pixel_size,
-                          prediction.trained_pixel_size, prediction.resample)
+        grid = input_grid(path, image.shape[1:], prediction,
+                          lambda: objects_scale(model, image, prediction, foreground))
         say_tile_reduced(net, grid.model_shape, prediction.tiling.tile, path)
         out = Outputs(targets, prediction.format, prediction.output, grid,
                       class_names_of(data_cfg, classes), path)
@@ -364,16 +385,25 @@ def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> N
 
 
 def input_grid(
-    path: Path, shape: Sequence[int], given: PixelSize | None, trained: PixelSize | None,
-    resample: bool,
+    path: Path, shape: Sequence[int], prediction: Prediction,
+    objects: Callable[[], ScaleEstimate],
 ) -> Grid:
-    """The input's pixel size (``given``: ``pixel_size=``, else its file's) and the grid the
-    model trained at pixel size ``trained`` predicts it on (with ``resample``); a line on
-    stderr when it is resampled, or cannot be."""
+    """The input's pixel size (``pixel_size=``, else its file's) and the grid the model
+    predicts it on: at its training pixel size (with ``resample``), or, with ``diameter=``,
+    or ``scale=auto`` where either pixel size is unknown, at the scale ``objects()``
+    estimates. A line on stderr when it is resampled, or cannot be."""
     dims = len(shape)
-    sizes = check_pixel_size(given, dims, "pixel_size")
+    sizes = check_pixel_size(prediction.pixel_size, dims, "pixel_size")
     sizes = sizes or spatial(read_pixel_size(path), dims)
-    trained = spatial(trained, dims)
+    trained = spatial(prediction.trained_pixel_size, dims)
+    resample = prediction.resample
+    if prediction.diameter or (prediction.scale == "auto" and (sizes is None or trained is None)):
+        estimate = objects()
+        grid = grid_at(shape, estimate.factor, sizes)
+        print(f"segunet: {path}: {estimate.describe()}: predicting at "
+              f"{describe_factor(estimate.factor, shape) if grid.resampled else 'its own scale'}",
+              file=sys.stderr)
+        return grid
     grid = grid_for(shape, sizes, trained, resample, str(path))
     if grid.resampled:
         print(f"segunet: {path}: pixel size {describe_pixel_size(sizes)}, the model's "
@@ -381,8 +411,34 @@ def input_grid(
               f"{' x '.join(map(str, grid.model_shape))} px", file=sys.stderr)
     elif resample and trained is not None and sizes is None:
         print(f"segunet: {path} records no pixel size: predicted as it is (pixel_size=... "
-              f"resamples it to the model's {describe_pixel_size(trained)})", file=sys.stderr)
+              f"resamples it to the model's {describe_pixel_size(trained)}"
+              f"{', scale=auto to its objects' if prediction.trained_objects else ''})",
+              file=sys.stderr)
     return grid
+
+
+def objects_scale(
+    model: Any, image: Any, prediction: Prediction, foreground: Sequence[int],
+) -> ScaleEstimate:
+    """The scale of ``image`` ``(C, *spatial)``: from ``diameter=``, else measured with the
+    model (:mod:`segunet.infer.scale`: a few predictions of a window, without TTA)."""
+    from segunet.checkpoint import unwrap
+    from segunet.infer.predict import predict_tiled
+
+    trained = prediction.trained_objects
+    assert trained is not None  # Prediction.of refused the checkpoint
+    if prediction.diameter:
+        return given_diameter(prediction.diameter, trained)
+    predict = dict(tiling(prediction, progress=False), tta=False)
+    rows = rows_per_block(unwrap(model).out_channels, image.shape[1:])
+
+    def measure(factor: float) -> Measure:
+        return measure_objects(
+            image, factor, lambda x: predict_tiled(model, x, **predict),
+            lambda p: prediction.decoder(p, foreground, rows),
+        )
+
+    return search_scale(measure, trained)
 
 
 def predict_whole(
