@@ -11,6 +11,14 @@ or tuned on), so that bench's row is this file's held-out score::
         --methods monai,monai_tuned,boundary --workdir outputs/bq
     python scripts/make_pretrained.py --run outputs/bq/boundary --name nuclei
 
+Checkpoints record the typical size of their training objects (``object_size``, what
+``segunet predict scale=auto`` scales inputs to). The shipped ``nuclei`` model predates that,
+so its entry was measured from the label files it was trained on, the grey DSB images less
+the 60 held out (``quality_data.dsb_test_names`` over the grey names)::
+
+    python scripts/make_pretrained.py --run src/segunet/pretrained/nuclei.pt --name nuclei \
+        --labels '<folder of those masks>/*.tif'
+
 Optimiser, scheduler and RNG states are left out (a fine-tune starts them anew), which keeps
 the file a third of a checkpoint's size.
 """
@@ -18,14 +26,18 @@ the file a third of a checkpoint's size.
 from __future__ import annotations
 
 import argparse
+import glob
 from pathlib import Path
 
 import torch
 
 from segunet.checkpoint import load_checkpoint, resolve_checkpoint, save_atomic
+from segunet.data.io import read_array
+from segunet.data.objectsize import object_size_record, typical_diameters
 from segunet.train.run_folder import recorded_overrides
 
-KEEP = ("model", "config", "postprocess", "pixel_size", "metrics", "best_metric", "step")
+KEEP = ("model", "config", "postprocess", "pixel_size", "object_size", "metrics",
+        "best_metric", "step")
 TARGET = Path(__file__).resolve().parents[1] / "src" / "segunet" / "pretrained"
 
 
@@ -33,6 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a run folder (its best.pt) or a checkpoint")
     p.add_argument("--name", required=True, help="the shipped model's name, e.g. nuclei")
+    p.add_argument("--labels", help="a glob of the training label files, to measure the "
+                   "object size of a checkpoint that records none")
     args = p.parse_args()
     file = resolve_checkpoint(args.run, prefer="best")
     ckpt = load_checkpoint(file)
@@ -40,7 +54,14 @@ def main() -> None:
         raise SystemExit(f"{file} has no tuned post-processing: run segunet tune on it first")
     shipped = {k: ckpt[k] for k in KEEP if k in ckpt}
     # The training command, which the bioimage.io README of the shipped model shows.
-    shipped["source"] = {"overrides": recorded_overrides(file) or []}
+    shipped["source"] = ckpt.get("source") or {"overrides": recorded_overrides(file) or []}
+    if args.labels:
+        files = sorted(glob.glob(args.labels))
+        if not files:
+            raise SystemExit(f"--labels {args.labels} matches no file")
+        quartiles = typical_diameters(read_array(f) for f in files)
+        shipped["object_size"] = object_size_record(quartiles)
+        print(f"object size: {shipped['object_size']}, measured over {len(files)} label files")
     out = TARGET / f"{args.name}.pt"
     save_atomic(shipped, out)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) from {file} "
