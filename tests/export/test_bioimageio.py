@@ -27,7 +27,8 @@ from segunet.infer.predict import predict_tiled
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     """A quickstart run (a 3-level 4-8-16 net) trained for a few steps, exported by the
-    command with its defaults: beside last.pt, tested on its validation image."""
+    command with its defaults: beside best.pt (what a run folder means, as in predict), tested
+    on its validation image."""
     folder = tmp_path_factory.mktemp("quickstart")
     run = folder / "run"
     done = run_in_process("train", *TINY, "trainer.max_steps=4", "trainer.val_every=4",
@@ -35,7 +36,7 @@ def quickstart(tmp_path_factory):
     assert done.returncode == 0, done.stderr
     done = run_in_process("export", f"checkpoint={run}", "format=bioimageio",
                           "authors=Ada Lovelace", "license=MIT", cwd=folder)
-    package = run / "checkpoints" / "last.bioimageio.zip"
+    package = run / "checkpoints" / "best.bioimageio.zip"
     assert done.returncode == 0, done.stderr
     assert done.stderr == f"segunet: exported bioimageio model to {package}\n"
     return run, package
@@ -55,7 +56,7 @@ def test_quickstart_package_passes_bioimageio_core(quickstart):
 
 def test_axes_say_the_valid_sizes_and_the_halo_of_the_net(quickstart):
     run, package = quickstart
-    model, config = load_model(run)
+    model, config = load_model(run / "checkpoints" / "best.pt")
     smallest = model.valid_input_shape((1, 1))[0]
     step = model.valid_input_shape((smallest + 1,) * 2)[0] - smallest
     trimmed = smallest - model.output_shape((smallest,) * 2)[0]  # both sides together
@@ -84,7 +85,7 @@ def test_package_predicts_what_segunet_predicts(quickstart, weight_format):
     pipeline = bioimageio.core.create_prediction_pipeline(descr, weight_format=weight_format)
     sample = bioimageio.core.predict(model=pipeline, inputs={"input": raw[None]})
     got = sample.members["output"].data.values[0]
-    model, _ = load_model(run)
+    model, _ = load_model(run / "checkpoints" / "best.pt")
     expected = predict_tiled(model, normalize_percentile(raw, 1.0, 99.8))
     halo = (raw.shape[1] - got.shape[1]) // 2
     assert got.shape[1:] == tuple(n - 2 * halo for n in raw.shape[1:]) and halo > 0
@@ -94,7 +95,7 @@ def test_package_predicts_what_segunet_predicts(quickstart, weight_format):
 def test_readme_has_the_training_command_and_the_validation_scores(quickstart):
     run, package = quickstart
     readme = zipfile.ZipFile(package).read("README.md").decode()
-    metrics = load_checkpoint(run / "checkpoints" / "last.pt")["metrics"]
+    metrics = load_checkpoint(run / "checkpoints" / "best.pt")["metrics"]
     assert "segunet train experiment=quickstart model.channels=[4,8,16]" in readme
     assert "## Validation" in readme and f"| dice | {metrics['dice']:.4f} |" in readme
     assert "synthetic" in readme and "crops 20 pixels per side" in readme

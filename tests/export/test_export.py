@@ -123,3 +123,24 @@ def test_output_under_a_file_is_one_line_before_exporting(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"segunet: error: output={output}: {tmp_path / 'taken'} is a file, not a "
                    "folder; give a folder\n")
+
+
+def test_a_run_folder_exports_the_checkpoint_predict_uses(tmp_path):
+    """Its best.pt where it has one: the export then gives what `segunet predict
+    checkpoint=<run>` gives (last.pt's weights differ here, as they do after training)."""
+    from segunet.checkpoint import load_trained, save_atomic
+
+    last = save_tiny_checkpoint(tmp_path, "unet_same")
+    state = torch.load(last, weights_only=True)
+    best = {**state, "model": {k: v + 0.01 if v.is_floating_point() else v
+                               for k, v in state["model"].items()}}
+    save_atomic(best, last.with_name("best.pt"))
+    path = export_model(tmp_path, "torchscript")
+    assert path == last.with_name("best.torchscript.pt")
+    x = np.random.default_rng(3).normal(size=(1, 1, 48, 48)).astype(np.float32)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        got = torch.jit.load(str(path))(torch.from_numpy(x)).numpy()
+        used = load_trained(tmp_path).model(torch.from_numpy(x)).numpy()  # as predict loads
+        other = load_model(last)[0](torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, used, atol=1e-4)
+    assert np.abs(got - other).max() > 1e-3

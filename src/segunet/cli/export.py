@@ -33,7 +33,8 @@ class ExportConfig:
     """The arguments of ``segunet export`` (see :func:`export_model`)."""
 
     checkpoint: str | None = option(
-        None, "a checkpoint file, or a run folder (its last.pt); or give model=")
+        None, "a checkpoint file, or a run folder (its best.pt where it has one, as predict); "
+        "or give model=")
     model: str | None = option(
         None, "a model that ships with segunet instead of a checkpoint: nuclei")
     format: Format = option(

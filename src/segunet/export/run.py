@@ -59,7 +59,8 @@ def export_model(
     """Export the model of ``checkpoint`` and return the written file.
 
     Args:
-        checkpoint: a checkpoint file or a run folder (its ``checkpoints/last.pt``).
+        checkpoint: a checkpoint file or a run folder (its ``checkpoints/best.pt`` where it
+            has one, else ``last.pt``).
         format: ``"onnx"`` (needs ``onnx``, and ``onnxruntime`` to verify),
             ``"torchscript"`` or ``"bioimageio"`` (a model package of both, see
             :func:`segunet.export.bioimageio.export_package`).
@@ -78,7 +79,9 @@ def export_model(
         raise SegunetError(
             f"format={format!r} is not valid: expected onnx, torchscript or bioimageio"
         )
-    file = resolve_checkpoint(checkpoint)
+    # A run folder means its best.pt, as in predict and tune: what is exported is what
+    # segunet predict of that folder gives.
+    file = resolve_checkpoint(checkpoint, prefer="best")
     target = export_target(file, format, output, overwrite)
     if format == "bioimageio":
         export_package(file, target, package or PackageInfo(), input_shape, opset, verify, atol)
