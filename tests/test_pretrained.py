@@ -23,16 +23,20 @@ from segunet.eval.metrics import average_precision
 from segunet.train.trainer import build_trainer
 
 
-def test_trainer_init_from_loads_the_weights_and_nothing_else(make_cfg, tmp_path):
+def test_trainer_init_from_loads_the_weights_and_nothing_else(make_cfg, tmp_path, capsys):
     source = save_tiny_checkpoint(tmp_path / "a", channels=(4, 8, 16))
     given = torch.load(source, weights_only=True)["model"]
     trainer = build_trainer(make_cfg(*TINY, f"trainer.init_from={source}"), tmp_path / "b")
     for key, value in trainer.net.state_dict().items():
         torch.testing.assert_close(value, given[key], rtol=0, atol=0, msg=key)
     assert trainer.step == 0 and not trainer.optimizer.state  # a new run: new optimiser
+    values = sum(v.numel() for v in given.values()) / 1e6
+    assert (f"segunet: trainer.init_from={source}: loaded {len(given)} of {len(given)} tensors "
+            f"({values:.2f}M values) from {source}\n") in capsys.readouterr().err
 
 
-def test_a_head_of_other_classes_is_reinitialised_with_one_warning(make_cfg, tmp_path):
+def test_a_head_of_other_classes_is_reinitialised_with_one_warning(make_cfg, tmp_path,
+                                                                   capsys):
     source = save_tiny_checkpoint(tmp_path / "a", out_channels=3)  # e.g. the boundary target
     given = torch.load(source, weights_only=True)["model"]
     with warnings.catch_warnings(record=True) as caught:
@@ -40,11 +44,33 @@ def test_a_head_of_other_classes_is_reinitialised_with_one_warning(make_cfg, tmp
         trainer = build_trainer(make_cfg(*TINY, f"trainer.init_from={source}"), tmp_path / "b")
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "output layer predicts other classes" in messages[0]
+    err = capsys.readouterr().err
+    assert f"loaded {len(given) - 2} of {len(given)} tensors" in err
+    assert "; re-initialised head.bias, head.weight\n" in err
     own = trainer.net.state_dict()
     assert own["head.weight"].shape[0] == 2
     for key, value in own.items():
         if not key.startswith("head."):
             torch.testing.assert_close(value, given[key], rtol=0, atol=0, msg=key)
+
+
+def test_finetune_lr_scale_sets_the_fine_tune_learning_rate_and_says_it(make_cfg, tmp_path,
+                                                                         capsys):
+    source = save_tiny_checkpoint(tmp_path / "a")
+    start = f"trainer.init_from={source}"
+    plain = build_trainer(make_cfg(*TINY, "optim.lr=0.002"), tmp_path / "p")
+    assert plain.optimizer.param_groups[0]["lr"] == pytest.approx(0.002)
+    assert "fine-tuning" not in capsys.readouterr().err
+    same = build_trainer(make_cfg(*TINY, "optim.lr=0.002", start), tmp_path / "s")
+    assert same.optimizer.param_groups[0]["lr"] == pytest.approx(0.002)
+    assert "fine-tuning at the recipe's lr 0.002, for images unlike the model's own; " \
+           "trainer.finetune_lr_scale=0.1 keeps" in capsys.readouterr().err
+    tenth = build_trainer(make_cfg(*TINY, "optim.lr=0.002", start,
+                                   "trainer.finetune_lr_scale=0.1"), tmp_path / "t")
+    assert all(g["lr"] == pytest.approx(0.0002) for g in tenth.optimizer.param_groups)
+    assert tenth.scheduler.base_lrs == pytest.approx([0.0002])  # the schedule starts there
+    assert "fine-tuning at lr 0.0002 (optim.lr x trainer.finetune_lr_scale=0.1)" in (
+        capsys.readouterr().err)
 
 
 def test_another_architecture_is_one_line(make_cfg, tmp_path):

@@ -349,11 +349,20 @@ def _build(node: Any, file: Path) -> torch.nn.Module:
 HEAD_PREFIXES = ("head.", "heads.", "out.")
 
 
-def init_weights(model: torch.nn.Module, path: str | os.PathLike, key: str) -> list[str]:
+@dataclass(frozen=True)
+class Initialised:
+    """What :func:`init_weights` did: the file read, the tensors loaded from it and those
+    left at their fresh initialisation (an output layer of other classes)."""
+
+    file: Path
+    loaded: list[str]
+    fresh: list[str]
+
+
+def init_weights(model: torch.nn.Module, path: str | os.PathLike, key: str) -> Initialised:
     """Load a checkpoint's weights into ``model`` to start a new run from them (no optimiser,
     schedule or step). Output-layer tensors of another shape (other classes) keep ``model``'s
-    fresh initialisation and are returned; any other difference is a one-line error naming
-    ``key``."""
+    fresh initialisation; any other difference is a one-line error naming ``key``."""
     file = resolve_checkpoint(path, prefer="best")
     given = clean_state_dict(_read_checkpoint(file, "cpu")["model"])
     own = model.state_dict()
@@ -370,4 +379,4 @@ def init_weights(model: torch.nn.Module, path: str | os.PathLike, key: str) -> l
             "options it was trained with (its config.model)"
         )
     model.load_state_dict({k: own[k] if k in misfit else v for k, v in given.items()})
-    return misfit
+    return Initialised(file, sorted(given.keys() - set(misfit)), misfit)

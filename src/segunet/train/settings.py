@@ -35,6 +35,9 @@ class TrainerConfig:
     # to start from, with a new optimiser and schedule; an output layer of other classes is
     # re-initialised.
     init_from: str | None = None
+    # With init_from, the optimiser's learning rate times this: a recipe's rate, meant for
+    # a net that starts from nothing, moves a trained one away from what it knew.
+    finetune_lr_scale: Annotated[float, Range(gt=0)] = 1.0
     compile: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off for CPU
     # processes (one per GPU) that `segunet train` launches through torchrun
     devices: Annotated[int, Range(ge=1)] = 1

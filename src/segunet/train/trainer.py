@@ -357,6 +357,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
 
         criterion = DeepSupervisionLoss(criterion, getattr(model, "ds_weights", None))
     optimizer = instantiate_group(cfg, "optim")(model.parameters())
+    if trainer_cfg.init_from:  # before the schedule, which starts from the groups' rates
+        finetune_lr(optimizer, trainer_cfg.finetune_lr_scale)
     scheduler = instantiate_group(cfg, "scheduler")(optimizer)
     trainer = Trainer(
         model, data, criterion, optimizer, scheduler, trainer_cfg, log_cfg, run_dir,
@@ -370,18 +372,37 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
 
 
 def start_from(model: nn.Module, init_from: str) -> None:
-    """``trainer.init_from``: the weights to fine-tune, an output layer of other classes
-    re-initialised with one warning."""
+    """``trainer.init_from``: the weights to fine-tune, said in one line (the file and the
+    tensors loaded); an output layer of other classes re-initialised with one warning."""
     from segunet import pretrained
 
-    fresh = init_weights(model, pretrained.resolve(init_from, "trainer.init_from"),
-                         "trainer.init_from")
-    if fresh:
+    done = init_weights(model, pretrained.resolve(init_from, "trainer.init_from"),
+                        "trainer.init_from")
+    state = model.state_dict()
+    values = sum(state[k].numel() for k in done.loaded)
+    say(f"segunet: trainer.init_from={init_from}: loaded {len(done.loaded)} of {len(state)} "
+        f"tensors ({values / 1e6:.2f}M values) from {done.file}"
+        + (f"; re-initialised {', '.join(done.fresh)}" if done.fresh else ""))
+    if done.fresh:
         warnings.warn(
             f"trainer.init_from={init_from}: its output layer predicts other classes "
-            f"({', '.join(fresh)} differ in shape): re-initialised, the rest loaded",
+            f"({', '.join(done.fresh)} differ in shape): re-initialised, the rest loaded",
             RuntimeWarning, stacklevel=2,
         )
+
+
+def finetune_lr(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """``trainer.finetune_lr_scale``: the learning rate of a fine-tune, said in one line.
+    Neither rate wins everywhere (README, Fine-tuning): the recipe's adapts a model to a
+    modality it never saw, a tenth keeps what it knew on images like its own."""
+    for group in optimizer.param_groups:
+        group["lr"] *= scale
+    optimizer.defaults["lr"] *= scale
+    lr = f"lr {optimizer.defaults['lr']:.3g}"
+    say(f"segunet: fine-tuning at the recipe's {lr}, for images unlike the model's own; "
+        "trainer.finetune_lr_scale=0.1 keeps more of what it knew, for images like them"
+        if scale == 1 else
+        f"segunet: fine-tuning at {lr} (optim.lr x trainer.finetune_lr_scale={scale:g})")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
