@@ -1,0 +1,35 @@
+"""scripts/bench_scale_auto.py on two held-out DSB images (skipped without ../shared): its
+rows, and the resampled labels' widths against the factor."""
+
+import importlib.util
+import sys
+
+import pytest
+from helpers import ROOT
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def bench():
+    path = ROOT / "scripts" / "bench_scale_auto.py"
+    spec = importlib.util.spec_from_file_location("bench_scale_auto", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_quality", None)
+
+
+@pytest.mark.skipif(not (SHARED / "dsb2018").is_dir(), reason="needs ../shared/data/dsb2018")
+def test_two_images_at_two_scales(bench, tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    result = bench.main(["--limit", "2", "--scales", "1,2", "--methods", "as_is,auto",
+                         "--shared", str(SHARED), "--out", str(out)])
+    rows = result["rows"]
+    assert [(r["scale"], r["method"]) for r in rows] == [
+        (1.0, "as_is"), (1.0, "auto"), (2.0, "as_is"), (2.0, "auto")]
+    assert all(0 <= r["mean_ap"] <= 1 for r in rows)
+    for one, two in zip(rows[0]["images"], rows[2]["images"]):
+        assert two["width"] == pytest.approx(2 * one["width"], rel=0.05)
+    assert rows[0]["log2_error"] is None and rows[1]["log2_error"] is not None
+    assert "| 2x | auto |" in capsys.readouterr().out and out.is_file()
