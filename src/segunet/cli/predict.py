@@ -5,7 +5,6 @@ itself is :mod:`segunet.infer.run`, which takes what the arguments say as a
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from segunet.data.tiling import Blend
 from segunet.errors import SegunetError
 from segunet.infer.outputs import OUTPUTS
 from segunet.infer.run import Batch, Settings, Tiling, predict_files
+from segunet.infer.scale import check_options
 from segunet.postprocess.decoding import InstancesConfig
 from segunet.pretrained import checkpoint_or_model
 
@@ -106,16 +106,7 @@ class PredictConfig:
         check_range("tile", self.tile, not self.tile or min(self.tile) >= 1,
                     "positive sizes, e.g. 572,572")
         check_range("outputs", self.outputs, bool(self.outputs), f"some of {','.join(OUTPUTS)}")
-        check_range("diameter", self.diameter,
-                    self.diameter is None or (math.isfinite(self.diameter) and self.diameter > 0),
-                    "a width in px > 0")
-        scaled = "diameter=" if self.diameter is not None else (
-            "scale=auto" if self.scale == "auto" else None)
-        if scaled and (self.pixel_size is not None or not self.resample):
-            other = "pixel_size=" if self.pixel_size is not None else "resample=false"
-            raise SegunetError(f"{scaled} and {other} contradict each other: give one")
-        if self.diameter is not None and self.scale == "auto":
-            raise SegunetError("scale=auto estimates what diameter= gives: give one")
+        check_options(self.scale, self.diameter, self.pixel_size, self.resample)
         if self.pixel_size is not None:  # the count of sizes is checked per input
             check_pixel_size(self.pixel_size, len(self.pixel_size), "pixel_size")
         if self.tile is not None:  # one size is for every axis

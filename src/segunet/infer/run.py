@@ -36,7 +36,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,8 +144,10 @@ class Prediction:
     trained_objects: tuple[float, float, float] | None = None  # its object widths, px
 
     @classmethod
-    def of(cls, batch: Batch, settings: Settings, trained: Trained, device: str) -> Prediction:
-        """``settings`` of ``batch`` resolved with the checkpoint read, on ``device``."""
+    def of(cls, batch: Batch | None, settings: Settings, trained: Trained, device: str
+           ) -> Prediction:
+        """``settings`` of ``batch`` resolved with the checkpoint read, on ``device``
+        (``batch`` None: arrays in memory, no files)."""
         from segunet.checkpoint import object_sizes_of, pixel_size_of
 
         decoder = Decoder.of(settings.instances, trained.config, trained.postprocess)
@@ -164,7 +166,8 @@ class Prediction:
         return cls(
             device, dataclasses.replace(settings.tiling, tta=tta), decoder,
             None if given is None else tuple(given), settings.resample, settings.pixel_size,
-            tuple(recorded[0]) if recorded else None, batch.format, batch.output,
+            tuple(recorded[0]) if recorded else None, batch.format if batch else "tif",
+            batch.output if batch else Path("."),
             settings.scale, settings.diameter, objects,
         )
 
@@ -385,16 +388,17 @@ def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> N
 
 
 def input_grid(
-    path: Path, shape: Sequence[int], prediction: Prediction,
-    objects: Callable[[], ScaleEstimate],
+    path: Path | str, shape: Sequence[int], prediction: Prediction,
+    objects: Callable[[], ScaleEstimate], from_file: bool = True,
 ) -> Grid:
-    """The input's pixel size (``pixel_size=``, else its file's) and the grid the model
-    predicts it on: at its training pixel size (with ``resample``), or, with ``diameter=``,
-    or ``scale=auto`` where either pixel size is unknown, at the scale ``objects()``
-    estimates. A line on stderr when it is resampled, or cannot be."""
+    """The input's pixel size (``pixel_size=``, else its file's where ``from_file``) and the
+    grid the model predicts it on: at its training pixel size (with ``resample``), or, with
+    ``diameter=``, or ``scale=auto`` where either pixel size is unknown, at the scale
+    ``objects()`` estimates. A line on stderr when it is resampled, or cannot be."""
     dims = len(shape)
     sizes = check_pixel_size(prediction.pixel_size, dims, "pixel_size")
-    sizes = sizes or spatial(read_pixel_size(path), dims)
+    if from_file:
+        sizes = sizes or spatial(read_pixel_size(Path(path)), dims)
     trained = spatial(prediction.trained_pixel_size, dims)
     resample = prediction.resample
     if prediction.diameter or (prediction.scale == "auto" and (sizes is None or trained is None)):
@@ -446,21 +450,34 @@ def predict_whole(
     foreground: Sequence[int],
 ) -> list[Path]:
     """Predict into memory and write each requested output whole (``format=tif``)."""
+    with out:
+        for name, array in predicted_whole(model, image, grid, prediction, foreground,
+                                           out.targets, out.path, progress=True):
+            out.write(name, array.astype(np.float16) if name == "probabilities" else array)
+    return out.written
+
+
+def predicted_whole(
+    model: Any, image: Any, grid: Grid, prediction: Prediction, foreground: Sequence[int],
+    wanted: Collection[str], source: Path | str, progress: bool,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The ``wanted`` outputs of ``image`` (the model's view of an input on ``grid``), in
+    memory, one at a time: probabilities (float32) and labels on the input's grid, and the
+    instances decoded on the model's (see :func:`instances_of`). What ``format=tif`` writes
+    and the Python API returns."""
     from segunet.infer.predict import predict_tiled
 
-    with out:
-        model_probs = predict_tiled(model, image, **tiling(prediction, progress=True))
-        refuse_non_finite_output(model_probs, out.path)
-        probs = np.asarray(grid.to_input(model_probs))
-        rows = rows_per_block(probs.shape[0], grid.shape)
-        if "probabilities" in out.targets:
-            out.write("probabilities", probs.astype(np.float16))
-        if "labels" in out.targets:
-            out.write("labels", argmax_of(probs, rows))
-        if "instances" in out.targets:
-            del probs
-            out.write("instances", instances_of(model_probs, grid, prediction.decoder, foreground))
-    return out.written
+    model_probs = predict_tiled(model, image, **tiling(prediction, progress=progress))
+    refuse_non_finite_output(model_probs, source)
+    probs = np.asarray(grid.to_input(model_probs))
+    rows = rows_per_block(probs.shape[0], grid.shape)
+    if "probabilities" in wanted:
+        yield "probabilities", probs
+    if "labels" in wanted:
+        yield "labels", argmax_of(probs, rows)
+    if "instances" in wanted:
+        del probs
+        yield "instances", instances_of(model_probs, grid, prediction.decoder, foreground)
 
 
 def predict_streamed(

@@ -186,6 +186,22 @@ def measure_objects(
     return Measure(factor, float(np.median(diameters)) / scale, len(diameters))
 
 
+def check_options(scale: str, diameter: float | None, pixel_size: Any, resample: bool = True
+                  ) -> None:
+    """``scale=`` and ``diameter=`` as given (one-line errors), with ``pixel_size=`` and
+    ``resample=``, which they contradict."""
+    if scale not in ("none", "auto"):
+        raise SegunetError(f"scale={scale!r} is not valid: expected none or auto")
+    if diameter is not None and not (math.isfinite(diameter) and diameter > 0):
+        raise SegunetError(f"diameter={diameter} is not valid: expected a width in px > 0")
+    asked = "diameter=" if diameter is not None else "scale=auto" if scale == "auto" else None
+    if asked and (pixel_size is not None or not resample):
+        other = "pixel_size=" if pixel_size is not None else "resample=false"
+        raise SegunetError(f"{asked} and {other} contradict each other: give one")
+    if diameter is not None and scale == "auto":
+        raise SegunetError("scale=auto estimates what diameter= gives: give one")
+
+
 def describe_factor(factor: float, shape: Sequence[int]) -> str:
     """``0.35x (352 x 350 px)``: a factor and the shape it gives."""
     return f"{factor:.3g}x ({' x '.join(str(max(1, round(n * factor))) for n in shape)} px)"
