@@ -42,8 +42,8 @@ class ExportConfig:
         "segunet[bioimageio]")
     output: str | None = option(
         None, "the file, or a folder for the default name; null: beside the checkpoint, "
-        "<name>.onnx, <name>.torchscript.pt or <name>.bioimageio.zip (last.onnx for "
-        "checkpoints/last.pt; required with model=); a bioimageio package is a "
+        "<name>.onnx, <name>.torchscript.pt or <name>.bioimageio.zip (best.onnx for "
+        "a run folder's checkpoints/best.pt; required with model=); a bioimageio package is a "
         ".zip file")
     overwrite: bool = option(False, "replace an existing output file")
     input_shape: list[int] | None = option(
