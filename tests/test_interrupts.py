@@ -350,3 +350,20 @@ def test_weightmaps_worker_killed_is_one_line_with_the_fix(tmp_path):
         "computed so far are cached"
     )
     until(lambda: not any(running(w) for w in workers), "end of the workers", 10)
+
+
+def test_held_signals_reach_the_handler_after_the_block_once():
+    """What a progress bar's constructor runs under: a Ctrl-C inside waits for the block's
+    end, then reaches the handler that was in place, as if it had come just then."""
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupts.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # held too, and not sent again: the first is
+            time.sleep(0.05)
+            assert seen == []
+        assert seen == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -111,6 +111,18 @@ def deferred() -> Iterator[None]:
         raise _interrupt(caught[0])
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then send the first of them again,
+    to whatever handles it after the block (a code path whose interruption would leave a
+    half-built object, such as a progress bar whose ``__del__`` then prints a traceback)."""
+    caught: list[int] = []
+    with _handling({s: lambda signum, frame: caught.append(signum) for s in SIGNALS}):
+        yield
+    if caught:
+        signal.raise_signal(caught[0])
+
+
 def ignored() -> AbstractContextManager[None]:
     """Ignore SIGINT and SIGTERM within the block (a second Ctrl-C while saving)."""
     return _handling({s: signal.SIG_IGN for s in SIGNALS})

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from segunet import interrupts
 from segunet.checkpoint import unwrap
 from segunet.data.tiling import (
     Blend,
@@ -171,10 +172,15 @@ def predict_tiled(
             weights = window[crop] if merger.weighted else None
             merger.add(region, probs[(slice(None), *crop)], weights)
 
-    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
     was_training, started, pixels = runner.training, time.perf_counter(), 0
     runner.eval()
+    bar = None
     try:
+        # A Ctrl-C that lands inside tqdm's constructor leaves a half-built bar, whose
+        # __del__ then prints an AttributeError traceback under segunet's one-line error:
+        # held until the bar is whole (and so closed below).
+        with interrupts.held():
+            bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
         with (
             torch.inference_mode(),
             autocast,
@@ -201,7 +207,8 @@ def predict_tiled(
         merger.close()
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         runner.train(was_training)
 
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from segunet import interrupts
 from segunet.atomic import remove_stale_temps
 from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
 from segunet.data.omezarr import CHUNK
@@ -552,19 +553,28 @@ def predict_stack(
         arrays = {name: out.array(name, *shapes[name], 2, per_slice=True) for name in out.filled}
         place = {name: _slice_of(name, out.format) for name in arrays}
         count = 0  # objects in the slices before
-        for z in tqdm(range(depth), unit="slice", desc="predict"):
-            model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
-            refuse_non_finite_output(model_probs, out.path)
-            probs = np.asarray(grid.to_input(model_probs))
-            if "probabilities" in arrays:
-                arrays["probabilities"][place["probabilities"](z)] = probs.astype(np.float16)
-            if "labels" in arrays:
-                arrays["labels"][z] = argmax_of(probs, rows)
-            if "instances" in arrays:
-                objects = instances_of(model_probs, grid, prediction.decoder,
-                                       foreground).astype(np.uint32)
-                arrays["instances"][z] = np.where(objects > 0, objects + count, 0)
-                count += int(objects.max())
+        bar = None
+        try:
+            with interrupts.held():  # as predict_tiled builds its bar
+                bar = tqdm(total=depth, unit="slice", desc="predict")
+            for z in range(depth):
+                model_probs = predict_tiled(model, grid.to_model(volume[:, z]), **predict)
+                refuse_non_finite_output(model_probs, out.path)
+                probs = np.asarray(grid.to_input(model_probs))
+                if "probabilities" in arrays:
+                    arrays["probabilities"][place["probabilities"](z)] = probs.astype(
+                        np.float16)
+                if "labels" in arrays:
+                    arrays["labels"][z] = argmax_of(probs, rows)
+                if "instances" in arrays:
+                    objects = instances_of(model_probs, grid, prediction.decoder,
+                                           foreground).astype(np.uint32)
+                    arrays["instances"][z] = np.where(objects > 0, objects + count, 0)
+                    count += int(objects.max())
+                bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
     return out.written
 
 
