@@ -154,13 +154,21 @@ def test_model_nuclei_with_scale_auto_finds_nuclei_three_times_larger(tmp_path, 
 def test_export_model_nuclei_gives_a_package_bioimageio_core_passes(tmp_path, capsys):
     """Its training data is not on the user's machine: the test input is segunet's own
     synthetic nuclei, and bioimage.io's own test runs the package's weights on it."""
+    import yaml
+
     out = tmp_path / "nuclei.bioimageio.zip"
-    assert export.run(["model=nuclei", "format=bioimageio", f"output={out}",
-                        "license=CC-BY-4.0"]) == 0, capsys.readouterr().err
+    assert export.run(["model=nuclei", "format=bioimageio", f"output={out}"]) == 0, (
+        capsys.readouterr().err)
     assert bioimageio.core.test_model(out).status == "passed"
     readme = zipfile.ZipFile(out).read("README.md").decode()
     assert "a synthetic nuclei image (segunet's own)" in readme
-    assert "segunet train experiment=dsb2018_cpu" in readme  # the command it carries
+    # The command it carries, without the paths of the machine that trained it.
+    assert "segunet train experiment=dsb2018_cpu data.path=<trainval> " in readme
+    assert "/work/" not in readme and "cache_dir=<cache>" in readme
+    rdf = yaml.safe_load(zipfile.ZipFile(out).read("rdf.yaml"))
+    assert rdf["license"] == "CC0-1.0"  # its training data's, DSB 2018
+    assert {c["doi"] for c in rdf["cite"]} >= {"10.1038/s41592-019-0612-7",
+                                              "10.1007/978-3-319-24574-4_28"}
 
 
 def test_nuclei_classes_have_one_name_in_ome_zarr_bioimageio_and_training(tmp_path, capsys):

@@ -399,7 +399,8 @@ def test_a_bioimageio_package_of_a_damaged_run_folder(folder_run, tmp_path, caps
     tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
     out = tmp_path / "package.zip"
     assert export.run([f"checkpoint={path}", "format=bioimageio", f"test_image={image}",
-                        "verify=false", f"output={out}"]) == 0, capsys.readouterr().err
+                        "verify=false", f"output={out}", "license=MIT"]) == 0, (
+        capsys.readouterr().err)
     readme = zipfile.ZipFile(out).read("README.md").decode()
     if damage == "metrics":
         assert "| ap | unknown |" in readme and "during training: unknown" in readme

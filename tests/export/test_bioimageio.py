@@ -119,7 +119,7 @@ def tiny(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path, "unet_valid")
     image = tmp_path / "image.tif"
     tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (70, 60), np.uint8))
-    return ckpt, [f"checkpoint={ckpt}", "format=bioimageio", f"test_image={image}"]
+    return ckpt, [f"checkpoint={ckpt}", "format=bioimageio", f"test_image={image}", "license=MIT"]
 
 
 def test_pixel_size_becomes_the_scale_and_unit_of_the_axes(tiny, capsys):
@@ -181,7 +181,7 @@ def test_deep_supervision_exports_its_eval_head(tmp_path, capsys):
     image = tmp_path / "image.tif"
     tifffile.imwrite(image, np.random.default_rng(1).normal(size=(48, 48)).astype(np.float32))
     assert main([f"checkpoint={tmp_path / 'last.pt'}", "format=bioimageio",
-                 f"test_image={image}"]) == 0, capsys.readouterr().err
+                 f"test_image={image}", "license=MIT"]) == 0, capsys.readouterr().err
     package = tmp_path / "last.bioimageio.zip"
     descr = bioimageio.spec.load_description(package)
     assert len(descr.outputs) == 1
@@ -197,8 +197,8 @@ def test_3d_same_padded_package_passes_bioimageio_core(tmp_path, capsys):
     image = tmp_path / "volume.tif"
     volume = np.random.default_rng(2).integers(0, 4000, (20, 40, 36)).astype(np.uint16)
     tifffile.imwrite(image, volume)
-    assert main([f"checkpoint={ckpt}", "format=bioimageio", f"test_image={image}"]) == 0, (
-        capsys.readouterr().err)
+    assert main([f"checkpoint={ckpt}", "format=bioimageio", f"test_image={image}",
+                 "license=MIT"]) == 0, capsys.readouterr().err
     package = ckpt.with_name("last.bioimageio.zip")
     assert bioimageio.core.test_model(package).status == "passed"
     descr = bioimageio.spec.load_description(package)
@@ -242,10 +242,34 @@ def test_bad_arguments_are_one_line(tiny, capsys, monkeypatch):
     assert main([f"checkpoint={ckpt}", "format=bioimageio"]) == 2  # no data to rebuild
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no test image" in err and "pass test_image=" in err
-    assert main([*args, "license=Not-A-Licence", "verify=false"]) == 2
+    unlicensed = [a for a in args if not a.startswith("license=")]
+    assert main([*unlicensed, "license=Not-A-Licence", "verify=false"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the bioimage.io spec refuses the package: license" in err
+    # Its training data is synthetic, whose licence segunet does not know: one line, nothing
+    # written.
+    assert main([*unlicensed, "verify=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give license=<the weights' SPDX id>" in err
+    assert not list(ckpt.parent.glob("*.zip"))
     monkeypatch.setitem(sys.modules, "bioimageio.core", None)  # as if not installed
     assert main(args) == 2
     assert capsys.readouterr().err == f"segunet: error: {MISSING}\n"
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.pt"]
+
+
+def test_maintainers_without_network_are_one_line(tiny, capsys, monkeypatch):
+    """The spec asks GitHub whether a maintainer exists; offline (a cluster node) that was a
+    traceback of httpx."""
+    import httpx
+
+    def offline(*args, **kwargs):
+        raise httpx.ConnectError("Name or service not known")
+
+    monkeypatch.setattr(httpx, "get", offline)
+    ckpt, args = tiny
+    assert main([*args, "maintainers=segunet-test-user", "verify=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checks maintainers= on GitHub and could not reach it " \
+        "(ConnectError)" in err
+    assert not list(ckpt.parent.glob("*.zip"))

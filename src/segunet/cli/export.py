@@ -61,6 +61,9 @@ class ExportConfig:
         "and cover; null: the first validation image of the training data (rebuilt from "
         "the checkpoint's config, so that data must be where training found it)")
     authors: list[str] = option([], "bioimageio: the authors' names")
+    maintainers: list[str] = option(
+        [], "bioimageio: the GitHub user names of who maintains the package (the zoo asks "
+        "for one)")
     license: str | None = option(
         None, "bioimageio: an SPDX licence id of the weights, e.g. CC-BY-4.0 or MIT")
     tags: list[str] = option(
@@ -81,7 +84,8 @@ class ExportConfig:
             check_range("opset", self.opset, MIN_OPSET <= self.opset <= top,
                         f"an ONNX opset from {MIN_OPSET} (dynamic slicing) to {top} (this torch's "
                         "newest)")
-        given = [k for k in ("test_image", "authors", "license", "tags") if getattr(self, k)]
+        given = [k for k in ("test_image", "authors", "maintainers", "license", "tags")
+                 if getattr(self, k)]
         if given and self.format != "bioimageio":
             raise SegunetError(f"{given[0]}= is for format=bioimageio, not format={self.format}")
 
@@ -92,7 +96,8 @@ def run(argv: Sequence[str]) -> int:
 
     def body() -> None:
         args = parse(ExportConfig, argv, "export")
-        package = PackageInfo(args.test_image, args.authors, args.license, args.tags)
+        package = PackageInfo(args.test_image, args.authors, args.license, args.tags,
+                              args.maintainers)
         path = export_model(
             checkpoint_or_model(args.checkpoint, args.model), format=args.format,
             output=args.output or None,

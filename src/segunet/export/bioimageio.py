@@ -32,6 +32,7 @@ from segunet.export.bioimageio_description import (
     Geometry,
     PackageInfo,
     check_expressible,
+    license_of,
     model_descr,
     readme,
     spec_call,
@@ -58,6 +59,7 @@ def export_package(
     geometry = Geometry.of(model)
     image, image_source = source_image(trained, info.test_image)
     tile = input_tile(image, geometry, input_shape, image_source)
+    license_of(trained, info)  # before the slow part: a package needs one
     normalised = normalise(tile, trained.percentiles)
     net = Probabilities(model)
     expected = net.predict(normalised[None])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
 from collections.abc import Sequence
@@ -52,6 +53,19 @@ CITE = {
     "ResUNet": ("Dhariwal and Nichol 2021, the ResUNet", "10.48550/arXiv.2105.05233"),
 }
 
+#: The datasets segunet's data configs read (``data.name``): their citation, and their
+#: licence where it is one a package can carry (an SPDX id; ISBI 2012 is free for
+#: non-commercial research, Lucchi++ EPFL's own terms: neither is one).
+DATA_CITE = {
+    "dsb2018": ("Caicedo et al. 2019, the 2018 Data Science Bowl (training data)",
+                "10.1038/s41592-019-0612-7"),
+    "isbi2012": ("Arganda-Carreras et al. 2015, the ISBI 2012 challenge (training data)",
+                 "10.3389/fnana.2015.00142"),
+    "lucchi": ("Lucchi et al. 2012, EM mitochondria (training data)",
+               "10.1109/TMI.2011.2171705"),
+}
+DATA_LICENSE = {"dsb2018": "CC0-1.0"}
+
 
 @dataclasses.dataclass(frozen=True)
 class PackageInfo:
@@ -62,6 +76,7 @@ class PackageInfo:
     authors: Sequence[str] = ()
     license: str | None = None
     tags: Sequence[str] = ()
+    maintainers: Sequence[str] = ()  # GitHub user names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +185,9 @@ def _data_lines(trained: Checkpoint) -> list[str]:
 
 def _training_lines(trained: Checkpoint) -> list[str]:
     args, config = overrides(trained.file, trained.ckpt), trained.config
+    if args is not None:
+        args = [f"{k}={_shown(v)}" if sep else k
+                for k, sep, v in (a.partition("=") for a in args)]
     command = ("segunet train " + " ".join(args)) if args is not None else (
         "not recorded (the checkpoint is not in its run folder); the resolved config is "
         "training_config.yaml")
@@ -223,8 +241,30 @@ def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:
     ]
 
 
+def license_of(trained: Checkpoint, info: PackageInfo) -> str:
+    """``license=``, else the training data's where segunet knows it (:data:`DATA_LICENSE`);
+    else a one-line error asking for it (a package without one is no package to share)."""
+    data = str(trained.data.get("name", ""))
+    found = info.license or DATA_LICENSE.get(data)
+    if not found:
+        raise SegunetError(
+            f"{trained.file}: give license=<the weights' SPDX id> (e.g. license=CC-BY-4.0): "
+            f"the licence of its training data ({data or 'unnamed'}) is not one segunet knows"
+        )
+    return found
+
+
 def _inline(node: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in node.items()) or "defaults"
+    return ", ".join(f"{k}={_shown(v)}" for k, v in node.items()) or "defaults"
+
+
+def _shown(value: Any) -> Any:
+    """A config value as the README shows it: a path of the machine that trained as its
+    last part (``<trainval>``), which says what it was without where."""
+    text = str(value).strip("'\"")
+    if isinstance(value, str) and (os.path.isabs(text) or text.startswith("~")):
+        return f"<{Path(text).name or text}>"
+    return value
 
 
 def _call(node: dict | None) -> str:
@@ -261,14 +301,16 @@ def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: G
     model = trained.model
     name = type(model).__name__
     cite_keys = ["UNet", *(["UNet3D"] if model.spatial_dims == 3 else []), name]
+    cites = [CITE[k] for k in dict.fromkeys(cite_keys) if k in CITE]
+    cites += [DATA_CITE[trained.data["name"]]] if trained.data.get("name") in DATA_CITE else []
     return spec_call(
         v.ModelDescr,
         name=name_of(trained),
         description=description_of(trained),
         authors=[v.Author(name=a) for a in info.authors],
-        cite=[v.CiteEntry(text=CITE[k][0], doi=v.Doi(CITE[k][1]))
-              for k in dict.fromkeys(cite_keys) if k in CITE],
-        license=info.license,
+        maintainers=[spec_call(v.Maintainer, github_user=u) for u in info.maintainers],
+        cite=[v.CiteEntry(text=text, doi=v.Doi(doi)) for text, doi in cites],
+        license=license_of(trained, info),
         tags=list(dict.fromkeys(["unet", f"{model.spatial_dims}d", "pytorch",
                                  "semantic-segmentation", "segunet", *info.tags])),
         documentation=v.FileDescr(source=folder / "README.md"),
@@ -388,7 +430,18 @@ def spec_call(function: Any, *args: Any, **kwargs: Any) -> Any:
     """``function(...)`` of bioimageio.spec, its refusal as one line."""
     try:
         return function(*args, **kwargs)
-    except ValueError as e:  # pydantic's ValidationError, or the package's own check
+    except Exception as e:
+        # The spec asks GitHub whether each maintainer exists and fails with a traceback
+        # where there is no network (a cluster node).
+        if type(e).__module__.startswith("httpx"):
+            raise SegunetError(
+                "the bioimage.io spec checks maintainers= on GitHub and could not reach it "
+                f"({type(e).__name__}): export where there is network, or without "
+                "maintainers=; nothing written"
+            ) from None
+        if not isinstance(e, ValueError):
+            raise
+        # pydantic's ValidationError, or the package's own check
         raise SegunetError(
             f"the bioimage.io spec refuses the package: {first_error(e)}; nothing written"
         ) from None
