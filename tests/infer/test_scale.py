@@ -104,3 +104,28 @@ def test_measure_finds_the_width_of_drawn_discs_in_image_pixels(factor):
     assert m.objects >= 9
     # The window is at most 512 model px a side, cut from the middle of the image.
     assert shapes[0][1:] == tuple(min(512, round(300 * factor)) for _ in range(2))
+
+
+def test_measure_in_3d_reads_a_window_of_at_most_96_voxels_a_side():
+    """Balls of radius 6 (12 voxels across) in a 120^3 volume, measured at half scale."""
+    from skimage.draw import ellipsoid
+
+    volume = np.zeros((120, 120, 120), np.float32)
+    ball = ellipsoid(6, 6, 6)[1:-1, 1:-1, 1:-1]
+    for z in range(10, 110, 25):
+        for y in range(10, 110, 25):
+            for x in range(10, 110, 25):
+                volume[z:z + ball.shape[0], y:y + ball.shape[1], x:x + ball.shape[2]] = ball
+    width = float(np.cbrt(6 * ball.sum() / math.pi))
+    shapes = []
+
+    def predict(x):
+        shapes.append(x.shape)
+        return np.stack([1 - x[0], x[0]])
+
+    m = measure_objects(volume[None], 0.5, predict, lambda p: label(p[1] > 0.5))
+    assert shapes[0][1:] == (60, 60, 60)  # the whole volume fits the window at 0.5x
+    assert m.diameter == pytest.approx(width, rel=0.1)
+    m = measure_objects(volume[None], 1.0, predict, lambda p: label(p[1] > 0.5))
+    assert shapes[1][1:] == (96, 96, 96)
+    assert m.diameter == pytest.approx(width, rel=0.05)

@@ -91,3 +91,18 @@ def test_a_checkpoint_without_object_sizes_is_refused_before_predicting(
 def test_bad_scale_options_are_one_line(checkpoints, image, tmp_path, capsys, options, message):
     assert predict(checkpoints["sized"], image, tmp_path / "o", *options) == 2
     assert message in error_line(capsys)
+
+
+def test_a_stack_is_scaled_by_its_middle_slice_and_predicted_slice_by_slice(
+        checkpoints, tmp_path, capsys):
+    stack = np.random.default_rng(1).integers(0, 255, (3, *SHAPE), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    assert predict(checkpoints["sized"], tmp_path / "s.tif", tmp_path / "o", "diameter=32",
+                   "outputs=labels") == 0
+    assert "predicting at 0.5x (25 x 30 px)" in capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "o" / "s_labels.tif").shape == (3, *SHAPE)
+    assert predict(checkpoints["sized"], tmp_path / "s.tif", tmp_path / "a", "scale=auto",
+                   "outputs=labels") == 0
+    err = capsys.readouterr().err
+    assert "s.tif: objects about" in err or "s.tif: scale=auto found no objects" in err
+    assert tifffile.imread(tmp_path / "a" / "s_labels.tif").shape == (3, *SHAPE)
