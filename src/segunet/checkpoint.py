@@ -330,6 +330,14 @@ def check_tuned(post: Mapping[str, Any] | None, file: Path) -> None:
                            "again") from None
 
 
+def build_model(node: Any, source: str) -> torch.nn.Module:
+    """The model of a ``model`` config node, from segunet's own model classes only (as a
+    checkpoint's is built; ``source`` starts the one-line errors)."""
+    from segunet.config.compose import checked
+
+    return _build(checked({"model": node}, "model", source), Path(source))
+
+
 def _build(node: Any, file: Path) -> torch.nn.Module:
     """The model of a checked config node."""
     from hydra.utils import instantiate

@@ -49,9 +49,35 @@ def test_quickstart_package_passes_bioimageio_core(quickstart):
     descr = bioimageio.spec.load_description(package)
     assert isinstance(descr, v0_5.ModelDescr) and descr.format_version.startswith("0.5")
     assert descr.weights.torchscript is not None and descr.weights.onnx is not None
+    # Weights for consumers that run PyTorch natively, tested by test_model above too.
+    state = descr.weights.pytorch_state_dict
+    assert state.architecture.callable == "Probabilities"
+    assert state.architecture.import_from == "segunet.export.bioimageio"
     names = set(zipfile.ZipFile(package).namelist())
     assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy",
-            "weights.onnx", "weights.torchscript.pt"} <= names
+            "weights.onnx", "weights.torchscript.pt", "weights.state_dict.pt"} <= names
+
+
+def test_the_state_dict_weights_rebuild_the_net_from_segunet_classes_only(quickstart):
+    """As a consumer does: the architecture's kwargs build Probabilities, the state dict
+    loads into it strictly, and it computes the softmax of the checkpoint's net. A kwargs
+    that names anything but a segunet model is refused in one line."""
+    import io
+
+    run, package = quickstart
+    descr = bioimageio.spec.load_description(package)
+    state = descr.weights.pytorch_state_dict
+    net = Probabilities(**state.architecture.kwargs)
+    stored = torch.load(io.BytesIO(zipfile.ZipFile(package).read("weights.state_dict.pt")),
+                        weights_only=True)
+    net.load_state_dict(stored, strict=True)
+    net.eval()
+    model, _ = load_model(run / "checkpoints" / "best.pt")
+    x = torch.randn(1, 1, *model.valid_input_shape((64, 64)))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), torch.softmax(model(x), dim=1))
+    with pytest.raises(SegunetError, match="the package's architecture"):
+        Probabilities({"_target_": "os.system", "command": "echo no"})
 
 
 def test_axes_say_the_valid_sizes_and_the_halo_of_the_net(quickstart):

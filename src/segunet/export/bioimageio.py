@@ -27,6 +27,7 @@ from segunet.data.io import read_array
 from segunet.data.normalize import normalize_percentile
 from segunet.errors import SegunetError
 from segunet.export.bioimageio_description import (
+    STATE_DICT,
     WEIGHTS,
     Checkpoint,
     Geometry,
@@ -79,10 +80,17 @@ def export_package(
 
 
 class Probabilities(nn.Module):
-    """The trained net with a softmax over the classes: what the package's weights compute."""
+    """The trained net with a softmax over the classes: what the package's weights compute.
+    ``model``: the net, or its config node (``_target_`` and keyword arguments), which is
+    how a package's ``pytorch_state_dict`` weights name their architecture: a consumer that
+    runs PyTorch builds this class from it and loads the state dict."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module | dict) -> None:
         super().__init__()
+        if isinstance(model, dict):
+            from segunet.checkpoint import build_model
+
+            model = build_model(model, "the package's architecture")
         self.model = model
         # The whole module in eval mode: torch.onnx.export restores the training flag of the
         # module it is given, recursively, and a deep-supervised net in training mode returns
@@ -197,6 +205,9 @@ def write_files(
 
     for fmt, name in WEIGHTS.items():
         (folder / name).write_bytes(weights[fmt])
+    # The weights themselves, for consumers that run PyTorch natively (Probabilities' keys).
+    torch.save({f"model.{k}": v for k, v in trained.model.state_dict().items()},
+               folder / STATE_DICT)
     np.save(folder / "test_input.npy", tile[None])
     np.save(folder / "test_output.npy", expected)
     tifffile.imwrite(folder / "sample_input.tif", tile)

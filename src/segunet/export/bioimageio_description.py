@@ -43,6 +43,7 @@ from segunet.train.run_folder import recorded_overrides
 
 AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 WEIGHTS = {"torchscript": "weights.torchscript.pt", "onnx": "weights.onnx"}
+STATE_DICT = "weights.state_dict.pt"
 # DOIs only: a URL would be fetched by the spec's validation, which must work offline.
 CITE = {
     "UNet": ("Ronneberger et al. 2015, U-Net", "10.1007/978-3-319-24574-4_28"),
@@ -241,6 +242,12 @@ def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:
     ]
 
 
+def model_node(trained: Checkpoint) -> dict[str, Any]:
+    """The checkpoint's model config, plain YAML values: the architecture of the
+    ``pytorch_state_dict`` weights."""
+    return {k: v for k, v in trained.config["model"].items()}
+
+
 def license_of(trained: Checkpoint, info: PackageInfo) -> str:
     """``license=``, else the training data's where segunet knows it (:data:`DATA_LICENSE`);
     else a one-line error asking for it (a package without one is no package to share)."""
@@ -319,9 +326,16 @@ def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: G
         inputs=[input_tensor(v, folder, trained, geometry)],
         outputs=[output_tensor(v, folder, trained, geometry)],
         weights=v.WeightsDescr(
+            pytorch_state_dict=v.PytorchStateDictWeightsDescr(
+                source=folder / STATE_DICT,
+                architecture=v.ArchitectureFromLibraryDescr(
+                    callable="Probabilities", import_from="segunet.export.bioimageio",
+                    kwargs={"model": model_node(trained)}),
+                pytorch_version=v.Version(torch.__version__.split("+")[0])),
             torchscript=v.TorchscriptWeightsDescr(
                 source=folder / WEIGHTS["torchscript"],
-                pytorch_version=v.Version(torch.__version__.split("+")[0])),
+                pytorch_version=v.Version(torch.__version__.split("+")[0]),
+                parent="pytorch_state_dict"),
             onnx=v.OnnxWeightsDescr(source=folder / WEIGHTS["onnx"], opset_version=opset,
                                     parent="torchscript"),
         ),
