@@ -157,8 +157,8 @@ def test_export_model_nuclei_gives_a_package_bioimageio_core_passes(tmp_path, ca
     import yaml
 
     out = tmp_path / "nuclei.bioimageio.zip"
-    assert export.run(["model=nuclei", "format=bioimageio", f"output={out}"]) == 0, (
-        capsys.readouterr().err)
+    assert export.run(["model=nuclei", "format=bioimageio", f"output={out}",
+                        "version=1.2.0"]) == 0, capsys.readouterr().err
     assert bioimageio.core.test_model(out).status == "passed"
     readme = zipfile.ZipFile(out).read("README.md").decode()
     assert "a synthetic nuclei image (segunet's own)" in readme
@@ -167,6 +167,9 @@ def test_export_model_nuclei_gives_a_package_bioimageio_core_passes(tmp_path, ca
     assert "/work/" not in readme and "cache_dir=<cache>" in readme
     rdf = yaml.safe_load(zipfile.ZipFile(out).read("rdf.yaml"))
     assert rdf["license"] == "CC0-1.0"  # its training data's, DSB 2018
+    assert rdf["version"] == "1.2.0"
+    assert {"2d", "instance-segmentation", "fluorescence-light-microscopy", "nuclei"} <= set(
+        rdf["tags"])
     assert {c["doi"] for c in rdf["cite"]} >= {"10.1038/s41592-019-0612-7",
                                               "10.1007/978-3-319-24574-4_28"}
 

@@ -68,6 +68,8 @@ class ExportConfig:
         None, "bioimageio: an SPDX licence id of the weights, e.g. CC-BY-4.0 or MIT")
     tags: list[str] = option(
         [], "bioimageio: tags beyond the derived ones, e.g. fluorescence-light-microscopy,nuclei")
+    version: str | None = option(
+        None, "bioimageio: the package's version, e.g. 1.0.0 (null: none)")
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -84,7 +86,8 @@ class ExportConfig:
             check_range("opset", self.opset, MIN_OPSET <= self.opset <= top,
                         f"an ONNX opset from {MIN_OPSET} (dynamic slicing) to {top} (this torch's "
                         "newest)")
-        given = [k for k in ("test_image", "authors", "maintainers", "license", "tags")
+        given = [k for k in ("test_image", "authors", "maintainers", "license", "tags",
+                             "version")
                  if getattr(self, k)]
         if given and self.format != "bioimageio":
             raise SegunetError(f"{given[0]}= is for format=bioimageio, not format={self.format}")
@@ -97,7 +100,7 @@ def run(argv: Sequence[str]) -> int:
     def body() -> None:
         args = parse(ExportConfig, argv, "export")
         package = PackageInfo(args.test_image, args.authors, args.license, args.tags,
-                              args.maintainers)
+                              args.maintainers, args.version)
         path = export_model(
             checkpoint_or_model(args.checkpoint, args.model), format=args.format,
             output=args.output or None,

@@ -66,6 +66,14 @@ DATA_CITE = {
                "10.1109/TMI.2011.2171705"),
 }
 DATA_LICENSE = {"dsb2018": "CC0-1.0"}
+#: The modality and objects of those datasets, as the zoo tags them.
+DATA_TAGS = {
+    "dsb2018": ("fluorescence-light-microscopy", "nuclei"),
+    "isbi2012": ("electron-microscopy", "membranes"),
+    "lucchi": ("electron-microscopy", "mitochondria"),
+}
+#: What the target's classes let a consumer make, as the zoo tags it.
+TARGET_TAGS = {"boundary": "instance-segmentation", "foreground": "semantic-segmentation"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,7 @@ class PackageInfo:
     license: str | None = None
     tags: Sequence[str] = ()
     maintainers: Sequence[str] = ()  # GitHub user names
+    version: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +251,17 @@ def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:
     ]
 
 
+def tags_of(trained: Checkpoint, info: PackageInfo) -> list[str]:
+    """The zoo's tags: the net and its dimensions, what its target's classes are for, the
+    modality and objects of a dataset segunet knows, then ``tags=``."""
+    data = trained.data
+    derived = ["unet", f"{trained.model.spatial_dims}d", "pytorch", "segunet",
+               "semantic-segmentation",
+               TARGET_TAGS.get(str(data.get("target", "foreground")), "semantic-segmentation"),
+               *DATA_TAGS.get(str(data.get("name", "")), ())]
+    return list(dict.fromkeys([*derived, *info.tags]))
+
+
 def model_node(trained: Checkpoint) -> dict[str, Any]:
     """The checkpoint's model config, plain YAML values: the architecture of the
     ``pytorch_state_dict`` weights."""
@@ -318,8 +338,8 @@ def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: G
         maintainers=[spec_call(v.Maintainer, github_user=u) for u in info.maintainers],
         cite=[v.CiteEntry(text=text, doi=v.Doi(doi)) for text, doi in cites],
         license=license_of(trained, info),
-        tags=list(dict.fromkeys(["unet", f"{model.spatial_dims}d", "pytorch",
-                                 "semantic-segmentation", "segunet", *info.tags])),
+        tags=tags_of(trained, info),
+        version=info.version,
         documentation=v.FileDescr(source=folder / "README.md"),
         covers=[v.FileDescr(source=folder / "cover.png")],
         attachments=[v.FileDescr(source=folder / "training_config.yaml")],
