@@ -91,7 +91,8 @@ def true_width(labels: np.ndarray) -> float:
 def predict(file: Path, out: Path, method: str, width: float) -> tuple[np.ndarray, float | None]:
     """Instances of ``file`` by ``segunet predict``'s code; the width scale=auto found."""
     from segunet.data.io import read_array
-    from segunet.infer.run import Batch, Settings, Tiling, predict_files
+    from segunet.infer.run import predict_files
+    from segunet.infer.settings import Batch, Settings, Tiling
     from segunet.postprocess.decoding import InstancesConfig
     from segunet.pretrained import checkpoint_or_model
 

@@ -110,15 +110,13 @@ class Model:
     ) -> np.ndarray:
         from segunet.infer.inputs import check_pixel_type, image_for_model, stack_for_model
         from segunet.infer.run import (
-            Prediction,
-            Settings,
-            Tiling,
             foreground_classes,
             input_grid,
             objects_scale,
             predicted_whole,
         )
         from segunet.infer.scale import check_options
+        from segunet.infer.settings import Prediction, Settings, Tiling
         from segunet.postprocess.decoding import InstancesConfig
 
         known = [f.name for f in dataclasses.fields(InstancesConfig)]

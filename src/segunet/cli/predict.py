@@ -1,6 +1,6 @@
 """``segunet predict``: its arguments (:class:`PredictConfig`), usage and ``run()``; the run
 itself is :mod:`segunet.infer.run`, which takes what the arguments say as a
-:class:`~segunet.infer.run.Batch` and :class:`~segunet.infer.run.Settings`."""
+:class:`~segunet.infer.settings.Batch` and :class:`~segunet.infer.settings.Settings`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from segunet.data.pixelsize import check_pixel_size
 from segunet.data.tiling import Blend
 from segunet.errors import SegunetError
 from segunet.infer.outputs import OUTPUTS
-from segunet.infer.run import Batch, Settings, Tiling, predict_files
+from segunet.infer.run import predict_files
 from segunet.infer.scale import check_options
+from segunet.infer.settings import Batch, Settings, Tiling
 from segunet.postprocess.decoding import InstancesConfig
 from segunet.pretrained import checkpoint_or_model
 

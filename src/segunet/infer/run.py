@@ -24,21 +24,22 @@ training pixel size and its outputs resampled back onto its own grid (see
 probabilities with the labels and instances as its label images (see
 :mod:`segunet.data.omezarr`), streamed as ``format=zarr`` is.
 
-The command's arguments (:mod:`segunet.cli.predict`) arrive as a :class:`Batch` (which images,
-which outputs where) and :class:`Settings` (how, as given); once the checkpoint is read they
-are resolved into a :class:`Prediction`, immutable, that every image is predicted with.
+The command's arguments (:mod:`segunet.cli.predict`) arrive as a
+:class:`~segunet.infer.settings.Batch` (which images, which outputs where) and
+:class:`~segunet.infer.settings.Settings` (how, as given); once the checkpoint is read they
+are resolved into a :class:`~segunet.infer.settings.Prediction`, immutable, that every
+image is predicted with.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -47,9 +48,9 @@ from segunet import interrupts
 from segunet.atomic import remove_stale_temps
 from segunet.data.io import output_folder, read_pixel_size, refuse_existing, split_key
 from segunet.data.omezarr import CHUNK
-from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
+from segunet.data.pixelsize import check_pixel_size, describe_pixel_size, spatial
 from segunet.data.sources import class_names_of
-from segunet.data.tiling import Blend, blocks
+from segunet.data.tiling import blocks
 from segunet.errors import SegunetError, first_line
 from segunet.infer.inputs import (
     NormalizedImage,
@@ -75,102 +76,8 @@ from segunet.infer.scale import (
     measure_objects,
     search_scale,
 )
-from segunet.postprocess.decoding import Decoder, InstancesConfig, argmax_of, class_dtype
-
-if TYPE_CHECKING:
-    from segunet.checkpoint import Trained
-
-# --- what to predict, and how --------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """The images to predict and where their outputs go: all that is checked before the
-    checkpoint is read. ``format``: tif, zarr or ome-zarr."""
-
-    input: str
-    output: Path
-    outputs: tuple[str, ...]
-    format: str
-    overwrite: bool
-    skip_existing: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-    """How an image is cut into tiles and put back (the arguments of
-    :func:`segunet.infer.predict.predict_tiled` that the options set). ``tile``: one size
-    for every axis, one per axis, or None (auto); ``tta``: None until it is decided."""
-
-    tile: int | tuple[int, ...] | None
-    batch_size: int
-    blend: Blend
-    overlap: float
-    tta: bool | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How to predict, as given: what is left open (None) the checkpoint decides (see
-    :meth:`Prediction.of`). ``pixel_size``: the inputs', instead of their files'."""
-
-    checkpoint: str
-    device: str
-    compile: bool
-    tiling: Tiling
-    resample: bool
-    pixel_size: tuple[float, ...] | None
-    instances: InstancesConfig
-    scale: str = "none"  # none or auto (see segunet.infer.scale)
-    diameter: float | None = None  # the inputs' objects, px: their scale, given
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """What every image is predicted with: the settings resolved with the checkpoint read,
-    once, before the first image. ``device``: the one resolved (``cuda:0``, not ``auto``);
-    ``tiling.tta``: decided (as tuned where not given)."""
-
-    device: str
-    tiling: Tiling
-    decoder: Decoder
-    foreground_classes: tuple[int, ...] | None  # instances.foreground_classes
-    resample: bool
-    pixel_size: tuple[float, ...] | None
-    trained_pixel_size: PixelSize | None  # the model's training one, if recorded
-    format: str
-    output: Path
-    scale: str = "none"
-    diameter: float | None = None
-    trained_objects: tuple[float, float, float] | None = None  # its object widths, px
-
-    @classmethod
-    def of(cls, batch: Batch | None, settings: Settings, trained: Trained, device: str
-           ) -> Prediction:
-        """``settings`` of ``batch`` resolved with the checkpoint read, on ``device``
-        (``batch`` None: arrays in memory, no files)."""
-        from segunet.checkpoint import object_sizes_of, pixel_size_of
-
-        decoder = Decoder.of(settings.instances, trained.config, trained.postprocess)
-        recorded = pixel_size_of(trained)
-        objects = object_sizes_of(trained)
-        if objects is None and (settings.scale == "auto" or settings.diameter):
-            asked = "scale=auto" if settings.scale == "auto" else "diameter="
-            raise SegunetError(
-                f"{trained.file} records no training object size, which {asked} scales "
-                "inputs to: use a checkpoint of a newer segunet train, or give pixel_size="
-            )
-        tta = settings.tiling.tta
-        if tta is None:
-            tta = bool(decoder.post and decoder.post.tta)
-        given = settings.instances.foreground_classes
-        return cls(
-            device, dataclasses.replace(settings.tiling, tta=tta), decoder,
-            None if given is None else tuple(given), settings.resample, settings.pixel_size,
-            tuple(recorded[0]) if recorded else None, batch.format if batch else "tif",
-            batch.output if batch else Path("."),
-            settings.scale, settings.diameter, objects,
-        )
+from segunet.infer.settings import Batch, Prediction, Settings
+from segunet.postprocess.decoding import Decoder, argmax_of, class_dtype
 
 
 def predict_files(batch: Batch, settings: Settings) -> list[Path]:
