@@ -3,13 +3,15 @@
 The description (:mod:`segunet.export.bioimageio_description`, which says what the package
 holds) is validated by ``bioimageio.spec`` while it packs the zip; ``bioimageio.core``'s
 ``test_model`` then runs both weight formats on the test input, compares them with the
-expected output and tries further valid sizes and batch 2, before the zip is kept
-(``verify=true``). Here: the traced weights, the test tensors, the cover and the package.
+expected output and tries further valid sizes and batch 2, and its predictions, whole and in
+blocks, are compared with segunet's (:mod:`segunet.export.consumer_check`), before the zip is
+kept (``verify=true``). Here: the traced weights, the test tensors, the cover and the package.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -26,6 +28,7 @@ from segunet.checkpoint import load_checkpoint, load_trained
 from segunet.data.io import read_array
 from segunet.data.normalize import normalize_percentile
 from segunet.errors import SegunetError
+from segunet.export.anysize import AnySize
 from segunet.export.bioimageio_description import (
     STATE_DICT,
     WEIGHTS,
@@ -37,9 +40,11 @@ from segunet.export.bioimageio_description import (
     model_descr,
     readme,
     spec_call,
+    without_paths,
 )
+from segunet.export.consumer_check import check_consumer
 from segunet.export.traced import exported_bytes, metadata, verify_export
-from segunet.pretrained import shipped
+from segunet.pretrained import SHIPPED_AUTHORS, shipped
 
 MISSING = ("format=bioimageio needs bioimageio.spec and bioimageio.core: "
            "pip install 'segunet[bioimageio]'")
@@ -55,6 +60,8 @@ def export_package(
     nothing: it is staged in a temp folder and copied to a temp name beside ``target``."""
     spec, core = _bioimageio()
     trained = _load(file)
+    if shipped(file) and not info.authors:  # a model of segunet's own: its makers
+        info = dataclasses.replace(info, authors=SHIPPED_AUTHORS)
     check_expressible(trained)
     model = trained.model
     geometry = Geometry.of(model)
@@ -64,7 +71,7 @@ def export_package(
     normalised = normalise(tile, trained.percentiles)
     net = Probabilities(model)
     expected = net.predict(normalised[None])
-    weights = traced_weights(net, trained, normalised, geometry, opset, verify, atol)
+    weights = traced_weights(net, trained, normalised, opset, verify, atol)
     with tempfile.TemporaryDirectory(prefix="segunet-bioimageio-") as tmp, _quiet():
         folder = Path(tmp)
         write_files(folder, trained, tile, normalised, expected, geometry, weights, image_source)
@@ -73,6 +80,7 @@ def export_package(
                              output_path=folder / "package.zip")
         if verify:
             check_test(core.test_model(package))
+            check_consumer(core, package, model, image, trained.percentiles, geometry)
         write_atomic(target, lambda f: _copy(package, f))
 
 
@@ -80,10 +88,12 @@ def export_package(
 
 
 class Probabilities(nn.Module):
-    """The trained net with a softmax over the classes: what the package's weights compute.
-    ``model``: the net, or its config node (``_target_`` and keyword arguments), which is
-    how a package's ``pytorch_state_dict`` weights name their architecture: a consumer that
-    runs PyTorch builds this class from it and loads the state dict."""
+    """The trained net on an image of any size, as ``segunet predict`` runs it
+    (:class:`~segunet.export.anysize.AnySize`), with a softmax over the classes: what the
+    package's weights compute. ``model``: the net, or its config node (``_target_`` and
+    keyword arguments), which is how a package's ``pytorch_state_dict`` weights name their
+    architecture: a consumer that runs PyTorch builds this class from it and loads the state
+    dict."""
 
     def __init__(self, model: nn.Module | dict) -> None:
         super().__init__()
@@ -91,7 +101,7 @@ class Probabilities(nn.Module):
             from segunet.checkpoint import build_model
 
             model = build_model(model, "the package's architecture")
-        self.model = model
+        self.model = AnySize(model)
         # The whole module in eval mode: torch.onnx.export restores the training flag of the
         # module it is given, recursively, and a deep-supervised net in training mode returns
         # all its heads.
@@ -101,17 +111,9 @@ class Probabilities(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """The probabilities of ``x``; a SegunetError if the model gives several outputs
-        (deep-supervision heads), which would leak into a traced graph as extra outputs."""
+        """The probabilities of ``(N, C, *spatial)`` ``x``, computed by PyTorch."""
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(x))
-        if not isinstance(logits, torch.Tensor):
-            raise SegunetError(
-                f"{type(self.model).__name__} returns {len(logits)} outputs in eval mode (its "
-                "deep-supervision heads); a bioimage.io package of it would describe only one: "
-                "export a model whose eval forward returns one tensor"
-            )
-        return torch.softmax(logits, dim=1).numpy()
+            return self(torch.from_numpy(x)).numpy()
 
 
 def _load(file: Path) -> Checkpoint:
@@ -148,16 +150,15 @@ def source_image(trained: Checkpoint, path: str | None) -> tuple[np.ndarray, str
 def input_tile(
     image: np.ndarray, geometry: Geometry, input_shape: Sequence[int] | None, source: str
 ) -> np.ndarray:
-    """A valid-sized tile from the centre of ``image``, mirror-padded where it is smaller:
-    ``input_shape`` rounded up, else the largest valid size within the image and
-    :data:`TEST_SIZE`."""
+    """A tile from the centre of ``image``, mirror-padded where it is smaller: of
+    ``input_shape``, else as large as the image up to :data:`TEST_SIZE` per axis; at least
+    the package's smallest block, which is what bioimageio.core accepts."""
     spatial = image.shape[1:]
     dims = len(spatial)
     if input_shape is not None and len(input_shape) != dims:
         raise SegunetError(f"input_shape={list(input_shape)} needs {dims} sizes for {source}")
-    shape = [geometry.at_least(s) for s in input_shape] if input_shape else [
-        geometry.at_most(min(n, TEST_SIZE[dims])) for n in spatial
-    ]
+    wanted = list(input_shape) if input_shape else [min(n, TEST_SIZE[dims]) for n in spatial]
+    shape = [max(geometry.min, s) for s in wanted]
     starts = [max(0, (n - t) // 2) for n, t in zip(spatial, shape)]
     tile = image[(slice(None), *(slice(s, s + t) for s, t in zip(starts, shape)))]
     short = [(0, 0)] + [(0, t - n) for n, t in zip(tile.shape[1:], shape)]
@@ -172,17 +173,20 @@ def normalise(tile: np.ndarray, percentiles: list[float] | None) -> np.ndarray:
 
 
 def traced_weights(
-    net: Probabilities, trained: Checkpoint, normalised: np.ndarray, geometry: Geometry,
-    opset: int, verify: bool, atol: float,
+    net: Probabilities, trained: Checkpoint, normalised: np.ndarray, opset: int, verify: bool,
+    atol: float,
 ) -> dict[str, bytes]:
     """TorchScript and ONNX of ``net`` traced on the test input; with ``verify`` each run
-    against PyTorch there and on a batch of 2 at the next larger valid size."""
+    against PyTorch there and on a batch of 2 of another size, off every grid: the traced
+    graph must keep its size arithmetic, not the example's sizes."""
     model = trained.model
     example = torch.from_numpy(normalised[None])
     meta = metadata(model, trained.config) | {
-        "output": "probabilities (N, classes, *spatial): the softmax over the classes"}
-    bigger = [s + geometry.step for s in normalised.shape[1:]]
-    inputs = [example, torch.randn(2, model.in_channels, *bigger, generator=torch.Generator())]
+        "valid_input_sizes": "any: the graph mirror-extends the image as segunet predict does",
+        "output": "probabilities (N, classes, *spatial) as large as the input: the softmax "
+        "over the classes"}
+    other = [s + 11 for s in normalised.shape[1:]]
+    inputs = [example, torch.randn(2, model.in_channels, *other, generator=torch.Generator())]
     weights = {}
     for fmt in WEIGHTS:
         weights[fmt] = exported_bytes(net, fmt, example, opset, meta, ("input", "output"))
@@ -206,31 +210,29 @@ def write_files(
     for fmt, name in WEIGHTS.items():
         (folder / name).write_bytes(weights[fmt])
     # The weights themselves, for consumers that run PyTorch natively (Probabilities' keys).
-    torch.save({f"model.{k}": v for k, v in trained.model.state_dict().items()},
-               folder / STATE_DICT)
+    torch.save(Probabilities(trained.model).state_dict(), folder / STATE_DICT)
     np.save(folder / "test_input.npy", tile[None])
     np.save(folder / "test_output.npy", expected)
     tifffile.imwrite(folder / "sample_input.tif", tile)
     tifffile.imwrite(folder / "sample_output.tif", expected[0])
-    iio.imwrite(folder / "cover.png", cover(normalised, expected[0], geometry.halo))
-    (folder / "training_config.yaml").write_text(yaml.safe_dump(trained.config, sort_keys=False))
+    iio.imwrite(folder / "cover.png", cover(normalised, expected[0]))
+    (folder / "training_config.yaml").write_text(
+        yaml.safe_dump(without_paths(trained.config), sort_keys=False))
     (folder / "README.md").write_text(readme(trained, geometry, tile.shape[1:], image_source))
 
 
-def cover(normalised: np.ndarray, probs: np.ndarray, halo: int) -> np.ndarray:
+def cover(normalised: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Input | prediction side by side, 2:1 as bioimage.io asks (the middle slice of a
-    volume): the input's first channel (or RGB) over the output's region, and the
-    probability of not-background, both cut to the square at their centre."""
+    volume): the input's first channel (or RGB) and the probability of not-background, both
+    cut to the square at their centre."""
     if normalised.ndim == 4:
         normalised, probs = normalised[:, normalised.shape[1] // 2], probs[:, probs.shape[1] // 2]
-    inner = normalised[(slice(None), *(slice(halo, n - halo) for n in normalised.shape[1:]))]
-    picture = inner[:3] if inner.shape[0] == 3 else inner[:1].repeat(3, 0)
+    picture = normalised[:3] if normalised.shape[0] == 3 else normalised[:1].repeat(3, 0)
     side = min(probs.shape[1:])
     square = tuple(slice((n - side) // 2, (n - side) // 2 + side) for n in probs.shape[1:])
     panels = [picture[(slice(None), *square)], (1 - probs[(slice(0, 1), *square)]).repeat(3, 0)]
     both = np.concatenate(panels, axis=2)
     return (np.clip(both, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-
 
 
 # --- bioimageio's packages -----------------------------------------------------------------

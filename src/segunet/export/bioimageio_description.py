@@ -2,17 +2,18 @@
 ``bioimageio.spec``'s own classes (and so validated by them), and its README. The package's
 files are made and tested by :mod:`segunet.export.bioimageio`. What the package says:
 
-- input ``(batch, channel, [z,] y, x)`` float32 whose spatial sizes are the net's valid sizes
-  ``min + n * step``, with the physical pixel size of the training data where the checkpoint
-  has one;
+- input ``(batch, channel, [z,] y, x)`` float32 of any spatial size, with the physical pixel
+  size of the training data where the checkpoint has one. The weights mirror-extend it as
+  ``segunet predict`` does (:mod:`segunet.export.anysize`), so a consumer that runs the whole
+  image gets segunet's prediction, borders included, whatever its size;
+- blocks for consumers that tile: any size from ``min`` on, with a reflect-padded ``halo``
+  (an output axis' ``halo``, which consumers pad and crop); blocks that start at multiples
+  of the net's pooling period are exact (see :class:`Geometry`);
 - preprocessing ``ensure_dtype`` and ``scale_range`` per sample and channel with the training
   percentiles: segunet's per-image normalisation, but for the spec's ``eps`` (1e-6) in the
   denominator and segunet's fallback to min/max for a flat channel;
-- output: per-class probabilities. The softmax is in the graph, so that consumers running no
-  post-processing (ilastik, deepImageJ) still get probabilities. A valid-padded net crops a
-  halo of ``h`` pixels per side itself: the output size is the input's ``- 2h``, which the
-  spec asks to document as the size's ``offset`` (its ``halo`` field is what a consumer
-  should crop, here nothing more);
+- output: per-class probabilities as large as the input. The softmax is in the graph, so
+  that consumers running no post-processing (ilastik, deepImageJ) still get probabilities;
 - weights: TorchScript and ONNX, traced from the same eval-mode model and each verified
   against PyTorch;
 - test tensors: a tile of ``test_image`` and segunet's own prediction of it (normalised by
@@ -91,33 +92,39 @@ class PackageInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    """The valid spatial sizes ``min + n * step`` of a net (the same on every axis) and the
-    ``halo`` it crops from each side of its output (0 when same-padded)."""
+    """How a consumer may cut an image into blocks for the package's weights, which take
+    any size (:class:`~segunet.export.anysize.AnySize`): blocks of ``min + n * step``
+    pixels per axis with a ``halo`` of context on each side, cropped from their output.
+
+    A valid-padded net is not shift-equivariant below its pooling ``period``: a block equals
+    ``segunet predict`` where it starts at a multiple of it, as segunet's own tiles do.
+    ``halo``, a multiple of the period, is the context a pixel of any phase needs: the net's
+    own margin ``net_halo`` plus ``period - 1``, rounded up. ``step`` is 1, because
+    bioimageio.core refuses an image whose size is not ``min + n * step``: aligned blocks
+    are the consumer's choice (inner sizes that are multiples of the period). A same-padded
+    net gets no halo (segunet blends its tiles instead)."""
 
     min: int
     step: int
     halo: int
+    net_halo: int
+    period: int
 
     @classmethod
     def of(cls, model: nn.Module) -> Geometry:
         d = model.spatial_dims
         smallest = model.valid_input_shape((1,) * d)[0]
-        step = model.valid_input_shape((smallest + 1,) * d)[0] - smallest
-        trims = {s - model.output_shape((s,) * d)[0] for s in (smallest, smallest + step)}
+        period = model.valid_input_shape((smallest + 1,) * d)[0] - smallest
+        trims = {s - model.output_shape((s,) * d)[0] for s in (smallest, smallest + period)}
         trim = trims.pop()
         if trims or trim % 2:  # no segunet net does this: a size rule the spec cannot say
             raise SegunetError(
                 f"{type(model).__name__}'s output is not its input less a fixed margin per "
                 "side, which a bioimage.io package cannot describe: export format=onnx"
             )
-        return cls(smallest, step, trim // 2)
-
-    def at_most(self, size: int) -> int:
-        """The largest valid size <= ``size``, or the smallest one."""
-        return self.min + max(0, (size - self.min) // self.step) * self.step
-
-    def at_least(self, size: int) -> int:
-        return self.min + max(0, math.ceil((size - self.min) / self.step)) * self.step
+        net_halo = trim // 2
+        halo = math.ceil((net_halo + period - 1) / period) * period if net_halo else 0
+        return cls(2 * halo + period, 1, halo, net_halo, period)
 
 
 @dataclasses.dataclass
@@ -238,16 +245,23 @@ def _score(value: Any) -> str:
 def _io_lines(trained: Checkpoint, geometry: Geometry) -> list[str]:
     model, percentiles = trained.model, trained.percentiles
     return [
-        f"- input: {model.in_channels} channel(s), float32, spatial sizes {geometry.min} + "
-        f"{geometry.step} * n per axis ({', '.join(AXES[model.spatial_dims])})",
+        f"- input: {model.in_channels} channel(s), float32, any spatial size "
+        f"({', '.join(AXES[model.spatial_dims])}): the weights mirror-extend the image as "
+        "`segunet predict` does and return the output at the input's size",
         f"- preprocessing: per image and channel (x - p_low) / (p_high - p_low + 1e-6) with the "
         f"percentiles {percentiles} (scale_range)" if percentiles else
         "- preprocessing: none (training used the images as they are)",
         f"- output: probabilities of {', '.join(trained.class_names)} (softmax in the weights)",
-        f"- halo: the net uses valid convolutions and crops {geometry.halo} pixels per side "
-        "itself: the output is the input less that on each side, centred on it; give images "
-        "mirror-padded by it to predict their borders" if geometry.halo else
-        "- halo: none (same-padded convolutions: the output is as large as the input)",
+        f"- blocks: at least {geometry.min} pixels per axis, with a halo of {geometry.halo} "
+        "(reflect padding) cropped from each output. The net (valid convolutions, a margin of "
+        f"{geometry.net_halo} px) is not shift-equivariant below {geometry.period} px: a block "
+        f"is exactly `segunet predict` where it starts at a multiple of {geometry.period} px, "
+        f"so choose blocks whose size less twice the halo is a multiple of {geometry.period}. "
+        "bioimageio.core moves the last block of an axis back to the image's end, which keeps "
+        f"that only where the image's size is a multiple of {geometry.period}"
+        if geometry.halo else
+        "- blocks: no halo (same-padded convolutions; `segunet predict` blends overlapping "
+        "tiles, which blocks cropped edge to edge do not reproduce)",
     ]
 
 
@@ -292,6 +306,16 @@ def _shown(value: Any) -> Any:
     if isinstance(value, str) and (os.path.isabs(text) or text.startswith("~")):
         return f"<{Path(text).name or text}>"
     return value
+
+
+def without_paths(node: Any) -> Any:
+    """A config with every path of the machine that trained shown as :func:`_shown` shows
+    it: what the package's ``training_config.yaml`` holds."""
+    if isinstance(node, dict):
+        return {k: without_paths(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [without_paths(v) for v in node]
+    return _shown(node)
 
 
 def _call(node: dict | None) -> str:
@@ -414,6 +438,10 @@ def input_tensor(v: ModuleType, folder: Path, trained: Checkpoint, geometry: Geo
         preprocessing.append(scale_range(v, trained))
     return v.InputTensorDescr(
         id=v.TensorId("input"),
+        # The border segunet mirrors: a consumer pads blocks (and the whole image by the
+        # halo) as np.pad(mode="reflect") does, which is segunet's own extrapolation.
+        pad=v.ReflectPadding(mode="reflect"),  # set explicitly, or the dump says `pad: {}`,
+        # which the spec reads back as ConstantPadding (bioimageio.spec 0.5.12)
         description=f"{model.spatial_dims}D image, channels first",
         axes=[v.BatchAxis(),
               v.ChannelAxis(channel_names=[f"channel{i}" for i in range(model.in_channels)]),
@@ -440,17 +468,22 @@ def scale_range(v: ModuleType, trained: Checkpoint) -> Any:
 
 
 def output_tensor(v: ModuleType, folder: Path, trained: Checkpoint, geometry: Geometry) -> Any:
-    def size(axis: Any) -> Any:
-        # The halo the net crops itself is the size's offset (see the module's docstring).
-        return v.SizeReference(tensor_id=v.TensorId("input"), axis_id=axis,
-                               offset=-2 * geometry.halo)
+    """Per-class probabilities as large as the input; for a valid-padded net, with the
+    block halo a consumer crops (see :class:`Geometry`)."""
 
+    def size(axis: Any) -> Any:
+        return v.SizeReference(tensor_id=v.TensorId("input"), axis_id=axis)
+
+    if geometry.halo:
+        def axis_of(**kwargs: Any) -> Any:
+            return v.SpaceOutputAxisWithHalo(halo=geometry.halo, **kwargs)
+    else:
+        axis_of = v.SpaceOutputAxis
     return v.OutputTensorDescr(
         id=v.TensorId("output"),
-        description="class probabilities" + (
-            f"; valid convolutions crop {geometry.halo} px per side" if geometry.halo else ""),
+        description="class probabilities, as large as the input",
         axes=[v.BatchAxis(), v.ChannelAxis(channel_names=trained.class_names),
-              *spatial_axes(v, trained, v.SpaceOutputAxis, size)],
+              *spatial_axes(v, trained, axis_of, size)],
         test_tensor=v.FileDescr(source=folder / "test_output.npy"),
         sample_tensor=v.FileDescr(source=folder / "sample_output.tif"),
         data=v.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),

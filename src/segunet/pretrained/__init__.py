@@ -18,6 +18,8 @@ from segunet.errors import SegunetError
 
 #: Name -> checkpoint file in this package.
 MODELS = {"nuclei": "nuclei.pt"}
+#: Who made them: the authors a bioimage.io package of one names unless told otherwise.
+SHIPPED_AUTHORS = ("the segunet developers",)
 
 
 def path_of(name: str, key: str = "model") -> Path:
