@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +30,20 @@ SOURCE = "image"
 
 def load(source: str | os.PathLike = "nuclei", device: str = "auto") -> Model:
     """The model of ``source``: the name of a model that ships with segunet (``nuclei``), a
-    checkpoint file, or a run folder (its ``best.pt``, as ``segunet predict`` reads it), on
-    ``device`` (``auto``: CUDA where there is one)."""
+    checkpoint file, a run folder (its ``best.pt``, as ``segunet predict`` reads it) or a
+    bioimage.io package (``.zip``) written by ``segunet export``, on ``device`` (``auto``:
+    CUDA where there is one)."""
     from segunet import pretrained
     from segunet.checkpoint import load_trained
     from segunet.models.device import resolve_device
 
     resolved = str(resolve_device(device))
-    return Model(load_trained(pretrained.resolve(os.fspath(source), "source"), resolved),
-                 resolved)
+    path = os.fspath(source)
+    if path.lower().endswith(".zip"):
+        from segunet.export.package_model import load_package
+
+        return Model(load_package(Path(path), resolved), resolved)
+    return Model(load_trained(pretrained.resolve(path, "source"), resolved), resolved)
 
 
 class Model:

@@ -96,6 +96,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
     import warnings
 
+    from segunet.config.compose import check_literal
+
     try:
         with warnings.catch_warnings():  # torch's note on a TorchScript file: said below
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
@@ -104,8 +106,6 @@ def _read_checkpoint(file: Path, map_location: str | torch.device) -> dict:
         raise SegunetError(_unreadable(file, e)) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SegunetError(f"{file} is not a segunet checkpoint (no 'model' entry)")
-    from segunet.config.compose import check_literal
-
     # Taken literally by every command that reads it: no ${...} resolved against this machine.
     check_literal(ckpt.get("config"), str(file))
     check_weights(ckpt["model"], file)
@@ -255,10 +255,17 @@ def load_trained(
     ``prefer="best"``): rebuilt from ``config["model"]``, so no overrides need repeating,
     and only from segunet's own model classes. ``tuned=False``: its tuned post-processing
     is neither read nor checked (``postprocess`` is None), for who replaces or ignores it."""
+    file = resolve_checkpoint(path, prefer)
+    return trained_of(_read_checkpoint(file, device), file, device, tuned)
+
+
+def trained_of(ckpt: dict, file: Path, device: str | torch.device = "cpu",
+               tuned: bool = True) -> Trained:
+    """:func:`load_trained` of the contents ``ckpt`` of ``file``, already read and checked
+    as :func:`_read_checkpoint` checks them (a checkpoint, or what a segunet bioimage.io
+    package holds)."""
     from segunet.config.compose import checked, upgrade
 
-    file = resolve_checkpoint(path, prefer)
-    ckpt = _read_checkpoint(file, device)
     config = ckpt.get("config")
     if not isinstance(config, dict) or "_target_" not in config.get("model", {}):
         raise SegunetError(

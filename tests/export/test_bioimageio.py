@@ -356,3 +356,40 @@ def test_maintainers_without_network_are_one_line(tiny, capsys, monkeypatch):
     assert err.count("\n") == 1 and "checks maintainers= on GitHub and could not reach it " \
         "(ConnectError)" in err
     assert not list(ckpt.parent.glob("*.zip"))
+
+
+def test_segunet_load_of_the_package_segments_as_its_checkpoint(quickstart, tmp_path):
+    """segunet.load of a package segunet exported: the same objects and probabilities as
+    the checkpoint it came from, its tuned decoding and training config included. A zip that
+    is not such a package is one line."""
+    import segunet
+
+    run, package = quickstart
+    image = camera_image((90, 77), seed=5)[0]
+    from_package, from_run = segunet.load(package, "cpu"), segunet.load(run, "cpu")
+    assert from_package.class_names == from_run.class_names
+    np.testing.assert_array_equal(from_package.segment(image), from_run.segment(image))
+    np.testing.assert_array_equal(from_package.predict(image), from_run.predict(image))
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("rdf.yaml", "type: model\n")
+    with pytest.raises(SegunetError, match="is no bioimage.io package written by segunet export"):
+        segunet.load(other, "cpu")
+    (tmp_path / "broken.zip").write_bytes(b"PK no zip")
+    with pytest.raises(SegunetError, match="is no readable bioimage.io package"):
+        segunet.load(tmp_path / "broken.zip", "cpu")
+
+
+def test_the_package_carries_the_tuned_decoding_and_sizes(tiny, capsys):
+    import segunet
+
+    ckpt, args = tiny
+    post = {"settings": {"threshold": 0.7, "min_size": 5, "grow": 1, "seed_threshold": 0.5},
+            "metric": "ap", "target": "foreground", "score": 0.5, "default_score": 0.4}
+    save_with(ckpt, postprocess=post, pixel_size={"size": [0.5, 0.5], "unit": "micrometer"},
+              object_size={"diameter": 12.0, "range": [9.0, 15.0]})
+    assert main([*args, "verify=false"]) == 0, capsys.readouterr().err
+    model = segunet.load(ckpt.with_name("last.bioimageio.zip"), "cpu")
+    assert model.trained.postprocess == post
+    assert model.trained.pixel_size == {"size": [0.5, 0.5], "unit": "micrometer"}
+    assert model.trained.object_size == {"diameter": 12.0, "range": [9.0, 15.0]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ from segunet.export.bioimageio_description import (
     without_paths,
 )
 from segunet.export.consumer_check import check_consumer
+from segunet.export.package_model import RECORD, record_of
 from segunet.export.traced import exported_bytes, metadata, verify_export
 from segunet.pretrained import SHIPPED_AUTHORS, shipped
 
@@ -216,6 +218,7 @@ def write_files(
     tifffile.imwrite(folder / "sample_input.tif", tile)
     tifffile.imwrite(folder / "sample_output.tif", expected[0])
     iio.imwrite(folder / "cover.png", cover(normalised, expected[0]))
+    (folder / RECORD).write_text(json.dumps(record_of(trained.ckpt), indent=1))
     (folder / "training_config.yaml").write_text(
         yaml.safe_dump(without_paths(trained.config), sort_keys=False))
     (folder / "README.md").write_text(readme(trained, geometry, tile.shape[1:], image_source))

@@ -366,7 +366,9 @@ def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: G
         version=info.version,
         documentation=v.FileDescr(source=folder / "README.md"),
         covers=[v.FileDescr(source=folder / "cover.png")],
-        attachments=[v.FileDescr(source=folder / "training_config.yaml")],
+        # segunet.json: what segunet.load() of the package reads besides the weights.
+        attachments=[v.FileDescr(source=folder / "training_config.yaml"),
+                     v.FileDescr(source=folder / "segunet.json")],
         inputs=[input_tensor(v, folder, trained, geometry)],
         outputs=[output_tensor(v, folder, trained, geometry)],
         weights=v.WeightsDescr(
