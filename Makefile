@@ -5,6 +5,8 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The napari widget's tests need napari and Qt; make train does not.
+NAPARI_STAMP := $(VENV)/.installed-napari
 ARGS ?=
 
 .PHONY: help venv train test lint format clean
@@ -22,13 +24,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bioimageio]'
 	touch $@
 
+$(NAPARI_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[napari]'
+	touch $@
+
 venv: $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/segunet train experiment=quickstart $(ARGS)
 
 # -n 2: two pytest workers, one per core of a 2-core machine (ARGS='-n 0' runs them in turn).
-test: $(STAMP)
+test: $(STAMP) $(NAPARI_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 

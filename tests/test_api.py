@@ -87,6 +87,13 @@ def test_a_run_folder_means_its_best_checkpoint(tmp_path):
     assert model.segment(image).shape == (40, 44)
 
 
+def test_outputs_are_segment_and_predict_from_one_prediction(nuclei, picture):
+    both = nuclei.outputs(picture, ["instances", "probabilities", "labels"], tta=False)
+    np.testing.assert_array_equal(both["instances"], nuclei.segment(picture, tta=False))
+    np.testing.assert_array_equal(both["probabilities"], nuclei.predict(picture, tta=False))
+    np.testing.assert_array_equal(both["labels"], both["probabilities"].argmax(0))
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m, x: m.segment(x, treshold=0.5), "segment(treshold=...) is no option: it takes "
                                               "method, threshold, min_size"),
@@ -97,6 +104,7 @@ def test_a_run_folder_means_its_best_checkpoint(tmp_path):
     (lambda m, x: m.predict(np.zeros((5, 40, 40), np.uint8)),
      "an image of shape (5, 40, 40) is a (Z, Y, X) stack to this 2D model"),
     (lambda m, x: m.predict(np.zeros((40, 40), complex)), "image holds complex128 values"),
+    (lambda m, x: m.outputs(x, ["objects"]), "outputs(['objects']): each one of instances"),
 ])
 def test_bad_calls_are_one_line_errors(nuclei, picture, call, message):
     with pytest.raises(SegunetError) as caught:

@@ -48,6 +48,10 @@ def test_the_wheel_holds_every_module_and_config(wheel):
     assert "segunet/conf/trainer/default.yaml" in configs
     assert modules | configs <= names, sorted(modules | configs - names)
     assert "segunet/pretrained/nuclei.pt" in names  # model=nuclei without a download
+    assert "segunet/napari_plugin/napari.yaml" in names  # the napari manifest
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[napari.manifest]\nsegunet = segunet.napari_plugin:napari.yaml" in text
 
 
 def test_the_wheel_trains_outside_the_checkout(wheel, tmp_path):

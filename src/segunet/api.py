@@ -76,7 +76,7 @@ class Model:
         self, image: Any, *, pixel_size: float | Sequence[float] | None = None,
         tta: bool | None = None, tile: int | Sequence[int] | None = None,
         batch_size: int = 8, scale: str = "none", diameter: float | None = None,
-        progress: bool = False,
+        progress: Any = False,
     ) -> np.ndarray:
         """Class probabilities ``(classes, *spatial)`` float32 of ``image`` (``(*spatial)``
         or with channels first or last, as files are read; any array-like), on its own grid.
@@ -89,16 +89,17 @@ class Model:
             tile, batch_size: the network's input tile (None: auto) and tiles per pass.
             scale, diameter: ``scale="auto"`` measures the objects with the model and
                 brings them to its training size; ``diameter``: their width in px, given.
-            progress: a progress bar on stderr.
+            progress: a progress bar on stderr; or the tqdm class to show it with
+                (``napari.utils.progress``).
         """
-        return self._run(image, "probabilities", pixel_size, tta, tile, batch_size, scale,
-                         diameter, progress, {})
+        return self._run(image, ("probabilities",), pixel_size, tta, tile, batch_size, scale,
+                         diameter, progress, {})["probabilities"]
 
     def segment(
         self, image: Any, *, pixel_size: float | Sequence[float] | None = None,
         tta: bool | None = None, tile: int | Sequence[int] | None = None,
         batch_size: int = 8, scale: str = "none", diameter: float | None = None,
-        progress: bool = False, **instances: Any,
+        progress: Any = False, **instances: Any,
     ) -> np.ndarray:
         """The objects of ``image``: a label image of its spatial shape (0: background,
         uint16 or uint32), decoded as the checkpoint's training target is decoded, with the
@@ -106,14 +107,30 @@ class Model:
         ``instances``: any ``instances.*`` option of ``segunet predict`` (``threshold=0.6``,
         ``min_size=30``, ``seed_threshold``, ``grow``, ``method="watershed"``, ...), each
         replacing its tuned setting. An unknown one is an error, not a silent default."""
-        return self._run(image, "instances", pixel_size, tta, tile, batch_size, scale,
+        return self._run(image, ("instances",), pixel_size, tta, tile, batch_size, scale,
+                         diameter, progress, instances)["instances"]
+
+    def outputs(
+        self, image: Any, wanted: Sequence[str] = ("instances", "probabilities"), *,
+        pixel_size: float | Sequence[float] | None = None, tta: bool | None = None,
+        tile: int | Sequence[int] | None = None, batch_size: int = 8, scale: str = "none",
+        diameter: float | None = None, progress: Any = False, **instances: Any,
+    ) -> dict[str, np.ndarray]:
+        """Several outputs of one prediction of ``image``, by name: ``instances`` (as
+        :meth:`segment`), ``probabilities`` (as :meth:`predict`) and ``labels`` (the most
+        probable class per pixel). Keyword arguments as :meth:`segment`."""
+        unknown = [w for w in wanted if w not in ("instances", "probabilities", "labels")]
+        if unknown or not wanted:
+            raise SegunetError(f"outputs({list(wanted)}): each one of instances, "
+                               "probabilities, labels")
+        return self._run(image, tuple(wanted), pixel_size, tta, tile, batch_size, scale,
                          diameter, progress, instances)
 
     def _run(
-        self, image: Any, output: str, pixel_size: Any, tta: bool | None, tile: Any,
-        batch_size: int, scale: str, diameter: float | None, progress: bool,
+        self, image: Any, wanted: tuple[str, ...], pixel_size: Any, tta: bool | None,
+        tile: Any, batch_size: int, scale: str, diameter: float | None, progress: Any,
         instances: dict[str, Any],
-    ) -> np.ndarray:
+    ) -> dict[str, np.ndarray]:
         from segunet.infer.inputs import check_pixel_type, image_for_model, stack_for_model
         from segunet.infer.run import (
             foreground_classes,
@@ -154,10 +171,8 @@ class Model:
             )
         normalised = image_for_model(raw, SOURCE, self.in_channels, self.spatial_dims, data)
         foreground = foreground_classes(prediction.foreground_classes, self.classes,
-                                        {output: None})
+                                        dict.fromkeys(wanted))
         grid = input_grid(SOURCE, normalised.shape[1:], prediction, lambda: objects_scale(
             model, normalised, prediction, foreground), from_file=False)
-        for _, array in predicted_whole(model, grid.to_model(normalised), grid, prediction,
-                                        foreground, {output}, SOURCE, progress):
-            return array
-        raise AssertionError(output)  # predicted_whole yields every output asked for
+        return dict(predicted_whole(model, grid.to_model(normalised), grid, prediction,
+                                    foreground, set(wanted), SOURCE, progress))

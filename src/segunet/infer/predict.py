@@ -102,7 +102,7 @@ def predict_tiled(
     tta: bool = False,
     device: torch.device | str | None = None,
     out: Any = None,
-    progress: bool = False,
+    progress: bool | type[tqdm] = False,
     resident: bool | None = None,
 ) -> Any:
     """Softmax class probabilities ``(classes, *spatial)`` of a whole image, tile by tile.
@@ -130,7 +130,8 @@ def predict_tiled(
             :class:`~segunet.infer.merger.BandMerger`: host memory then holds only the tiles in
             flight and the band of rows they touch, and each chunk of a zarr ``out`` is
             written once.
-        progress: show a tqdm bar with tiles/s and megapixels/s.
+        progress: show a tqdm bar with tiles/s and megapixels/s; or the tqdm class to show it
+            with (``napari.utils.progress``: napari's activity dock).
         resident: True to copy the image to ``device`` once, mirror-padded, and crop the
             tiles there (no host work or copy per tile); False to read each tile on the host,
             in a background thread. Default: resident on CUDA for an in-memory numpy image
@@ -180,7 +181,8 @@ def predict_tiled(
         # __del__ then prints an AttributeError traceback under segunet's one-line error:
         # held until the bar is whole (and so closed below).
         with interrupts.held():
-            bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="predict")
+            bar_type = progress if isinstance(progress, type) else tqdm
+            bar = bar_type(total=len(tiles), unit="tile", disable=not progress, desc="predict")
         with (
             torch.inference_mode(),
             autocast,

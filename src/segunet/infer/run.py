@@ -367,7 +367,7 @@ def predict_whole(
 
 def predicted_whole(
     model: Any, image: Any, grid: Grid, prediction: Prediction, foreground: Sequence[int],
-    wanted: Collection[str], source: Path | str, progress: bool,
+    wanted: Collection[str], source: Path | str, progress: Any,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """The ``wanted`` outputs of ``image`` (the model's view of an input on ``grid``), in
     memory, one at a time: probabilities (float32) and labels on the input's grid, and the
@@ -513,7 +513,7 @@ def rows_per_block(classes: int, spatial: Sequence[int]) -> int:
     return max(1, 2**26 // max(1, classes * math.prod(spatial[1:])))
 
 
-def tiling(prediction: Prediction, progress: bool) -> dict[str, Any]:
+def tiling(prediction: Prediction, progress: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`segunet.infer.predict.predict_tiled`."""
     t = prediction.tiling
     return dict(
