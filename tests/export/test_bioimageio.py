@@ -393,3 +393,15 @@ def test_the_package_carries_the_tuned_decoding_and_sizes(tiny, capsys):
     assert model.trained.postprocess == post
     assert model.trained.pixel_size == {"size": [0.5, 0.5], "unit": "micrometer"}
     assert model.trained.object_size == {"diameter": 12.0, "range": [9.0, 15.0]}
+
+
+def test_git_repo_is_the_packages_and_a_bad_one_is_one_line(tiny, capsys):
+    ckpt, args = tiny
+    url = "https://github.com/example/segunet-models"
+    assert main([*args, "verify=false", f"git_repo={url}"]) == 0, capsys.readouterr().err
+    descr = bioimageio.spec.load_description(ckpt.with_name("last.bioimageio.zip"))
+    assert str(descr.git_repo) == url
+    capsys.readouterr()
+    assert main([*args, "verify=false", "git_repo=not-a-url", "overwrite=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "git_repo: Input should be a valid URL" in err

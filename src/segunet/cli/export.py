@@ -49,8 +49,8 @@ class ExportConfig:
     input_shape: list[int] | None = option(
         None, "spatial size of the example traced and verified, e.g. 64,64; rounded up to a "
         "valid size; null: the smallest valid size of at least 64 per axis (bioimageio: the "
-        "size of the test input cut from test_image; null: the largest valid size of at "
-        "most 256 per axis, 64 in 3D, that the image holds)")
+        "size of the test input cut from test_image, at least the package's smallest block; "
+        "null: as much of the image as fits 256 per axis, 64 in 3D)")
     opset: int = option(17, "the ONNX opset")
     verify: bool = option(
         True, "run the export against PyTorch before it is written (bioimageio: and test the "
@@ -70,6 +70,8 @@ class ExportConfig:
         [], "bioimageio: tags beyond the derived ones, e.g. fluorescence-light-microscopy,nuclei")
     version: str | None = option(
         None, "bioimageio: the package's version, e.g. 1.0.0 (null: none)")
+    git_repo: str | None = option(
+        None, "bioimageio: the URL of the Git repository the model is developed in")
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -87,7 +89,7 @@ class ExportConfig:
                         f"an ONNX opset from {MIN_OPSET} (dynamic slicing) to {top} (this torch's "
                         "newest)")
         given = [k for k in ("test_image", "authors", "maintainers", "license", "tags",
-                             "version")
+                             "version", "git_repo")
                  if getattr(self, k)]
         if given and self.format != "bioimageio":
             raise SegunetError(f"{given[0]}= is for format=bioimageio, not format={self.format}")
@@ -100,7 +102,7 @@ def run(argv: Sequence[str]) -> int:
     def body() -> None:
         args = parse(ExportConfig, argv, "export")
         package = PackageInfo(args.test_image, args.authors, args.license, args.tags,
-                              args.maintainers, args.version)
+                              args.maintainers, args.version, args.git_repo)
         path = export_model(
             checkpoint_or_model(args.checkpoint, args.model), format=args.format,
             output=args.output or None,

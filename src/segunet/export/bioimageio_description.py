@@ -88,6 +88,7 @@ class PackageInfo:
     tags: Sequence[str] = ()
     maintainers: Sequence[str] = ()  # GitHub user names
     version: str | None = None
+    git_repo: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +365,7 @@ def model_descr(spec: ModuleType, folder: Path, trained: Checkpoint, geometry: G
         license=license_of(trained, info),
         tags=tags_of(trained, info),
         version=info.version,
+        git_repo=info.git_repo,
         documentation=v.FileDescr(source=folder / "README.md"),
         covers=[v.FileDescr(source=folder / "cover.png")],
         # segunet.json: what segunet.load() of the package reads besides the weights.
