@@ -8,10 +8,10 @@ Per input ``<stem>``, writes ``<stem>_probabilities`` (float16, ``(classes, *spa
 normalisation come from the config stored in the checkpoint, so nothing about the training run
 needs repeating. Inputs are read tile by tile where the format allows (uncompressed TIFF by
 memory map, compressed TIFF and zarr through zarr), and with ``format=zarr`` the probabilities
-are written band by band to disk too (see :class:`segunet.infer.merger.BandMerger`) and the labels
-block by block from them, so images larger than memory can be predicted. Instances are not
-streamed: connected components and watershed need the whole foreground map in memory
-(float32, plus the instance labels), as does ``format=tif``, which writes each output whole.
+are written band by band to disk too (see :class:`segunet.infer.merger.BandMerger`), the labels
+block by block from them and the instances block by block, stitched across the blocks (see
+:mod:`segunet.infer.objects`), so images larger than memory can be predicted.
+``format=tif`` writes each output whole from memory.
 
 A ``(Z, Y, X)`` stack given to a 2D model whose depth is no channel count the model takes is
 predicted slice by slice (see :func:`predict_stack`). The checkpoint and the output folder are
@@ -61,6 +61,7 @@ from segunet.infer.inputs import (
     stack_for_model,
     stem_of,
 )
+from segunet.infer.memory import check_fits_whole
 from segunet.infer.outputs import (
     Outputs,
     label_dtype,
@@ -274,6 +275,8 @@ def predict_file(
         out = Outputs(targets, prediction.format, prediction.output, grid,
                       class_names_of(data_cfg, classes), path)
         if prediction.format == "tif":
+            check_fits_whole(path, grid.shape, grid.model_shape, classes,
+                             "instances" in targets)
             return predict_whole(model, grid.to_model(image), grid, out, prediction, foreground)
         return predict_streamed(model, grid.to_model(image), grid, out, prediction, foreground)
 
@@ -385,7 +388,11 @@ def predicted_whole(
         yield "labels", argmax_of(probs, rows)
     if "instances" in wanted:
         del probs
-        yield "instances", instances_of(model_probs, grid, prediction.decoder, foreground)
+        # From the probabilities as every output format stores them (float16), so that a
+        # zarr's instances, decoded block by block from its store, equal a TIFF's.
+        stored = model_probs.astype(np.float16)
+        del model_probs
+        yield "instances", instances_of(stored, grid, prediction.decoder, foreground)
 
 
 def predict_streamed(
@@ -395,8 +402,10 @@ def predict_streamed(
     """Predict band by band into zarr (``format=zarr`` or ``ome-zarr``): the probabilities
     straight into their output, or, when resampled, into a hidden store on the model's
     grid that is then resampled band by band into it; the labels block by block from
-    them. Neither comes into memory whole."""
+    them, and the instances block by block (:mod:`segunet.infer.objects`). None comes into
+    memory whole."""
     from segunet.checkpoint import unwrap
+    from segunet.infer.objects import write_instances
     from segunet.infer.predict import predict_tiled
 
     classes, dims = unwrap(model).out_channels, len(grid.shape)
@@ -418,7 +427,8 @@ def predict_streamed(
         if "labels" in out.targets:
             argmax_of(probs, rows, out.array("labels", grid.shape, class_dtype(classes), dims))
         if "instances" in out.targets:
-            out.write("instances", instances_of(model_probs, grid, prediction.decoder, foreground))
+            write_instances(model_probs, grid, out, prediction.decoder, foreground,
+                            prediction.trained_objects)
     return out.written
 
 

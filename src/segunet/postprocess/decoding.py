@@ -219,6 +219,10 @@ class InstancesConfig:
         "(peak_local_max)")
     foreground_classes: list[int] | None = option(
         None, "the classes that are foreground, e.g. 1,2 (null: all but 0)")
+    halo: int | None = option(
+        None, "zarr and OME-Zarr outputs, decoded block by block: the context around each "
+        "block, px, wider than the largest object (null: twice the training objects' upper "
+        "quartile width, at least 64)")
 
     def __post_init__(self) -> None:
         # Checked before predicting: a bad value would otherwise stop the run with the
@@ -233,6 +237,8 @@ class InstancesConfig:
                         f"a whole number >= {low}")
         check_range("instances.h", self.h, self.h is None or self.h > 0,
                     "h > 0 (or null for peak_local_max seeds)")
+        check_range("instances.halo", self.halo, self.halo is None or self.halo >= 1,
+                    "a whole number of pixels >= 1")
 
     def given(self) -> dict[str, Any]:
         """The decoding settings given (None: as tuned, or the default)."""
@@ -261,15 +267,32 @@ class Decoder:
     post: PostProcess | None  # None: the components/watershed method of ``instances``
     instances: dict[str, Any]
     tuned: bool = False
+    halo: int | None = None  # instances.halo: of the blocks of a streamed decoding
 
     @classmethod
     def of(cls, instances: InstancesConfig, config: dict, tuned: dict | None) -> Decoder:
         target = (config.get("data") or {}).get("target", "foreground")
         if instances.method != "auto":
-            return cls(target, None, instances.of_foreground())
+            return cls(target, None, instances.of_foreground(), halo=instances.halo)
         base = PostProcess.from_dict(tuned["settings"]) if tuned else PostProcess()
         given = {k: v for k, v in instances.given().items() if v is not None}
-        return cls(target, dataclasses.replace(base, **given), {}, tuned is not None)
+        return cls(target, dataclasses.replace(base, **given), {}, tuned is not None,
+                   instances.halo)
+
+    @property
+    def min_size(self) -> int:
+        return int((self.post.min_size if self.post else self.instances["min_size"]) or 0)
+
+    @property
+    def grow(self) -> int:
+        return int(self.post.grow) if self.post else 0
+
+    def without_min_size(self) -> Decoder:
+        """This decoding keeping every object: a block's, whose small pieces may belong to
+        objects that go on in the next block (see :mod:`segunet.postprocess.streamed`)."""
+        if self.post is None:
+            return dataclasses.replace(self, instances={**self.instances, "min_size": 0})
+        return dataclasses.replace(self, post=dataclasses.replace(self.post, min_size=0))
 
     def __call__(self, probs: Any, foreground: Sequence[int], rows: int) -> np.ndarray:
         """Objects of ``probs`` ``(C, *spatial)`` (an array or a zarr store on disk, read

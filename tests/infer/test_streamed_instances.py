@@ -1,0 +1,103 @@
+"""``segunet predict format=zarr|ome-zarr``: the instances decoded block by block from the
+probabilities on disk equal the instances ``format=tif`` decodes from the whole image (ids
+aside), in 2D and 3D, at the image's scale and resampled, with blocks small enough here
+that every image spans several."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from helpers import save_tiny_checkpoint
+
+from segunet.cli.predict import run as main
+from segunet.infer import objects
+
+
+def same_objects(a: np.ndarray, b: np.ndarray) -> None:
+    """The same pixel sets, ids aside (a one-to-one map of the id pairs)."""
+    np.testing.assert_array_equal(a > 0, b > 0)
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Cores of one chunk (512 px in 2D, 64 in 3D) instead of several."""
+    monkeypatch.setattr(objects, "CORE_CHUNKS", {2: 1, 3: 1})
+
+
+def detector(model, threshold: float = 0.5, gain: float = 50.0) -> None:
+    """Weights that make a 2-level valid U-Net (2D or 3D) a detector of bright regions:
+    foreground probability ``sigmoid(gain * (K * x - threshold))``, ``K`` four box filters
+    on the input's path through the first level and its skip; everything else zero."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for conv in (model.encoders[0][0], model.encoders[0][2], model.decoders[0][0],
+                     model.decoders[0][2]):
+            box = conv.weight[0, 0]
+            conv.weight[0, 0] = torch.full_like(box, 1 / box.numel())
+        model.head.weight[1, 0] = gain
+        model.head.bias[1] = -gain * threshold
+
+
+def smooth(shape, seed):
+    from scipy import ndimage as ndi
+
+    blurred = ndi.gaussian_filter(np.random.default_rng(seed).random(shape), 4)
+    span = blurred.max() - blurred.min()
+    return ((blurred - blurred.min()) / span * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("extra", [[], ["pixel_size=0.7"], ["instances.min_size=30"]])
+def test_2d_zarr_instances_equal_the_whole_image_decoding(tmp_path, small_blocks, extra):
+    ckpt = save_tiny_checkpoint(tmp_path, channels=(2, 2), pixel_size=[0.5, 0.5],
+                                weights=detector)
+    tifffile.imwrite(tmp_path / "a.tif", smooth((1100, 700), 0))
+    args = [f"checkpoint={ckpt}", f"input={tmp_path / 'a.tif'}", "outputs=instances", *extra]
+    assert main([*args, f"output={tmp_path / 'z'}", "format=zarr"]) == 0
+    assert main([*args, f"output={tmp_path / 't'}"]) == 0
+    whole = tifffile.imread(tmp_path / "t" / "a_instances.tif")
+    streamed = zarr.open_array(str(tmp_path / "z" / "a_instances.zarr"))
+    assert streamed.dtype == whole.dtype == np.uint16 and streamed.shape == (1100, 700)
+    assert whole.max() > 20
+    same_objects(streamed[...], whole)
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["a_instances.zarr"]
+
+
+def test_3d_ome_zarr_instances_equal_the_whole_volume_decoding(tmp_path, small_blocks):
+    ckpt = save_tiny_checkpoint(tmp_path, spatial_dims=3, channels=(2, 2), weights=detector)
+    tifffile.imwrite(tmp_path / "v.tif", smooth((70, 90, 80), 1))
+    args = [f"checkpoint={ckpt}", f"input={tmp_path / 'v.tif'}"]
+    assert main([*args, f"output={tmp_path / 'o'}", "format=ome-zarr"]) == 0
+    assert main([*args, f"output={tmp_path / 't'}", "outputs=instances"]) == 0
+    whole = tifffile.imread(tmp_path / "t" / "v_instances.tif")
+    streamed = zarr.open_group(str(tmp_path / "o" / "v.ome.zarr"))["labels/instances/0"]
+    assert streamed.shape == (1, 70, 90, 80)  # NGFF: a label image keeps the channel axis
+    assert whole.max() > 5
+    same_objects(streamed[0], whole)
+
+
+def test_tif_beyond_the_memory_available_is_one_line_naming_the_zarr_formats(
+    tmp_path, monkeypatch, capsys,
+):
+    """An image whose whole prediction takes more memory than the system has: refused
+    before any work, nothing written; format=zarr predicts it."""
+    from segunet.infer import memory
+
+    ckpt = save_tiny_checkpoint(tmp_path, channels=(2, 2), weights=detector)
+    tifffile.imwrite(tmp_path / "a.tif", smooth((300, 200), 2))
+    # 300 x 200 px, 2 classes: 8 bytes of probabilities + 28 of decoding per pixel.
+    assert memory.whole_bytes((300, 200), (300, 200), 2, True) == 300 * 200 * (8 + 4 + 24)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1_000_000)
+    args = [f"checkpoint={ckpt}", f"input={tmp_path / 'a.tif'}"]
+    assert main([*args, f"output={tmp_path / 't'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "takes about 2 MiB, more than the 1 MiB available: use format=zarr or " \
+           "format=ome-zarr" in err
+    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").iterdir())
+    assert main([*args, f"output={tmp_path / 'z'}", "format=zarr"]) == 0
