@@ -5,8 +5,9 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The napari widget's tests need napari and Qt; make train does not.
-NAPARI_STAMP := $(VENV)/.installed-napari
+# The tests of the optional parts (the napari widget, submitit sweeps) need their
+# packages; make train does not.
+EXTRAS_STAMP := $(VENV)/.installed-extras
 ARGS ?=
 
 .PHONY: help venv train test lint format clean
@@ -24,8 +25,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bioimageio]'
 	touch $@
 
-$(NAPARI_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[napari]'
+$(EXTRAS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[napari,slurm]'
 	touch $@
 
 venv: $(STAMP)
@@ -34,7 +35,7 @@ train: $(STAMP)
 	$(BIN)/segunet train experiment=quickstart $(ARGS)
 
 # -n 2: two pytest workers, one per core of a 2-core machine (ARGS='-n 0' runs them in turn).
-test: $(STAMP) $(NAPARI_STAMP)
+test: $(STAMP) $(EXTRAS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 

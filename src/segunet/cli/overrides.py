@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segunet.config.quoting import hydra_quoted, shell_quoted
 from segunet.errors import SegunetError, report_errors
 
 if TYPE_CHECKING:
@@ -166,20 +167,6 @@ def _quoted_non_ascii(arg: str, parser: Any) -> str | None:
     if plain is None or plain.is_sweep_override() or not isinstance(plain.value(), str):
         return None
     return f"{key}={hydra_quoted(value)}"
-
-
-def hydra_quoted(value: str) -> str:
-    """``value`` as a quoted string of Hydra's override grammar: ``'...'`` with its quotes
-    escaped, and the backslashes before them and before the closing quote doubled."""
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
-
-
-def shell_quoted(key: str, value: str) -> str:
-    """``key=value`` quoted for Hydra, then for a POSIX shell (``"data.path='/x/a,b'"``):
-    what to type so that ``key`` gets ``value`` as text."""
-    text = f"{key}={hydra_quoted(value)}"
-    text = re.sub(r'\\(?=[\\$`"]|$)', r"\\\\", text)  # backslashes the shell would eat
-    return '"' + re.sub(r'([$`"])', r"\\\1", text) + '"'
 
 
 def _unreadable(arg: str) -> str:

@@ -21,6 +21,7 @@ from segunet.checkpoint import (
     set_rng_state,
 )
 from segunet.config.compose import upgrade
+from segunet.config.quoting import typed
 from segunet.data.objectsize import object_size_record
 from segunet.errors import SegunetError, say
 from segunet.train import resume
@@ -181,5 +182,5 @@ class Checkpoints:
         what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
         raise SegunetError(
             f"{what} at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
-            f"continue with trainer.resume={self.run_dir}"
+            f"continue with {typed('trainer.resume', str(self.run_dir))}"
         ) from None
