@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The tests of the optional parts (the napari widget, submitit sweeps) need their
+# The tests of the optional parts (the napari widget, submitit sweeps, Dask) need their
 # packages; make train does not.
 EXTRAS_STAMP := $(VENV)/.installed-extras
 ARGS ?=
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(EXTRAS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[napari,slurm]'
+	$(BIN)/python -m pip install -q -e '.[napari,slurm,dask]'
 	touch $@
 
 venv: $(STAMP)

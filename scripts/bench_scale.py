@@ -9,6 +9,11 @@ image is bright), so the objects are the nuclei, as a trained model's would be, 
 of a tiny net: the measurement is of the streaming, not of the network.
 
     python scripts/bench_scale.py --sizes 8192,16384,32768     # about 40 min on 2 cores
+    python scripts/bench_scale.py --sizes "" --folder 200       # a folder on Dask workers
+
+``--folder N``: N images of 512 px (synthetic nuclei) predicted with ``model=nuclei`` (TTA
+off) by one process with 2 torch threads, and on a Dask LocalCluster of 1 and of 2
+workers of 1 thread each: wall time of each and the speed-up of 2 workers over 1.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="8192,16384,32768", help="image edges, px")
     p.add_argument("--workdir", type=Path, help="for the TIFFs and stores (default: temp)")
+    p.add_argument("--folder", type=int, default=0, help="images of the folder bench (0: none)")
     return p.parse_args(argv)
 
 
@@ -93,7 +99,11 @@ def run(args: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.folder:
+        folder_bench(args.folder, args.workdir)
+    if not sizes:
+        return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         ckpt = work / "detector.pt"
@@ -120,6 +130,35 @@ def main(argv: list[str] | None = None) -> None:
               f"{probs['seconds']:.0f} s, {probs['rss_mib']:,.0f} MiB | "
               f"{both['seconds']:.0f} s, {both['rss_mib']:,.0f} MiB | "
               f"{both['seconds'] / probs['seconds']:.2f} |")
+
+
+def folder_bench(count: int, workdir: Path | None) -> None:
+    """A folder of ``count`` images by one process and by 1 and 2 Dask workers."""
+    import tifffile
+
+    from segunet.data.synthetic import synthetic_cells
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for i in range(count):
+            image = synthetic_cells((TILE, TILE), seed=i)[0]
+            tifffile.imwrite(folder / f"n{i:03}.tif", (image * 200 + 20).astype(np.uint8))
+        base = ["predict", "model=nuclei", f"input={folder}", "tta=false", "overwrite=true"]
+        cases = {"one process, 2 threads": [],
+                 "Dask, 1 worker x 1 thread": ["dask.workers=1"],
+                 "Dask, 2 workers x 1 thread": ["dask.workers=2"]}
+        times = {}
+        for name, extra in cases.items():
+            times[name] = run([*base, f"output={Path(tmp) / 'out'}", *extra])["seconds"]
+            print(f"{name}: {times[name]:.0f} s", file=sys.stderr)
+    print(f"| {count} images of {TILE}² px, model=nuclei | wall time |")
+    print("|---|---:|")
+    for name, seconds in times.items():
+        print(f"| {name} | {seconds:.0f} s |")
+    one, two = times["Dask, 1 worker x 1 thread"], times["Dask, 2 workers x 1 thread"]
+    print(f"\n2 workers / 1 worker: {one / two:.2f}x faster; 2 workers / one process: "
+          f"{times['one process, 2 threads'] / two:.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from segunet.config.args import check_range, option, parse, run_command, usage
 from segunet.data.pixelsize import check_pixel_size
 from segunet.data.tiling import Blend
 from segunet.errors import SegunetError
+from segunet.infer.cluster import DaskConfig
 from segunet.infer.outputs import OUTPUTS
 from segunet.infer.run import predict_files
 from segunet.infer.scale import check_options
@@ -98,6 +99,7 @@ class PredictConfig:
     blend: Blend = option("gaussian", "tile blending of same-padded models")
     overlap: float = option(0.25, "tile overlap of same-padded models, 0 <= overlap < 1")
     instances: InstancesConfig = dataclasses.field(default_factory=InstancesConfig)
+    dask: DaskConfig = dataclasses.field(default_factory=DaskConfig)
 
     def __post_init__(self) -> None:
         self.checkpoint = checkpoint_or_model(self.checkpoint, self.model)
@@ -113,6 +115,9 @@ class PredictConfig:
         if self.tile is not None:  # one size is for every axis
             self.tile = self.tile[0] if len(self.tile) == 1 else tuple(self.tile)
         self.format = "tif" if self.format == "tiff" else self.format
+        if self.dask.wanted and self.compile:
+            raise SegunetError("compile=true is not for dask.* (each worker would compile "
+                               "anew): leave it out")
         if self.overwrite and self.skip_existing:
             raise SegunetError(
                 "overwrite=true and skip_existing=true contradict each other: replace the "
@@ -138,7 +143,7 @@ def run(argv: Sequence[str]) -> int:
 
     def body() -> None:
         options = parse(PredictConfig, argv, "predict")
-        written = predict_files(options.batch(), options.settings())
+        written = predict_files(options.batch(), options.settings(), options.dask)
         print(
             f"segunet: wrote {len(written)} file{'s' * (len(written) != 1)} to {options.output}",
             file=sys.stderr,

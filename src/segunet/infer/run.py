@@ -81,10 +81,11 @@ from segunet.infer.settings import Batch, Prediction, Settings
 from segunet.postprocess.decoding import Decoder, argmax_of, class_dtype
 
 
-def predict_files(batch: Batch, settings: Settings) -> list[Path]:
+def predict_files(batch: Batch, settings: Settings, dask: Any = None) -> list[Path]:
     """Predict every input; returns the files written. The checkpoint, the output folder and
     output clashes are checked for all inputs before the first prediction, so a long run
-    does not stop halfway on them."""
+    does not stop halfway on them. ``dask``: a :class:`~segunet.infer.cluster.DaskConfig`
+    that spreads the images over a Dask cluster."""
     from segunet.checkpoint import load_trained
 
     inputs = expand_inputs(batch.input)
@@ -110,7 +111,13 @@ def predict_files(batch: Batch, settings: Settings) -> list[Path]:
             f"segunet: removed {len(removed)} temporary file{'s' * (len(removed) != 1)} of "
             f"killed runs from {batch.output}", file=sys.stderr,
         )
-    return predict_all(todo, model, config, prediction, settings.compile) if todo else []
+    if not todo:
+        return []
+    if dask is not None and dask.wanted:
+        from segunet.infer.cluster import predict_on_cluster
+
+        return predict_on_cluster(todo, str(trained.file), device, prediction, dask)
+    return predict_all(todo, model, config, prediction, settings.compile)
 
 
 def predict_all(

@@ -1,0 +1,88 @@
+"""``segunet predict ... dask.workers=2``: the images of a batch on a 2-process Dask
+LocalCluster give exactly the files one process gives (with the same torch threads per
+process), and what goes wrong is one line, as without Dask."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from helpers import save_tiny_checkpoint
+
+from segunet.cli.predict import run as main
+
+pytest.importorskip("distributed")
+
+
+@pytest.fixture
+def batch(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        tifffile.imwrite(inputs / f"i{i}.tif", rng.integers(0, 255, (60 + 7 * i, 70), np.uint8))
+    return ckpt, inputs
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Dask worker runs (dask.threads=1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_workers_write_what_one_process_writes(batch, tmp_path, one_thread, capsys):
+    ckpt, inputs = batch
+    args = [f"checkpoint={ckpt}", f"input={inputs}"]
+    assert main([*args, f"output={tmp_path / 'one'}"]) == 0
+    assert main([*args, f"output={tmp_path / 'dask'}", "dask.workers=2"]) == 0
+    err = capsys.readouterr().err
+    assert "segunet: Dask: 4 images on 2 workers; dashboard http" in err
+    assert "segunet: wrote 12 files to" in err
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "dask").iterdir()) and len(one) == 12
+    for name in one:
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "dask" / name),
+                                      tifffile.imread(tmp_path / "one" / name), err_msg=name)
+
+
+def test_a_bad_image_stops_the_batch_in_one_line_and_skip_existing_finishes_it(
+    batch, tmp_path, capsys,
+):
+    ckpt, inputs = batch
+    (inputs / "i9.tif").write_bytes(b"not a tiff")
+    args = [f"checkpoint={ckpt}", f"input={inputs}", f"output={tmp_path / 'out'}",
+            "dask.workers=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "i9.tif" in err and "images done; rerun with skip_existing=true" in err
+    (inputs / "i9.tif").unlink()
+    assert main([*args, "skip_existing=true"]) == 0
+    assert len(list((tmp_path / "out").glob("*_instances.tif"))) == 4
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["dask.workers=2", "dask.scheduler=tcp://127.0.0.1:1"], "contradict each other"),
+    (["dask.workers=2", "compile=true"], "compile=true is not for dask.*"),
+    (["dask.workers=-1"], "dask.workers=-1"),
+])
+def test_bad_dask_options_are_one_line(batch, tmp_path, capsys, extra, message):
+    ckpt, inputs = batch
+    assert main([f"checkpoint={ckpt}", f"input={inputs}", f"output={tmp_path / 'o'}",
+                 *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_without_distributed_dask_options_say_what_to_install(batch, tmp_path, capsys,
+                                                              monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    ckpt, inputs = batch
+    assert main([f"checkpoint={ckpt}", f"input={inputs}", f"output={tmp_path / 'o'}",
+                 "dask.workers=2"]) == 2
+    assert "pip install 'segunet[dask]'" in capsys.readouterr().err
