@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,11 @@ def _closing(stack: contextlib.ExitStack, client: Any) -> Any:
 
 def predict_on_cluster(
     todo: dict[Path, dict[str, Path]], checkpoint: str, device: str, prediction: Any,
-    config: DaskConfig,
+    config: DaskConfig, predict_file: Callable[..., list[Path]],
 ) -> list[Path]:
-    """Predict each input of ``todo`` as a task on the cluster; returns the files written,
-    in the order of ``todo``."""
+    """Predict each input of ``todo`` as a task on the cluster, by ``predict_file`` (that of
+    :mod:`segunet.infer.run`, passed by reference); returns the files written, in the order
+    of ``todo``."""
     with client_for(config) as client:
         link = getattr(client, "dashboard_link", None)
         workers = len(client.scheduler_info().get("workers", {}))
@@ -91,8 +93,9 @@ def predict_on_cluster(
               f"{'s' * (workers != 1)}" + (f"; dashboard {link}" if link else ""),
               file=sys.stderr)
         futures = {
-            client.submit(predict_task, path, targets, checkpoint, device, prediction,
-                          config.threads, key=f"segunet-predict-{i}", retries=RETRIES): path
+            client.submit(predict_task, predict_file, path, targets, checkpoint, device,
+                          prediction, config.threads, key=f"segunet-predict-{i}",
+                          retries=RETRIES): path
             for i, (path, targets) in enumerate(todo.items())
         }
         return _gather(client, futures, todo)
@@ -129,13 +132,12 @@ def _gather(client: Any, futures: dict[Any, Path], todo: dict[Path, Any]) -> lis
     return [f for path in todo for f in written.get(path, [])]
 
 
-def predict_task(path: Path, targets: dict[str, Path], checkpoint: str, device: str,
-                 prediction: Any, threads: int) -> tuple[list[Path], str]:
+def predict_task(predict_file: Callable[..., list[Path]], path: Path,
+                 targets: dict[str, Path], checkpoint: str, device: str, prediction: Any,
+                 threads: int) -> tuple[list[Path], str]:
     """On a worker: predict one image with the worker's model; the files written and what
     the prediction printed."""
     import torch
-
-    from segunet.infer.run import predict_file
 
     torch.set_num_threads(threads)
     trained = _model(checkpoint, device)

@@ -116,7 +116,8 @@ def predict_files(batch: Batch, settings: Settings, dask: Any = None) -> list[Pa
     if dask is not None and dask.wanted:
         from segunet.infer.cluster import predict_on_cluster
 
-        return predict_on_cluster(todo, str(trained.file), device, prediction, dask)
+        return predict_on_cluster(todo, str(trained.file), device, prediction, dask,
+                                  predict_file)
     return predict_all(todo, model, config, prediction, settings.compile)
 
 
