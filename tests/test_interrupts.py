@@ -80,8 +80,10 @@ def test_a_second_ctrl_c_while_saving_does_not_lose_the_checkpoint(make_cfg, tmp
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
 
 
-def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
-    """What a cluster scheduler sends before preempting a job."""
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGUSR2], ids=["sigterm", "sigusr2"])
+def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path, how):
+    """What a cluster scheduler sends before preempting a job (SIGTERM), and what submitit
+    has SLURM send before a job's time limit (SIGUSR2)."""
     # A checkpoint every step: its first one shows that training is under way.
     args = [*TINY, "trainer.max_steps=100000", "trainer.val_every=1",
             f"hydra.run.dir={tmp_path / 'run'}"]
@@ -93,7 +95,7 @@ def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
         assert first.startswith("segunet: training"), first
         last = tmp_path / "run" / "checkpoints" / "last.pt"
         wait_for(last.is_file, "first checkpoint", proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(how)
         rest = proc.stderr.read()
         code = proc.wait(timeout=120)
     finally:
@@ -103,7 +105,7 @@ def test_sigterm_saves_like_ctrl_c_and_says_so_in_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in rest, rest
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert lines[0] == (
-        f"segunet: error: terminated (SIGTERM) at step {saved['step']}; saved "
+        f"segunet: error: terminated ({signal.Signals(how).name}) at step {saved['step']}; saved "
         f"{tmp_path / 'run' / 'checkpoints' / 'last.pt'}; continue with "
         f"trainer.resume={tmp_path / 'run'}"
     )
@@ -295,7 +297,8 @@ def test_processes_started_in_the_block_begin_with_ctrl_c_blocked():
     with interrupts.blocked_in_children():
         inside = subprocess.run(mask, capture_output=True, text=True, check=True).stdout
     outside = subprocess.run(mask, capture_output=True, text=True, check=True).stdout
-    assert inside.strip() == f"[{int(signal.SIGINT)}, {int(signal.SIGTERM)}]"
+    assert inside.strip() == str(sorted(int(s) for s in (signal.SIGINT, signal.SIGTERM,
+                                                          signal.SIGUSR2)))
     assert outside.strip() == "[]"
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()  # this thread's, restored
 

@@ -1,7 +1,10 @@
 """Ctrl-C (SIGINT) and SIGTERM in training: stop cleanly, never mid-step or mid-save.
 
 SIGTERM is what a cluster scheduler sends before preempting a job: it stops training as Ctrl-C
-does (a checkpoint is saved, then one line says how to resume). A signal that lands while an
+does (a checkpoint is saved, then one line says how to resume). So does SIGUSR2, which
+submitit (Hydra's SLURM launcher) asks SLURM to send before a job's time limit: without this
+it would requeue the job, which does not resume by itself, losing the steps since the last
+checkpoint. A signal that lands while an
 optimiser step is being committed (optimiser, scaler, scheduler, step count) is held until the
 step is whole, so a checkpoint never pairs the weights of one step with the count of another;
 while the final checkpoint is written, further signals are ignored.
@@ -18,11 +21,24 @@ from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The signals that stop training as a scheduler's do (SIGUSR2 where the system has it).
+STOPS = (signal.SIGTERM, *((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()))
+SIGNALS = (signal.SIGINT, *STOPS)
 
 
 class Terminated(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM."""
+    """Raised in the main thread on SIGTERM (or SIGUSR2): ``signum`` says which."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def describe(e: BaseException) -> str:
+    """How a stop reads in segunet's one line: "terminated (SIGTERM)" or "interrupted"."""
+    if isinstance(e, Terminated):
+        return f"terminated ({signal.Signals(e.signum).name})"
+    return "interrupted"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,11 +49,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+    raise Terminated(signum)
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    return Terminated(signum) if signum in STOPS else KeyboardInterrupt()
 
 
 def _main_thread() -> bool:
@@ -60,8 +76,9 @@ def _handling(handlers: Mapping[int, Any]) -> Iterator[None]:
 
 
 def sigterm_interrupts() -> AbstractContextManager[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt)."""
-    return _handling({signal.SIGTERM: _raise_terminated})
+    """Within the block, SIGTERM (and SIGUSR2) raise :class:`Terminated` (a
+    KeyboardInterrupt)."""
+    return _handling(dict.fromkeys(STOPS, _raise_terminated))
 
 
 def interruptible() -> AbstractContextManager[None]:
@@ -73,7 +90,7 @@ def interruptible() -> AbstractContextManager[None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         for s in SIGNALS:
             signal.signal(s, signal.SIG_IGN)
-        raise Terminated if signum == signal.SIGTERM else Interrupted
+        raise Terminated(signum) if signum in STOPS else Interrupted
 
     return _handling({s: stop for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN})
 

@@ -48,8 +48,11 @@ def test_a_submitit_local_sweep_trains_each_run_in_its_own_job_and_folder(tmp_pa
     assert len(jobs) == 2  # two jobs, as SLURM would run them
 
 
-def test_sigterm_to_a_sweep_job_saves_a_checkpoint_and_the_run_resumes(tmp_path):
-    """What SLURM sends a job it preempts: the run saves, says how to resume, and resumes."""
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGUSR2], ids=["sigterm", "sigusr2"])
+def test_sigterm_to_a_sweep_job_saves_a_checkpoint_and_the_run_resumes(tmp_path, how):
+    """What SLURM sends a job it preempts (SIGTERM), and what submitit has it send before the
+    time limit (SIGUSR2, which submitit would take to requeue the job): the run saves, says
+    how to resume, and resumes."""
     proc = sweep(tmp_path, "trainer.max_steps=100000", "trainer.val_every=1",
                  "optim.lr=0.001")
     def started() -> bool:
@@ -62,13 +65,13 @@ def test_sigterm_to_a_sweep_job_saves_a_checkpoint_and_the_run_resumes(tmp_path)
         jobs = [p for p in psutil.Process(proc.pid).children(recursive=True)
                 if "submitit.core._submit" in p.cmdline()]
         assert len(jobs) == 1, [p.cmdline() for p in jobs]
-        jobs[0].send_signal(signal.SIGTERM)
+        jobs[0].send_signal(how)
         _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     log = (run / "train.log").read_text() + err
-    assert f"terminated (SIGTERM) at step {saved['step']}; saved" in log
+    assert f"terminated ({signal.Signals(how).name}) at step {saved['step']}; saved" in log
     assert proc.returncode != 0  # the sweep reports its job's failure
     # Resumed with the override the line gives, typed into a shell as it stands.
     hint = log.split("; continue with ")[1].splitlines()[0]

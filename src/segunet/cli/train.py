@@ -209,8 +209,9 @@ def _train_job(cfg: DictConfig) -> float:
             # torchrun stops the other ranks once one fails, and a cluster's SIGTERM reaches
             # rank 0 as well: rank 0 says why, once.
             sys.exit(2)
-        what = "terminated (SIGTERM)" if terminated else "interrupted"
-        raise SegunetError(f"{what} before training started; no checkpoint was saved") from None
+        raise SegunetError(
+            f"{interrupts.describe(e)} before training started; no checkpoint was saved"
+        ) from None
     return final.get("val/dice", float("nan"))
 
 

@@ -63,7 +63,7 @@ def _interrupted(
     e: KeyboardInterrupt, counts: weightmaps_cache.CacheStats, cache_dir: str | None
 ) -> str:
     """The one line of a stopped precompute: what is finished and kept, how to go on."""
-    what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+    what = interrupts.describe(e)
     finished = f"{what} after {counts.misses} weight maps computed and {counts.hits} reused"
     if cache_dir is None:
         return (f"{finished}; none is kept (data.targets.cache_dir is null): set "

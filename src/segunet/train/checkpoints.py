@@ -179,7 +179,7 @@ class Checkpoints:
             # Rank 0 saved and says so. Exiting 0 leaves torchrun waiting for it, where a
             # failed rank would make torchrun stop it mid-save.
             raise SystemExit(0) from None
-        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+        what = interrupts.describe(e)
         raise SegunetError(
             f"{what} at step {self.step}; saved {self.run_dir / 'checkpoints/last.pt'}; "
             f"continue with {typed('trainer.resume', str(self.run_dir))}"

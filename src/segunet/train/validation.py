@@ -174,7 +174,7 @@ class Validation:
     def _search_interrupted(self, e: KeyboardInterrupt) -> SegunetError:
         """Ctrl-C or SIGTERM in the search after training: the trained checkpoints stay (each
         written whole), the search can run again on its own."""
-        what = "terminated (SIGTERM)" if isinstance(e, interrupts.Terminated) else "interrupted"
+        what = interrupts.describe(e)
         return SegunetError(
             f"{what} during the post-processing search after training; the checkpoints of "
             f"step {self.step} are saved in {self.run_dir / 'checkpoints'}; run the search "
