@@ -225,3 +225,12 @@ def run_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         console.handlers[:] = saved[4]
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess(["segunet", *args], code, out.getvalue(), err.getvalue())
+
+
+def same_objects(a: np.ndarray, b: np.ndarray) -> None:
+    """``a`` and ``b`` label the same pixel sets, ids aside: background on the same pixels,
+    and the (a, b) id pairs a one-to-one map (no object split, none merged)."""
+    np.testing.assert_array_equal(a > 0, b > 0)
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], (
+        "an object is split or two are merged")

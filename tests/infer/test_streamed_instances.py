@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from helpers import save_tiny_checkpoint
+from helpers import same_objects, save_tiny_checkpoint
 
 from segunet.cli.predict import run as main
 from segunet.infer import objects
-
-
-def same_objects(a: np.ndarray, b: np.ndarray) -> None:
-    """The same pixel sets, ids aside (a one-to-one map of the id pairs)."""
-    np.testing.assert_array_equal(a > 0, b > 0)
-    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
-    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 @pytest.fixture

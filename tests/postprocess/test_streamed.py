@@ -4,23 +4,17 @@ whatever the blocking, in 2D and 3D, with objects across block faces and corners
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from helpers import same_objects
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from segunet.data.synthetic import synthetic_cells
 from segunet.postprocess.decoding import PostProcess, decode
 from segunet.postprocess.streamed import auto_halo, block_grid, decode_streamed, renumber
-
-
-def same_objects(a: np.ndarray, b: np.ndarray) -> None:
-    """``a`` and ``b`` label the same pixel sets, ids aside: background on the same pixels,
-    and the (a, b) id pairs a one-to-one map."""
-    np.testing.assert_array_equal(a > 0, b > 0)
-    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
-    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], (
-        "an object is split or two are merged")
 
 
 def streamed(probs, target, post, core, halo):
@@ -75,19 +69,13 @@ def touching_at_corners(shape: tuple[int, ...], core: int, radius: int) -> np.nd
     meet), so every object spans several cores and touches another across a face."""
     grid = np.indices(shape)
     labels = np.zeros(shape, np.int32)
-    corners = itertools_product(*(range(core, n, core) for n in shape))
+    corners = itertools.product(*(range(core, n, core) for n in shape))
     for k, corner in enumerate(corners):
         for j, shift in enumerate((-radius + 1, radius - 1)):
             centre = np.array(corner) + np.array([shift] + [0] * (len(shape) - 1))
             ball = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
             labels[ball & (labels == 0)] = 2 * k + j + 1
     return labels
-
-
-def itertools_product(*ranges):
-    import itertools
-
-    return itertools.product(*ranges)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

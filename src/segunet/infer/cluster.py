@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,27 +55,21 @@ class DaskConfig:
         return bool(self.workers or self.scheduler)
 
 
-def client_for(config: DaskConfig) -> contextlib.AbstractContextManager[Any]:
+@contextlib.contextmanager
+def client_for(config: DaskConfig) -> Iterator[Any]:
     """A ``distributed.Client`` of a new local cluster or of ``dask.scheduler``, closed with
     its cluster at the end; one line where distributed is not installed."""
     try:
         import distributed
     except ImportError:
         raise SegunetError(MISSING) from None
-    stack = contextlib.ExitStack()
     if config.scheduler:
-        client = stack.enter_context(distributed.Client(config.scheduler))
-    else:
-        cluster = stack.enter_context(distributed.LocalCluster(
-            n_workers=config.workers, threads_per_worker=1, processes=True,
-            dashboard_address=":0", silence_logs=50))
-        client = stack.enter_context(distributed.Client(cluster))
-    return _closing(stack, client)
-
-
-@contextlib.contextmanager
-def _closing(stack: contextlib.ExitStack, client: Any) -> Any:
-    with stack:
+        with distributed.Client(config.scheduler) as client:
+            yield client
+        return
+    cluster = distributed.LocalCluster(n_workers=config.workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=":0", silence_logs=50)
+    with cluster, distributed.Client(cluster) as client:
         yield client
 
 

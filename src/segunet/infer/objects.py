@@ -14,6 +14,7 @@ import numpy as np
 
 from segunet.data.omezarr import CHUNK
 from segunet.infer.outputs import label_dtype
+from segunet.infer.resample import nearest_indices
 from segunet.postprocess.decoding import Decoder
 from segunet.postprocess.streamed import CORE_CHUNKS, auto_halo, decode_streamed, renumber
 
@@ -52,8 +53,7 @@ def nearest_banded(source: Any, target: Any, rows: int) -> None:
     """``target`` filled with ``source`` resampled onto its shape by nearest neighbour (as
     :func:`segunet.infer.resample.nearest`), ``rows`` of the first axis at a time: each band
     reads only the source rows it takes."""
-    index = [np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.intp), n - 1)
-             for n, m in zip(source.shape, target.shape)]
+    index = nearest_indices(source.shape, target.shape)
     for start in range(0, target.shape[0], rows):
         first = index[0][start:start + rows]
         low, high = int(first.min()), int(first.max()) + 1

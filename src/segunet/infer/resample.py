@@ -171,8 +171,11 @@ class _Axis:
 def nearest(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """``labels`` on a grid of ``shape`` over the same field of view: each pixel takes the
     label of the source pixel its centre falls in."""
-    index = [
-        np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.intp), n - 1)
-        for n, m in zip(labels.shape, shape)
-    ]
-    return labels[np.ix_(*index)]
+    return labels[np.ix_(*nearest_indices(labels.shape, shape))]
+
+
+def nearest_indices(source: Sequence[int], shape: Sequence[int]) -> list[np.ndarray]:
+    """Per axis, the source pixel each pixel of a grid of ``shape`` takes its label from
+    (see :func:`nearest`)."""
+    return [np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.intp), n - 1)
+            for n, m in zip(source, shape)]
