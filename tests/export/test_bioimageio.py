@@ -375,6 +375,8 @@ def test_segunet_load_of_the_package_segments_as_its_checkpoint(quickstart, tmp_
         z.writestr("rdf.yaml", "type: model\n")
     with pytest.raises(SegunetError, match="is no bioimage.io package written by segunet export"):
         segunet.load(other, "cpu")
+    with pytest.raises(SegunetError, match="missing.zip does not exist: give a .zip"):
+        segunet.load(tmp_path / "missing.zip", "cpu")
     (tmp_path / "broken.zip").write_bytes(b"PK no zip")
     with pytest.raises(SegunetError, match="is no readable bioimage.io package"):
         segunet.load(tmp_path / "broken.zip", "cpu")

@@ -86,3 +86,14 @@ def test_without_distributed_dask_options_say_what_to_install(batch, tmp_path, c
     assert main([f"checkpoint={ckpt}", f"input={inputs}", f"output={tmp_path / 'o'}",
                  "dask.workers=2"]) == 2
     assert "pip install 'segunet[dask]'" in capsys.readouterr().err
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(batch, tmp_path, capsys):
+    ckpt, inputs = batch
+    assert main([f"checkpoint={ckpt}", f"input={inputs}", f"output={tmp_path / 'o'}",
+                 "dask.scheduler=tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("segunet: error:") == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(
+        "dask.scheduler=tcp://127.0.0.1:9: no Dask scheduler answered there (OSError); start "
+        "one (dask scheduler) or give dask.workers=N for a local cluster")

@@ -41,6 +41,9 @@ def load_package(file: Path, device: str = "cpu") -> Any:
     from segunet.errors import SegunetError
     from segunet.export.bioimageio_description import STATE_DICT
 
+    if not Path(file).is_file():
+        raise SegunetError(f"{file} does not exist: give a .zip that segunet export wrote, a "
+                           "checkpoint, a run folder or nuclei")
     try:
         with zipfile.ZipFile(file) as z:
             sizes = {i.filename: i.file_size for i in z.infolist()}

@@ -27,6 +27,8 @@ from segunet.errors import SegunetError
 
 MISSING = ("dask.workers and dask.scheduler need Dask's distributed scheduler: "
            "pip install 'segunet[dask]'")
+#: How long to wait for dask.scheduler to answer.
+CONNECT_TIMEOUT = "10s"
 #: How often Dask runs a task again whose worker died.
 RETRIES = 2
 
@@ -64,7 +66,14 @@ def client_for(config: DaskConfig) -> Iterator[Any]:
     except ImportError:
         raise SegunetError(MISSING) from None
     if config.scheduler:
-        with distributed.Client(config.scheduler) as client:
+        try:
+            client = distributed.Client(config.scheduler, timeout=CONNECT_TIMEOUT)
+        except OSError as e:
+            raise SegunetError(
+                f"dask.scheduler={config.scheduler}: no Dask scheduler answered there "
+                f"({type(e).__name__}); start one (dask scheduler) or give dask.workers=N "
+                "for a local cluster") from None
+        with client:
             yield client
         return
     cluster = distributed.LocalCluster(n_workers=config.workers, threads_per_worker=1,
