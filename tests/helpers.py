@@ -234,3 +234,25 @@ def same_objects(a: np.ndarray, b: np.ndarray) -> None:
     pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
     assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], (
         "an object is split or two are merged")
+
+
+def detector(model, threshold: float = 0.5, gain: float = 50.0) -> None:
+    """Weights that make a 2-level valid U-Net (2D or 3D) a detector of bright regions:
+    foreground probability ``sigmoid(gain * (K * x - threshold))``, ``K`` four box filters
+    on the input's path through the first level and its skip; everything else zero."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for conv in (model.encoders[0][0], model.encoders[0][2], model.decoders[0][0],
+                     model.decoders[0][2]):
+            box = conv.weight[0, 0]
+            conv.weight[0, 0] = torch.full_like(box, 1 / box.numel())
+        model.head.weight[1, 0] = gain
+        model.head.bias[1] = -gain * threshold
+
+
+def smooth(shape, seed):
+    """A uint8 image of smooth blobs (random noise blurred), that :func:`detector` finds."""
+    blurred = ndi.gaussian_filter(np.random.default_rng(seed).random(shape), 4)
+    span = blurred.max() - blurred.min()
+    return ((blurred - blurred.min()) / span * 255).astype(np.uint8)

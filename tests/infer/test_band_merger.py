@@ -55,6 +55,37 @@ def test_band_merger_writes_each_chunk_once_and_equals_in_memory(padding, dims, 
     assert starts == list(range(0, shape[1], chunk))  # whole chunks, in order, once each
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_bands_of_rows_together_write_what_the_whole_image_writes(padding, dims):
+    """``rows=``, what a Dask worker predicts of a large image: the bands, each predicted
+    with only the tiles that touch it, fill exactly (bitwise) the whole call's array, each
+    chunk written by one band only."""
+    channels, shape, tile, chunk = ((4, 8, 16), (1, 150, 61), 48, 16) if dims == 2 else (
+        (2, 4), (1, 40, 21, 17), 22, 8)
+    model = unet(padding, spatial_dims=dims, channels=channels, out_channels=3)
+    image = random_image(shape)
+    whole = RecordingArray((3, *shape[1:]), (3, chunk, *shape[2:]))
+    predict_tiled(model, image, tile, batch_size=2, out=whole)
+    bands = RecordingArray(whole.shape, whole.chunks)
+    for start in range(0, shape[1], 3 * chunk):
+        predict_tiled(model, image, tile, batch_size=2, out=bands,
+                      rows=(start, min(start + 3 * chunk, shape[1])))
+    np.testing.assert_array_equal(bands.data, whole.data)
+    starts = sorted(index[1].start for index in bands.writes)
+    assert starts == list(range(0, shape[1], chunk))
+
+
+def test_rows_must_be_whole_blocks_of_an_out_array():
+    model = unet("same", channels=(4, 8))
+    image = random_image((1, 40, 30))
+    out = RecordingArray((2, 40, 30), (2, 16, 30))
+    with pytest.raises(ValueError, match="whole blocks of 16 rows"):
+        predict_tiled(model, image, 32, out=out, rows=(8, 40))
+    with pytest.raises(ValueError, match="give one"):
+        predict_tiled(model, image, 32, rows=(0, 16))
+
+
 def test_band_merger_on_device_tensors_equals_host_arrays():
     """The GPU path hands tensors straight to the merger; on the CPU device it must agree with
     numpy arrays from the writer thread."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from helpers import same_objects, save_tiny_checkpoint
+from helpers import detector, same_objects, save_tiny_checkpoint, smooth
 
 from segunet.cli.predict import run as main
 from segunet.infer import objects
@@ -19,31 +19,6 @@ from segunet.infer import objects
 def small_blocks(monkeypatch):
     """Cores of one chunk (512 px in 2D, 64 in 3D) instead of several."""
     monkeypatch.setattr(objects, "CORE_CHUNKS", {2: 1, 3: 1})
-
-
-def detector(model, threshold: float = 0.5, gain: float = 50.0) -> None:
-    """Weights that make a 2-level valid U-Net (2D or 3D) a detector of bright regions:
-    foreground probability ``sigmoid(gain * (K * x - threshold))``, ``K`` four box filters
-    on the input's path through the first level and its skip; everything else zero."""
-    import torch
-
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        for conv in (model.encoders[0][0], model.encoders[0][2], model.decoders[0][0],
-                     model.decoders[0][2]):
-            box = conv.weight[0, 0]
-            conv.weight[0, 0] = torch.full_like(box, 1 / box.numel())
-        model.head.weight[1, 0] = gain
-        model.head.bias[1] = -gain * threshold
-
-
-def smooth(shape, seed):
-    from scipy import ndimage as ndi
-
-    blurred = ndi.gaussian_filter(np.random.default_rng(seed).random(shape), 4)
-    span = blurred.max() - blurred.min()
-    return ((blurred - blurred.min()) / span * 255).astype(np.uint8)
 
 
 @pytest.mark.parametrize("extra", [[], ["pixel_size=0.7"], ["instances.min_size=30"]])

@@ -14,17 +14,31 @@ from skimage.segmentation import find_boundaries
 
 from segunet.data.synthetic import synthetic_cells
 from segunet.postprocess.decoding import PostProcess, decode
-from segunet.postprocess.streamed import auto_halo, block_grid, decode_streamed, renumber
+from segunet.postprocess.streamed import (
+    auto_halo,
+    block_grid,
+    decode_streamed,
+    renumber,
+    run_here,
+)
 
 
-def streamed(probs, target, post, core, halo):
+def shuffled(task, items, description, progress=False, **shared):
+    """A :data:`Map` that runs the blocks in a random order, as a cluster's workers
+    finish them."""
+    order = np.random.default_rng(len(items)).permutation(len(items))
+    for i in order:
+        yield int(i), task(items[i], **shared)
+
+
+def streamed(probs, target, post, core, halo, map_blocks=run_here):
     ids = np.zeros(probs.shape[1:], np.uint32)
     window_post = PostProcess(**{**post.as_dict(), "min_size": 0})
     numbering = decode_streamed(probs, lambda p: decode(p, target, window_post), ids, core,
-                                halo, post.min_size)
+                                halo, post.min_size, map_blocks=map_blocks)
     out = np.zeros(probs.shape[1:], np.uint16)
-    renumber(ids, numbering, out, core)
-    count = int(numbering.max())
+    renumber(ids, numbering, out, core, map_blocks=map_blocks)
+    count = numbering.count
     assert count == out.max() and set(np.unique(out)) == set(range(count + 1))
     return out
 
@@ -96,6 +110,21 @@ def test_touching_objects_across_block_corners_stay_apart_and_whole(dims):
         assert ids[counts.argmax()] > 0 and counts.max() > 0.8 * (labels == k).sum()
         majority.add(ids[counts.argmax()])
     assert len(majority) == labels.max()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_blocks_decoded_in_any_order_give_the_same_image(dims):
+    """The blocks of a cluster finish in any order: the objects and even their numbers are
+    those of the blocks decoded in raster order."""
+    core, radius = 16, 6
+    labels = touching_at_corners((64,) * dims if dims == 2 else (40,) * dims, core, radius)
+    probs = boundary_probs(labels, 4)
+    post = PostProcess(threshold=0.5, seed_threshold=0.5, min_size=30)
+    in_order = streamed(probs, "boundary", post, (core,) * dims, 16)
+    np.testing.assert_array_equal(
+        streamed(probs, "boundary", post, (core,) * dims, 16, map_blocks=shuffled),
+        in_order)
+    assert in_order.max() == labels.max()
 
 
 def test_min_size_counts_the_whole_object_not_its_piece_in_a_core():

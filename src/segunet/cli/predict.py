@@ -118,6 +118,9 @@ class PredictConfig:
         if self.dask.wanted and self.compile:
             raise SegunetError("compile=true is not for dask.* (each worker would compile "
                                "anew): leave it out")
+        if self.dask.split == "blocks" and self.format == "tif":
+            raise SegunetError("dask.split=blocks writes the parts of an image in place: "
+                               "give format=zarr or format=ome-zarr")
         if self.overwrite and self.skip_existing:
             raise SegunetError(
                 "overwrite=true and skip_existing=true contradict each other: replace the "

@@ -1,14 +1,23 @@
-"""``segunet predict ... dask.workers=N`` (or ``dask.scheduler=<address>``): the images of a
-batch spread over the workers of a Dask cluster, on an engine users already run (a
-``distributed.LocalCluster`` here; ``dask-jobqueue`` puts one on SLURM, PBS or LSF).
+"""``segunet predict ... dask.workers=N`` (or ``dask.scheduler=<address>``): a batch
+spread over the workers of a Dask cluster, on an engine users already run (a
+``distributed.LocalCluster`` here; ``dask-jobqueue`` puts one on SLURM, PBS or LSF). Two
+kinds of parallelism (``dask.split``):
 
-Each task predicts one image with :func:`segunet.infer.run.predict_file`, reading it and
-writing its outputs in place (atomically, as without Dask) on storage the workers share:
-only paths and short reports cross the scheduler. Each worker process loads the model
-once. A worker that dies loses its task, which Dask runs again elsewhere; a failed image
-stops the batch with the line that says how to continue it (``skip_existing=true``), as
-without Dask. What a worker prints (a resampling note, its progress bars) comes back to
-the console with its image when the task is done.
+- ``images``: each task predicts one image with :func:`segunet.infer.run.predict_file`,
+  reading it and writing its outputs in place (atomically, as without Dask) on storage the
+  workers share. What a worker prints (a resampling note, its progress bars) comes back to
+  the console with its image when the task is done.
+- ``blocks``, for images larger than one worker can predict fast enough (``format=zarr``
+  or ``ome-zarr``): this process opens the image and its outputs and hands out the parts:
+  bands of rows to predict (:func:`predict_band`), bands of labels, and the blocks of the
+  instances to decode and renumber (:mod:`segunet.postprocess.streamed`), whose stitching
+  it does itself. Every part reads and writes whole chunks of the stores in place.
+
+Either way only paths, zarr array handles and short results cross the scheduler; each
+worker process loads the model once; a worker that dies loses its task, which Dask runs
+again elsewhere; a failure stops the batch with the line that says how to continue it
+(``skip_existing=true``), as without Dask; and the files written equal those of one
+process with as many torch threads as a worker.
 """
 
 from __future__ import annotations
@@ -17,10 +26,14 @@ import contextlib
 import dataclasses
 import functools
 import io
+import itertools
+import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from segunet.config.args import option
 from segunet.errors import SegunetError
@@ -42,6 +55,9 @@ class DaskConfig:
     threads: int = option(1, "torch threads per worker (workers x threads <= the cores)")
     scheduler: str | None = option(
         None, "the address of a running Dask scheduler (tcp://host:8786) to use instead")
+    split: Literal["auto", "images", "blocks"] = option(
+        "auto", "images: a task per image; blocks: the bands and blocks of each image over "
+        "the workers (format=zarr or ome-zarr); auto: blocks for fewer images than workers")
 
     def __post_init__(self) -> None:
         from segunet.config.args import check_range
@@ -85,16 +101,23 @@ def client_for(config: DaskConfig) -> Iterator[Any]:
 def predict_on_cluster(
     todo: dict[Path, dict[str, Path]], checkpoint: str, device: str, prediction: Any,
     config: DaskConfig, predict_file: Callable[..., list[Path]],
+    predict_blocks: Callable[[Workers], list[Path]],
 ) -> list[Path]:
-    """Predict each input of ``todo`` as a task on the cluster, by ``predict_file`` (that of
-    :mod:`segunet.infer.run`, passed by reference); returns the files written, in the order
-    of ``todo``."""
+    """Predict the inputs of ``todo`` on the cluster: each as a task, by ``predict_file``
+    (that of :mod:`segunet.infer.run`, passed by reference), or one after another by
+    ``predict_blocks`` with their parts on the workers (``dask.split``); returns the files
+    written, in the order of ``todo``."""
     with client_for(config) as client:
         link = getattr(client, "dashboard_link", None)
         workers = len(client.scheduler_info().get("workers", {}))
-        print(f"segunet: Dask: {len(todo)} images on {workers} worker"
-              f"{'s' * (workers != 1)}" + (f"; dashboard {link}" if link else ""),
-              file=sys.stderr)
+        blocks = prediction.format != "tif" and (config.split == "blocks" or (
+            config.split == "auto" and len(todo) < workers))
+        what = (f"the blocks of {len(todo)} image{'s' * (len(todo) != 1)}" if blocks
+                else f"{len(todo)} images")
+        print(f"segunet: Dask: {what} on {workers} worker{'s' * (workers != 1)}"
+              + (f"; dashboard {link}" if link else ""), file=sys.stderr)
+        if blocks:
+            return predict_blocks(Workers(client, checkpoint, device, config.threads))
         futures = {
             client.submit(predict_task, predict_file, path, targets, checkpoint, device,
                           prediction, config.threads, key=f"segunet-predict-{i}",
@@ -148,6 +171,86 @@ def predict_task(predict_file: Callable[..., list[Path]], path: Path,
     with contextlib.redirect_stderr(said):
         files = predict_file(trained.model, trained.config, path, targets, prediction)
     return files, said.getvalue()
+
+
+@dataclasses.dataclass
+class Workers:
+    """The workers of a cluster, for the parts of one image; :meth:`map` is a
+    :data:`segunet.postprocess.streamed.Map`."""
+
+    client: Any
+    checkpoint: str
+    device: str
+    threads: int
+
+    def map(self, task: Callable[..., Any], items: Sequence[Any], description: str,
+            progress: bool = False, **shared: Any) -> Iterator[tuple[int, Any]]:
+        """``task(item, **shared)`` for each item as a task on the workers, each retried
+        where its worker dies; ``(index, result)`` as they finish, with a progress bar."""
+        from distributed import as_completed
+        from tqdm import tqdm
+
+        name = f"segunet-{description}-{next(_batches)}"
+        futures = self.client.map(
+            _on_worker, items, task=task, threads=self.threads, key=[
+                f"{name}-{i}" for i in range(len(items))], retries=RETRIES, pure=False,
+            **shared)
+        index = {future.key: i for i, future in enumerate(futures)}
+        bar = tqdm(total=len(items), unit="part", desc=f"{description} (Dask)",
+                   disable=not progress)
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                future.release()
+                bar.update(1)
+                yield index[future.key], result
+        finally:
+            self.client.cancel(futures)
+            bar.close()
+
+    def band_rows(self, height: int, chunk: int, tile_rows: int) -> list[tuple[int, int]]:
+        """The bands of rows to predict as tasks: whole chunks, about four per worker, but
+        at least four tiles high, as the tiles that straddle two bands are predicted for
+        both."""
+        workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        rows = max(4 * tile_rows, math.ceil(height / (4 * workers)))
+        rows = math.ceil(rows / chunk) * chunk
+        return [(a, min(a + rows, height)) for a in range(0, height, rows)]
+
+
+_batches = itertools.count()
+
+
+def _on_worker(item: Any, task: Callable[..., Any], threads: int, **shared: Any) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    return task(item, **shared)
+
+
+def predict_band(rows: tuple[int, int], checkpoint: str, device: str, image: Any,
+                 grid: Any, out: Any, tiling: dict[str, Any]) -> int:
+    """On a worker: predict output ``rows`` of ``image`` (a detached
+    :class:`~segunet.infer.inputs.NormalizedImage`, reopened here) on ``grid`` into
+    ``out`` with the worker's model; how many of the rows' probabilities are not finite."""
+    from segunet.infer.inputs import non_finite, open_array
+    from segunet.infer.predict import predict_tiled
+
+    trained = _model(checkpoint, device)
+    with contextlib.ExitStack() as stack:
+        raw = open_array(Path(image.source), stack)
+        predict_tiled(trained.model, grid.to_model(image.attached(raw)), out=out, rows=rows,
+                      **tiling)
+    chunk = out.chunks[1]
+    return sum(non_finite(np.asarray(out[:, a:min(a + chunk, rows[1])]))
+               for a in range(rows[0], rows[1], chunk))
+
+
+def argmax_band(rows: slice, probs: Any, out: Any) -> None:
+    """On a worker: the labels of ``rows``."""
+    from segunet.postprocess.decoding import argmax_of
+
+    out[rows] = argmax_of(np.asarray(probs[:, rows]), rows.stop - rows.start)
 
 
 @functools.lru_cache(maxsize=1)

@@ -145,6 +145,20 @@ class NormalizedImage:
         if percentiles is not None:
             self.lo, self.scale = self._range(percentiles, source)
 
+    def detached(self) -> NormalizedImage:
+        """This image without its raw array, to send to another process, where
+        :meth:`attached` gives it the file reopened: its normalisation is not measured
+        again."""
+        copy = object.__new__(NormalizedImage)
+        copy.__dict__.update(self.__dict__, raw=None)
+        return copy
+
+    def attached(self, raw: Any) -> NormalizedImage:
+        """This image reading ``raw`` (the same file, reopened)."""
+        copy = object.__new__(NormalizedImage)
+        copy.__dict__.update(self.__dict__, raw=raw)
+        return copy
+
     def _channels_first(self, index: tuple[slice, ...]) -> np.ndarray:
         """The raw window at the spatial ``index``, as float32 ``(C, *window)``, converted."""
         if self.layout == "grey":

@@ -111,6 +111,9 @@ class BandMerger(Merger):
             or :data:`DEFAULT_ROWS` for an unchunked ``out``.
         device: where the band accumulates (a torch device); None: where the first tile is,
             so on the GPU the prediction loop hands over tiles without a host round trip.
+        within: ``(start, stop)``: write only these rows, whole blocks (``start`` a multiple
+            of ``rows``, ``stop`` too or the height); tiles that reach beyond them add to
+            blocks that are dropped.
     """
 
     #: Block height of an unchunked ``out``, by number of spatial axes.
@@ -119,11 +122,17 @@ class BandMerger(Merger):
     PENDING = 3
 
     def __init__(
-        self, out: Any, weighted: bool = True, rows: int | None = None, device: Any = None
+        self, out: Any, weighted: bool = True, rows: int | None = None, device: Any = None,
+        within: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(out.shape, weighted)
         self.out = out
         self.rows = self.block_rows(self.shape, getattr(out, "chunks", None), rows)
+        height = self.shape[1]
+        start, stop = within or (0, height)
+        if start % self.rows or (stop % self.rows and stop != height) or not start < stop:
+            raise ValueError(f"within={within} must be whole blocks of {self.rows} rows")
+        self.written = range(start // self.rows, -(-min(stop, height) // self.rows))
         self.count = -(-self.shape[1] // self.rows)  # blocks in all
         self.device = None if device is None else torch.device(device)
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -208,7 +217,7 @@ class BandMerger(Merger):
         """Finish the blocks before block ``stop`` and hand them to the writer thread."""
         for b in range(self.done, stop):
             values, weight = self.blocks.pop(b, (None, None))
-            if values is None:  # no tile touched it (a caller's merger): leave out as is
+            if values is None or b not in self.written:  # no tile touched it, or not ours
                 continue
             if weight is not None:
                 values = values / weight  # not in place: blocks may be inference tensors

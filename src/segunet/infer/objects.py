@@ -5,6 +5,7 @@ neighbour a band of rows at a time."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -13,40 +14,51 @@ from typing import Any
 import numpy as np
 
 from segunet.data.omezarr import CHUNK
-from segunet.infer.outputs import label_dtype
 from segunet.infer.resample import nearest_indices
 from segunet.postprocess.decoding import Decoder
-from segunet.postprocess.streamed import CORE_CHUNKS, auto_halo, decode_streamed, renumber
+from segunet.postprocess.streamed import (
+    CORE_CHUNKS,
+    Map,
+    auto_halo,
+    decode_streamed,
+    renumber,
+    run_here,
+)
 
 
 def write_instances(
     model_probs: Any, grid: Any, out: Any, decoder: Decoder, foreground: Sequence[int],
-    objects: tuple[float, float, float] | None,
+    objects: tuple[float, float, float] | None, map_blocks: Map | None = None,
 ) -> int:
     """Decode ``model_probs`` ``(C, *model_shape)`` into ``out``'s ``instances`` array
     (uint16, or uint32 beyond 65535 objects), block by block, through a hidden store of
     the blocks' ids; returns the number of objects. ``objects``: the training objects'
     widths (lower quartile, median, upper quartile), which size the halo unless
-    ``instances.halo`` does."""
+    ``instances.halo`` does. ``map_blocks``: runs the blocks (default: here)."""
     dims = len(grid.shape)
     core = (CHUNK[dims] * CORE_CHUNKS[dims],) * dims
     ids = out.scratch(f"{out.stem}_instance_ids.zarr", grid.model_shape, np.uint32, dims)
     halo = decoder.halo or auto_halo(objects[2] if objects else None, decoder.grow)
     window = decoder.without_min_size()
+    map_blocks = map_blocks or run_here
     numbering = decode_streamed(
-        model_probs, lambda p: window(p, foreground, p.shape[1]), ids, core, halo,
-        decoder.min_size, progress=True)
-    count = int(numbering.max())
-    target = out.array("instances", grid.shape, label_dtype(count), dims)
+        model_probs, functools.partial(_decode, window, tuple(foreground)), ids, core, halo,
+        decoder.min_size, progress=True, map_blocks=map_blocks)
+    count = numbering.count
+    target = out.array("instances", grid.shape, numbering.dtype, dims)
     if grid.resampled:  # numbered in place on the model's grid, then carried over
-        renumber(ids, numbering, ids, core)
+        renumber(ids, numbering, ids, core, map_blocks=map_blocks)
         nearest_banded(ids, target, CHUNK[dims])
     else:
-        renumber(ids, numbering, target, core)
+        renumber(ids, numbering, target, core, map_blocks=map_blocks)
     blocks = math.prod(math.ceil(n / c) for n, c in zip(grid.model_shape, core))
     print(f"segunet: {out.path}: {count} objects, decoded in {blocks} block"
           f"{'s' * (blocks > 1)} with a halo of {halo} px", file=sys.stderr)
     return count
+
+
+def _decode(window: Decoder, foreground: tuple[int, ...], probs: np.ndarray) -> np.ndarray:
+    return window(probs, foreground, probs.shape[1])
 
 
 def nearest_banded(source: Any, target: Any, rows: int) -> None:

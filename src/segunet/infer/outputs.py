@@ -169,7 +169,11 @@ def refuse_non_finite_output(probs: Any, path: Path) -> None:
     """The last check before outputs are moved into place: probabilities that are not all
     finite (a checkpoint with NaN weights, input values that overflow once normalised) are
     an error, and the outputs of ``path`` are not written."""
-    count = non_finite(probs)
+    refuse_non_finite_count(non_finite(probs), path)
+
+
+def refuse_non_finite_count(count: int, path: Path) -> None:
+    """:func:`refuse_non_finite_output` where the ``count`` is known (summed over parts)."""
     if count:
         raise SegunetError(
             f"{path}: the model predicted {count:,} NaN or infinite probabilit"

@@ -104,6 +104,7 @@ def predict_tiled(
     out: Any = None,
     progress: bool | type[tqdm] = False,
     resident: bool | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> Any:
     """Softmax class probabilities ``(classes, *spatial)`` of a whole image, tile by tile.
 
@@ -136,6 +137,11 @@ def predict_tiled(
             tiles there (no host work or copy per tile); False to read each tile on the host,
             in a background thread. Default: resident on CUDA for an in-memory numpy image
             that takes at most :data:`RESIDENT_SHARE` of the free GPU memory.
+        rows: ``(start, stop)``: only these output rows (first spatial axis) of an array
+            ``out``, whole blocks of its merger (chunk rows of a zarr ``out``): the tiles
+            that touch them are predicted, as for the whole image, and only these rows
+            written. What one worker of a cluster does for its band of a large image: the
+            bands together write what one call for the whole image writes.
     """
     net = unwrap(model)
     dims, classes = net.spatial_dims, net.out_channels
@@ -147,10 +153,12 @@ def predict_tiled(
     spatial = tuple(int(s) for s in image.shape[1:])
     in_tile, out_tile = tile_shapes(net, spatial, tile_shape)
     tiles = plan_tiles(spatial, in_tile, out_tile, net.padding, net.levels, overlap)
+    if rows is not None:
+        tiles = _batches_touching(tiles, batch_size, out_tile[0], rows)
     same = net.padding == "same"
     window = blend_window(tuple(out_tile), blend if same else "constant")
     device = torch.device(device) if device is not None else _model_device(model)
-    merger, finish = _merger_for(out, (classes, *spatial), same, device, out_tile[0])
+    merger, finish = _merger_for(out, (classes, *spatial), same, device, out_tile[0], rows)
     # A merger on the computing device takes the tiles as they come: no host sync per batch.
     on_device = merger.takes(device)
     if on_device:
@@ -227,6 +235,19 @@ def predict_labels(
     return probs.argmax(0)
 
 
+def _batches_touching(tiles: list, batch_size: int, tile_rows: int,
+                      rows: tuple[int, int]) -> list:
+    """The tiles of the batches (as the whole image is batched) that touch output ``rows``.
+    Whole batches: a tile's result can depend on the others in its batch in the last bits
+    (the algorithms a convolution picks by batch), and the bands must equal the whole."""
+    kept = []
+    for i in range(0, len(tiles), batch_size):
+        batch = tiles[i:i + batch_size]
+        if any(rows[0] - tile_rows < out[0] < rows[1] for _, out in batch):
+            kept += batch
+    return kept
+
+
 def _inference_model(model: nn.Module) -> nn.Module:
     """What the tiles run through: for a plain or DDP-wrapped model, an eval copy of the
     bare network with its BatchNorms folded into the convolutions (see
@@ -270,7 +291,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _merger_for(
-    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device, tile_rows: int
+    out: Any, shape: tuple[int, ...], weighted: bool, device: torch.device, tile_rows: int,
+    within: tuple[int, int] | None = None,
 ) -> tuple[Merger, Callable]:
     """The merger to add tiles to and the function that finishes the prediction. An ``out``
     array is filled band by band, the band kept on the GPU when it fits there. So is a
@@ -279,6 +301,8 @@ def _merger_for(
     last tile. Elsewhere: sums in host memory."""
     if out is not None and tuple(out.shape) != shape:
         raise SegunetError(f"out has shape {tuple(out.shape)}; the prediction needs {shape}")
+    if within is not None and (out is None or isinstance(out, Merger)):
+        raise ValueError("rows= fills part of an out array: give one")
     if isinstance(out, Merger):
         return out, out.finalize
     rows = BandMerger.block_rows(shape, getattr(out, "chunks", None))
@@ -288,7 +312,7 @@ def _merger_for(
         return merger, merger.finalize
     if out is None:
         out = np.empty(shape, np.float32)  # every pixel is written: tiles cover the image
-    merger = BandMerger(out, weighted, device=device if on_gpu else "cpu")
+    merger = BandMerger(out, weighted, device=device if on_gpu else "cpu", within=within)
     return merger, merger.finalize
 
 

@@ -39,7 +39,7 @@ import sys
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -66,6 +66,7 @@ from segunet.infer.outputs import (
     Outputs,
     label_dtype,
     output_paths,
+    refuse_non_finite_count,
     refuse_non_finite_output,
 )
 from segunet.infer.resample import Grid, grid_at, grid_for
@@ -78,6 +79,9 @@ from segunet.infer.scale import (
     search_scale,
 )
 from segunet.infer.settings import Batch, Prediction, Settings
+
+if TYPE_CHECKING:
+    from segunet.infer.cluster import Workers
 from segunet.postprocess.decoding import Decoder, argmax_of, class_dtype
 
 
@@ -116,18 +120,19 @@ def predict_files(batch: Batch, settings: Settings, dask: Any = None) -> list[Pa
     if dask is not None and dask.wanted:
         from segunet.infer.cluster import predict_on_cluster
 
-        return predict_on_cluster(todo, str(trained.file), device, prediction, dask,
-                                  predict_file)
+        return predict_on_cluster(
+            todo, str(trained.file), device, prediction, dask, predict_file,
+            lambda workers: predict_all(todo, model, config, prediction, False, workers))
     return predict_all(todo, model, config, prediction, settings.compile)
 
 
 def predict_all(
     todo: dict[Path, dict[str, Path]], model: Any, config: dict, prediction: Prediction,
-    compile_net: bool,
+    compile_net: bool, workers: Workers | None = None,
 ) -> list[Path]:
     """Predict each input of ``todo`` into its outputs, one after another (``compile_net``:
-    with the network torch.compiled); a failure or Ctrl-C says how far the batch got and how
-    to continue it."""
+    with the network torch.compiled; ``workers``: with the parts of each image on a Dask
+    cluster's); a failure or Ctrl-C says how far the batch got and how to continue it."""
     runner = compiled(model) if compile_net else model
     written: list[Path] = []
     for i, (path, targets) in enumerate(todo.items(), 1):
@@ -135,7 +140,7 @@ def predict_all(
         done = f"{i - 1} of {len(todo)} images done"
         try:
             files, runner = predict_or_fall_back(
-                runner, model, config, path, targets, prediction
+                runner, model, config, path, targets, prediction, workers
             )
         except KeyboardInterrupt:
             # Outputs are written atomically: the interrupted image left nothing behind.
@@ -226,12 +231,12 @@ def missing_outputs(plan: dict[str, Path], fmt: str) -> dict[str, Path]:
 
 def predict_or_fall_back(
     runner: Any, model: Any, config: dict, path: Path, targets: dict[str, Path],
-    prediction: Prediction,
+    prediction: Prediction, workers: Workers | None = None,
 ) -> tuple[list[Path], Any]:
     """:func:`predict_file` with ``runner``; if a compiled runner fails, one warning and the
     eager ``model`` from then on. Returns the files written and the runner to go on with."""
     try:
-        return predict_file(runner, config, path, targets, prediction), runner
+        return predict_file(runner, config, path, targets, prediction, workers), runner
     except Exception as e:
         if runner is model or isinstance(e, SegunetError):
             raise
@@ -255,10 +260,13 @@ def compiled(model: Any) -> Any:
 
 def predict_file(
     model: Any, config: dict, path: Path, targets: dict[str, Path], prediction: Prediction,
+    workers: Workers | None = None,
 ) -> list[Path]:
     """Predict one image and write the requested outputs to ``targets``: on the model's
     training pixel grid where the input's pixel size differs (see :mod:`segunet.infer.resample`),
-    the outputs on the input's own grid."""
+    the outputs on the input's own grid. ``workers``: a Dask cluster's, that predict and
+    decode the parts of a zarr or OME-Zarr output (a stack given to a 2D model is
+    predicted here)."""
     from segunet.checkpoint import unwrap
 
     net = unwrap(model)  # the sizes of a compiled model's network
@@ -286,7 +294,7 @@ def predict_file(
             check_fits_whole(path, grid.shape, grid.model_shape, classes,
                              "instances" in targets)
             return predict_whole(model, grid.to_model(image), grid, out, prediction, foreground)
-        return predict_streamed(model, grid.to_model(image), grid, out, prediction, foreground)
+        return predict_streamed(model, image, grid, out, prediction, foreground, workers)
 
 
 def say_tile_reduced(net: Any, shape: Sequence[int], tile: Any, path: Path) -> None:
@@ -404,14 +412,15 @@ def predicted_whole(
 
 
 def predict_streamed(
-    model: Any, image: Any, grid: Grid, out: Outputs, prediction: Prediction,
-    foreground: Sequence[int],
+    model: Any, image: NormalizedImage, grid: Grid, out: Outputs, prediction: Prediction,
+    foreground: Sequence[int], workers: Workers | None = None,
 ) -> list[Path]:
     """Predict band by band into zarr (``format=zarr`` or ``ome-zarr``): the probabilities
     straight into their output, or, when resampled, into a hidden store on the model's
     grid that is then resampled band by band into it; the labels block by block from
     them, and the instances block by block (:mod:`segunet.infer.objects`). None comes into
-    memory whole."""
+    memory whole. ``workers``: the bands, labels and instance blocks as their tasks (the
+    resampling back stays here)."""
     from segunet.checkpoint import unwrap
     from segunet.infer.objects import write_instances
     from segunet.infer.predict import predict_tiled
@@ -424,8 +433,12 @@ def predict_streamed(
         if grid.resampled:
             model_probs = out.scratch(f"{out.stem}_model_grid.zarr",
                                       (classes, *grid.model_shape), np.float16, dims)
-        predict_tiled(model, image, out=model_probs, **tiling(prediction, progress=True))
-        refuse_non_finite_output(model_probs, out.path)
+        if workers is None:
+            predict_tiled(model, grid.to_model(image), out=model_probs,
+                          **tiling(prediction, progress=True))
+            refuse_non_finite_output(model_probs, out.path)
+        else:
+            predict_on_workers(workers, model, image, grid, model_probs, prediction, out.path)
         # Whole chunks, block by block: nothing in memory whole.
         rows = max(chunk, rows_per_block(classes, grid.shape) // chunk * chunk)
         if grid.resampled:  # a chunk row at a time: its window on the model's grid is larger
@@ -433,11 +446,36 @@ def predict_streamed(
             for s in blocks(grid.shape[0], chunk):
                 probs[:, s] = back[:, s]
         if "labels" in out.targets:
-            argmax_of(probs, rows, out.array("labels", grid.shape, class_dtype(classes), dims))
+            labels = out.array("labels", grid.shape, class_dtype(classes), dims)
+            if workers is None:
+                argmax_of(probs, rows, labels)
+            else:
+                from segunet.infer.cluster import argmax_band
+
+                list(workers.map(argmax_band, list(blocks(grid.shape[0], rows)), "labels",
+                                 probs=probs, out=labels))
         if "instances" in out.targets:
             write_instances(model_probs, grid, out, prediction.decoder, foreground,
-                            prediction.trained_objects)
+                            prediction.trained_objects, workers and workers.map)
     return out.written
+
+
+def predict_on_workers(
+    workers: Workers, model: Any, image: NormalizedImage, grid: Grid, model_probs: Any,
+    prediction: Prediction, path: Path,
+) -> None:
+    """Predict ``model_probs`` in bands of rows, each a task on ``workers``."""
+    from segunet.checkpoint import unwrap
+    from segunet.data.tiling import tile_shapes
+    from segunet.infer.cluster import predict_band
+
+    _, out_tile = tile_shapes(unwrap(model), grid.model_shape, prediction.tiling.tile)
+    bands = workers.band_rows(grid.model_shape[0], model_probs.chunks[1], out_tile[0])
+    bad = sum(count for _, count in workers.map(
+        predict_band, bands, "predict", progress=True, checkpoint=workers.checkpoint,
+        device=workers.device, image=image.detached(), grid=grid, out=model_probs,
+        tiling=tiling(prediction, progress=False)))
+    refuse_non_finite_count(bad, path)
 
 
 def instances_of(
