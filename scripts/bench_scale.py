@@ -10,10 +10,19 @@ of a tiny net: the measurement is of the streaming, not of the network.
 
     python scripts/bench_scale.py --sizes 8192,16384,32768     # about 40 min on 2 cores
     python scripts/bench_scale.py --sizes "" --folder 200       # a folder on Dask workers
+    python scripts/bench_scale.py --sizes "" --dask 32768       # one image on Dask workers
+    python scripts/bench_scale.py --sizes "" --volumes 256,512  # 3D volumes, a 3D model
 
 ``--folder N``: N images of 512 px (synthetic nuclei) predicted with ``model=nuclei`` (TTA
 off) by one process with 2 torch threads, and on a Dask LocalCluster of 1 and of 2
 workers of 1 thread each: wall time of each and the speed-up of 2 workers over 1.
+
+``--dask SIZE``: the image of ``SIZE``² px with probabilities and instances, by one process
+with 2 torch threads and with its boxes and blocks on a LocalCluster of 1 and of 2 workers
+of 1 thread each (``dask.split=blocks``): wall time, the cores kept busy (CPU time of the
+process and its workers over wall time), where the time goes (the parts on the workers;
+the rest is this process: opening, stitching, starting the cluster), and the speed-up of 2
+workers over 1.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,8 +49,10 @@ try:
     code = 0
 except SystemExit as e:
     code = e.code or 0
+use = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
 print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mib": use[0].ru_maxrss / 1024,
+                  "cpu_s": sum(u.ru_utime + u.ru_stime for u in use)}))
 """
 
 
@@ -49,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", default="8192,16384,32768", help="image edges, px")
     p.add_argument("--workdir", type=Path, help="for the TIFFs and stores (default: temp)")
     p.add_argument("--folder", type=int, default=0, help="images of the folder bench (0: none)")
+    p.add_argument("--dask", type=int, default=0, help="edge of the Dask image bench (0: none)")
+    p.add_argument("--volumes", default="", help="edges of 3D volumes, voxels (e.g. 256,512)")
+    p.add_argument("--instances-only", action="store_true",
+                   help="volumes: skip the run of probabilities alone")
     return p.parse_args(argv)
 
 
@@ -65,7 +81,32 @@ def write_tiff(path: Path, size: int) -> None:
                      bigtiff=size * size > 2**31)
 
 
-def write_checkpoint(path: Path) -> None:
+def write_volume(path: Path, size: int) -> None:
+    """A uint8 zarr volume of ``size``³ voxels, chunks of 64³, from a pool of 4 blocks of
+    128³ of blurred noise (bright blobs: the objects), written a slab at a time."""
+    import zarr
+    from scipy import ndimage as ndi
+
+    edge = min(128, size)
+    pool = []
+    for seed in range(4):
+        noise = ndi.gaussian_filter(np.random.default_rng(seed).random((edge,) * 3), 3,
+                                    mode="wrap")
+        pool.append(((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8))
+    out = zarr.create_array(store=str(path), shape=(size,) * 3, chunks=(64,) * 3,
+                            dtype=np.uint8)
+    count = math.ceil(size / edge)
+    for z in range(count):
+        slab = np.empty((edge, size, size), np.uint8)
+        for y in range(count):
+            for x in range(count):
+                block = pool[(z + 2 * y + 3 * x) % len(pool)]
+                slab[:, y * edge:(y + 1) * edge, x * edge:(x + 1) * edge] = block[
+                    :, :size - y * edge, :size - x * edge]
+        out[z * edge:(z + 1) * edge] = slab[:size - z * edge]
+
+
+def write_checkpoint(path: Path, dims: int = 2) -> None:
     """A 2-level valid U-Net of width 2 that thresholds the box-filtered input."""
     import torch
 
@@ -73,15 +114,15 @@ def write_checkpoint(path: Path) -> None:
     from segunet.models import UNet
 
     cfg = {"_target_": "segunet.models.UNet", "in_channels": 1, "out_channels": 2,
-           "spatial_dims": 2, "channels": [2, 2], "padding": "valid", "norm": None,
+           "spatial_dims": dims, "channels": [2, 2], "padding": "valid", "norm": None,
            "dropout": 0.0}
-    model = UNet(1, 2, 2, [2, 2], padding="valid", norm=None)
+    model = UNet(1, 2, dims, [2, 2], padding="valid", norm=None)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
         for conv in (model.encoders[0][0], model.encoders[0][2], model.decoders[0][0],
                      model.decoders[0][2]):
-            conv.weight[0, 0] = 1 / 9
+            conv.weight[0, 0] = 1 / 3**dims
         model.head.weight[1, 0], model.head.bias[1] = 50.0, -25.0
     save_atomic({"model": model.state_dict(), "step": 0,
                  "config": {"model": cfg, "data": {"percentiles": [1.0, 99.8]}}}, path)
@@ -94,7 +135,10 @@ def run(args: list[str]) -> dict:
     if done.returncode or not lines:
         raise SystemExit(f"segunet {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     found = re.search(r"(\d+) objects", done.stderr)
-    return json.loads(lines[-1]) | ({"objects": int(found.group(1))} if found else {})
+    phases = {m[0]: (int(m[1]), float(m[2])) for m in re.findall(
+        r"segunet: Dask: (\w+): (\d+) parts in ([\d.]+) s", done.stderr)}
+    return json.loads(lines[-1]) | ({"objects": int(found.group(1))} if found else {}) | {
+        "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.folder:
         folder_bench(args.folder, args.workdir)
+    if args.dask:
+        dask_bench(args.dask, args.workdir)
+    if args.volumes:
+        volume_bench([int(v) for v in args.volumes.split(",")], args.workdir,
+                     args.instances_only)
     if not sizes:
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -130,6 +179,69 @@ def main(argv: list[str] | None = None) -> None:
               f"{probs['seconds']:.0f} s, {probs['rss_mib']:,.0f} MiB | "
               f"{both['seconds']:.0f} s, {both['rss_mib']:,.0f} MiB | "
               f"{both['seconds'] / probs['seconds']:.2f} |")
+
+
+def volume_bench(sizes: list[int], workdir: Path | None, instances_only: bool) -> None:
+    """Volumes of ``sizes``³ voxels with a 3D model: probabilities alone (unless
+    ``instances_only``), and with instances, each in a child process: wall time, peak RSS,
+    objects."""
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        work = Path(tmp)
+        ckpt = work / "detector3d.pt"
+        write_checkpoint(ckpt, dims=3)
+        for size in sizes:
+            volume = work / f"blobs_{size}.zarr"
+            write_volume(volume, size)
+            base = ["predict", f"checkpoint={ckpt}", f"input={volume}", "format=zarr",
+                    f"output={work / 'out'}", "overwrite=true"]
+            probs = None if instances_only else run([*base, "outputs=probabilities"])
+            both = run([*base, "outputs=probabilities,instances"])
+            rows.append((size, probs, both))
+            print(f"{size}³: {_time_rss(probs)}; with instances {_time_rss(both)}",
+                  file=sys.stderr)
+            shutil.rmtree(volume)
+            shutil.rmtree(work / "out", ignore_errors=True)
+    print("| volume, 3D model | objects | probabilities: time, peak RSS | + instances: time, "
+          "peak RSS |")
+    print("|---|---:|---|---|")
+    for size, probs, both in rows:
+        print(f"| {size}³ ({size**3 / 1e9:.2f} Gvox) | {both.get('objects', 0):,} | "
+              f"{_time_rss(probs)} | {_time_rss(both)} |")
+
+
+def _time_rss(result: dict | None) -> str:
+    return "-" if result is None else (
+        f"{result['seconds']:.0f} s, {result['rss_mib']:,.0f} MiB")
+
+
+def dask_bench(size: int, workdir: Path | None) -> None:
+    """One image of ``size``² px by one process and by its parts on 1 and 2 workers."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        work = Path(tmp)
+        ckpt, image = work / "detector.pt", work / f"nuclei_{size}.tif"
+        write_checkpoint(ckpt)
+        write_tiff(image, size)
+        base = ["predict", f"checkpoint={ckpt}", f"input={image}", "format=zarr",
+                "outputs=probabilities,instances", f"output={work / 'out'}", "overwrite=true"]
+        cases = {"one process, 2 threads": [],
+                 "Dask, 1 worker x 1 thread": ["dask.workers=1", "dask.split=blocks"],
+                 "Dask, 2 workers x 1 thread": ["dask.workers=2", "dask.split=blocks"]}
+        results = {}
+        for name, extra in cases.items():
+            results[name] = run([*base, *extra])
+            print(f"{name}: {results[name]['seconds']:.0f} s", file=sys.stderr)
+    print(f"| {size}² ({size * size / 1e9:.2f} Gpx), probabilities + instances | wall time "
+          "| cores busy | objects | peak RSS of this process | on the workers |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, r in results.items():
+        phases = ", ".join(f"{k} {n} parts {t:.0f} s" for k, (n, t) in r["phases"].items())
+        print(f"| {name} | {r['seconds']:.0f} s | {r['cpu_s'] / r['seconds']:.2f} | "
+              f"{r.get('objects', 0):,} | {r['rss_mib']:,.0f} MiB | {phases or '-'} |")
+    one, two = (results[f"Dask, {k}"]["seconds"] for k in ("1 worker x 1 thread",
+                                                             "2 workers x 1 thread"))
+    print(f"\n2 workers / 1 worker: {one / two:.2f}x faster; 2 workers / one process: "
+          f"{results['one process, 2 threads']['seconds'] / two:.2f}x")
 
 
 def folder_bench(count: int, workdir: Path | None) -> None:

@@ -15,7 +15,7 @@ import pytest
 import zarr
 from helpers import ROOT, FailingImage, random_image, unet
 
-from segunet.infer.merger import BandMerger, ZarrMerger
+from segunet.infer.merger import BandMerger, ZarrMerger, boxes_for
 from segunet.infer.predict import predict_tiled
 
 
@@ -57,33 +57,48 @@ def test_band_merger_writes_each_chunk_once_and_equals_in_memory(padding, dims, 
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.parametrize("dims", [2, 3])
-def test_bands_of_rows_together_write_what_the_whole_image_writes(padding, dims):
-    """``rows=``, what a Dask worker predicts of a large image: the bands, each predicted
-    with only the tiles that touch it, fill exactly (bitwise) the whole call's array, each
-    chunk written by one band only."""
+def test_boxes_together_write_what_the_whole_image_writes(padding, dims):
+    """``box=``, what a Dask worker predicts of a large image, and how a volume too wide
+    for one band is predicted: the boxes, each predicted with only the batches of tiles
+    that touch it, fill exactly (bitwise) the whole call's array, each chunk written by
+    one box only."""
     channels, shape, tile, chunk = ((4, 8, 16), (1, 150, 61), 48, 16) if dims == 2 else (
         (2, 4), (1, 40, 21, 17), 22, 8)
     model = unet(padding, spatial_dims=dims, channels=channels, out_channels=3)
     image = random_image(shape)
-    whole = RecordingArray((3, *shape[1:]), (3, chunk, *shape[2:]))
+    chunks = (3, *(chunk,) * dims)
+    whole = RecordingArray((3, *shape[1:]), chunks)
     predict_tiled(model, image, tile, batch_size=2, out=whole)
-    bands = RecordingArray(whole.shape, whole.chunks)
-    for start in range(0, shape[1], 3 * chunk):
-        predict_tiled(model, image, tile, batch_size=2, out=bands,
-                      rows=(start, min(start + 3 * chunk, shape[1])))
-    np.testing.assert_array_equal(bands.data, whole.data)
-    starts = sorted(index[1].start for index in bands.writes)
-    assert starts == list(range(0, shape[1], chunk))
+    boxes = boxes_for(whole.shape, chunks, tile_rows=chunk // 2, parts=3,
+                      budget=BandMerger.band_bytes(whole.shape, chunk, chunk) // 3)
+    assert len({b[0] for b in boxes}) == 3 and len({b[1:] for b in boxes}) > 1
+    parts = RecordingArray(whole.shape, chunks)
+    for box in boxes:
+        predict_tiled(model, image, tile, batch_size=2, out=parts, box=box)
+    np.testing.assert_array_equal(parts.data, whole.data)
+    written = sorted(tuple(s.start for s in index[1:]) for index in parts.writes)
+    assert len(written) == len(set(written))  # no chunk row of a box twice
 
 
-def test_rows_must_be_whole_blocks_of_an_out_array():
+def test_a_box_must_be_whole_chunks_of_an_out_array():
     model = unet("same", channels=(4, 8))
     image = random_image((1, 40, 30))
-    out = RecordingArray((2, 40, 30), (2, 16, 30))
-    with pytest.raises(ValueError, match="whole blocks of 16 rows"):
-        predict_tiled(model, image, 32, out=out, rows=(8, 40))
+    out = RecordingArray((2, 40, 30), (2, 16, 15))
+    with pytest.raises(ValueError, match="whole chunks"):
+        predict_tiled(model, image, 32, out=out, box=[(8, 40)])
+    with pytest.raises(ValueError, match="whole chunks"):
+        predict_tiled(model, image, 32, out=out, box=[(0, 16), (0, 20)])
     with pytest.raises(ValueError, match="give one"):
-        predict_tiled(model, image, 32, rows=(0, 16))
+        predict_tiled(model, image, 32, box=[(0, 16)])
+
+
+def test_boxes_keep_the_whole_width_while_a_band_fits():
+    assert boxes_for((2, 32768, 32768), (2, 512, 512), 500) == [((0, 32768), (0, 32768))]
+    boxes = boxes_for((2, 2048, 2048, 2048), (2, 64, 64, 64), 100)
+    assert all(b[0] == (0, 2048) for b in boxes)
+    width = [(b[1][1] - b[1][0]) * (b[2][1] - b[2][0]) for b in boxes]
+    assert BandMerger.band_bytes((2, 2048, 512, 256), 64, 100) <= 2**30 and len(boxes) == 32
+    assert max(width) == 512 * 256
 
 
 def test_band_merger_on_device_tensors_equals_host_arrays():

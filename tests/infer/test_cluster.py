@@ -59,8 +59,8 @@ def test_two_workers_write_what_one_process_writes(batch, tmp_path, one_thread, 
 def test_the_blocks_of_one_image_on_two_workers_equal_one_process(
     tmp_path, one_thread, monkeypatch, capsys, extra,
 ):
-    """3 or 4 bands of rows to predict, as many blocks to decode (cores of one chunk), objects across
-    the seams; on the image's grid, and resampled onto the model's."""
+    """3 or 4 bands of rows to predict, as many blocks to decode (cores of one chunk),
+    objects across the seams; on the image's grid, and resampled onto the model's."""
     monkeypatch.setattr(objects, "CORE_CHUNKS", {2: 1, 3: 1})
     ckpt = save_tiny_checkpoint(tmp_path, channels=(2, 2), pixel_size=[0.5, 0.5],
                                 weights=detector)

@@ -388,3 +388,23 @@ def test_lazy_image_is_read_once_per_row_of_tiles():
                                   predict_tiled(model, image, 32, batch_size=3, resident=False))
     rows = len({start[0] for start, _ in plan_tiles((70, 53), (32, 32), (32, 32), "same", 3)})
     assert lazy.reads == rows
+
+
+def test_a_cpu_batch_holds_no_more_tiles_than_its_activation_budget(monkeypatch):
+    """By hand: a tile of the (2, 2)-wide 3D net with 1 input and 2 output channels takes
+    4 bytes x 144³ voxels x (12 x 2 + 1 + 2 x 2) maps = 346 MB, so one fits 512 MiB; a 2D
+    tile of 600² takes 42 MB, so the 8 asked for fit. Off the CPU the batch is as given."""
+    from segunet.infer import predict
+
+    net = UNet(1, 2, 3, (2, 2), padding="valid", norm=None)
+    cpu = torch.device("cpu")
+    assert predict._batch_on(cpu, net, (144,) * 3, 8) == 1
+    assert predict._batch_on(cpu, UNet(1, 2, 2, (2, 2), padding="valid", norm=None),
+                             (600, 600), 8) == 8
+    assert predict._batch_on(torch.device("cuda"), net, (144,) * 3, 8) == 8
+    seen = []
+    monkeypatch.setattr(predict, "CPU_BATCH_BYTES", 4 * 36**3 * 29 * 3)
+    real = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: (seen.append(len(x)), real(x))[1])
+    predict_tiled(net, random_image((1, 40, 40, 40)), tile_shape=36, batch_size=8)
+    assert max(seen) == 3 and sum(seen) >= 8

@@ -5,6 +5,8 @@ that every image spans several."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -12,7 +14,7 @@ import zarr
 from helpers import detector, same_objects, save_tiny_checkpoint, smooth
 
 from segunet.cli.predict import run as main
-from segunet.infer import objects
+from segunet.infer import merger, objects
 
 
 @pytest.fixture
@@ -48,6 +50,24 @@ def test_3d_ome_zarr_instances_equal_the_whole_volume_decoding(tmp_path, small_b
     assert streamed.shape == (1, 70, 90, 80)  # NGFF: a label image keeps the channel axis
     assert whole.max() > 5
     same_objects(streamed[0], whole)
+
+
+def test_a_volume_too_wide_for_one_band_is_predicted_in_boxes_that_equal_one_pass(
+    tmp_path, monkeypatch, capsys,
+):
+    ckpt = save_tiny_checkpoint(tmp_path, spatial_dims=3, channels=(2, 2), weights=detector)
+    tifffile.imwrite(tmp_path / "v.tif", smooth((70, 150, 140), 1))
+    args = [f"checkpoint={ckpt}", f"input={tmp_path / 'v.tif'}", "format=zarr", "tile=32"]
+    assert main([*args, f"output={tmp_path / 'one'}"]) == 0
+    monkeypatch.setattr(merger, "BOX_BYTES", 2**20)
+    assert main([*args, f"output={tmp_path / 'boxes'}"]) == 0
+    err = capsys.readouterr().err
+    found = re.search(r"predicted in (\d+) boxes, as a band of its whole width", err)
+    assert found and int(found.group(1)) >= 4
+    for name in ("probabilities", "labels", "instances"):
+        np.testing.assert_array_equal(
+            zarr.open_array(str(tmp_path / "boxes" / f"v_{name}.zarr"))[...],
+            zarr.open_array(str(tmp_path / "one" / f"v_{name}.zarr"))[...], err_msg=name)
 
 
 def test_tif_beyond_the_memory_available_is_one_line_naming_the_zarr_formats(

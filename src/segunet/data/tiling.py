@@ -230,6 +230,21 @@ def plan_tiles(
     return [(tuple(start), tuple(start)) for start in itertools.product(*axes)]
 
 
+def batches_touching(tiles: list, batch_size: int, out_tile: Sequence[int],
+                      box: Sequence[tuple[int, int]]) -> list:
+    """The tiles of the batches (as the whole image is batched) that touch the output
+    ``box``. Whole batches: a tile's result can depend on the others in its batch in the
+    last bits (the algorithms a convolution picks by batch), and the boxes must equal the
+    whole."""
+    kept = []
+    for i in range(0, len(tiles), batch_size):
+        batch = tiles[i:i + batch_size]
+        if any(all(a - t < o < b for o, t, (a, b) in zip(out, out_tile, box))
+               for _, out in batch):
+            kept += batch
+    return kept
+
+
 @lru_cache(maxsize=8)
 def blend_window(tile: tuple[int, ...], blend: Blend = "gaussian", sigma_scale: float = 0.125):
     """Per-pixel weight of a tile's prediction when overlapping tiles are averaged.

@@ -9,7 +9,7 @@ kinds of parallelism (``dask.split``):
   the console with its image when the task is done.
 - ``blocks``, for images larger than one worker can predict fast enough (``format=zarr``
   or ``ome-zarr``): this process opens the image and its outputs and hands out the parts:
-  bands of rows to predict (:func:`predict_band`), bands of labels, and the blocks of the
+  boxes to predict (:func:`predict_box`), bands of labels, and the blocks of the
   instances to decode and renumber (:mod:`segunet.postprocess.streamed`), whose stitching
   it does itself. Every part reads and writes whole chunks of the stores in place.
 
@@ -27,8 +27,8 @@ import dataclasses
 import functools
 import io
 import itertools
-import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -198,6 +198,7 @@ class Workers:
         index = {future.key: i for i, future in enumerate(futures)}
         bar = tqdm(total=len(items), unit="part", desc=f"{description} (Dask)",
                    disable=not progress)
+        started = time.perf_counter()
         try:
             for future in as_completed(futures):
                 result = future.result()
@@ -207,15 +208,13 @@ class Workers:
         finally:
             self.client.cancel(futures)
             bar.close()
+        # Where the time goes: the parts on the workers, the rest here.
+        print(f"segunet: Dask: {description}: {len(items)} parts in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
 
-    def band_rows(self, height: int, chunk: int, tile_rows: int) -> list[tuple[int, int]]:
-        """The bands of rows to predict as tasks: whole chunks, about four per worker, but
-        at least four tiles high, as the tiles that straddle two bands are predicted for
-        both."""
-        workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        rows = max(4 * tile_rows, math.ceil(height / (4 * workers)))
-        rows = math.ceil(rows / chunk) * chunk
-        return [(a, min(a + rows, height)) for a in range(0, height, rows)]
+    @property
+    def count(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
 
 
 _batches = itertools.count()
@@ -228,22 +227,24 @@ def _on_worker(item: Any, task: Callable[..., Any], threads: int, **shared: Any)
     return task(item, **shared)
 
 
-def predict_band(rows: tuple[int, int], checkpoint: str, device: str, image: Any,
-                 grid: Any, out: Any, tiling: dict[str, Any]) -> int:
-    """On a worker: predict output ``rows`` of ``image`` (a detached
+def predict_box(box: tuple[tuple[int, int], ...], checkpoint: str, device: str, image: Any,
+                grid: Any, out: Any, tiling: dict[str, Any]) -> int:
+    """On a worker: predict the output ``box`` of ``image`` (a detached
     :class:`~segunet.infer.inputs.NormalizedImage`, reopened here) on ``grid`` into
-    ``out`` with the worker's model; how many of the rows' probabilities are not finite."""
+    ``out`` with the worker's model; how many of its probabilities are not finite."""
     from segunet.infer.inputs import non_finite, open_array
     from segunet.infer.predict import predict_tiled
 
     trained = _model(checkpoint, device)
     with contextlib.ExitStack() as stack:
         raw = open_array(Path(image.source), stack)
-        predict_tiled(trained.model, grid.to_model(image.attached(raw)), out=out, rows=rows,
+        predict_tiled(trained.model, grid.to_model(image.attached(raw)), out=out, box=box,
                       **tiling)
+    (top, bottom), *rest = box
     chunk = out.chunks[1]
-    return sum(non_finite(np.asarray(out[:, a:min(a + chunk, rows[1])]))
-               for a in range(rows[0], rows[1], chunk))
+    return sum(non_finite(np.asarray(out[(slice(None), slice(a, min(a + chunk, bottom)),
+                                          *(slice(*r) for r in rest))]))
+               for a in range(top, bottom, chunk))
 
 
 def argmax_band(rows: slice, probs: Any, out: Any) -> None:

@@ -12,6 +12,7 @@ of rows that tiles still touch and writes each finished chunk once.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 Region = tuple[slice, ...]
+#: Most bytes the band of a box takes (see :func:`boxes_for`).
+BOX_BYTES = 2**30
 
 
 class Merger(ABC):
@@ -111,9 +114,6 @@ class BandMerger(Merger):
             or :data:`DEFAULT_ROWS` for an unchunked ``out``.
         device: where the band accumulates (a torch device); None: where the first tile is,
             so on the GPU the prediction loop hands over tiles without a host round trip.
-        within: ``(start, stop)``: write only these rows, whole blocks (``start`` a multiple
-            of ``rows``, ``stop`` too or the height); tiles that reach beyond them add to
-            blocks that are dropped.
     """
 
     #: Block height of an unchunked ``out``, by number of spatial axes.
@@ -122,17 +122,11 @@ class BandMerger(Merger):
     PENDING = 3
 
     def __init__(
-        self, out: Any, weighted: bool = True, rows: int | None = None, device: Any = None,
-        within: tuple[int, int] | None = None,
+        self, out: Any, weighted: bool = True, rows: int | None = None, device: Any = None
     ) -> None:
         super().__init__(out.shape, weighted)
         self.out = out
         self.rows = self.block_rows(self.shape, getattr(out, "chunks", None), rows)
-        height = self.shape[1]
-        start, stop = within or (0, height)
-        if start % self.rows or (stop % self.rows and stop != height) or not start < stop:
-            raise ValueError(f"within={within} must be whole blocks of {self.rows} rows")
-        self.written = range(start // self.rows, -(-min(stop, height) // self.rows))
         self.count = -(-self.shape[1] // self.rows)  # blocks in all
         self.device = None if device is None else torch.device(device)
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -217,7 +211,7 @@ class BandMerger(Merger):
         """Finish the blocks before block ``stop`` and hand them to the writer thread."""
         for b in range(self.done, stop):
             values, weight = self.blocks.pop(b, (None, None))
-            if values is None or b not in self.written:  # no tile touched it, or not ours
+            if values is None:  # no tile touched it (a caller's merger): leave out as is
                 continue
             if weight is not None:
                 values = values / weight  # not in place: blocks may be inference tensors
@@ -261,6 +255,85 @@ class BandMerger(Merger):
         """Wait until at most ``keep`` writes are pending; re-raise a failed write's error."""
         while self.pending and (len(self.pending) > keep or self.pending[0].done()):
             self.pending.popleft().result()
+
+
+def boxes_for(shape: Sequence[int], chunks: Sequence[int], tile_rows: int,
+              parts: int = 1, budget: int | None = None) -> list[tuple[tuple[int, int], ...]]:
+    """The boxes to predict an output ``(classes, *spatial)`` of ``chunks`` in (see
+    :func:`~segunet.infer.predict.predict_tiled`'s ``box``), whole chunks each: as wide as
+    a band of the box (:meth:`BandMerger.band_bytes`) fits in ``budget`` bytes (default
+    :data:`BOX_BYTES`), halving
+    the widest of the other axes until it does (a volume of 2048² slices; a 2D image
+    wider than ~80k px); and split along the first axis into about ``parts`` bands, each
+    at least four tiles (``tile_rows``) high, as the tiles that straddle two boxes are
+    predicted for both."""
+    budget = BOX_BYTES if budget is None else budget
+    classes, first, *rest = (int(n) for n in shape)
+    chunk = [int(c) for c in chunks[-len(shape) + 1:]]
+    rows = BandMerger.block_rows(shape, chunks)
+    width = list(rest)
+    while any(w > c for w, c in zip(width, chunk[1:])) and BandMerger.band_bytes(
+            (classes, first, *width), rows, tile_rows) > budget:
+        axis = int(np.argmax(width))
+        width[axis] = math.ceil(width[axis] / 2 / chunk[axis + 1]) * chunk[axis + 1]
+    height = max(4 * tile_rows, math.ceil(first / max(1, parts)))
+    height = math.ceil(height / chunk[0]) * chunk[0]
+    axes = [range(0, first, height), *(range(0, n, w) for n, w in zip(rest, width))]
+    sizes = [height, *width]
+    return [tuple((a, min(a + w, n)) for a, w, n in zip(corner, sizes, (first, *rest)))
+            for corner in itertools.product(*axes)]
+
+
+class BoxView:
+    """A box of a ``(classes, *spatial)`` array-like, written through: what a
+    :class:`BandMerger` fills for one part of a larger output. The box is whole chunks of
+    ``out`` (its end may be the array's), so parts written by different processes never
+    share a chunk."""
+
+    def __init__(self, out: Any, box: Sequence[tuple[int, int]]) -> None:
+        self.out, self.box = out, tuple((int(a), int(b)) for a, b in box)
+        self.dtype = out.dtype
+        self.chunks = getattr(out, "chunks", None)
+        spatial = tuple(int(n) for n in out.shape[1:])
+        for (a, b), n, c in zip(self.box, spatial, self.chunks[1:] if self.chunks else
+                                (1,) * len(spatial)):
+            if not 0 <= a < b <= n or a % c or (b % c and b != n):
+                raise ValueError(f"box={list(self.box)} must be whole chunks of "
+                                 f"{tuple(self.chunks or ())} within {spatial}")
+        self.shape = (int(out.shape[0]), *(b - a for a, b in self.box))
+
+    def __setitem__(self, index: tuple[slice, ...], value: Any) -> None:
+        index = (*index, *(slice(None),) * (len(self.shape) - len(index)))
+        spatial = tuple(slice(a + (s.start or 0), a + (b - a if s.stop is None else s.stop))
+                        for s, (a, b) in zip(index[1:], self.box))
+        self.out[(index[0], *spatial)] = value
+
+
+class CroppedMerger(Merger):
+    """Passes on to ``inner`` (a merger of the ``box`` of the whole output) the part of
+    each tile inside the box, in the box's coordinates; the rest is dropped."""
+
+    def __init__(self, inner: Merger, box: Sequence[tuple[int, int]]) -> None:
+        super().__init__(inner.shape, inner.weighted)
+        self.inner, self.box = inner, tuple(box)
+
+    def add(self, region: Region, probs: Any, weights: Any = None) -> None:
+        inside = [(max(r.start, a), min(r.stop, b)) for r, (a, b) in zip(region, self.box)]
+        if any(lo >= hi for lo, hi in inside):
+            return
+        local = tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(inside, self.box))
+        crop = tuple(slice(lo - r.start, hi - r.start) for (lo, hi), r in zip(inside, region))
+        self.inner.add(local, probs[(slice(None), *crop)],
+                       None if weights is None else weights[crop])
+
+    def finalize(self) -> Any:
+        return self.inner.finalize()
+
+    def takes(self, device: Any) -> bool:
+        return self.inner.takes(device)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class ZarrMerger(BandMerger):
