@@ -149,9 +149,7 @@ class NormalizedImage:
         """This image without its raw array, to send to another process, where
         :meth:`attached` gives it the file reopened: its normalisation is not measured
         again."""
-        copy = object.__new__(NormalizedImage)
-        copy.__dict__.update(self.__dict__, raw=None)
-        return copy
+        return self.attached(None)
 
     def attached(self, raw: Any) -> NormalizedImage:
         """This image reading ``raw`` (the same file, reopened)."""

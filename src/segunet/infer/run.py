@@ -79,10 +79,10 @@ from segunet.infer.scale import (
     search_scale,
 )
 from segunet.infer.settings import Batch, Prediction, Settings
+from segunet.postprocess.decoding import Decoder, argmax_of, class_dtype
 
 if TYPE_CHECKING:
     from segunet.infer.cluster import Workers
-from segunet.postprocess.decoding import Decoder, argmax_of, class_dtype
 
 
 def predict_files(batch: Batch, settings: Settings, dask: Any = None) -> list[Path]:
@@ -419,8 +419,8 @@ def predict_streamed(
     straight into their output, or, when resampled, into a hidden store on the model's
     grid that is then resampled band by band into it; the labels block by block from
     them, and the instances block by block (:mod:`segunet.infer.objects`). None comes into
-    memory whole. ``workers``: the bands, labels and instance blocks as their tasks (the
-    resampling back stays here)."""
+    memory whole. ``workers``: the boxes to predict, the bands of labels and the instance
+    blocks as their tasks (the resampling back and the stitching stay here)."""
     from segunet.checkpoint import unwrap
     from segunet.infer.objects import write_instances
 
