@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="for the TIFFs and stores (default: temp)")
     p.add_argument("--folder", type=int, default=0, help="images of the folder bench (0: none)")
     p.add_argument("--dask", type=int, default=0, help="edge of the Dask image bench (0: none)")
-    p.add_argument("--volumes", default="", help="edges of 3D volumes, voxels (e.g. 256,512)")
+    p.add_argument("--volumes", default="",
+                   help="3D volumes: edges of cubes or ZxYxX shapes (e.g. 256,256x2048x2048)")
     p.add_argument("--instances-only", action="store_true",
                    help="volumes: skip the run of probabilities alone")
     return p.parse_args(argv)
@@ -81,29 +82,27 @@ def write_tiff(path: Path, size: int) -> None:
                      bigtiff=size * size > 2**31)
 
 
-def write_volume(path: Path, size: int) -> None:
-    """A uint8 zarr volume of ``size``³ voxels, chunks of 64³, from a pool of 4 blocks of
-    128³ of blurred noise (bright blobs: the objects), written a slab at a time."""
+def write_volume(path: Path, shape: tuple[int, int, int]) -> None:
+    """A uint8 zarr volume of ``shape``, chunks of 64³, from a pool of 4 blocks of 128³ of
+    blurred noise (bright blobs: the objects), written a slab at a time."""
     import zarr
     from scipy import ndimage as ndi
 
-    edge = min(128, size)
+    edge = min(128, *shape)
     pool = []
     for seed in range(4):
         noise = ndi.gaussian_filter(np.random.default_rng(seed).random((edge,) * 3), 3,
                                     mode="wrap")
         pool.append(((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8))
-    out = zarr.create_array(store=str(path), shape=(size,) * 3, chunks=(64,) * 3,
-                            dtype=np.uint8)
-    count = math.ceil(size / edge)
-    for z in range(count):
-        slab = np.empty((edge, size, size), np.uint8)
-        for y in range(count):
-            for x in range(count):
-                block = pool[(z + 2 * y + 3 * x) % len(pool)]
-                slab[:, y * edge:(y + 1) * edge, x * edge:(x + 1) * edge] = block[
-                    :, :size - y * edge, :size - x * edge]
-        out[z * edge:(z + 1) * edge] = slab[:size - z * edge]
+    out = zarr.create_array(store=str(path), shape=shape, chunks=(64,) * 3, dtype=np.uint8)
+    depth, height, width = shape
+    for z in range(0, depth, edge):
+        slab = np.empty((edge, height, width), np.uint8)
+        for y in range(0, height, edge):
+            for x in range(0, width, edge):
+                block = pool[(z + 2 * y + 3 * x) // edge % len(pool)]
+                slab[:, y:y + edge, x:x + edge] = block[:, :height - y, :width - x]
+        out[z:z + edge] = slab[:depth - z]
 
 
 def write_checkpoint(path: Path, dims: int = 2) -> None:
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dask:
         dask_bench(args.dask, args.workdir)
     if args.volumes:
-        volume_bench([int(v) for v in args.volumes.split(",")], args.workdir,
+        volume_bench([_volume_shape(v) for v in args.volumes.split(",")], args.workdir,
                      args.instances_only)
     if not sizes:
         return
@@ -181,8 +180,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{both['seconds'] / probs['seconds']:.2f} |")
 
 
-def volume_bench(sizes: list[int], workdir: Path | None, instances_only: bool) -> None:
-    """Volumes of ``sizes``³ voxels with a 3D model: probabilities alone (unless
+def _volume_shape(text: str) -> tuple[int, int, int]:
+    """``N`` (a cube) or ``ZxYxX``."""
+    sizes = [int(n) for n in text.split("x")]
+    return (sizes[0],) * 3 if len(sizes) == 1 else tuple(sizes)
+
+
+def volume_bench(sizes: list[tuple[int, int, int]], workdir: Path | None,
+                 instances_only: bool) -> None:
+    """Volumes of ``sizes`` (ZYX) voxels with a 3D model: probabilities alone (unless
     ``instances_only``), and with instances, each in a child process: wall time, peak RSS,
     objects."""
     rows = []
@@ -191,14 +197,14 @@ def volume_bench(sizes: list[int], workdir: Path | None, instances_only: bool) -
         ckpt = work / "detector3d.pt"
         write_checkpoint(ckpt, dims=3)
         for size in sizes:
-            volume = work / f"blobs_{size}.zarr"
+            volume = work / f"blobs_{'x'.join(map(str, size))}.zarr"
             write_volume(volume, size)
             base = ["predict", f"checkpoint={ckpt}", f"input={volume}", "format=zarr",
                     f"output={work / 'out'}", "overwrite=true"]
             probs = None if instances_only else run([*base, "outputs=probabilities"])
             both = run([*base, "outputs=probabilities,instances"])
             rows.append((size, probs, both))
-            print(f"{size}³: {_time_rss(probs)}; with instances {_time_rss(both)}",
+            print(f"{_shape(size)}: {_time_rss(probs)}; with instances {_time_rss(both)}",
                   file=sys.stderr)
             shutil.rmtree(volume)
             shutil.rmtree(work / "out", ignore_errors=True)
@@ -206,8 +212,13 @@ def volume_bench(sizes: list[int], workdir: Path | None, instances_only: bool) -
           "peak RSS |")
     print("|---|---:|---|---|")
     for size, probs, both in rows:
-        print(f"| {size}³ ({size**3 / 1e9:.2f} Gvox) | {both.get('objects', 0):,} | "
+        print(f"| {_shape(size)} ({math.prod(size) / 1e9:.2f} Gvox) | "
+              f"{both.get('objects', 0):,} | "
               f"{_time_rss(probs)} | {_time_rss(both)} |")
+
+
+def _shape(shape: tuple[int, int, int]) -> str:
+    return f"{shape[0]}³" if len(set(shape)) == 1 else "x".join(map(str, shape))
 
 
 def _time_rss(result: dict | None) -> str:
