@@ -4,10 +4,10 @@ SIGTERM is what a cluster scheduler sends before preempting a job: it stops trai
 does (a checkpoint is saved, then one line says how to resume). So does SIGUSR2, which
 submitit (Hydra's SLURM launcher) asks SLURM to send before a job's time limit: without this
 it would requeue the job, which does not resume by itself, losing the steps since the last
-checkpoint. A signal that lands while an
-optimiser step is being committed (optimiser, scaler, scheduler, step count) is held until the
-step is whole, so a checkpoint never pairs the weights of one step with the count of another;
-while the final checkpoint is written, further signals are ignored.
+checkpoint. A signal that lands while an optimiser step is being committed (optimiser,
+scaler, scheduler, step count) is held until the step is whole, so a checkpoint never pairs
+the weights of one step with the count of another; while the final checkpoint is written,
+further signals are ignored.
 
 Python delivers signals to the main thread only; elsewhere these helpers change nothing.
 """
