@@ -248,7 +248,8 @@ def _batch_on(device: torch.device, net: nn.Module, in_tile: Sequence[int],
     """``batch_size``, on the CPU at most the tiles whose activations take
     :data:`CPU_BATCH_BYTES` (a tile: about 12 maps of the first level's width at full size,
     measured on a 3D net). A larger batch buys no speed there (8 tiles of 128³ or 1: 20.1
-    vs 20.0 s) and in 3D costs gigabytes (2.6 vs 1.0 GB)."""
+    vs 20.0 s) and in 3D costs gigabytes (2.6 vs 1.0 GB peak RSS; timed by hand with
+    ``/usr/bin/time`` on scripts/bench_scale.py's 256³ volume and 3D net, one run each)."""
     if device.type != "cpu":
         return batch_size
     widths = 12 * net.channels[0] + net.in_channels + 2 * net.out_channels
