@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="3D volumes: edges of cubes or ZxYxX shapes (e.g. 256,256x2048x2048)")
     p.add_argument("--instances-only", action="store_true",
                    help="volumes: skip the run of probabilities alone")
+    p.add_argument("--batches", default="",
+                   help="volumes: also probabilities alone at these batch_size= (e.g. 8,1)")
     return p.parse_args(argv)
 
 
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         dask_bench(args.dask, args.workdir)
     if args.volumes:
         volume_bench([_volume_shape(v) for v in args.volumes.split(",")], args.workdir,
-                     args.instances_only)
+                     args.instances_only, [int(b) for b in args.batches.split(",") if b])
     if not sizes:
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -187,10 +189,10 @@ def _volume_shape(text: str) -> tuple[int, int, int]:
 
 
 def volume_bench(sizes: list[tuple[int, int, int]], workdir: Path | None,
-                 instances_only: bool) -> None:
+                 instances_only: bool, batches: list[int]) -> None:
     """Volumes of ``sizes`` (ZYX) voxels with a 3D model: probabilities alone (unless
     ``instances_only``), and with instances, each in a child process: wall time, peak RSS,
-    objects."""
+    objects; ``batches``: probabilities alone at each of these batch sizes too."""
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         work = Path(tmp)
@@ -204,6 +206,9 @@ def volume_bench(sizes: list[tuple[int, int, int]], workdir: Path | None,
             probs = None if instances_only else run([*base, "outputs=probabilities"])
             both = run([*base, "outputs=probabilities,instances"])
             rows.append((size, probs, both))
+            for batch in batches:  # what a CPU batch costs (see predict._batch_on)
+                print(f"{_shape(size)}, batch_size={batch}: "
+                      f"{_time_rss(run([*base, 'outputs=probabilities', f'batch_size={batch}']))}")
             print(f"{_shape(size)}: {_time_rss(probs)}; with instances {_time_rss(both)}",
                   file=sys.stderr)
             shutil.rmtree(volume)
