@@ -30,6 +30,7 @@ class Volume:
     weight: np.ndarray  # (*spatial) float32 pixel weights (border weight map)
     ignore: np.ndarray  # (*spatial) bool, True where unlabelled
     instances: np.ndarray | None = None  # (*spatial) objects of the labels, for object metrics
+    group: str = ""  # its kind (data.balance=appearance: normalize.appearance), "" for all
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -49,6 +50,7 @@ class SegmentationData:
     num_classes: int = 2
     patch_size: tuple[int, ...] | None = None
     foreground_oversample: float = 0.0
+    balance: bool = False  # temper the draws across groups of images (draw_shares)
     name: str = "data"
     class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
     target: str = "foreground"  # what the classes are (segunet.data.targets)
@@ -141,7 +143,9 @@ class PatchDataset(Dataset):
     Seeding by index makes a run reproducible whatever the number of workers, and lets a
     resumed run draw exactly the patches the uninterrupted run would have drawn. With
     probability ``foreground_oversample`` the output tile is centred on a random foreground
-    pixel (sparse objects otherwise rarely appear in a patch). ``augment``, if given, runs
+    pixel (sparse objects otherwise rarely appear in a patch). Images are drawn in proportion
+    to their size; ``balance`` tempers that across groups of images (:func:`draw_shares`).
+    ``augment``, if given, runs
     here on a batch of one (``augment.device=cpu``: in the DataLoader workers); otherwise the
     trainer augments whole batches on its device and crops to the output tile afterwards.
     """
@@ -155,14 +159,13 @@ class PatchDataset(Dataset):
         foreground_oversample: float = 0.0,
         augment: Callable | None = None,
         length: int = 2**62,
+        balance: bool = False,
     ) -> None:
         self.volumes = list(volumes)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.seed, self.length = seed, length
         self.foreground_oversample, self.augment = foreground_oversample, augment
-        # Larger images hold more distinct patches: sample them proportionally to their size.
-        sizes = np.array([np.prod(v.spatial_shape) for v in self.volumes], dtype=float)
-        self.p = sizes / sizes.sum()
+        self.p = draw_shares(self.volumes, balance)
         self._foreground: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -201,6 +204,23 @@ class PatchDataset(Dataset):
             volume = self.volumes[k]
             self._foreground[k] = np.flatnonzero((volume.label > 0) & ~volume.ignore)
         return self._foreground[k]
+
+
+def draw_shares(volumes: Sequence[Volume], balance: bool = False) -> np.ndarray:
+    """How often each volume is drawn. Larger images hold more distinct patches, so the share
+    is proportional to size. With ``balance``, that holds within each group
+    (:attr:`Volume.group`), and the groups share in proportion to the square root of their
+    image counts (temperature sampling, T = 2): a modality that is a tenth of the images gets
+    a quarter of the draws rather than a tenth, and a handful of odd images stays a handful."""
+    sizes = np.array([np.prod(v.spatial_shape) for v in volumes], dtype=float)
+    groups = np.array([v.group if balance else "" for v in volumes])
+    kinds, counts = np.unique(groups, return_counts=True)
+    weights = np.sqrt(counts) / np.sqrt(counts).sum()
+    shares = np.empty_like(sizes)
+    for kind, weight in zip(kinds, weights):
+        mine = groups == kind
+        shares[mine] = weight * sizes[mine] / sizes[mine].sum()
+    return shares
 
 
 def to_tensors(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

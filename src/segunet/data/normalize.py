@@ -35,6 +35,22 @@ def bright_background(normalised: np.ndarray) -> bool:
     return float(np.median(np.asarray(normalised).mean(axis=0))) > 0.5
 
 
+def has_colour(normalised: np.ndarray) -> bool:
+    """Whether a normalised ``(C, *spatial)`` image is RGB whose channels differ (not grey
+    saved as RGB)."""
+    norm = np.asarray(normalised)
+    return norm.shape[0] == 3 and float(np.abs(norm - norm.mean(0, keepdims=True)).mean()) > 0.01
+
+
+def appearance(normalised: np.ndarray) -> str:
+    """What a normalised ``(C, *spatial)`` image looks like, colour or grey on a bright or
+    dark background (``"colour, bright background"``: H&E; ``"grey, dark background"``:
+    fluorescence): the kinds ``data.balance=appearance`` draws from."""
+    norm = np.asarray(normalised)
+    return (f"{'colour' if has_colour(norm) else 'grey'}, "
+            f"{'bright' if bright_background(norm) else 'dark'} background")
+
+
 def orient(normalised: np.ndarray, polarity: str) -> np.ndarray:
     """A normalised image with bright objects on dark (``polarity=bright_objects``), or as
     it is (``as_is``)."""

@@ -38,9 +38,11 @@ from segunet.data.normalize import (
     DEFAULT_PERCENTILES,
     Percentile,
     Polarity,
+    appearance,
     check_percentiles,
     check_polarity,
     image_channels_first,
+    normalize_percentile,
     prepare_image,
 )
 from segunet.data.pixelsize import PixelSize, check_pixel_size, describe_pixel_size, spatial
@@ -50,6 +52,11 @@ from segunet.errors import SegunetError
 
 Seed = Annotated[int, Range(ge=0)]  # numpy's generators take no negative seed
 ValFraction = Annotated[float, Range(gt=0, lt=1)]
+#: ``data.balance``: draw images in proportion to their size (``none``), or temper that
+#: across kinds of :func:`~segunet.data.normalize.appearance` (colour or grey, bright or dark
+#: background): each kind in proportion to the square root of its image count
+#: (``appearance``: a dataset of several modalities; :func:`~segunet.data.datasets.draw_shares`).
+Balance = Literal["none", "appearance"]
 
 
 # --- splits and the returned data ----------------------------------------------------------
@@ -130,6 +137,7 @@ def make_data(
     target: Target = "foreground",
     metric: str = "dice",
     pixel_size: PixelSize | None = None,
+    balance: bool = False,
 ) -> SegmentationData:
     """The :class:`SegmentationData` of a source, with how its patches are drawn."""
     return SegmentationData(
@@ -143,6 +151,7 @@ def make_data(
         target=target,
         metric=metric,
         pixel_size=pixel_size,
+        balance=balance,
     )
 
 
@@ -254,6 +263,7 @@ def folder(
     spatial_dims: SpatialDims = 2,
     percentiles: Sequence[Percentile] | None = DEFAULT_PERCENTILES,
     polarity: Polarity = "as_is",
+    balance: Balance = "none",
     val_fraction: ValFraction = 0.1,
     split_seed: Seed = 0,
     max_images: Count | None = None,
@@ -271,6 +281,7 @@ def folder(
     ``(Z, Y, X)`` (``spatial_dims=3``), any integer or float type; ``channels`` converts RGB
     to grey (1) or grey to RGB (3). ``max_images`` keeps the first images by name (quick
     runs). The validation images are a ``split_seed`` permutation's first ``val_fraction``.
+    ``balance``: how training images are drawn (:data:`Balance`).
     ``targets``: how the labels become targets and weight maps (:class:`Targets`). ``target``
     and ``metric``: what the network learns and what validation scores
     (:mod:`segunet.data.targets`, :data:`segunet.data.targets.TASK_METRICS`). ``pixel_size``
@@ -294,11 +305,16 @@ def folder(
         pairs = pairs[: int(max_images)]
     val_names = set(split_names([p[0].stem for p in pairs], val_fraction, split_seed))
 
-    names, prepared, label_images, sources = [], [], [], []
+    names, prepared, label_images, sources, groups = [], [], [], [], []
     for image_file, label_file in pairs:
         lab = label_image(read_array(label_file), spatial_dims, str(label_file))
         img = image_channels_first(read_array(image_file), lab.shape, str(image_file),
                                    str(label_file))
+        if balance == "appearance":  # before channels and polarity change how it looks
+            groups.append(appearance(normalize_percentile(
+                img.astype(np.float32), *(percentiles or DEFAULT_PERCENTILES), channel_axis=0)))
+        else:
+            groups.append("")
         img = prepare_image(img, channels, percentiles, str(image_file), polarity)
         names.append(image_file.stem)
         prepared.append(img)
@@ -311,6 +327,8 @@ def folder(
             "data.channels=1 (grey) or 3 (RGB)"
         )
     volumes = targets.volumes(names, prepared, label_images, sources, target)
+    for volume, group in zip(volumes, groups):
+        volume.group = group
     if sizes is None:
         sizes = common_pixel_size(
             {str(image): read_pixel_size(image) for image, _ in pairs}, spatial_dims
@@ -321,7 +339,7 @@ def folder(
         targets.num_classes_out(target),
         class_names_for(class_names, targets.label_kind, targets.num_classes, target),
         name, patch_size, foreground_oversample=foreground_oversample,
-        target=target, metric=metric, pixel_size=sizes,
+        target=target, metric=metric, pixel_size=sizes, balance=balance == "appearance",
     )
 
 

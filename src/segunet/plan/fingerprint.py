@@ -24,7 +24,9 @@ from segunet.data.io import read_array, read_pixel_size
 from segunet.data.labels import instances_from_labels, label_image
 from segunet.data.normalize import (
     LUMA,
+    appearance,
     bright_background,
+    has_colour,
     image_channels_first,
     normalize_percentile,
 )
@@ -82,6 +84,7 @@ class Fingerprint:
     touching: float = 0.0  # share of objects touching another
     gap: dict[str, float] = field(default_factory=dict)  # px, QUANTILES
     border_cut: float = 0.0  # share of objects the image border cuts
+    appearances: dict[str, int] = field(default_factory=dict)  # images per kind (appearance)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -281,6 +284,7 @@ class _Tally:
     dtypes: set[str] = field(default_factory=set)
     values: dict[int, list[np.ndarray]] = field(default_factory=dict)
     colour: list[bool] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
     gains: list[float] = field(default_factory=list)
     dark: list[bool] = field(default_factory=list)
     rule: list[bool] = field(default_factory=list)
@@ -363,8 +367,9 @@ def _measure(s: Sample, kind: str, fg_value: int | None, ignore_value: int | Non
         image.shape[0], -1)
     fg = norm[:, _pick(inside.ravel(), rng)].T
     bg = norm[:, _pick(outside.ravel(), rng)].T
-    colour = image.shape[0] == 3 and _differ(norm)
+    colour = has_colour(norm)
     tally.colour.append(colour)
+    tally.kinds.append(appearance(norm))
     grey_fg, grey_bg = _grey(fg), _grey(bg)
     dark = float(grey_fg.mean()) < float(grey_bg.mean())
     tally.dark.append(dark)
@@ -377,11 +382,6 @@ def _measure(s: Sample, kind: str, fg_value: int | None, ignore_value: int | Non
 def _pick(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     where = np.flatnonzero(mask)
     return where if len(where) <= PIXELS else rng.choice(where, PIXELS, replace=False)
-
-
-def _differ(norm: np.ndarray) -> bool:
-    """Whether the channels of a normalised RGB image differ (not grey saved as RGB)."""
-    return float(np.abs(norm - norm.mean(0, keepdims=True)).mean()) > 0.01
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:
@@ -437,6 +437,7 @@ def _summary(data: Mapping[str, Any], count: int, dims: int, sizes: list[float] 
         touching=round(float(np.mean(gaps == 0)), 4),
         gap=_quantiles(gaps[np.isfinite(gaps)]),
         border_cut=round(tally.cut / len(areas), 4),
+        appearances={k: tally.kinds.count(k) for k in sorted(set(tally.kinds))},
     )
 
 
@@ -457,6 +458,7 @@ def describe(fp: Fingerprint) -> str:
                       + "; ".join(" / ".join(f"{v:g}" for v in c) for c in fp.intensity)),
         ("polarity", f"objects darker than the background in {fp.dark_objects:.0%} of the "
                      f"images; a bright background tells which in {fp.polarity_rule:.0%}"),
+        ("appearance", "; ".join(f"{k}: {n}" for k, n in fp.appearances.items()) or "-"),
         ("pixel size", "not recorded" if fp.pixel_size is None else
          f"{' x '.join(f'{v:g}' for v in fp.pixel_size)} um, anisotropy {fp.anisotropy:g}"),
         ("labels", f"{fp.label_kind}" + (f" (objects = {fp.foreground_value})"

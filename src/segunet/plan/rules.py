@@ -38,6 +38,10 @@ width, ``trainer.batch_size``    CPU: 16 channels at the top, batch 4 (the hand 
                                  are inverted, in training and predict; one polarity to learn
 ``augment.p_invert``             0.5 where polarity is mixed and the background does not
                                  tell it (predict cannot invert by it): learn both
+``data.balance``                 ``appearance`` where the images are of more than one kind
+                                 (colour or grey, bright or dark background): each kind is
+                                 drawn in proportion to the square root of its image count,
+                                 so a minority modality is not a minority of what is learnt
 ``augment.elastic_sigma``        d50 / 2 within 2-10 px (the paper's 10 for large cells)
 ``augment.scale``                1 +- 0.1 log2(d95 / d5), within 0.1-0.3: the size spread
 ``augment.rot90``                only where the image plane's pixels are square
@@ -178,6 +182,7 @@ def plan(fp: Fingerprint, data: Mapping[str, Any], device: Device, budget_s: flo
     _decoding(result, fp)
     _image(result, fp, dims)
     _polarity(result, fp, data)
+    _balance(result, fp)
     _augment(result, fp, dims)
     _validation(result, fp, dims, slices is not None)
     # A source takes only its own keys (synthetic data has no channels or split share).
@@ -297,6 +302,14 @@ def _polarity(result: Plan, fp: Fingerprint, data: Mapping[str, Any]) -> None:
         return
     result.set("augment.p_invert", 0.5, f"{share}, and the background does not tell which "
                f"({fp.polarity_rule:.0%}): both polarities in training")
+
+
+def _balance(result: Plan, fp: Fingerprint) -> None:
+    kinds = "; ".join(f"{k} {n}" for k, n in fp.appearances.items())
+    if len(fp.appearances) > 1:
+        result.set("data.balance", "appearance", f"images of {len(fp.appearances)} kinds "
+                   f"({kinds} of those measured): each kind drawn in proportion to the square "
+                   "root of its count, so the fewer are learnt too")
 
 
 def _augment(result: Plan, fp: Fingerprint, dims: int) -> None:

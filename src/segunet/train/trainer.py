@@ -16,6 +16,7 @@ import math
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -226,8 +227,15 @@ class Trainer(Compiling, Validation, Checkpoints):
         dataset = PatchDataset(
             self.data.train, self.in_shape, self.out_shape, self.cfg.seed,
             foreground_oversample=self.data.foreground_oversample,
-            augment=self.augmenter if in_workers else None,
+            augment=self.augmenter if in_workers else None, balance=self.data.balance,
         )
+        if self.data.balance and self.world.main:
+            kinds = Counter(v.group for v in self.data.train)
+            shares = Counter()
+            for volume, share in zip(self.data.train, dataset.p):
+                shares[volume.group] += share
+            say("segunet: data.balance=appearance: patches drawn per kind of image: " + "; ".join(
+                f"{kind} {shares[kind]:.0%} ({n} images)" for kind, n in sorted(kinds.items())))
         # trainer.batch_size is per process: rank r draws the r-th share of each global batch.
         sampler = StepSampler(
             self.step, self.cfg.max_steps, self.cfg.batch_size, self.world.rank, self.world.size
