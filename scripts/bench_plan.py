@@ -153,7 +153,8 @@ def bench(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
         "plan": {k: _select(plan_cfg, k) for k in (
             "data.target", "data.metric", "model.channels", "model.padding", "data.patch_size",
             "trainer.batch_size", "trainer.max_steps", "data.targets.sigma", "data.channels",
-            "data.polarity", "augment.p_invert", "data.val_fraction", "postprocess.grid")},
+            "data.polarity", "augment.p_invert", "data.balance", "data.val_fraction",
+            "postprocess.grid")},
         "headline": spec.scores[0],
         "methods": {k: {"scores": v["scores"], "train_s": v["train_s"],
                         "steps": v["train_steps"], "per_image": v.get("per_image", {}),

@@ -11,8 +11,9 @@ import yaml
 from helpers import run_in_process
 
 
-def cells_folder(root, n=6, shape=(96, 96), seed=0):
-    """``n`` images of bright discs 8-12 px across on a dark background, some touching."""
+def cells_folder(root, n=6, shape=(96, 96), seed=0, inverted=0):
+    """``n`` images of bright discs 8-12 px across on a dark background, some touching; the
+    last ``inverted`` of them dark discs on a bright background (brightfield)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -24,6 +25,7 @@ def cells_folder(root, n=6, shape=(96, 96), seed=0):
             cy, cx = rng.uniform(8, shape[0] - 8, 2)
             labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)] = k
         image = 0.1 + 0.7 * (labels > 0) + 0.05 * rng.normal(size=shape)
+        image = 1 - image if i >= n - inverted else image
         tifffile.imwrite(root / "images" / f"c{i}.tif", (image * 255).clip(0, 255).astype(np.uint8))
         tifffile.imwrite(root / "masks" / f"c{i}.tif", labels)
     return root
@@ -55,6 +57,27 @@ def test_plan_writes_a_recipe_that_trains(tmp_path):
     assert saved["data"]["targets"]["sigma"] == recipe["data"]["targets"]["sigma"]
     checkpoint = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert "plan" in str(checkpoint.get("config", ""))
+
+
+def test_two_modalities_are_oriented_and_balanced(tmp_path):
+    data = cells_folder(tmp_path / "cells", n=8, inverted=2)
+    out = tmp_path / "plan.yaml"
+    done = run_in_process("plan", "data=folder", f"data.path={data}", "budget=1m",
+                          f"out={out}", "device=cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "grey, bright background: 2; grey, dark background: 6" in done.stderr
+    recipe = yaml.safe_load(out.read_text())
+    assert recipe["data"]["polarity"] == "bright_objects"
+    assert recipe["data"]["balance"] == "appearance"
+    done = run_in_process("train", f"experiment={out}", "trainer.max_steps=1",
+                          "trainer.val_every=1", "trainer.batch_size=2", "model.channels=[4,8,16]",
+                          "logging.progress=false", "trainer.device=cpu",
+                          "postprocess.enabled=false", "data.val_fraction=0.25", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 2 and 4 training images of the same size: sqrt(2) : sqrt(4)
+    share = np.sqrt(2) / (np.sqrt(2) + 2)
+    assert (f"data.balance=appearance: patches drawn grey, bright background {share:.0%} "
+            f"(2 images); grey, dark background {1 - share:.0%} (4 images)") in done.stderr
 
 
 def test_plan_to_stdout_is_the_yaml(tmp_path):

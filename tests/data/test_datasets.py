@@ -6,6 +6,8 @@ from segunet.data.datasets import (
     Volume,
     crop_targets,
     crop_to_output,
+    draw_shares,
+    shares_line,
 )
 
 
@@ -101,3 +103,33 @@ def test_step_sampler_splits_one_global_stream_between_ranks():
     ranks = [list(StepSampler(2, 4, batch_size=2, rank=r, world_size=2)) for r in range(2)]
     merged = [i for step in range(2) for r in range(2) for i in ranks[r][step * 2 : step * 2 + 2]]
     assert one == list(range(8, 16)) == merged
+
+
+def sized(name, shape, group):
+    return Volume(name=name, image=np.zeros((1, *shape), np.float32),
+                  label=np.zeros(shape, np.int64), weight=np.ones(shape, np.float32),
+                  ignore=np.zeros(shape, bool), group=group)
+
+
+def test_draw_shares_by_size_and_tempered_by_kind():
+    """Four grey images (two of them twice the size) and one colour image, by hand: by size
+    1:1:2:2:1; balanced, the kinds share sqrt(4) : sqrt(1) = 2/3 : 1/3, size within kind."""
+    volumes = [sized("a", (8, 8), "grey"), sized("b", (8, 8), "grey"),
+               sized("c", (8, 16), "grey"), sized("d", (8, 16), "grey"),
+               sized("e", (8, 8), "colour")]
+    np.testing.assert_allclose(draw_shares(volumes), np.array([1, 1, 2, 2, 1]) / 7)
+    np.testing.assert_allclose(draw_shares(volumes, balance=True),
+                               [2 / 3 / 6, 2 / 3 / 6, 2 / 3 / 3, 2 / 3 / 3, 1 / 3])
+    assert shares_line(volumes) == "colour 33% (1 images); grey 67% (4 images)"
+    same = [sized(v.name, v.spatial_shape, "grey") for v in volumes]
+    np.testing.assert_allclose(draw_shares(same, balance=True), draw_shares(same))
+
+
+def test_patches_are_drawn_with_those_shares():
+    volumes = [sized(f"g{i}", (8, 8), "grey") for i in range(9)] + [sized("c", (8, 8), "c")]
+    for volume, value in zip(volumes, range(10)):
+        volume.image[:] = value
+    ds = PatchDataset(volumes, in_shape=(8, 8), out_shape=(8, 8), balance=True)
+    drawn = np.array([int(ds[i]["image"][0, 0, 0]) for i in range(4000)])
+    # sqrt(9) : sqrt(1): the one colour image is a quarter of the draws, not a tenth
+    assert abs(np.mean(drawn == 9) - 0.25) < 0.025

@@ -10,7 +10,12 @@ import torch
 from helpers import config_error, save_tiny_checkpoint
 
 from segunet.cli import export
-from segunet.data.normalize import bright_background, normalize_percentile, prepare_image
+from segunet.data.normalize import (
+    appearance,
+    bright_background,
+    normalize_percentile,
+    prepare_image,
+)
 from segunet.infer.inputs import image_for_model
 
 
@@ -70,3 +75,16 @@ def test_bioimageio_export_refuses_what_it_cannot_express(tmp_path, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "data.polarity=bright_objects, which bioimage.io's preprocessing cannot" in line
     assert not (tmp_path / "m.zip").exists()
+
+
+def test_appearance_of_fluorescence_brightfield_and_stain():
+    p = [1.0, 99.8]
+    fluo, bright = cells(True)[None], cells(False)[None]
+    # dark objects on a light background whose green varies across it (eosin's pink)
+    green = (cells(False) * np.linspace(0.6, 1.0, 80)).astype(np.uint8)
+    stain = np.stack([cells(False), green, cells(False)])
+    grey_rgb = np.repeat(fluo, 3, axis=0)  # grey saved as RGB is grey
+    kinds = [appearance(normalize_percentile(x.astype(np.float32), *p))
+             for x in (fluo, bright, stain, grey_rgb)]
+    assert kinds == ["grey, dark background", "grey, bright background",
+                     "colour, bright background", "grey, dark background"]

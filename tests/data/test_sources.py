@@ -138,6 +138,21 @@ def test_folder_rgb_kept_or_converted_to_grey(tmp_path):
     assert grey.in_channels == 1 and grey.train[0].image.shape == (1, 32, 40)
 
 
+def test_folder_groups_images_by_appearance_before_converting_them(tmp_path):
+    write_folder(tmp_path / "grey", n=3)
+    write_folder(tmp_path / "mixed", n=3, rgb=True)
+    for i in range(3):  # three grey images beside the three colour ones
+        for sub in ("images", "masks"):
+            src = next((tmp_path / "grey" / sub).glob(f"img{i:02d}.*"))
+            src.rename(tmp_path / "mixed" / sub / f"grey{i}{src.suffix}")
+    data = folder(tmp_path / "mixed", channels=1, balance="appearance", val_fraction=0.2)
+    kinds = {v.name[:3]: v.group for v in data.train + data.val}
+    assert kinds == {"img": "colour, dark background", "gre": "grey, dark background"}
+    assert data.balance and data.in_channels == 1  # grouped as stored, trained as grey
+    plain = folder(tmp_path / "mixed", channels=1, val_fraction=0.2)
+    assert not plain.balance and {v.group for v in plain.train} == {""}
+
+
 def test_folder_binary_labels_with_suffix(tmp_path):
     for i in range(3):
         image, inst = touching_squares(seed=i)

@@ -131,6 +131,7 @@ def test_fingerprint_of_a_folder_by_hand(tmp_path):
     assert fp.dark_objects == pytest.approx(1 / 3, abs=1e-3)
     assert fp.polarity_rule == 1.0  # the dark-object image is the bright-background one
     assert fp.channels == [1] and fp.colour_gain is None and fp.pixel_size is None
+    assert fp.appearances == {"grey, bright background": 1, "grey, dark background": 2}
     table = describe(fp)
     assert "touching 40.0%" in table and "instances" in table
 

@@ -12,7 +12,7 @@ from segunet.plan.fingerprint import Fingerprint
 from segunet.plan.rules import Device, plan, receptive_field, task_of
 
 FOLDER = {"_target_": "segunet.data.sources.folder", "path": "/d", "channels": None,
-          "polarity": "as_is",
+          "polarity": "as_is", "balance": "none",
           "val_fraction": 0.1, "percentiles": [1, 99.8], "target": "foreground",
           "metric": "dice", "patch_size": None, "targets": {}}
 
@@ -151,6 +151,18 @@ def test_polarity_where_it_is_mixed():
         assert "data.polarity" not in got and got["augment.p_invert"] == 0.0
     synthetic = {k: v for k, v in FOLDER.items() if k != "polarity"}
     assert choices(nuclei(dark_objects=0.2), data=synthetic)[0]["augment.p_invert"] == 0.5
+
+
+def test_balance_where_images_are_of_several_kinds():
+    mixed = {"grey, dark background": 80, "colour, bright background": 20}
+    got, result = choices(nuclei(appearances=mixed))
+    assert got["data.balance"] == "appearance"
+    why = next(c.why for c in result.choices if c.key == "data.balance")
+    assert "grey, dark background 80" in why and "colour, bright background 20" in why
+    for one in ({"grey, dark background": 100}, {}):
+        assert "data.balance" not in choices(nuclei(appearances=one))[0]
+    stack = {k: v for k, v in FOLDER.items() if k != "balance"}  # a source without it
+    assert "data.balance" not in choices(nuclei(appearances=mixed), data=stack)[0]
 
 
 def test_augmentation_in_proportion_to_object_size():

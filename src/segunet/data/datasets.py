@@ -223,6 +223,16 @@ def draw_shares(volumes: Sequence[Volume], balance: bool = False) -> np.ndarray:
     return shares
 
 
+def shares_line(volumes: Sequence[Volume]) -> str:
+    """The balanced draw per group, for the log: ``grey, dark background 64% (415 images);
+    ..."``."""
+    shares: dict[str, list[float]] = {}
+    for volume, share in zip(volumes, draw_shares(volumes, balance=True)):
+        shares.setdefault(volume.group, []).append(share)
+    return "; ".join(f"{kind} {sum(s):.0%} ({len(s)} images)"
+                     for kind, s in sorted(shares.items()))
+
+
 def to_tensors(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {
         "image": torch.from_numpy(sample["image"].astype(np.float32, copy=False)),

@@ -16,7 +16,6 @@ import math
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,7 +37,13 @@ from segunet.config.compose import (
     upgrade,
 )
 from segunet.data.augment import AugmentConfig, Augmenter
-from segunet.data.datasets import PatchDataset, SegmentationData, StepSampler, crop_to_output
+from segunet.data.datasets import (
+    PatchDataset,
+    SegmentationData,
+    StepSampler,
+    crop_to_output,
+    shares_line,
+)
 from segunet.errors import SegunetError, console, say
 from segunet.eval.metrics import metric_key
 from segunet.models.device import resolve_device
@@ -229,13 +234,6 @@ class Trainer(Compiling, Validation, Checkpoints):
             foreground_oversample=self.data.foreground_oversample,
             augment=self.augmenter if in_workers else None, balance=self.data.balance,
         )
-        if self.data.balance and self.world.main:
-            kinds = Counter(v.group for v in self.data.train)
-            shares = Counter()
-            for volume, share in zip(self.data.train, dataset.p):
-                shares[volume.group] += share
-            say("segunet: data.balance=appearance: patches drawn per kind of image: " + "; ".join(
-                f"{kind} {shares[kind]:.0%} ({n} images)" for kind, n in sorted(kinds.items())))
         # trainer.batch_size is per process: rank r draws the r-th share of each global batch.
         sampler = StepSampler(
             self.step, self.cfg.max_steps, self.cfg.batch_size, self.world.rank, self.world.size
@@ -260,6 +258,8 @@ class Trainer(Compiling, Validation, Checkpoints):
                 f"{self.cfg.max_steps}: raise trainer.max_steps to train further"
             )
         self.start_step = self.step
+        if self.data.balance and self.world.main:
+            say(f"segunet: data.balance=appearance: patches drawn {shares_line(self.data.train)}")
         bar = tqdm(
             total=self.cfg.max_steps, initial=self.step,
             disable=not (self.log_cfg.progress and self.world.main),
