@@ -159,7 +159,8 @@ def test_balance_where_images_are_of_several_kinds():
     assert got["data.balance"] == "appearance"
     why = next(c.why for c in result.choices if c.key == "data.balance")
     assert "grey, dark background 80" in why and "colour, bright background 20" in why
-    for one in ({"grey, dark background": 100}, {}):
+    odd = {"grey, bright background": 24, "grey, dark background": 1}  # ISBI's dim slice
+    for one in ({"grey, dark background": 100}, {}, odd):
         assert "data.balance" not in choices(nuclei(appearances=one))[0]
     stack = {k: v for k, v in FOLDER.items() if k != "balance"}  # a source without it
     assert "data.balance" not in choices(nuclei(appearances=mixed), data=stack)[0]

@@ -145,9 +145,9 @@ class PatchDataset(Dataset):
     probability ``foreground_oversample`` the output tile is centred on a random foreground
     pixel (sparse objects otherwise rarely appear in a patch). Images are drawn in proportion
     to their size; ``balance`` tempers that across groups of images (:func:`draw_shares`).
-    ``augment``, if given, runs
-    here on a batch of one (``augment.device=cpu``: in the DataLoader workers); otherwise the
-    trainer augments whole batches on its device and crops to the output tile afterwards.
+    ``augment``, if given, runs here on a batch of one (``augment.device=cpu``: in the
+    DataLoader workers); otherwise the trainer augments whole batches on its device and crops
+    to the output tile afterwards.
     """
 
     def __init__(

@@ -38,10 +38,12 @@ width, ``trainer.batch_size``    CPU: 16 channels at the top, batch 4 (the hand 
                                  are inverted, in training and predict; one polarity to learn
 ``augment.p_invert``             0.5 where polarity is mixed and the background does not
                                  tell it (predict cannot invert by it): learn both
-``data.balance``                 ``appearance`` where the images are of more than one kind
-                                 (colour or grey, bright or dark background): each kind is
-                                 drawn in proportion to the square root of its image count,
-                                 so a minority modality is not a minority of what is learnt
+``data.balance``                 ``appearance`` where two or more kinds of image (colour or
+                                 grey, bright or dark background) each make >= 10 % of those
+                                 measured: each kind is drawn in proportion to the square
+                                 root of its image count, so a minority modality is not a
+                                 minority of what is learnt (fewer: odd images of one
+                                 modality, e.g. a dim slice of an EM stack)
 ``augment.elastic_sigma``        d50 / 2 within 2-10 px (the paper's 10 for large cells)
 ``augment.scale``                1 +- 0.1 log2(d95 / d5), within 0.1-0.3: the size spread
 ``augment.rot90``                only where the image plane's pixels are square
@@ -67,6 +69,8 @@ from segunet.plan.fingerprint import Fingerprint
 PATCH_CAP = {("cpu", 2): 256, ("cuda", 2): 572, ("cpu", 3): 64, ("cuda", 3): 132}
 #: Objects the validation images should hold.
 VAL_OBJECTS = 500
+#: Share of the measured images a kind of image needs to count as a modality of its own.
+MODALITY_SHARE = 0.1
 #: Share of the budget that trains; the rest prepares data, validates and searches.
 TRAIN_SHARE = 0.65
 
@@ -305,9 +309,11 @@ def _polarity(result: Plan, fp: Fingerprint, data: Mapping[str, Any]) -> None:
 
 
 def _balance(result: Plan, fp: Fingerprint) -> None:
+    measured = sum(fp.appearances.values())
+    modalities = [k for k, n in fp.appearances.items() if n >= MODALITY_SHARE * measured]
     kinds = "; ".join(f"{k} {n}" for k, n in fp.appearances.items())
-    if len(fp.appearances) > 1:
-        result.set("data.balance", "appearance", f"images of {len(fp.appearances)} kinds "
+    if len(modalities) > 1:
+        result.set("data.balance", "appearance", f"images of {len(modalities)} kinds "
                    f"({kinds} of those measured): each kind drawn in proportion to the square "
                    "root of its count, so the fewer are learnt too")
 
