@@ -17,7 +17,7 @@ mean AP .5:.95.
 DSB images ``nuclei`` trained on (all grey ones less the 60), resampled alike, trained as
 ``nuclei`` was (``experiment=dsb2018_cpu``, ``--train-steps`` 4000 steps, its decoding
 tuned on its validation images), then predicted as they are. That is a training per scale
-(about 25 minutes for 3x on 2 cores)::
+(52 minutes for 2x on 2 cores, most of it training and the decoding search)::
 
     python scripts/bench_scale_auto.py --scales 3 --methods as_is,auto,trained
 
