@@ -19,7 +19,7 @@ DSB images ``nuclei`` trained on (all grey ones less the 60), resampled alike, t
 tuned on its validation images), then predicted as they are. That is a training per scale
 (52 minutes for 2x on 2 cores, most of it training and the decoding search)::
 
-    python scripts/bench_scale_auto.py --scales 3 --methods as_is,auto,trained
+    python scripts/bench_scale_auto.py --scales 2 --methods as_is,auto,trained
 
 The table gives each row's ratio to the images at ``s=1`` predicted as they are, where the
 model works at the scale it was trained at, and where ``trained`` ran, to it as well.
